@@ -1,0 +1,196 @@
+"""CooBERT models: causality, KV cache, generate(), save/load through the Auto classes, bad configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+)
+
+import vlcoattn  # noqa: F401  (registers the Auto classes)
+from vlcoattn import (
+    CooBertConfig,
+    CooBertForCausalLM,
+    CooBertForMaskedLM,
+    CooBertForSequenceClassification,
+    CooBertModel,
+)
+
+V = 97
+
+
+def tiny_config(**kw) -> CooBertConfig:
+    base = dict(vocab_size=V, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=96, shared_key_dim=20, max_position_embeddings=64,
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0,
+                eos_token_id=3, bos_token_id=2)
+    return CooBertConfig(**{**base, **kw})
+
+
+def randomize(model):
+    """Perturb the mixing/content bias so no test passes by the symmetric initialisation."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "mixing" in name or "content_bias" in name:
+                p.normal_(0, 0.5)
+    return model.eval()
+
+
+@pytest.fixture
+def lm():
+    torch.manual_seed(0)
+    return randomize(CooBertForCausalLM(tiny_config()))
+
+
+def test_causal_future_tokens_change_no_earlier_output(lm):
+    ids = torch.randint(4, V, (2, 10))
+    changed = ids.clone()
+    changed[:, 6] = (changed[:, 6] + 1) % V
+    a, b = lm(ids).logits, lm(changed).logits
+    torch.testing.assert_close(a[:, :6], b[:, :6])
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_bidirectional_encoder_sees_the_future():
+    model = randomize(CooBertModel(tiny_config()))
+    ids = torch.randint(4, V, (1, 8))
+    changed = ids.clone()
+    changed[0, 7] = (changed[0, 7] + 1) % V
+    assert not torch.allclose(model(ids).last_hidden_state[:, 0], model(changed).last_hidden_state[:, 0])
+
+
+def test_padding_changes_no_real_token_output():
+    model = randomize(CooBertModel(tiny_config()))
+    ids = torch.randint(4, V, (1, 6))
+    alone = model(ids).last_hidden_state
+    padded = torch.cat([ids, torch.zeros(1, 3, dtype=torch.long)], 1)
+    mask = torch.tensor([[1] * 6 + [0] * 3])
+    torch.testing.assert_close(model(padded, attention_mask=mask).last_hidden_state[:, :6], alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("left_pad", [False, True])
+def test_cached_incremental_decoding_equals_full_recomputation(lm, left_pad):
+    ids = torch.randint(4, V, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    if left_pad:
+        ids[1, :3] = 0
+        mask[1, :3] = 0
+    full = lm(ids, attention_mask=mask, use_cache=False).logits
+    out = lm(ids[:, :4], attention_mask=mask[:, :4], use_cache=True)
+    steps, cache = [out.logits], out.past_key_values
+    for t in range(4, 9):
+        out = lm(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=cache, use_cache=True)
+        steps.append(out.logits)
+        cache = out.past_key_values
+    real = mask.bool()
+    torch.testing.assert_close(torch.cat(steps, 1)[real], full[real], atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_stores_one_shared_key_head(lm):
+    cfg = lm.config
+    cache = lm(torch.randint(4, V, (3, 5)), use_cache=True).past_key_values
+    layer = cache.layers[0]
+    assert layer.keys.shape == (3, 1, 5, cfg.shared_key_dim + cfg.num_attention_heads)
+    assert layer.values.shape == (3, cfg.num_attention_heads, 5, cfg.hidden_size // cfg.num_attention_heads)
+    key_numbers, value_numbers = lm.coobert.encoder.layer[0].attention.self.kv_cache_numbers_per_token()
+    assert (key_numbers, value_numbers) == (20 + 4, 48)
+
+
+def test_generate_greedy_with_and_without_cache(lm):
+    prompt = torch.randint(4, V, (2, 4))
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with_cache = lm.generate(prompt, use_cache=True, **kw)
+    assert with_cache.shape == (2, 12)
+    torch.testing.assert_close(with_cache, lm.generate(prompt, use_cache=False, **kw))
+
+
+def test_generate_left_padded_batch_matches_single_prompts(lm):
+    a, b = torch.randint(4, V, (1, 5)), torch.randint(4, V, (1, 3))
+    batch = torch.cat([a, torch.cat([torch.zeros(1, 2, dtype=torch.long), b], 1)])
+    mask = (batch != 0).long()
+    mask[0] = 1
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
+    out = lm.generate(batch, attention_mask=mask, **kw)
+    torch.testing.assert_close(out[0, 5:], lm.generate(a, **kw)[0, 5:])
+    torch.testing.assert_close(out[1, 5:], lm.generate(b, **kw)[0, 3:])
+
+
+def test_generate_sampling_and_beam_search(lm):
+    prompt = torch.randint(4, V, (1, 4))
+    kw = dict(max_new_tokens=6, pad_token_id=0, eos_token_id=None)
+    torch.manual_seed(123)
+    s1 = lm.generate(prompt, do_sample=True, top_k=20, top_p=0.9, temperature=0.8, **kw)
+    torch.manual_seed(123)
+    s2 = lm.generate(prompt, do_sample=True, top_k=20, top_p=0.9, temperature=0.8, **kw)
+    torch.testing.assert_close(s1, s2)
+    beams = lm.generate(prompt, num_beams=3, do_sample=False, use_cache=True, **kw)
+    torch.testing.assert_close(beams, lm.generate(prompt, num_beams=3, do_sample=False, use_cache=False, **kw))
+    greedy = lm.generate(prompt, do_sample=False, **kw)
+    torch.testing.assert_close(lm.generate(prompt, num_beams=1, do_sample=False, **kw), greedy)
+
+
+def test_generate_stops_at_eos(lm):
+    prompt = torch.randint(4, V, (1, 4))
+    first = lm.generate(prompt, max_new_tokens=1, do_sample=False, pad_token_id=0, eos_token_id=None)[0, -1].item()
+    out = lm.generate(prompt, max_new_tokens=10, do_sample=False, pad_token_id=0, eos_token_id=first)
+    assert out.shape[1] == 5 and out[0, -1].item() == first
+
+
+AUTO = [
+    (CooBertModel, AutoModel),
+    (CooBertForSequenceClassification, AutoModelForSequenceClassification),
+    (CooBertForMaskedLM, AutoModelForMaskedLM),
+    (CooBertForCausalLM, AutoModelForCausalLM),
+]
+
+
+@pytest.mark.parametrize(("cls", "auto"), AUTO, ids=[c.__name__ for c, _ in AUTO])
+def test_save_load_roundtrip_through_auto_classes(tmp_path, cls, auto):
+    torch.manual_seed(0)
+    model = randomize(cls(tiny_config(num_labels=3)))
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), CooBertConfig)
+    loaded = auto.from_pretrained(tmp_path).eval()
+    assert type(loaded) is cls
+    ids = torch.randint(4, V, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    torch.testing.assert_close(loaded(ids, attention_mask=mask)[0], model(ids, attention_mask=mask)[0])
+    if cls in (CooBertForMaskedLM, CooBertForCausalLM):  # tied: one tensor on disk, shared after load
+        assert "cls.predictions.decoder.weight" not in load_file(tmp_path / "model.safetensors")
+        assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
+
+
+def test_sequence_classification_losses():
+    model = CooBertForSequenceClassification(tiny_config(num_labels=3)).eval()
+    ids = torch.randint(4, V, (4, 6))
+    out = model(ids, labels=torch.tensor([0, 1, 2, 1]))
+    assert out.loss.ndim == 0 and out.logits.shape == (4, 3)
+    out.loss.backward()
+    assert model.coobert.encoder.layer[0].attention.self.mixing.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(hidden_size=50, num_attention_heads=4), "not a multiple"),
+        (dict(shared_key_dim=-3), "shared_key_dim must be positive"),
+        (dict(num_hidden_layers=0), "num_hidden_layers must be positive"),
+    ],
+)
+def test_bad_config_raises_value_error_with_reason(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**kwargs)
+
+
+def test_masked_lm_refuses_a_causal_config():
+    with pytest.raises(ValueError, match="bidirectional"):
+        CooBertForMaskedLM(tiny_config(is_decoder=True))

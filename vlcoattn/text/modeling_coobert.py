@@ -1,0 +1,407 @@
+"""CooBERT: BERT with collaborative multi-head self-attention.
+
+Embeddings, post-LN blocks, pooler and LM head are BERT's, with BERT's module names, so a BERT
+checkpoint maps onto CooBERT by renaming nothing but the attention projections
+(see ``vlcoattn.text.convert``). Four model classes, as in transformers:
+
+- ``CooBertModel``: the encoder (bidirectional, or causal when ``config.is_decoder``);
+- ``CooBertForSequenceClassification``: pooled [CLS] -> classifier (regression / single / multi label);
+- ``CooBertForMaskedLM``: BERT's MLM head, tied to the word embeddings;
+- ``CooBertForCausalLM``: causal encoder + LM head + ``GenerationMixin`` (KV cache: ``DynamicCache``
+  holding ONE shared key head per layer and per-head values).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPoolingAndCrossAttentions,
+    CausalLMOutputWithCrossAttentions,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+)
+
+from .attention import CollaborativeSelfAttention, build_attention_mask
+from .configuration_coobert import CooBertConfig
+
+
+class CooBertEmbeddings(nn.Module):
+    """word + absolute position + token type embeddings, LayerNorm, dropout (BERT's)."""
+
+    def __init__(self, config: CooBertConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
+        x = x + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class CooBertSelfOutput(nn.Module):
+    """Output projection W_O, dropout, residual, LayerNorm (post-LN)."""
+
+    def __init__(self, config: CooBertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(context)) + residual)
+
+
+class CooBertAttention(nn.Module):
+    """Collaborative self-attention + BERT's output block (names ``self`` / ``output`` as in BERT)."""
+
+    def __init__(self, config: CooBertConfig, layer_idx: int | None = None) -> None:
+        super().__init__()
+        self.self = CollaborativeSelfAttention(
+            config.hidden_size,
+            config.num_attention_heads,
+            config.shared_key_dim,
+            dropout=config.attention_probs_dropout_prob,
+            layer_idx=layer_idx,
+        )
+        self.output = CooBertSelfOutput(config)
+
+    def forward(self, x: torch.Tensor, attn_mask=None, is_causal=False, past_key_values=None) -> torch.Tensor:
+        return self.output(self.self(x, attn_mask, is_causal, past_key_values), x)
+
+
+class CooBertIntermediate(nn.Module):
+    """FFN first half: dense D -> intermediate, activation."""
+
+    def __init__(self, config: CooBertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(x))
+
+
+class CooBertOutput(CooBertSelfOutput):
+    """FFN second half: dense intermediate -> D, dropout, residual, LayerNorm."""
+
+    def __init__(self, config: CooBertConfig) -> None:
+        super().__init__(config)
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+
+
+class CooBertLayer(nn.Module):
+    """One post-LN transformer block: collaborative self-attention, then the FFN."""
+
+    def __init__(self, config: CooBertConfig, layer_idx: int | None = None) -> None:
+        super().__init__()
+        self.attention = CooBertAttention(config, layer_idx)
+        self.intermediate = CooBertIntermediate(config)
+        self.output = CooBertOutput(config)
+
+    def forward(self, x: torch.Tensor, attn_mask=None, is_causal=False, past_key_values=None) -> torch.Tensor:
+        x = self.attention(x, attn_mask, is_causal, past_key_values)
+        return self.output(self.intermediate(x), x)
+
+
+class CooBertEncoder(nn.Module):
+    """The stack of blocks (``encoder.layer.N`` as in BERT)."""
+
+    def __init__(self, config: CooBertConfig) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(CooBertLayer(config, i) for i in range(config.num_hidden_layers))
+
+
+class CooBertPooler(nn.Module):
+    """tanh(W h_[CLS] + b), as BERT."""
+
+    def __init__(self, config: CooBertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+def concatenation_mixing(num_heads: int, shared_key_dim: int) -> torch.Tensor:
+    """M for 'concatenated heads': head i owns a contiguous block of the D~k shared dimensions.
+
+    With D~k = D this makes collaborative attention equal to standard multi-head attention;
+    it is also the initialisation of a CooBERT trained from scratch.
+    """
+    owner = torch.arange(shared_key_dim) * num_heads // shared_key_dim  # head owning each dimension
+    return (owner[None, :] == torch.arange(num_heads)[:, None]).float()  # (N_h, D~k)
+
+
+class CooBertPreTrainedModel(PreTrainedModel):
+    config_class = CooBertConfig
+    base_model_prefix = "coobert"
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+    _no_split_modules = ["CooBertLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)  # Linear / Embedding normal(0, initializer_range), LayerNorm (1, 0)
+        if isinstance(module, CollaborativeSelfAttention):
+            init.copy_(module.mixing, concatenation_mixing(module.num_heads, module.shared_key_dim))
+        elif isinstance(module, CooBertLMPredictionHead):
+            init.zeros_(module.bias)
+
+
+class CooBertModel(CooBertPreTrainedModel):
+    """The CooBERT encoder: embeddings -> N collaborative blocks (-> pooler)."""
+
+    def __init__(self, config: CooBertConfig, add_pooling_layer: bool = True) -> None:
+        super().__init__(config)
+        self.embeddings = CooBertEmbeddings(config)
+        self.encoder = CooBertEncoder(config)
+        self.pooler = CooBertPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPoolingAndCrossAttentions | tuple:
+        """input_ids (B, T) [or inputs_embeds (B, T, D)], attention_mask (B, T_past + T) of 1/0.
+
+        Causal when ``config.is_decoder``; then ``use_cache`` returns a ``DynamicCache`` in
+        ``past_key_values``. Positions are ``T_past + arange(T)`` for the bidirectional encoder (as
+        BERT) and count real tokens only in causal mode, so left-padded generation is correct.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        causal = self.config.is_decoder
+        if use_cache is None:
+            use_cache = self.config.use_cache and causal
+        if use_cache and not causal:
+            raise ValueError("use_cache needs a causal model (config.is_decoder=True)")
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+        B, T = shape
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        device = input_ids.device if input_ids is not None else inputs_embeds.device
+
+        if position_ids is None:
+            if causal and attention_mask is not None:  # count real tokens: left padding starts at 0
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+            else:
+                position_ids = torch.arange(past_len, past_len + T, device=device)[None].expand(B, -1)
+        x = self.embeddings(input_ids, position_ids, token_type_ids, inputs_embeds)  # (B, T, D)
+        attn_mask, is_causal = build_attention_mask(attention_mask, T, past_len, causal, x.dtype)
+
+        hidden_states = [x] if output_hidden_states else None
+        for block in self.encoder.layer:
+            x = block(x, attn_mask, is_causal, past_key_values)
+            if output_hidden_states:
+                hidden_states.append(x)
+        pooled = self.pooler(x) if self.pooler is not None else None
+        out = BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=x,
+            pooler_output=pooled,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+        )
+        return out if return_dict is not False else out.to_tuple()
+
+
+class CooBertForSequenceClassification(CooBertPreTrainedModel):
+    """Pooled [CLS] -> dropout -> linear. Loss by ``config.problem_type`` (inferred as in BERT)."""
+
+    def __init__(self, config: CooBertConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.coobert = CooBertModel(config)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput | tuple:
+        out = self.coobert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, use_cache=False)
+        logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
+        loss = None if labels is None else self.classification_loss(logits, labels)
+        result = SequenceClassifierOutput(loss=loss, logits=logits)
+        return result if return_dict is not False else result.to_tuple()
+
+    def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """MSE (regression), cross-entropy (single label) or BCE (multi label), as BERT picks them."""
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            return F.mse_loss(logits.squeeze(-1), labels.float().view(-1)) if self.num_labels == 1 \
+                else F.mse_loss(logits, labels.float())
+        if self.config.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+
+
+class CooBertPredictionHeadTransform(nn.Module):
+    """dense -> act -> LayerNorm, before the vocabulary projection."""
+
+    def __init__(self, config: CooBertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.act(self.dense(x)))
+
+
+class CooBertLMPredictionHead(nn.Module):
+    """BERT's LM head: transform -> decoder (tied to the word embeddings) + bias."""
+
+    def __init__(self, config: CooBertConfig) -> None:
+        super().__init__()
+        self.transform = CooBertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(x)) + self.bias  # (B, T, V)
+
+
+class CooBertOnlyMLMHead(nn.Module):
+    """Wrapper giving BERT's parameter names ``cls.predictions.*``."""
+
+    def __init__(self, config: CooBertConfig) -> None:
+        super().__init__()
+        self.predictions = CooBertLMPredictionHead(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictions(x)
+
+
+class _CooBertLMBase(CooBertPreTrainedModel):
+    """Shared body of the masked and causal LMs: encoder without pooler + tied LM head."""
+
+    _tied_weights_keys = {"cls.predictions.decoder.weight": "coobert.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: CooBertConfig) -> None:
+        super().__init__(config)
+        self.coobert = CooBertModel(config, add_pooling_layer=False)
+        self.cls = CooBertOnlyMLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.cls.predictions.decoder = value
+
+
+class CooBertForMaskedLM(_CooBertLMBase):
+    """Bidirectional CooBERT + MLM head; ``labels`` of -100 are ignored."""
+
+    def __init__(self, config: CooBertConfig) -> None:
+        if config.is_decoder:
+            raise ValueError("CooBertForMaskedLM needs a bidirectional config (is_decoder=False)")
+        super().__init__(config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MaskedLMOutput | tuple:
+        out = self.coobert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, use_cache=False)
+        logits = self.cls(out.last_hidden_state)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
+        result = MaskedLMOutput(loss=loss, logits=logits)
+        return result if return_dict is not False else result.to_tuple()
+
+
+class CooBertForCausalLM(_CooBertLMBase, GenerationMixin):
+    """Causal CooBERT + LM head, for ``generate()``. Sets ``config.is_decoder = True``."""
+
+    def __init__(self, config: CooBertConfig) -> None:
+        config.is_decoder = True
+        super().__init__(config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        labels: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithCrossAttentions | tuple:
+        """labels (B, T): next-token targets are ``labels[:, 1:]`` (shifted here); -100 is ignored."""
+        if labels is not None:
+            use_cache = False
+        out = self.coobert(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+            past_key_values=past_key_values, use_cache=use_cache,
+        )
+        hidden = out.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.cls(hidden)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            shifted = logits[:, :-1].reshape(-1, logits.shape[-1])
+            loss = F.cross_entropy(shifted, labels[:, 1:].reshape(-1), ignore_index=-100)
+        result = CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return result if return_dict is not False else result.to_tuple()

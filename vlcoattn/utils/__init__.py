@@ -1,0 +1,1 @@
+"""Small shared utilities: CLI error handling, offline asset paths."""
