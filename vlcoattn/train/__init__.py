@@ -1,0 +1,1 @@
+"""Training: typed configs, atomic checkpoints, the step-based trainer."""
