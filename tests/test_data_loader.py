@@ -1,0 +1,322 @@
+"""The streaming loader: sources, DDP x worker splitting, fixed epochs, order, resume, bad samples."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import logging
+import tarfile
+from collections import Counter
+
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+from transformers import AutoTokenizer
+
+from vlcoattn.assets import minilm_dir
+from vlcoattn.data import SyntheticConfig, build_loader, write_synthetic
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(minilm_dir())
+
+
+def _write_text_shards(folder, sizes, prefix="s"):
+    """Shards of text-only cls samples written by plain webdataset (no dataset.json)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = []
+    for shard, size in enumerate(sizes):
+        with wds.TarWriter(str(folder / f"shard-{shard:06d}.tar")) as tar:
+            for i in range(size):
+                key = f"{prefix}{shard}-{i:03d}"
+                tar.write(
+                    {"__key__": key, "json": {"task": "cls", "text": f"sample {key}", "label": "ab"[i % 2]}}
+                )
+                keys.append(key)
+    return f"{folder}/shard-{{000000..{len(sizes) - 1:06d}}}.tar", keys
+
+
+def _jpeg(color=(10, 200, 30), size=(40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _keys(loader, limit=None):
+    """Keys of the next ``limit`` batches (default: the rest of the epoch); takes no extra batch."""
+    return [k for batch in itertools.islice(loader, limit) for k in batch["keys"]]
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn")
+    write_synthetic(root, 10, seed=0, config=SyntheticConfig(image_size=48), shard_size=13, progress=False)
+    return root
+
+
+def test_plain_webdataset_shards_with_images_load(tmp_path, tokenizer):
+    pattern = str(tmp_path / "plain-%06d.tar")
+    with wds.ShardWriter(pattern, maxcount=3, verbose=0) as sink:
+        for i in range(7):
+            record = {"task": "ground", "text": f"the box {i}", "boxes": [[4, 3, 20, 15]]}
+            sink.write({"__key__": f"img{i}", "jpg": _jpeg(), "json": json.dumps(record).encode()})
+    loader = build_loader(
+        str(tmp_path / "plain-{000000..000002}.tar"), tokenizer, image_size=32, batch_size=7, shuffle=False
+    )
+    (batch,) = list(loader)
+    assert batch["keys"] == [f"img{i}" for i in range(7)]
+    assert batch["pixel_values"].shape == (7, 3, 32, 32) and batch["pixel_values"].dtype == torch.float32
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == batch["token_type_ids"].shape
+    assert batch["boxes"].shape == (7, 4) and batch["box_mask"].all()
+    # letterbox of a 40x30 image into 32x32: scale 0.8, 4 px of padding top and bottom
+    assert torch.allclose(batch["boxes"][0], torch.tensor([12 * 0.8 / 32, (9 * 0.8 + 4) / 32, 0.4, 0.3]))
+    mean_green = batch["pixel_values"][0, 1, 16, 16].item()
+    assert mean_green == pytest.approx((200 / 255 - 0.5) / 0.5, abs=0.05)
+
+
+def test_pipe_urls_and_joined_sources(tmp_path, tokenizer):
+    a, keys_a = _write_text_shards(tmp_path / "a", [4, 3], prefix="a")
+    _b, keys_b = _write_text_shards(tmp_path / "b", [5], prefix="b")
+    pipe = f"pipe:cat {tmp_path}/b/shard-000000.tar"
+    for sources in ([a, pipe], f"{a}::{pipe}"):
+        loader = build_loader(sources, tokenizer, batch_size=3, shuffle=False, label_vocab=["a", "b"])
+        assert len(loader) == 4
+        assert _keys(loader) == keys_a + keys_b
+
+
+@pytest.mark.parametrize("sizes", [[7, 3, 11, 5, 6], [7, 3, 11, 5, 7], [1, 1, 30]])
+def test_two_ranks_two_workers_disjoint_cover_equal_counts(tmp_path, tokenizer, sizes):
+    pattern, keys = _write_text_shards(tmp_path, sizes)
+    seen, counts = [], []
+    for rank in range(2):
+        loader = build_loader(
+            pattern,
+            tokenizer,
+            batch_size=2,
+            num_workers=2,
+            rank=rank,
+            world_size=2,
+            seed=5,
+            shuffle_buffer=4,
+            label_vocab=["a", "b"],
+        )
+        got = _keys(loader)
+        seen.append(got)
+        counts.append(len(loader))
+        assert len(got) == len(loader) * 2 and len(set(got)) == len(got)
+    assert counts[0] == counts[1] == len(keys) // 4
+    assert not set(seen[0]) & set(seen[1])
+    union = set(seen[0]) | set(seen[1])
+    assert union <= set(keys) and len(union) == len(keys) // 4 * 4  # all but the < world*batch remainder
+
+
+def test_fixed_epoch_length_continues_the_stream(tmp_path, tokenizer):
+    pattern, keys = _write_text_shards(tmp_path, [9, 2, 13])
+    loaders = [
+        build_loader(
+            pattern,
+            tokenizer,
+            batch_size=2,
+            num_workers=2,
+            rank=r,
+            world_size=2,
+            samples_per_epoch=16,
+            label_vocab=["a", "b"],
+        )
+        for r in range(2)
+    ]
+    epochs = [[_keys(lo) for lo in loaders] for _ in range(3)]
+    assert all(len(e[0]) == len(e[1]) == 8 for e in epochs)
+    first_pass = [k for e in epochs[:1] for ranks in e for k in ranks] + epochs[1][0][:4] + epochs[1][1][:4]
+    assert sorted(first_pass) == sorted(keys)  # epochs 0 + half of 1 are exactly one pass: no repeat, no skip
+    assert [lo.epoch for lo in loaders] == [3, 3]
+
+
+def test_same_seed_same_order(tmp_path, tokenizer):
+    pattern, keys = _write_text_shards(tmp_path, [6, 6, 6, 6])
+
+    def run(seed, workers):
+        return _keys(
+            build_loader(
+                pattern,
+                tokenizer,
+                batch_size=3,
+                num_workers=workers,
+                seed=seed,
+                shuffle_buffer=5,
+                label_vocab=["a", "b"],
+            )
+        )
+
+    a = run(1, 0)
+    assert a == run(1, 0) and sorted(a) == sorted(keys)
+    assert a != run(2, 0) and sorted(run(2, 0)) == sorted(keys)
+    assert a != keys  # shuffled
+    assert run(1, 2) == run(1, 2) and sorted(run(1, 2)) == sorted(keys)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("stop_after", [3, 8])  # mid-epoch (odd: worker rotation) and at the epoch's end
+def test_resume_gives_the_same_remaining_stream(synthetic_dir, tokenizer, workers, stop_after):
+    def make():
+        return build_loader(
+            str(synthetic_dir / "train"),
+            tokenizer,
+            image_size=32,
+            batch_size=5,
+            num_workers=workers,
+            seed=3,
+            shuffle_buffer=8,
+            augment=True,
+            samples_per_epoch=40,
+        )
+
+    reference = make()
+    ref_batches = [b for _ in range(2) for b in reference]
+    assert len(ref_batches) == 16
+
+    first = make()
+    taken = list(itertools.islice(first, stop_after))
+    state = json.loads(json.dumps(first.state_dict()))  # checkpoints hold plain JSON
+    resumed = make()
+    resumed.load_state_dict(state)
+    rest = []
+    while len(rest) < 16 - stop_after:
+        rest += list(resumed)  # the rest of the saved epoch, then whole epochs
+    got = taken + rest
+    assert [b["keys"] for b in got] == [b["keys"] for b in ref_batches]
+    for mine, ref in zip(got, ref_batches):
+        assert torch.equal(mine["pixel_values"], ref["pixel_values"])  # augmentation replays too
+        assert mine["texts"] == ref["texts"]
+    assert resumed.epoch == 2 and resumed.batches_done == 0
+
+
+def test_state_mismatch_is_refused(tmp_path, tokenizer):
+    pattern, _ = _write_text_shards(tmp_path, [8])
+    loader = build_loader(pattern, tokenizer, batch_size=2, label_vocab=["a", "b"])
+    state = loader.state_dict()
+    other = build_loader(pattern, tokenizer, batch_size=4, label_vocab=["a", "b"])
+    with pytest.raises(ValueError, match="saved batch_size=2 but this loader has 4"):
+        other.load_state_dict(state)
+    with pytest.raises(ValueError, match="use fewer workers"):
+        build_loader(pattern, tokenizer, batch_size=4, num_workers=3, label_vocab=["a", "b"])
+
+
+def _planted_shards(folder):
+    """Shard 0: valid VQA samples with planted corrupt ones; shard 1: a tar cut mid-way."""
+    folder.mkdir()
+    good = _jpeg()
+    ok = {"task": "vqa", "text": "what color?", "answers": ["green"]}
+    samples = [
+        ("v0", {"jpg": good, "json": ok}),
+        ("trunc", {"jpg": good[: len(good) // 2], "json": ok}),
+        ("v1", {"jpg": good, "json": ok}),
+        ("textjpg", {"jpg": b"hello, I am a text file\n", "json": ok}),
+        ("nojson", {"jpg": good}),
+        ("v2", {"jpg": good, "json": ok}),
+        ("badbox", {"jpg": good, "json": {"task": "ground", "text": "x", "boxes": [[10, 10, 99, 20]]}}),
+        ("emptytext", {"jpg": good, "json": {**ok, "text": ""}}),
+        ("noimage", {"json": ok}),
+        ("v3", {"jpg": good, "json": ok}),
+    ]
+    with wds.TarWriter(str(folder / "shard-000000.tar")) as tar:
+        for key, members in samples:
+            tar.write({"__key__": key, **members})
+    with wds.TarWriter(str(folder / "shard-000001.tar")) as tar:
+        for i in range(4):
+            tar.write({"__key__": f"t{i}", "jpg": good, "json": ok})
+    with tarfile.open(folder / "shard-000001.tar") as tar:
+        cut = tar.getmember("t2.jpg").offset_data + 100  # the tar ends inside sample t2's image
+    data = (folder / "shard-000001.tar").read_bytes()
+    (folder / "shard-000001.tar").write_bytes(data[:cut])
+    return str(folder / "shard-{000000..000001}.tar"), ["v0", "v1", "v2", "v3", "t0", "t1"]
+
+
+def test_planted_corrupt_samples_are_skipped_counted_and_nothing_valid_is_dropped(
+    tmp_path, tokenizer, caplog
+):
+    pattern, valid = _planted_shards(tmp_path / "bad")
+    loader = build_loader(
+        pattern,
+        tokenizer,
+        image_size=32,
+        batch_size=1,
+        shuffle=False,
+        answer_vocab=["green"],
+        max_bad_fraction=0.8,
+    )
+    assert len(loader) == 10 + 3  # the cut tar still shows 3 sample headers
+    with caplog.at_level(logging.WARNING, logger="vlcoattn.data.loader"):
+        assert _keys(loader, limit=len(valid)) == valid  # every valid sample, in order, nothing else
+    assert loader.bad_samples() == {
+        "missing_json": 1,
+        "empty_text": 1,
+        "missing_image": 1,
+        "bad_image": 2,
+        "bad_box": 1,
+    }
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("textjpg" in m and "bad_image" in m and "not an image" in m for m in messages)
+    assert any("badbox" in m and "outside the 40x30 image" in m for m in messages)
+    # the epoch goes on into the next pass to stay full length; the cut tar's lost sample is counted
+    assert _keys(loader) == [*valid, "v0"]
+    assert loader.bad_samples()["unreadable_shard"] == 2 and sum(loader.bad_samples().values()) == 14
+    assert any("only 2 of 3 expected samples readable" in r.getMessage() for r in caplog.records)
+
+
+def test_planted_corrupt_shards_train_on_with_workers(tmp_path, tokenizer):
+    pattern, valid = _planted_shards(tmp_path / "bad")
+    loader = build_loader(
+        pattern,
+        tokenizer,
+        image_size=32,
+        batch_size=1,
+        num_workers=2,
+        shuffle=False,
+        answer_vocab=["green"],
+        max_bad_fraction=0.8,
+    )
+    epochs = [Counter(_keys(loader)) for _ in range(2)]
+    for keys in epochs:
+        assert sum(keys.values()) == len(loader)  # every epoch is full length despite bad samples
+        assert set(keys) == set(valid)
+    bad = loader.bad_samples()
+    assert bad["bad_image"] >= 2 and bad["missing_json"] >= 1 and bad["bad_box"] >= 1
+    assert bad["empty_text"] >= 1 and bad["missing_image"] >= 1
+    assert loader.samples_seen() == sum(bad.values()) + 2 * len(loader)
+
+
+def test_bad_fraction_limit_fails_with_a_clear_message(tmp_path, tokenizer):
+    pattern, _ = _planted_shards(tmp_path / "bad")
+    loader = build_loader(
+        pattern,
+        tokenizer,
+        image_size=32,
+        batch_size=1,
+        shuffle=False,
+        answer_vocab=["green"],
+        max_bad_fraction=0.2,
+        bad_check_after=5,
+    )
+    with pytest.raises(ValueError, match=r"of \d+ samples were bad .* > max_bad_fraction=20.0%.*bad_image=2"):
+        _keys(loader)
+
+
+def test_bad_sample_logging_is_rate_limited(tmp_path, tokenizer, caplog):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    with wds.TarWriter(str(folder / "shard-000000.tar")) as tar:
+        for i in range(100):
+            ok = i % 2 == 0
+            tar.write({"__key__": f"k{i:03d}", "json": {"task": "lm", "text": "fine" if ok else " "}})
+    loader = build_loader(
+        str(folder / "shard-000000.tar"), tokenizer, batch_size=10, shuffle=False, max_bad_fraction=0.6
+    )
+    with caplog.at_level(logging.WARNING, logger="vlcoattn.data.loader"):
+        keys = _keys(loader, limit=5)
+    assert len(keys) == 50 and loader.bad_samples() == {"empty_text": 49}
+    logged = [r for r in caplog.records if "empty_text" in r.getMessage()]
+    assert len(logged) == 5 + 3  # the first five, then the 8th, 16th and 32nd

@@ -1,0 +1,111 @@
+"""Data: webdataset shards, converters, the CLEVR-lite generator and a resumable streaming loader.
+
+Typical use::
+
+    from vlcoattn.data import build_loader
+    loader = build_loader("data/clevr/train", tokenizer, image_size=128, batch_size=32, num_workers=2)
+    for batch in loader:            # one epoch; len(loader) batches, the same on every rank
+        ...
+    ckpt["loader"] = loader.state_dict()      # later: loader.load_state_dict(ckpt["loader"])
+
+Batch dict (B samples, T = longest tokenized text, A = answer vocabulary size):
+
+==================  ===================  =========================================================
+key                 type / shape         present
+==================  ===================  =========================================================
+``keys``            list[str]            always: the samples' ``__key__``
+``tasks``           list[str]            always: "vqa" | "ground" | "cls" | "lm"
+``texts``           list[str]            always (after augmentation's left/right swap)
+``meta``            list[dict]           always: the samples' ``meta``
+``input_ids``       long (B, T)          always, padded with the tokenizer's pad id
+``attention_mask``  long (B, T)          always
+``token_type_ids``  long (B, T)          always
+``pixel_values``    float (B, 3, H, W)   if any sample has an image: letterboxed, (x/255 - mean) / std
+``image_mask``      bool (B,)            with pixel_values: False rows are text-only (all zeros)
+``letterbox``       float (B, 8)         with pixel_values: scale_x, scale_y, pad_x, pad_y, orig_w,
+                                         orig_h, out_w, out_h (see ``transforms.invert_boxes``)
+``boxes``           float (B, 4)         if any "ground" sample: first box, cxcywh in [0, 1] of the
+                                         letterboxed image
+``box_mask``        bool (B,)            with boxes: True for "ground" rows
+``answer_scores``   float (B, A)         if any "vqa" sample: official VQA accuracy of each answer
+``answer_ids``      long (B,)            with answer_scores: majority answer index, -100 if none/OOV
+``answers``         list[list[str]]      with answer_scores: all annotator answers (for the metric)
+``labels``          long (B,) / (B, T)   "cls": label index (-100 elsewhere); "lm": input_ids with
+                                         padding -100 (a batch never mixes cls and lm)
+==================  ===================  =========================================================
+"""
+
+from .answers import answer_scores, build_vocab, majority_answer, normalize_answer
+from .convert import (
+    convert_jsonl,
+    convert_refcoco,
+    convert_text,
+    convert_textcls,
+    convert_vqa2,
+    load_refs,
+    write_synthetic,
+)
+from .image import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, encode_image, image_size
+from .loader import ShardLoader, build_loader
+from .pipeline import IGNORE_INDEX, Collator, SampleDecoder
+from .schema import BAD_REASONS, TASKS, DatasetInfo, SampleError, check_record, sample_problems
+from .shards import ShardRef, ShardSink, count_samples, resolve_shards
+from .synthetic import ANSWERS as SYNTHETIC_ANSWERS
+from .synthetic import (
+    COGENT_HOLDOUT,
+    SyntheticConfig,
+    generate_scene,
+    parse_holdout,
+    render_scene,
+    resolve_reference,
+    synthetic_samples,
+)
+from .transforms import ImageTransform, Letterbox, invert_boxes, letterbox, letterbox_params, swap_left_right
+
+__all__ = [
+    "BAD_REASONS",
+    "COGENT_HOLDOUT",
+    "DEFAULT_MAX_PIXELS",
+    "IGNORE_INDEX",
+    "SYNTHETIC_ANSWERS",
+    "TASKS",
+    "Collator",
+    "DatasetInfo",
+    "ImageDecodeError",
+    "ImageTransform",
+    "Letterbox",
+    "SampleDecoder",
+    "SampleError",
+    "ShardLoader",
+    "ShardRef",
+    "ShardSink",
+    "SyntheticConfig",
+    "answer_scores",
+    "build_loader",
+    "build_vocab",
+    "check_record",
+    "convert_jsonl",
+    "convert_refcoco",
+    "convert_text",
+    "convert_textcls",
+    "convert_vqa2",
+    "count_samples",
+    "decode_image",
+    "encode_image",
+    "generate_scene",
+    "image_size",
+    "invert_boxes",
+    "letterbox",
+    "letterbox_params",
+    "load_refs",
+    "majority_answer",
+    "normalize_answer",
+    "parse_holdout",
+    "render_scene",
+    "resolve_reference",
+    "resolve_shards",
+    "sample_problems",
+    "swap_left_right",
+    "synthetic_samples",
+    "write_synthetic",
+]

@@ -1,0 +1,533 @@
+"""The streaming loader: shards -> per-rank, per-worker sample streams -> decoded, collated batches.
+
+How one pass over the data is laid out (identically computed in every rank and worker):
+
+1. the shard list (all sources joined) is shuffled with ``(seed, pass)``;
+2. its concatenated samples are cut into contiguous ranges, one per stream
+   (stream = ``rank * workers + worker``), each a whole number of batches; the remainder
+   (< ``world_size * batch_size`` samples) waits for a later pass;
+3. each stream reads its range (opening only the shards it overlaps) through a seeded shuffle
+   buffer, decodes, skips and counts bad samples, and yields whole batches.
+
+Streams are endless (pass after pass); an epoch is a fixed number of batches per rank
+(``samples_per_epoch // (world_size * batch_size)``, default: one pass), split across workers so
+that the DataLoader's round-robin gives every rank the same count and a deterministic order.
+A stream's position is (pass, samples taken from its shuffle buffer); every batch carries it, so
+:meth:`ShardLoader.state_dict` knows exactly where each worker stands and a restored loader replays
+the remaining stream (re-reading, but not decoding, the consumed part of the current range).
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import hashlib
+import logging
+import os
+import random
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import tarfile_samples
+
+from .image import DEFAULT_MAX_PIXELS
+from .pipeline import Collator, SampleDecoder
+from .schema import BAD_REASONS, DatasetInfo, SampleError
+from .shards import ShardRef, resolve_shards
+from .transforms import ImageTransform, as_size
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+# ---------------------------------------------------------------------------------------------- planning
+
+
+def worker_quota(batches: int, workers: int, worker: int) -> int:
+    """Batches that ``worker`` of ``workers`` yields when a rank yields ``batches`` round-robin."""
+    return batches // workers + (worker < batches % workers)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where every stream reads in each pass. Pure function of its fields."""
+
+    counts: tuple[int, ...]  # samples per shard
+    seed: int
+    shuffle: bool
+    world_size: int
+    workers: int  # streams per rank
+    batch_size: int
+
+    @property
+    def batches_per_rank(self) -> int:
+        """Whole batches each rank gets from one pass."""
+        return sum(self.counts) // (self.world_size * self.batch_size)
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 (a Plan lives as long as its loader)
+    def segments(self, pass_index: int, stream: int) -> tuple[tuple[int, int, int], ...]:
+        """(shard index, first sample, end sample) pieces of ``stream``'s range in ``pass_index``."""
+        order = list(range(len(self.counts)))
+        if self.shuffle:
+            random.Random(f"shards:{self.seed}:{pass_index}").shuffle(order)
+        starts = [0]
+        for i in order:
+            starts.append(starts[-1] + self.counts[i])
+        begin = sum(self.range_length(s) for s in range(stream))  # ranges laid out rank-major
+        end = begin + self.range_length(stream)
+        pieces = []
+        k = bisect.bisect_right(starts, begin) - 1
+        while begin < end:
+            shard_end = starts[k + 1]
+            stop = min(end, shard_end)
+            pieces.append((order[k], begin - starts[k], stop - starts[k]))
+            begin, k = stop, k + 1
+        return tuple(pieces)
+
+    def range_length(self, stream: int) -> int:
+        """Samples ``stream`` (= rank * workers + worker) reads per pass: its whole batches."""
+        return self.batch_size * worker_quota(self.batches_per_rank, self.workers, stream % self.workers)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_shard(url: str, start: int, stop: int) -> Iterator[dict[str, Any]]:
+    """Raw samples ``start..stop-1`` of one shard. Samples a truncated or unreadable tar cannot
+    deliver come out as placeholders with ``__error__`` so positions and counts stay exact."""
+    errors: list[Exception] = []
+
+    def keep(exn: Exception) -> bool:
+        errors.append(exn)
+        return False  # stop reading this shard
+
+    n = 0
+    samples = tarfile_samples([{"url": url}], handler=keep)
+    for sample in samples:
+        if n >= stop:
+            break
+        if n >= start:
+            yield sample
+        n += 1
+    samples.close()
+    if n < stop:
+        why = f"{errors[0]}" if errors else "the shard ended early"
+        message = f"{url}: only {n} of {stop} expected samples readable ({why})"
+        for i in range(max(start, n), stop):
+            yield {"__key__": f"{os.path.basename(url)}#{i}", "__url__": url, "__error__": message}
+
+
+def shuffled(samples: Iterator[Any], buffer: int, rng: random.Random) -> Iterator[Any]:
+    """Buffer shuffle: each output is drawn at random from the next ``buffer`` inputs."""
+    pool: list[Any] = []
+    for sample in samples:
+        if len(pool) < buffer:
+            pool.append(sample)
+            continue
+        i = rng.randrange(len(pool))
+        yield pool[i]
+        pool[i] = sample
+    rng.shuffle(pool)
+    yield from pool
+
+
+@dataclass
+class StreamCounters:
+    """Samples a stream has taken and how many of them were bad, by reason."""
+
+    seen: int = 0
+    bad: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seen": self.seen, "bad": dict(self.bad)}
+
+
+def check_bad_fraction(seen: int, bad: Counter[str], limit: float, min_seen: int) -> None:
+    """Raise ValueError once more than ``limit`` of at least ``min_seen`` samples were bad."""
+    total = sum(bad.values())
+    if seen >= min_seen and total > limit * seen:
+        reasons = ", ".join(f"{r}={n}" for r, n in sorted(bad.items()))
+        raise ValueError(
+            f"{total} of {seen} samples were bad ({total / seen:.1%} > max_bad_fraction={limit:.1%}): "
+            f"{reasons}. Fix the data (see the logged examples) or raise max_bad_fraction."
+        )
+
+
+def log_bad_sample(count: int, reason: str, key: str, url: str, message: str) -> None:
+    """Rate-limited warning: the ``count``-th bad sample of a reason is logged for counts 1-5 and
+    powers of two (8, 16, 32, ...)."""
+    if count <= 5 or count & (count - 1) == 0:
+        log.warning("bad sample #%d (%s) %s in %s: %s", count, reason, key, url, message)
+
+
+@dataclass
+class _RankStream(IterableDataset):
+    """One epoch (or its rest) of one rank: each worker yields its quota of batches."""
+
+    shards: tuple[ShardRef, ...]
+    plan: Plan
+    rank: int
+    decoder: SampleDecoder
+    collator: Collator
+    batch_size: int
+    shuffle_buffer: int
+    max_bad_fraction: float
+    bad_check_after: int
+    starts: dict[int, tuple[int, int]]  # logical worker -> (pass, offset)
+    counters: dict[int, dict[str, Any]]  # logical worker -> StreamCounters.as_dict()
+    remaining: dict[int, int]  # logical worker -> batches still to yield this epoch
+    rotation: int  # physical worker i plays logical worker (i + rotation) % workers
+
+    def _raw(self, stream: int, start: tuple[int, int]) -> Iterator[tuple[tuple[int, int], dict[str, Any]]]:
+        """Endless ((pass, offset after), raw sample) from ``start``."""
+        pass_index, offset = start
+        while True:
+            samples: Iterator[dict[str, Any]] = (
+                raw
+                for shard, a, b in self.plan.segments(pass_index, stream)
+                for raw in read_shard(self.shards[shard].url, a, b)
+            )
+            if self.plan.shuffle:
+                samples = shuffled(
+                    samples,
+                    self.shuffle_buffer,
+                    random.Random(f"samples:{self.plan.seed}:{pass_index}:{stream}"),
+                )
+            for i, raw in enumerate(samples):
+                if i >= offset:
+                    yield (pass_index, i + 1), raw
+            pass_index, offset = pass_index + 1, 0
+
+    def _decode(self, raw: dict[str, Any], pass_index: int) -> dict[str, Any]:
+        if "__error__" in raw:
+            raise SampleError("unreadable_shard", raw["__error__"])
+        sample = self.decoder(raw, pass_index)
+        self.collator.check(sample)
+        return sample
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        physical = info.id if info is not None else 0
+        logical = (physical + self.rotation) % self.plan.workers
+        stream = self.rank * self.plan.workers + logical
+        todo = self.remaining[logical]
+        if todo <= 0:
+            return
+        counters = StreamCounters(self.counters[logical]["seen"], Counter(self.counters[logical]["bad"]))
+        batch: list[dict[str, Any]] = []
+        current_pass, whole_pass = self.starts[logical][0], self.starts[logical][1] == 0
+        good_in_pass = 0
+        for position, raw in self._raw(stream, self.starts[logical]):
+            if position[0] != current_pass:
+                if whole_pass and good_in_pass == 0:
+                    raise ValueError(
+                        f"stream {stream}: a whole pass gave no valid sample; is all the data bad?"
+                    )
+                current_pass, whole_pass, good_in_pass = position[0], True, 0
+            counters.seen += 1
+            try:
+                batch.append(self._decode(raw, position[0]))
+                good_in_pass += 1
+            except SampleError as e:
+                counters.bad[e.reason] += 1
+                key, url = raw.get("__key__", "?"), raw.get("__url__", "?")
+                log_bad_sample(counters.bad[e.reason], e.reason, key, url, str(e))
+                check_bad_fraction(counters.seen, counters.bad, self.max_bad_fraction, self.bad_check_after)
+                continue
+            if len(batch) == self.batch_size:
+                out = self.collator(batch)
+                out["_stream"] = {"worker": logical, "position": position, "counters": counters.as_dict()}
+                yield out
+                batch = []
+                todo -= 1
+                if todo == 0:
+                    return
+
+
+# ---------------------------------------------------------------------------------------------- loader
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _merged_vocab(infos: Sequence[DatasetInfo], attr: str) -> list[str]:
+    seen: dict[str, None] = {}
+    for info in infos:
+        seen.update(dict.fromkeys(getattr(info, attr)))
+    return list(seen)
+
+
+class ShardLoader:
+    """Iterable over one epoch of batches per ``for`` loop, resumable mid-epoch.
+
+    Build it with :func:`build_loader`. ``len(loader)`` is the number of batches per epoch on this
+    rank (the same on every rank). ``state_dict()`` / ``load_state_dict()`` save and restore the
+    exact position (epoch, batches taken, each worker's place in its stream, bad-sample counts).
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[ShardRef],
+        decoder: SampleDecoder,
+        collator: Collator,
+        *,
+        batch_size: int,
+        num_workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        shuffle_buffer: int = 1000,
+        samples_per_epoch: int | None = None,
+        max_bad_fraction: float = 0.01,
+        bad_check_after: int = 200,
+        prefetch_factor: int = 2,
+        pin_memory: bool = False,
+    ):
+        if batch_size < 1 or num_workers < 0 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"bad loader setup: batch_size={batch_size}, num_workers={num_workers}, "
+                f"rank={rank}, world_size={world_size}"
+            )
+        if not 0.0 <= max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+        self.shards = tuple(shards)
+        self.decoder, self.collator = decoder, collator
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.rank, self.world_size = rank, world_size
+        self.shuffle_buffer, self.max_bad_fraction, self.bad_check_after = (
+            shuffle_buffer,
+            max_bad_fraction,
+            bad_check_after,
+        )
+        self.prefetch_factor, self.pin_memory = prefetch_factor, pin_memory
+        self.plan = Plan(
+            tuple(s.samples for s in self.shards), seed, shuffle, world_size, max(1, num_workers), batch_size
+        )
+        if self.plan.batches_per_rank < self.plan.workers:
+            raise ValueError(
+                f"{sum(self.plan.counts)} samples cannot give each of {self.plan.workers} worker(s) "
+                f"on {world_size} rank(s) a batch of {batch_size}: use fewer workers or smaller batches"
+            )
+        per_rank = (
+            samples_per_epoch // (world_size * batch_size)
+            if samples_per_epoch is not None
+            else self.plan.batches_per_rank
+        )
+        if per_rank < 1:
+            raise ValueError(f"samples_per_epoch={samples_per_epoch} is less than one batch per rank")
+        self.batches_per_epoch = per_rank
+        self.samples_per_epoch = samples_per_epoch
+        self.epoch = 0
+        self.batches_done = 0  # in the current epoch
+        self._positions = {w: (0, 0) for w in range(self.plan.workers)}
+        self._counters = {w: StreamCounters().as_dict() for w in range(self.plan.workers)}
+        if num_workers > 0:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no Rust thread pool in forked workers
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the shard list (urls + counts) a saved position belongs to."""
+        text = "\n".join(f"{s.url}\t{s.samples}" for s in self.shards)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def bad_samples(self) -> dict[str, int]:
+        """Bad samples skipped so far on this rank, by reason (see ``schema.BAD_REASONS``)."""
+        total: Counter[str] = Counter()
+        for c in self._counters.values():
+            total.update(c["bad"])
+        return {r: total[r] for r in BAD_REASONS if total[r]}
+
+    def samples_seen(self) -> int:
+        """Raw samples taken from the streams so far on this rank (valid + bad)."""
+        return sum(c["seen"] for c in self._counters.values())
+
+    def _epoch_stream(self) -> _RankStream:
+        workers = self.plan.workers
+        done = self.batches_done
+        remaining = {
+            w: worker_quota(self.batches_per_epoch, workers, w) - worker_quota(done, workers, w)
+            for w in range(workers)
+        }
+        return _RankStream(
+            self.shards,
+            self.plan,
+            self.rank,
+            self.decoder,
+            self.collator,
+            self.batch_size,
+            self.shuffle_buffer,
+            self.max_bad_fraction,
+            self.bad_check_after,
+            dict(self._positions),
+            dict(self._counters),
+            remaining,
+            rotation=done % workers,
+        )
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.batches_done >= self.batches_per_epoch:
+            self.epoch, self.batches_done = self.epoch + 1, 0
+        stream = self._epoch_stream()
+        if self.num_workers == 0:
+            batches: Iterator[dict[str, Any]] = iter(stream)
+        else:
+            batches = iter(
+                DataLoader(
+                    stream,
+                    batch_size=None,
+                    num_workers=self.num_workers,
+                    prefetch_factor=self.prefetch_factor,
+                    pin_memory=self.pin_memory,
+                )
+            )
+        for batch in batches:
+            info = batch.pop("_stream")
+            self._positions[info["worker"]] = tuple(int(v) for v in info["position"])
+            self._counters[info["worker"]] = info["counters"]
+            self.batches_done += 1
+            check_bad_fraction(
+                self.samples_seen(), Counter(self.bad_samples()), self.max_bad_fraction, self.bad_check_after
+            )
+            yield batch
+        if self.batches_done != self.batches_per_epoch:
+            raise RuntimeError(
+                f"rank {self.rank} got {self.batches_done} of {self.batches_per_epoch} batches"
+            )
+        self.epoch, self.batches_done = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position on this rank; save one per rank."""
+        return {
+            "version": STATE_VERSION,
+            "epoch": self.epoch,
+            "batches_done": self.batches_done,
+            "positions": {str(w): list(p) for w, p in self._positions.items()},
+            "counters": {str(w): c for w, c in self._counters.items()},
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "workers": self.plan.workers,
+            "batch_size": self.batch_size,
+            "seed": self.plan.seed,
+            "shuffle": self.plan.shuffle,
+            "samples_per_epoch": self.samples_per_epoch,
+            "fingerprint": self.fingerprint,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` of a loader with the same data and layout."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"loader state version {state.get('version')} != {STATE_VERSION}")
+        mine = self.state_dict()
+        for key in (
+            "rank",
+            "world_size",
+            "workers",
+            "batch_size",
+            "seed",
+            "shuffle",
+            "samples_per_epoch",
+            "fingerprint",
+        ):
+            if state.get(key) != mine[key]:
+                raise ValueError(
+                    f"cannot resume: saved {key}={state.get(key)!r} but this loader has {mine[key]!r}"
+                    " (resume needs the same data, ranks, workers, batch size and seed)"
+                )
+        self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
+        self._positions = {int(w): (int(p[0]), int(p[1])) for w, p in state["positions"].items()}
+        self._counters = {
+            int(w): {"seen": c["seen"], "bad": dict(c["bad"])} for w, c in state["counters"].items()
+        }
+
+
+def build_loader(
+    sources: str | Sequence[str],
+    tokenizer: Any,
+    *,
+    image_size: int | tuple[int, int] = 224,
+    batch_size: int = 32,
+    max_text_len: int = 40,
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    num_workers: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    seed: int = 0,
+    shuffle: bool = True,
+    shuffle_buffer: int = 1000,
+    samples_per_epoch: int | None = None,
+    augment: bool = False,
+    crop_min_scale: float | None = None,
+    answer_vocab: Sequence[str] | None = None,
+    label_vocab: Sequence[str] | None = None,
+    max_bad_fraction: float = 0.01,
+    bad_check_after: int = 200,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    fast_decode: bool = True,
+    prefetch_factor: int = 2,
+    pin_memory: bool = False,
+) -> ShardLoader:
+    """A resumable, distributed-aware loader over shard directories / patterns (see module doc).
+
+    ``sources``: shard dirs, ``dataset.json`` paths or URL patterns (brace-expanded, ``::``-joined,
+    ``pipe:`` allowed); several are joined. ``rank`` / ``world_size`` default to torch.distributed
+    when initialized. ``answer_vocab`` / ``label_vocab`` default to the union of the sources'
+    ``dataset.json`` vocabularies. ``mean`` / ``std`` normalize pixels in [0, 1] (0.5 suits
+    EfficientNet-Lite0). ``samples_per_epoch`` is global (all ranks); default one pass.
+    ``fast_decode`` lets JPEGs decode at 1/2-1/8 scale when still larger than the input and
+    resizes with PIL's ``reducing_gap=3`` (both visually lossless at the model's input size).
+    """
+    shards, infos = resolve_shards(sources)
+    tasks = {t for info in infos for t in info.tasks}
+    if {"cls", "lm"} <= tasks:
+        raise ValueError(
+            "the sources mix 'cls' and 'lm' samples, whose 'labels' differ in shape: use two loaders"
+        )
+    if rank is None or world_size is None:
+        rank, world_size = _dist_rank_world()
+    if getattr(tokenizer, "pad_token", None) is None:
+        raise ValueError("the tokenizer has no pad token (set tokenizer.pad_token, e.g. to its eos token)")
+    size = as_size(image_size)
+    fill = tuple(round(255 * m) for m in mean)
+    transform = ImageTransform(
+        size, fill, augment=augment, crop_min_scale=crop_min_scale, reducing_gap=3.0 if fast_decode else None
+    )
+    decoder = SampleDecoder(transform, max_pixels, fast_decode=fast_decode, seed=seed)
+    collator = Collator(
+        tokenizer,
+        max_text_len,
+        tuple(mean),
+        tuple(std),
+        answer_vocab=list(answer_vocab) if answer_vocab is not None else _merged_vocab(infos, "answer_vocab"),
+        label_vocab=list(label_vocab)
+        if label_vocab is not None
+        else sorted(_merged_vocab(infos, "label_vocab")),
+    )
+    return ShardLoader(
+        shards,
+        decoder,
+        collator,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
+        shuffle=shuffle,
+        shuffle_buffer=shuffle_buffer,
+        samples_per_epoch=samples_per_epoch,
+        max_bad_fraction=max_bad_fraction,
+        bad_check_after=bad_check_after,
+        prefetch_factor=prefetch_factor,
+        pin_memory=pin_memory,
+    )

@@ -1,0 +1,192 @@
+"""Per-sample decoding and per-batch collation, run inside the loader's worker processes.
+
+:class:`SampleDecoder` turns one raw webdataset sample (``__key__`` + bytes members) into a decoded
+sample or raises :class:`SampleError` naming why it is bad. Its stages, in order::
+
+    parse_json -> check schema -> decode image -> check boxes -> transform (letterbox / augment) -> targets
+
+:class:`Collator` tokenizes the texts and pads everything into the batch dict described in
+:mod:`vlcoattn.data`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from .answers import answer_scores, majority_answer
+from .image import IMAGE_EXTS, ImageDecodeError, decode_image_and_size
+from .schema import SampleError, check_record
+from .transforms import ImageTransform, normalize_boxes
+
+IGNORE_INDEX = -100
+
+
+def _parse_json(raw: dict[str, Any]) -> dict[str, Any]:
+    if "json" not in raw:
+        raise SampleError("missing_json", "no .json member")
+    try:
+        record = json.loads(raw["json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SampleError("bad_json", f".json member is not UTF-8 JSON: {e}") from e
+    if not isinstance(record, dict):
+        raise SampleError("bad_json", f".json member must hold an object, got {type(record).__name__}")
+    return record
+
+
+def _image_member(raw: dict[str, Any]) -> bytes | None:
+    found = [ext for ext in IMAGE_EXTS if ext in raw]
+    if len(found) > 1:
+        raise SampleError("bad_field", f"several image members: {found}")
+    return raw[found[0]] if found else None
+
+
+@dataclass(frozen=True)
+class SampleDecoder:
+    """Raw sample -> dict with ``key``, ``task``, ``text``, ``meta`` and, as present, ``pixels`` (uint8
+    3xHxW), ``letterbox`` (8,), ``box`` (4,) normalized cxcywh, ``answers``, ``label``."""
+
+    transform: ImageTransform
+    max_pixels: int
+    fast_decode: bool = True  # JPEG DCT-domain downscale when the image is >= 2x the input size
+    seed: int = 0
+
+    def __call__(self, raw: dict[str, Any], pass_index: int = 0) -> dict[str, Any]:
+        record = _parse_json(raw)
+        image_bytes = _image_member(raw)
+        record = check_record(record, has_image=image_bytes is not None)
+        sample = {
+            "key": raw["__key__"],
+            "task": record["task"],
+            "text": record["text"],
+            "meta": record.get("meta", {}),
+        }
+        answers = list(record.get("answers", ()))
+        if record.get("label") is not None:
+            sample["label"] = record["label"]
+        if image_bytes is None:
+            sample["answers"] = answers
+            return sample
+        cropping = self.transform.augment and self.transform.crop_min_scale is not None
+        fit = (self.transform.size[1], self.transform.size[0]) if self.fast_decode and not cropping else None
+        try:
+            image, (orig_w, orig_h) = decode_image_and_size(
+                image_bytes, max_pixels=self.max_pixels, fit_within=fit
+            )
+        except ImageDecodeError as e:
+            raise SampleError("bad_image", str(e)) from e
+        check_record(record, image_size=(orig_w, orig_h))  # boxes inside the image
+        boxes = np.asarray(record.get("boxes", []), dtype=np.float64).reshape(-1, 4)
+        draft = (image.size[0] / orig_w, image.size[1] / orig_h)
+        boxes = boxes * np.array([*draft, *draft])
+        rng = random.Random(f"{self.seed}:{pass_index}:{sample['key']}") if self.transform.augment else None
+        pixels, boxes, texts, params = self.transform(image, boxes, [record["text"], *answers], rng)
+        params = replace(
+            params,
+            scale_x=params.scale_x * draft[0],
+            scale_y=params.scale_y * draft[1],
+            orig_w=orig_w,
+            orig_h=orig_h,
+        )
+        sample.update(text=texts[0], answers=texts[1:], pixels=pixels, letterbox=params.as_tensor().float())
+        if len(boxes):
+            sample["box"] = normalize_boxes(boxes[:1], params.out_w, params.out_h)[0]
+        return sample
+
+
+@dataclass
+class Collator:
+    """Decoded samples -> padded batch dict (tokenization happens here, once per batch)."""
+
+    tokenizer: Any
+    max_text_len: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    answer_vocab: Sequence[str] = ()
+    label_vocab: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        self._answer_index = {a: i for i, a in enumerate(self.answer_vocab)}
+        self._label_index = {a: i for i, a in enumerate(self.label_vocab)}
+        self._mean = torch.tensor(self.mean).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(self.std).view(1, 3, 1, 1) * 255.0
+
+    def check(self, sample: dict[str, Any]) -> None:
+        """Raise SampleError for a sample whose targets cannot be encoded (unknown label)."""
+        if sample["task"] == "cls" and sample.get("label") not in self._label_index:
+            raise SampleError("bad_field", f"label {sample.get('label')!r} is not in the label vocabulary")
+        if sample["task"] == "vqa" and not self._answer_index:
+            raise SampleError("bad_field", "vqa sample but the loader has no answer vocabulary")
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        tasks = [s["task"] for s in samples]
+        texts = [s["text"] for s in samples]
+        enc = self.tokenizer(
+            texts,
+            padding="longest",
+            truncation=True,
+            max_length=self.max_text_len,
+            return_tensors="pt",
+            return_token_type_ids=True,
+        )
+        batch: dict[str, Any] = {
+            "keys": [s["key"] for s in samples],
+            "tasks": tasks,
+            "texts": texts,
+            "meta": [s["meta"] for s in samples],
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "token_type_ids": enc["token_type_ids"],
+        }
+        if any("pixels" in s for s in samples):
+            batch.update(self._images(samples))
+        if "ground" in tasks:
+            batch["boxes"] = torch.stack([s.get("box", torch.zeros(4)) for s in samples])
+            batch["box_mask"] = torch.tensor([t == "ground" and "box" in s for t, s in zip(tasks, samples)])
+        if "vqa" in tasks:
+            batch.update(self._answers(samples))
+        if "cls" in tasks and "lm" in tasks:
+            raise ValueError("a batch mixes 'cls' and 'lm' samples: their 'labels' have different shapes")
+        if "cls" in tasks:
+            batch["labels"] = torch.tensor(
+                [
+                    self._label_index[s["label"]] if t == "cls" else IGNORE_INDEX
+                    for t, s in zip(tasks, samples)
+                ]
+            )
+        elif "lm" in tasks:
+            labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX)
+            labels[torch.tensor([t != "lm" for t in tasks])] = IGNORE_INDEX
+            batch["labels"] = labels
+        return batch
+
+    def _images(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        shape = next(s["pixels"].shape for s in samples if "pixels" in s)
+        pixels = torch.stack([s.get("pixels", torch.zeros(shape, dtype=torch.uint8)) for s in samples])
+        return {
+            "pixel_values": torch.sub(pixels, self._mean, out=torch.empty(pixels.shape)).div_(self._std),
+            "image_mask": torch.tensor(["pixels" in s for s in samples]),
+            "letterbox": torch.stack([s.get("letterbox", torch.zeros(8)) for s in samples]),
+        }
+
+    def _answers(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        scores = torch.zeros(len(samples), len(self._answer_index))
+        ids = torch.full((len(samples),), IGNORE_INDEX, dtype=torch.long)
+        for i, s in enumerate(samples):
+            if s["task"] != "vqa":
+                continue
+            for answer, score in answer_scores(s["answers"]).items():
+                if answer in self._answer_index:
+                    scores[i, self._answer_index[answer]] = score
+            ids[i] = self._answer_index.get(majority_answer(s["answers"]), IGNORE_INDEX)
+        return {
+            "answer_scores": scores,
+            "answer_ids": ids,
+            "answers": [s["answers"] if s["task"] == "vqa" else [] for s in samples],
+        }

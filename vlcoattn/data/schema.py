@@ -1,0 +1,176 @@
+"""The sample schema (DESIGN §4), its validator, and the ``dataset.json`` that describes a shard dir.
+
+A sample is ``__key__`` + an image member (``jpg``/``png``/..., absent for text-only) + ``json``::
+
+    {"text": str, "task": "vqa" | "ground" | "cls" | "lm",
+     "answers": [str],                 # vqa: every annotator's answer (VQA v2 keeps all 10)
+     "boxes": [[x0, y0, x1, y1]],      # pixels of the stored image after EXIF orientation; ground: >= 1
+     "label": str,                     # cls
+     "meta": {...}}                    # free-form provenance (ids, question type, ...)
+
+:func:`sample_problems` lists everything wrong with a record; :func:`check_record` raises a
+:class:`SampleError` whose ``reason`` is one of :data:`BAD_REASONS` (the loader counts by it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+TASKS = ("vqa", "ground", "cls", "lm")
+IMAGE_TASKS = frozenset({"vqa", "ground"})
+FIELDS = frozenset({"text", "task", "answers", "boxes", "label", "meta"})
+BOX_TOLERANCE = 1.0  # pixels a box may stick out of the image (rounding in annotation tools)
+
+FORMAT = "vlcoattn-shards"
+FORMAT_VERSION = 1
+SHARD_PATTERN = "shard-%06d.tar"
+INFO_FILE = "dataset.json"
+
+# why a sample was skipped; the loader's bad-sample counters use exactly these keys
+BAD_REASONS = (
+    "missing_json",  # no .json member
+    "bad_json",  # not UTF-8 JSON object
+    "bad_field",  # missing/unknown/mistyped field
+    "empty_text",  # text empty or whitespace
+    "missing_image",  # task needs an image and there is none
+    "bad_image",  # image member does not decode (corrupt, truncated, not an image, too large)
+    "bad_box",  # box malformed, degenerate or outside the image
+    "unreadable_shard",  # samples lost because the tar itself is truncated or unreadable
+)
+
+
+class SampleError(ValueError):
+    """A sample that breaks the schema; ``reason`` is one of :data:`BAD_REASONS`."""
+
+    def __init__(self, reason: str, message: str):
+        if reason not in BAD_REASONS:
+            raise AssertionError(f"unknown bad-sample reason {reason!r}")
+        super().__init__(message)
+        self.reason = reason
+
+
+def _box_problems(boxes: Any, image_size: tuple[int, int] | None) -> list[tuple[str, str]]:
+    if not isinstance(boxes, list):
+        return [("bad_field", f"'boxes' must be a list of [x0, y0, x1, y1], got {type(boxes).__name__}")]
+    problems = []
+    for i, box in enumerate(boxes):
+        if not (isinstance(box, (list, tuple)) and len(box) == 4):
+            problems.append(("bad_box", f"boxes[{i}] must be 4 numbers [x0, y0, x1, y1], got {box!r}"))
+            continue
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box):
+            problems.append(("bad_box", f"boxes[{i}] has a non-finite or non-numeric value: {box!r}"))
+            continue
+        x0, y0, x1, y1 = box
+        if x1 <= x0 or y1 <= y0:
+            problems.append(("bad_box", f"boxes[{i}] = {box!r} is empty or inverted (need x1 > x0, y1 > y0)"))
+        elif image_size is not None:
+            w, h = image_size
+            t = BOX_TOLERANCE
+            if x0 < -t or y0 < -t or x1 > w + t or y1 > h + t:
+                problems.append(("bad_box", f"boxes[{i}] = {box!r} lies outside the {w}x{h} image"))
+    return problems
+
+
+def sample_problems(
+    record: Any, *, has_image: bool | None = None, image_size: tuple[int, int] | None = None
+) -> list[tuple[str, str]]:
+    """Every way ``record`` breaks the schema, as (reason, message) pairs; empty when valid.
+
+    ``has_image``: whether the sample carries an image (None: not checked). ``image_size``
+    (width, height) of the decoded image, to check that boxes lie inside it.
+    """
+    if not isinstance(record, Mapping):
+        return [("bad_json", f"sample json must be an object, got {type(record).__name__}")]
+    problems: list[tuple[str, str]] = []
+    unknown = sorted(set(record) - FIELDS)
+    if unknown:
+        problems.append(("bad_field", f"unknown field(s) {unknown}; allowed: {sorted(FIELDS)}"))
+    task = record.get("task")
+    if task not in TASKS:
+        problems.append(("bad_field", f"'task' must be one of {list(TASKS)}, got {task!r}"))
+    text = record.get("text")
+    if not isinstance(text, str):
+        problems.append(("bad_field", f"'text' must be a string, got {type(text).__name__}"))
+    elif not text.strip():
+        problems.append(("empty_text", "'text' is empty"))
+    answers = record.get("answers")
+    if answers is not None and not (
+        isinstance(answers, list) and all(isinstance(a, str) and a.strip() for a in answers)
+    ):
+        problems.append(("bad_field", f"'answers' must be a list of non-empty strings, got {answers!r}"))
+    if task == "vqa" and not answers:
+        problems.append(("bad_field", "task 'vqa' needs a non-empty 'answers' list"))
+    if "boxes" in record:
+        problems += _box_problems(record["boxes"], image_size)
+    if task == "ground" and not record.get("boxes"):
+        problems.append(("bad_box", "task 'ground' needs at least one box in 'boxes'"))
+    label = record.get("label")
+    if label is not None and not (isinstance(label, str) and label.strip()):
+        problems.append(("bad_field", f"'label' must be a non-empty string, got {label!r}"))
+    if task == "cls" and label is None:
+        problems.append(("bad_field", "task 'cls' needs a 'label'"))
+    if "meta" in record and not isinstance(record["meta"], Mapping):
+        problems.append(("bad_field", f"'meta' must be an object, got {type(record['meta']).__name__}"))
+    if has_image is False and task in IMAGE_TASKS:
+        problems.append(("missing_image", f"task {task!r} needs an image and the sample has none"))
+    return problems
+
+
+def check_record(
+    record: Any, *, has_image: bool | None = None, image_size: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """Return ``record`` if valid, else raise :class:`SampleError` naming its first problem (and the
+    number of further ones)."""
+    problems = sample_problems(record, has_image=has_image, image_size=image_size)
+    if problems:
+        reason, message = problems[0]
+        more = f" (+{len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise SampleError(reason, message + more)
+    return dict(record)
+
+
+@dataclass
+class DatasetInfo:
+    """Contents of a shard directory's ``dataset.json``."""
+
+    source: str  # which converter wrote it: jsonl, vqa2, refcoco, textcls, text, synthetic
+    num_samples: int
+    shards: list[dict[str, Any]]  # [{"file": "shard-000000.tar", "samples": int}], in write order
+    tasks: dict[str, int]  # samples per task
+    answer_vocab: list[str] = field(default_factory=list)  # by decreasing frequency (vqa)
+    answer_counts: list[int] = field(default_factory=list)  # annotator answers per vocab entry
+    label_vocab: list[str] = field(default_factory=list)  # sorted labels (cls)
+    skipped: dict[str, int] = field(default_factory=dict)  # input records skipped, by reason
+    options: dict[str, Any] = field(default_factory=dict)  # converter options (split, seed, ...)
+    format: str = FORMAT
+    version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        """Pretty JSON text."""
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def load(cls, path: str | Path) -> DatasetInfo:
+        """Read ``dataset.json`` (``path`` is the file or its directory); ValueError if malformed."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / INFO_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON: {e}") from e
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f'{path}: not a {FORMAT} dataset.json (missing "format": "{FORMAT}")')
+        if data.get("version", 0) > FORMAT_VERSION:
+            raise ValueError(
+                f"{path}: format version {data['version']} is newer than this code ({FORMAT_VERSION})"
+            )
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ValueError(f"{path}: unexpected dataset.json fields: {e}") from e

@@ -1,0 +1,476 @@
+"""CLEVR-lite: rendered 2D scenes with questions and unique referring expressions.
+
+A scene holds 2-6 non-overlapping objects (4 shapes x 8 colours x 2 sizes) on a plain light
+background, drawn without anti-aliasing so every box is exact: it is the bounding box of the
+object's drawn pixels. Each scene yields VQA samples (question types ``attribute``, ``count``,
+``exists``, ``spatial``) and grounding samples whose expression picks out exactly one object
+(types ``attribute``: "the large red square", ``relational``: "the square left of the red circle",
+``superlative``: "the leftmost circle"). ``meta`` keeps the scene and a small program of every
+question/expression, so answers and referents can be re-derived.
+
+Everything is a pure function of (seed, split, scene index): the same call gives the same bytes.
+A compositional hold-out (as CLEVR CoGenT) removes chosen (colour, shape) pairs from
+train/val/test; the ``holdout`` split puts at least one of them in every scene.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from .image import encode_image
+
+SHAPES = ("circle", "square", "triangle", "diamond")
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 80, 220),
+    "yellow": (230, 210, 30),
+    "purple": (140, 60, 190),
+    "cyan": (40, 200, 210),
+    "orange": (245, 140, 30),
+    "gray": (110, 110, 110),
+}
+SIZES = {"small": 0.12, "large": 0.2}  # object side as a fraction of the image side
+BACKGROUNDS = ((238, 238, 238), (226, 224, 216), (214, 220, 228))
+ATTRIBUTES = ("size", "color", "shape")
+RELATIONS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
+SUPERLATIVES = {"left": "leftmost", "right": "rightmost", "above": "topmost", "below": "bottommost"}
+QUESTION_TYPES = ("attribute", "count", "exists", "spatial")
+SPLITS = ("train", "val", "test", "holdout")
+MAX_OBJECTS = 6
+ANSWERS = ("yes", "no", *(str(i) for i in range(MAX_OBJECTS + 1)), *SHAPES, *COLORS, *SIZES)
+
+# CoGenT-like preset: squares never red/green/purple/cyan and triangles never blue/yellow/orange/gray
+# in train/val/test (circles and diamonds take every colour).
+COGENT_HOLDOUT = tuple(
+    [(c, "square") for c in ("red", "green", "purple", "cyan")]
+    + [(c, "triangle") for c in ("blue", "yellow", "orange", "gray")]
+)
+
+Box = tuple[int, int, int, int]
+Description = dict[str, str]  # subset of {"size", "color", "shape"}
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One drawn object; ``box`` is the tight [x0, y0, x1, y1) box of its pixels."""
+
+    shape: str
+    color: str
+    size: str
+    box: Box
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
+
+    def matches(self, desc: Description) -> bool:
+        return all(getattr(self, k) == v for k, v in desc.items())
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Generator settings; ``holdout`` lists (colour, shape) pairs kept out of train/val/test."""
+
+    image_size: int = 128
+    min_objects: int = 2
+    max_objects: int = MAX_OBJECTS
+    questions_per_scene: int = 3
+    refs_per_scene: int = 2
+    holdout: tuple[tuple[str, str], ...] = ()
+    image_format: str = "png"
+    duplicate_prob: float = 0.35  # chance an object copies an earlier one's colour+shape (needs relations)
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.min_objects <= self.max_objects <= MAX_OBJECTS:
+            raise ValueError(f"need 2 <= min_objects <= max_objects <= {MAX_OBJECTS}")
+        if self.image_size < 48:
+            raise ValueError(f"image_size {self.image_size} too small: use >= 48 px")
+        for color, shape in self.holdout:
+            if color not in COLORS or shape not in SHAPES:
+                raise ValueError(f"hold-out pair {color}:{shape} is not a known colour:shape")
+        if len(set(self.holdout)) == len(COLORS) * len(SHAPES):
+            raise ValueError("the hold-out cannot contain every colour:shape pair")
+
+
+def parse_holdout(spec: str | None) -> tuple[tuple[str, str], ...]:
+    """``"cogent"`` (the preset) or ``"red:circle,blue:square"`` -> (colour, shape) pairs."""
+    if not spec:
+        return ()
+    if spec.strip().lower() == "cogent":
+        return COGENT_HOLDOUT
+    pairs = []
+    for item in spec.split(","):
+        color, sep, shape = item.strip().partition(":")
+        if not sep or color not in COLORS or shape not in SHAPES:
+            raise ValueError(
+                f"bad hold-out pair {item!r}: use colour:shape with colours {list(COLORS)} "
+                f"and shapes {list(SHAPES)}, or 'cogent'"
+            )
+        pairs.append((color, shape))
+    return tuple(pairs)
+
+
+# ---------------------------------------------------------------------------------------------- drawing
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: int, y: int, side: int, fill: Any) -> None:
+    """Draw ``shape`` in the ``side`` x ``side`` cell at (x, y), without anti-aliasing."""
+    e = side - 1
+    if shape == "circle":
+        draw.ellipse([x, y, x + e, y + e], fill=fill)
+    elif shape == "square":
+        draw.rectangle([x, y, x + e, y + e], fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(x + e / 2, y), (x + e, y + e), (x, y + e)], fill=fill)
+    elif shape == "diamond":
+        draw.polygon([(x + e / 2, y), (x + e, y + e / 2), (x + e / 2, y + e), (x, y + e / 2)], fill=fill)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+
+
+@functools.lru_cache(maxsize=256)
+def _pixel_box(shape: str, side: int) -> Box:
+    """Tight box of the pixels ``_draw_shape`` sets in a cell at the origin (translation-invariant)."""
+    mask = Image.new("1", (side, side), 0)
+    _draw_shape(ImageDraw.Draw(mask), shape, 0, 0, side, 1)
+    box = mask.getbbox()
+    assert box is not None, (shape, side)
+    return box
+
+
+def render_scene(
+    objects: Sequence[SceneObject], background: tuple[int, int, int], image_size: int
+) -> Image.Image:
+    """Draw the scene; each object's pixels fill exactly its ``box`` (checked by the tests)."""
+    image = Image.new("RGB", (image_size, image_size), background)
+    draw = ImageDraw.Draw(image)
+    for obj in objects:
+        side = _side(obj.size, image_size)
+        dx, dy, _, _ = _pixel_box(obj.shape, side)
+        _draw_shape(draw, obj.shape, obj.box[0] - dx, obj.box[1] - dy, side, COLORS[obj.color])
+    return image
+
+
+def _side(size: str, image_size: int) -> int:
+    return max(6, round(SIZES[size] * image_size))
+
+
+# ---------------------------------------------------------------------------------------------- scenes
+
+
+def _allowed_pairs(holdout: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(c, s) for s in SHAPES for c in COLORS if (c, s) not in set(holdout)]
+
+
+def generate_objects(rng: random.Random, config: SyntheticConfig, split: str) -> list[SceneObject]:
+    """Sample attributes and non-overlapping positions (cells >= 3 px apart) for one scene."""
+    allowed = _allowed_pairs(config.holdout)
+    n = rng.randint(config.min_objects, config.max_objects)
+    size_px = config.image_size
+    while True:  # rejection sampling of a full placement; succeeds in a few tries at these densities
+        pairs: list[tuple[str, str]] = []
+        for i in range(n):
+            if split == "holdout" and i == 0:
+                pairs.append(rng.choice(config.holdout))
+            elif pairs and rng.random() < config.duplicate_prob:
+                pairs.append(rng.choice(pairs))
+            else:
+                pairs.append(rng.choice(allowed if split != "holdout" else allowed + list(config.holdout)))
+        rng.shuffle(pairs)
+        objects: list[SceneObject] = []
+        cells: list[Box] = []
+        for color, shape in pairs:
+            size = rng.choice(tuple(SIZES))
+            side = _side(size, size_px)
+            for _ in range(50):
+                x, y = rng.randint(2, size_px - side - 2), rng.randint(2, size_px - side - 2)
+                cell = (x, y, x + side, y + side)
+                if all(_apart(cell, other, 3) for other in cells):
+                    break
+            else:
+                break
+            cells.append(cell)
+            bx0, by0, bx1, by1 = _pixel_box(shape, side)
+            objects.append(SceneObject(shape, color, size, (x + bx0, y + by0, x + bx1, y + by1)))
+        if len(objects) == n:
+            return objects
+
+
+def _apart(a: Box, b: Box, gap: int) -> bool:
+    return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
+
+
+# ---------------------------------------------------------------------------------------------- language
+
+
+def describe(desc: Description, plural: bool = False) -> str:
+    """{"size": "large", "color": "red"} -> "large red object" ("large red objects" when plural)."""
+    words = [desc[k] for k in ("size", "color") if k in desc]
+    noun = desc.get("shape", "object")
+    return " ".join([*words, noun + "s" if plural else noun])
+
+
+def _subsets(obj: SceneObject, exclude: str | None = None) -> list[Description]:
+    """Descriptions of ``obj`` from fewest attributes to all, shape-bearing ones first."""
+    keys = [k for k in ATTRIBUTES if k != exclude]
+    out = []
+    for r in range(1, len(keys) + 1):
+        combos = sorted(itertools.combinations(keys, r), key=lambda c: "shape" not in c)
+        out += [{k: getattr(obj, k) for k in combo} for combo in combos]
+    return out
+
+
+def _matching(objects: Sequence[SceneObject], desc: Description) -> list[int]:
+    return [i for i, o in enumerate(objects) if o.matches(desc)]
+
+
+def _unique_description(
+    objects: Sequence[SceneObject], i: int, exclude: str | None = None
+) -> Description | None:
+    """The shortest description that matches object ``i`` only (None if it has a twin)."""
+    for desc in _subsets(objects[i], exclude):
+        if _matching(objects, desc) == [i]:
+            return desc
+    return None
+
+
+def _axis_value(obj: SceneObject, direction: str) -> float:
+    """Coordinate that grows in ``direction`` (left: -x, right: x, above: -y, below: y)."""
+    cx, cy = obj.center
+    return {"left": -cx, "right": cx, "above": -cy, "below": cy}[direction]
+
+
+def relation_holds(obj: SceneObject, anchor: SceneObject, direction: str) -> bool:
+    """``obj`` is ``direction`` of ``anchor`` (by box centres)."""
+    return _axis_value(obj, direction) > _axis_value(anchor, direction)
+
+
+def _clear_margin(
+    objects: Sequence[SceneObject], indices: Sequence[int], anchor: SceneObject, direction: str, margin: float
+) -> bool:
+    """No object in ``indices`` sits within ``margin`` px of the anchor along the relation's axis."""
+    return all(
+        abs(_axis_value(objects[j], direction) - _axis_value(anchor, direction)) >= margin for j in indices
+    )
+
+
+def resolve_reference(objects: Sequence[SceneObject], program: dict[str, Any]) -> list[int]:
+    """Indices of the objects a referring-expression program denotes (unique ones give one index)."""
+    candidates = _matching(objects, program["target"])
+    if program.get("relation"):
+        anchors = _matching(objects, program["relation"]["anchor"])
+        if len(anchors) != 1:
+            return []
+        anchor = objects[anchors[0]]
+        candidates = [
+            j
+            for j in candidates
+            if j != anchors[0] and relation_holds(objects[j], anchor, program["relation"]["dir"])
+        ]
+    if program.get("superlative") and candidates:
+        best = max(candidates, key=lambda j: _axis_value(objects[j], program["superlative"]))
+        candidates = [best]
+    return candidates
+
+
+def _margin(image_size: int) -> float:
+    return 0.04 * image_size
+
+
+def _relational_ref(
+    objects: Sequence[SceneObject], t: int, rng: random.Random, margin: float
+) -> tuple[str, dict] | None:
+    """ "the <target> <relation> the <anchor>" picking out object ``t`` only."""
+    options = []
+    for a, anchor in enumerate(objects):
+        anchor_desc = _unique_description(objects, a)
+        if a == t or anchor_desc is None:
+            continue
+        for direction in RELATIONS:
+            if not relation_holds(objects[t], anchor, direction):
+                continue
+            for target_desc in _subsets(objects[t]):
+                program = {"target": target_desc, "relation": {"dir": direction, "anchor": anchor_desc}}
+                others = [j for j in _matching(objects, target_desc) if j != a]
+                if resolve_reference(objects, program) == [t] and _clear_margin(
+                    objects, others, anchor, direction, margin
+                ):
+                    options.append(program)
+                    break
+    if not options:
+        return None
+    # prefer targets that are ambiguous on their own: there the relation does the work
+    ambiguous = [p for p in options if len(_matching(objects, p["target"])) > 1]
+    program = rng.choice(ambiguous or options)
+    rel = program["relation"]
+    text = f"the {describe(program['target'])} {RELATIONS[rel['dir']]} the {describe(rel['anchor'])}"
+    return text, program
+
+
+def _superlative_ref(
+    objects: Sequence[SceneObject], t: int, rng: random.Random, margin: float
+) -> tuple[str, dict] | None:
+    """ "the leftmost <target>" where the target description matches >= 2 objects."""
+    options = []
+    for desc in _subsets(objects[t]):
+        group = _matching(objects, desc)
+        if len(group) < 2:
+            continue
+        for direction in SUPERLATIVES:
+            values = sorted((_axis_value(objects[j], direction), j) for j in group)
+            if values[-1][1] == t and values[-1][0] - values[-2][0] >= margin:
+                options.append({"target": desc, "superlative": direction})
+    if not options:
+        return None
+    program = rng.choice(options)
+    return f"the {SUPERLATIVES[program['superlative']]} {describe(program['target'])}", program
+
+
+def referring_expression(
+    objects: Sequence[SceneObject], t: int, rng: random.Random, image_size: int
+) -> tuple[str, str, dict] | None:
+    """(ref_type, text, program) of an expression denoting object ``t`` only, or None."""
+    margin = _margin(image_size)
+    kinds = ["attribute", "relational", "superlative"]
+    rng.shuffle(kinds)
+    for kind in kinds:
+        if kind == "attribute":
+            desc = _unique_description(objects, t)
+            found = (f"the {describe(desc)}", {"target": desc}) if desc else None
+        elif kind == "relational":
+            found = _relational_ref(objects, t, rng, margin)
+        else:
+            found = _superlative_ref(objects, t, rng, margin)
+        if found:
+            return kind, found[0], found[1]
+    return None
+
+
+def _random_description(rng: random.Random) -> Description:
+    keys = rng.sample(ATTRIBUTES, rng.randint(1, 2))
+    pools = {"size": tuple(SIZES), "color": tuple(COLORS), "shape": SHAPES}
+    return {k: rng.choice(pools[k]) for k in sorted(keys, key=ATTRIBUTES.index)}
+
+
+def _question(
+    kind: str, objects: Sequence[SceneObject], rng: random.Random, image_size: int
+) -> tuple[str, str, dict] | None:
+    """(question, answer, program) of one type, or None when the scene does not allow it."""
+    if kind == "attribute":
+        t = rng.randrange(len(objects))
+        asked = rng.choice(ATTRIBUTES)
+        desc = _unique_description(objects, t, exclude=asked)
+        if desc is None:
+            return None
+        return (
+            f"What {asked} is the {describe(desc)}?",
+            getattr(objects[t], asked),
+            {"target": desc, "ask": asked},
+        )
+    if kind == "count":
+        desc = _random_description(rng) if rng.random() < 0.3 else rng.choice(_subsets(rng.choice(objects)))
+        count = len(_matching(objects, desc))
+        return f"How many {describe(desc, plural=True)} are there?", str(count), {"target": desc}
+    if kind == "exists":
+        want = rng.random() < 0.5
+        for _ in range(20):
+            desc = rng.choice(_subsets(rng.choice(objects))) if want else _random_description(rng)
+            if bool(_matching(objects, desc)) == want:
+                return f"Is there a {describe(desc)}?", "yes" if want else "no", {"target": desc}
+        return None
+    if kind == "spatial":
+        margin = _margin(image_size)
+        pairs = [(a, b) for a in range(len(objects)) for b in range(len(objects)) if a != b]
+        rng.shuffle(pairs)
+        for a, b in pairs:
+            da, db = _unique_description(objects, a), _unique_description(objects, b)
+            direction = rng.choice(tuple(RELATIONS))
+            if da is None or db is None or not _clear_margin(objects, [a], objects[b], direction, margin):
+                continue
+            answer = "yes" if relation_holds(objects[a], objects[b], direction) else "no"
+            text = f"Is the {describe(da)} {RELATIONS[direction]} the {describe(db)}?"
+            return text, answer, {"target": da, "relation": {"dir": direction, "anchor": db}}
+        return None
+    raise ValueError(f"unknown question type {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------- samples
+
+
+@dataclass
+class Scene:
+    """A generated scene and its samples (``records`` in the sample schema, without the image)."""
+
+    split: str
+    index: int
+    background: tuple[int, int, int]
+    objects: list[SceneObject]
+    records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (key suffix, record)
+
+
+def scene_rng(seed: int, split: str, index: int) -> random.Random:
+    """The RNG of one scene: scenes are independent of each other and of generation order."""
+    return random.Random(f"clevr-lite:{seed}:{split}:{index}")
+
+
+def generate_scene(seed: int, split: str, index: int, config: SyntheticConfig) -> Scene:
+    """Objects, questions and referring expressions of scene ``index`` of ``split``."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
+    if split == "holdout" and not config.holdout:
+        raise ValueError("the 'holdout' split needs hold-out pairs (config.holdout)")
+    rng = scene_rng(seed, split, index)
+    objects = generate_objects(rng, config, split)
+    scene = Scene(split, index, rng.choice(BACKGROUNDS), objects)
+    described = [{**asdict(o), "box": list(o.box)} for o in objects]  # JSON-native, as read back
+    kinds = [QUESTION_TYPES[(index + j) % len(QUESTION_TYPES)] for j in range(config.questions_per_scene)]
+    asked: set[str] = set()
+    for j, kind in enumerate(kinds):
+        for attempt_kind in [kind, *rng.sample(QUESTION_TYPES, len(QUESTION_TYPES))]:
+            found = _question(attempt_kind, objects, rng, config.image_size)
+            if found and found[0] not in asked:
+                text, answer, program = found
+                asked.add(text)
+                meta = {"question_type": attempt_kind, "program": program, "objects": described}
+                scene.records.append(
+                    (f"q{j}", {"task": "vqa", "text": text, "answers": [answer], "meta": meta})
+                )
+                break
+    targets = list(range(len(objects)))
+    rng.shuffle(targets)
+    if split == "holdout":  # refer to held-out objects first
+        targets.sort(key=lambda i: (objects[i].color, objects[i].shape) not in set(config.holdout))
+    refs = 0
+    for t in targets:
+        if refs == config.refs_per_scene:
+            break
+        found = referring_expression(objects, t, rng, config.image_size)
+        if found:
+            ref_type, text, program = found
+            meta = {"ref_type": ref_type, "program": program, "object": t, "objects": described}
+            record = {"task": "ground", "text": text, "boxes": [list(objects[t].box)], "meta": meta}
+            scene.records.append((f"r{refs}", record))
+            refs += 1
+    return scene
+
+
+def synthetic_samples(
+    split: str, num_scenes: int, seed: int, config: SyntheticConfig
+) -> Iterator[tuple[str, bytes, str, dict[str, Any]]]:
+    """(key, image bytes, image suffix, record) for every sample of ``num_scenes`` scenes of ``split``."""
+    for index in range(num_scenes):
+        scene = generate_scene(seed, split, index, config)
+        image = render_scene(scene.objects, scene.background, config.image_size)
+        data = encode_image(image, config.image_format)
+        ext = "jpg" if config.image_format.lower() in ("jpg", "jpeg") else "png"
+        for suffix, record in scene.records:
+            record["meta"].update(split=split, scene=index)
+            yield f"{split}-{index:07d}-{suffix}", data, ext, record
