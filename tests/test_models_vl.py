@@ -14,8 +14,10 @@ from vlcoattn.assets import efficientnet_lite0_weights, minilm_dir, sample_photo
 from vlcoattn.models import (
     VLCoAttnConfig,
     VLCoAttnForGrounding,
+    VLCoAttnForMultitask,
     VLCoAttnForQuestionAnswering,
     VLCoAttnModel,
+    answer_loss,
     grounding_loss,
 )
 from vlcoattn.text import CooBertConfig, CooBertModel
@@ -244,7 +246,7 @@ def test_grounding_box_starts_near_the_prior_center_and_converts_to_pixels():
     # center = sigmoid(logit(c_[CLS]) + Δ) with a small-init Δ; w = h = sigmoid(~0)
     torch.testing.assert_close(out.pred_boxes[:, :2], out.reference_centers[:, 0], atol=0.02, rtol=0)
     torch.testing.assert_close(out.pred_boxes[:, 2:], torch.full((2, 2), 0.5), atol=0.02, rtol=0)
-    raw = model.box_head(out.last_hidden_state[:, 0])
+    raw = model.box_head.raw(out.last_hidden_state[:, 0])
     c = out.reference_centers[:, 0]
     torch.testing.assert_close(out.pred_boxes[:, :2], torch.sigmoid(torch.logit(c) + raw[:, :2]))
     assert out.heatmaps.shape == (2, 6, 8, 12)
@@ -272,7 +274,7 @@ def test_spatial_prior_none_model_regresses_boxes_without_centers():
     ids, px = batch()
     out = model(ids, px)
     assert out.reference_centers is None and out.heatmaps is None and out.centers is None
-    raw = model.box_head(out.last_hidden_state[:, 0])
+    raw = model.box_head.raw(out.last_hidden_state[:, 0])
     torch.testing.assert_close(out.pred_boxes, torch.sigmoid(raw))  # logit(c) = 0 without a prior
 
 
@@ -408,3 +410,41 @@ def test_tiny_vqa_model_overfits_8_samples():
         logits = model(ids, images).logits
     assert model.predict_answers(logits) == [answers[i] for i in labels.tolist()]
     assert (logits.argmax(-1) == labels).float().mean().item() == 1.0
+
+
+# ------------------------------------------------------------------------- multitask + losses
+
+
+def test_multitask_model_every_parameter_gets_a_gradient_from_a_mixed_batch():
+    """DDP needs it: no parameter may be left out of the graph (the last layer's image stream is not
+    updated, and a batch without one of the tasks still touches that head)."""
+    torch.manual_seed(0)
+    model = VLCoAttnForMultitask(tiny_config(two_way=True, answer_vocab=["yes", "no", "2"]))
+    ids, px = batch()
+    out = model(ids, px, labels=torch.tensor([[1.0, 0, 0], [0, 0, 0]]), answer_mask=torch.tensor([True, False]),
+                boxes=torch.tensor([[0, 0, 0, 0], [0.6, 0.5, 0.2, 0.3]]), box_mask=torch.tensor([False, True]))
+    out.loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+    assert out.logits.shape == (2, 3) and out.pred_boxes.shape == (2, 4)
+    torch.testing.assert_close(out.loss, out.loss_vqa + 5 * out.loss_l1 + 2 * out.loss_giou)
+
+
+def test_masked_losses_with_num_items_sum_to_the_full_batch_loss():
+    """Splitting a batch into parts and dividing each part's sum by the whole count (what the trainer
+    does across micro-batches and ranks) gives the loss of the whole batch."""
+    torch.manual_seed(0)
+    logits, scores = torch.randn(6, 4), torch.rand(6, 4)
+    vqa_rows = torch.tensor([True, False, True, True, False, True])
+    whole = answer_loss(logits, scores, "bce", vqa_rows)
+    parts = sum(answer_loss(logits[i:i + 3], scores[i:i + 3], "bce", vqa_rows[i:i + 3], num_items=4) for i in (0, 3))
+    torch.testing.assert_close(parts, whole)
+    pred, tgt = torch.rand(6, 4) * 0.5 + 0.25, torch.rand(6, 4) * 0.5 + 0.25
+    box_rows = ~vqa_rows
+    whole_box = grounding_loss(pred, tgt, mask=box_rows)[0]
+    parts_box = sum(grounding_loss(pred[i:i + 3], tgt[i:i + 3], mask=box_rows[i:i + 3], num_items=2)[0] for i in (0, 3))
+    torch.testing.assert_close(parts_box, whole_box)
+    # index labels: -100 rows are left out of the mean
+    idx = torch.tensor([1, -100, 2, 0, -100, 3])
+    torch.testing.assert_close(answer_loss(logits, idx, "ce"),
+                               torch.nn.functional.cross_entropy(logits, idx, ignore_index=-100))

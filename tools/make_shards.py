@@ -5,8 +5,8 @@
         --out shards/vqa
     python tools/make_shards.py refcoco --refs refs.json --instances instances.json --images train2014/ \\
         --split val --out shards/refcoco-val
-    python tools/make_shards.py textcls --input bbcnews/data --out shards/bbc
-    python tools/make_shards.py text --input a.txt b.txt --out shards/lm
+    python tools/make_shards.py textcls --input bbcnews/data --out shards/bbc --test-fraction 0.2 --seed 0
+    python tools/make_shards.py text --input a.txt b.txt --out shards/lm [--test-fraction 0.1 --seed 0]
     python tools/make_shards.py synthetic --out shards/clevr --num 2000 --seed 0 --size 128 \\
         --split-holdout cogent
 """
@@ -27,6 +27,7 @@ from vlcoattn.data import (
     parse_holdout,
     write_synthetic,
 )
+from vlcoattn.data.convert import convert_text_split, convert_textcls_split
 from vlcoattn.utils.cli import ArgumentParser, run_cli
 
 
@@ -80,6 +81,13 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--input", required=True, help="DIR/<class>/*.txt, a .csv or a .jsonl file")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="stratified held-out share per class: writes OUT/train and OUT/test (default 0: one directory)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
 
     p = command("text", "plain text for language modelling")
     p.add_argument("--input", required=True, nargs="+", help="text files or folders of *.txt")
@@ -87,6 +95,13 @@ def build_parser() -> ArgumentParser:
         "--unit", choices=("line", "paragraph", "file"), default="paragraph", help="one sample per ..."
     )
     p.add_argument("--min-chars", type=int, default=1, help="skip shorter units")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="share of FILES held out: writes OUT/train and OUT/test (default 0: one directory)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
 
     p = command("synthetic", "CLEVR-lite scenes: out/{train,val,test[,holdout]}")
     p.add_argument(
@@ -151,6 +166,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_side=args.max_side,
             **common,
         )
+    elif args.command in ("textcls", "text") and args.test_fraction:
+        split = {"test_fraction": args.test_fraction, "seed": args.seed, **common}
+        if args.command == "textcls":
+            infos = convert_textcls_split(
+                args.input, args.out, text_column=args.text_column, label_column=args.label_column, **split
+            )
+        else:
+            infos = convert_text_split(
+                args.input, args.out, unit=args.unit, min_chars=args.min_chars, **split
+            )
+        for name, split_info in infos.items():
+            _report(f"{args.out}/{name}", split_info)
+        return 0
     elif args.command == "textcls":
         info = convert_textcls(
             args.input, args.out, text_column=args.text_column, label_column=args.label_column, **common

@@ -7,6 +7,7 @@ from .fusion import SMCACrossAttention, SMCAFusionEncoder, gaussian_log_prior
 from .models import (
     VLCoAttnConfig,
     VLCoAttnForGrounding,
+    VLCoAttnForMultitask,
     VLCoAttnForQuestionAnswering,
     VLCoAttnModel,
     VLCoAttnPreTrainedModel,
@@ -36,6 +37,7 @@ __all__ = [
     "SMCAFusionEncoder",
     "VLCoAttnConfig",
     "VLCoAttnForGrounding",
+    "VLCoAttnForMultitask",
     "VLCoAttnForQuestionAnswering",
     "VLCoAttnModel",
     "VLCoAttnPreTrainedModel",

@@ -46,7 +46,7 @@ from .convert import (
     write_synthetic,
 )
 from .image import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, encode_image, image_size
-from .loader import ShardLoader, build_loader
+from .loader import EvalLoader, ShardLoader, build_eval_loader, build_loader
 from .pipeline import IGNORE_INDEX, Collator, SampleDecoder
 from .schema import BAD_REASONS, TASKS, DatasetInfo, SampleError, check_record, sample_problems
 from .shards import ShardRef, ShardSink, count_samples, resolve_shards
@@ -71,6 +71,7 @@ __all__ = [
     "TASKS",
     "Collator",
     "DatasetInfo",
+    "EvalLoader",
     "ImageDecodeError",
     "ImageTransform",
     "Letterbox",
@@ -81,6 +82,7 @@ __all__ = [
     "ShardSink",
     "SyntheticConfig",
     "answer_scores",
+    "build_eval_loader",
     "build_loader",
     "build_vocab",
     "check_record",

@@ -451,6 +451,48 @@ class ShardLoader:
         }
 
 
+def _decoder_and_collator(
+    infos: Sequence[DatasetInfo],
+    tokenizer: Any,
+    image_size: int | tuple[int, int],
+    max_text_len: int,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    seed: int,
+    augment: bool,
+    crop_min_scale: float | None,
+    answer_vocab: Sequence[str] | None,
+    label_vocab: Sequence[str] | None,
+    max_pixels: int,
+    fast_decode: bool,
+) -> tuple[SampleDecoder, Collator]:
+    """The per-sample decoder and the batch collator shared by the training and evaluation loaders."""
+    tasks = {t for info in infos for t in info.tasks}
+    if {"cls", "lm"} <= tasks:
+        raise ValueError(
+            "the sources mix 'cls' and 'lm' samples, whose 'labels' differ in shape: use two loaders"
+        )
+    if getattr(tokenizer, "pad_token", None) is None:
+        raise ValueError("the tokenizer has no pad token (set tokenizer.pad_token, e.g. to its eos token)")
+    size = as_size(image_size)
+    fill = tuple(round(255 * m) for m in mean)
+    transform = ImageTransform(
+        size, fill, augment=augment, crop_min_scale=crop_min_scale, reducing_gap=3.0 if fast_decode else None
+    )
+    decoder = SampleDecoder(transform, max_pixels, fast_decode=fast_decode, seed=seed)
+    collator = Collator(
+        tokenizer,
+        max_text_len,
+        tuple(mean),
+        tuple(std),
+        answer_vocab=list(answer_vocab) if answer_vocab is not None else _merged_vocab(infos, "answer_vocab"),
+        label_vocab=list(label_vocab)
+        if label_vocab is not None
+        else sorted(_merged_vocab(infos, "label_vocab")),
+    )
+    return decoder, collator
+
+
 def build_loader(
     sources: str | Sequence[str],
     tokenizer: Any,
@@ -489,30 +531,11 @@ def build_loader(
     resizes with PIL's ``reducing_gap=3`` (both visually lossless at the model's input size).
     """
     shards, infos = resolve_shards(sources)
-    tasks = {t for info in infos for t in info.tasks}
-    if {"cls", "lm"} <= tasks:
-        raise ValueError(
-            "the sources mix 'cls' and 'lm' samples, whose 'labels' differ in shape: use two loaders"
-        )
     if rank is None or world_size is None:
         rank, world_size = _dist_rank_world()
-    if getattr(tokenizer, "pad_token", None) is None:
-        raise ValueError("the tokenizer has no pad token (set tokenizer.pad_token, e.g. to its eos token)")
-    size = as_size(image_size)
-    fill = tuple(round(255 * m) for m in mean)
-    transform = ImageTransform(
-        size, fill, augment=augment, crop_min_scale=crop_min_scale, reducing_gap=3.0 if fast_decode else None
-    )
-    decoder = SampleDecoder(transform, max_pixels, fast_decode=fast_decode, seed=seed)
-    collator = Collator(
-        tokenizer,
-        max_text_len,
-        tuple(mean),
-        tuple(std),
-        answer_vocab=list(answer_vocab) if answer_vocab is not None else _merged_vocab(infos, "answer_vocab"),
-        label_vocab=list(label_vocab)
-        if label_vocab is not None
-        else sorted(_merged_vocab(infos, "label_vocab")),
+    decoder, collator = _decoder_and_collator(
+        infos, tokenizer, image_size, max_text_len, mean, std, seed, augment, crop_min_scale,
+        answer_vocab, label_vocab, max_pixels, fast_decode,
     )
     return ShardLoader(
         shards,
@@ -531,3 +554,87 @@ def build_loader(
         prefetch_factor=prefetch_factor,
         pin_memory=pin_memory,
     )
+
+
+class EvalLoader:
+    """Every sample of the sources exactly once, in shard order, split over ranks (sample i goes to
+    rank i % world_size); batches of ``batch_size`` with a smaller last one. Bad samples are skipped and
+    counted (:meth:`bad_samples`), as in training. For metrics that must cover the whole split."""
+
+    def __init__(self, shards: Sequence[ShardRef], decoder: SampleDecoder, collator: Collator, *,
+                 batch_size: int, rank: int = 0, world_size: int = 1, limit: int | None = None):
+        if batch_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"bad eval loader setup: batch_size={batch_size}, rank={rank}, world_size={world_size}")
+        self.shards, self.decoder, self.collator = tuple(shards), decoder, collator
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        total = sum(s.samples for s in self.shards)
+        self.num_samples = total if limit is None else min(limit, total)  # over all ranks
+        self.bad: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        mine = len(range(self.rank, self.num_samples, self.world_size))
+        return -(-mine // self.batch_size)
+
+    def bad_samples(self) -> dict[str, int]:
+        """Bad samples skipped by the last pass on this rank, by reason."""
+        return {r: self.bad[r] for r in BAD_REASONS if self.bad[r]}
+
+    def _mine(self) -> Iterator[dict[str, Any]]:
+        index = 0
+        for shard in self.shards:
+            stop = min(shard.samples, self.num_samples - index)
+            if stop <= 0:
+                return
+            for raw in read_shard(shard.url, 0, stop):
+                if index % self.world_size == self.rank:
+                    yield raw
+                index += 1
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.bad = Counter()
+        batch: list[dict[str, Any]] = []
+        for raw in self._mine():
+            try:
+                if "__error__" in raw:
+                    raise SampleError("unreadable_shard", raw["__error__"])
+                sample = self.decoder(raw)
+                self.collator.check(sample)
+            except SampleError as e:
+                self.bad[e.reason] += 1
+                log_bad_sample(self.bad[e.reason], e.reason, raw.get("__key__", "?"), raw.get("__url__", "?"), str(e))
+                continue
+            batch.append(sample)
+            if len(batch) == self.batch_size:
+                yield self.collator(batch)
+                batch = []
+        if batch:
+            yield self.collator(batch)
+
+
+def build_eval_loader(
+    sources: str | Sequence[str],
+    tokenizer: Any,
+    *,
+    image_size: int | tuple[int, int] = 224,
+    batch_size: int = 32,
+    max_text_len: int = 40,
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    rank: int | None = None,
+    world_size: int | None = None,
+    answer_vocab: Sequence[str] | None = None,
+    label_vocab: Sequence[str] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    fast_decode: bool = True,
+    limit: int | None = None,
+) -> EvalLoader:
+    """An :class:`EvalLoader`: the first ``limit`` (default all) samples, each exactly once over all
+    ranks, no shuffling or augmentation; other arguments as :func:`build_loader`."""
+    shards, infos = resolve_shards(sources)
+    if rank is None or world_size is None:
+        rank, world_size = _dist_rank_world()
+    decoder, collator = _decoder_and_collator(
+        infos, tokenizer, image_size, max_text_len, mean, std, 0, False, None,
+        answer_vocab, label_vocab, max_pixels, fast_decode,
+    )
+    return EvalLoader(shards, decoder, collator, batch_size=batch_size, rank=rank, world_size=world_size, limit=limit)

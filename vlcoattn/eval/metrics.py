@@ -160,6 +160,7 @@ class MetricAccumulator:
             ("vqa_score", "vqa_count", "iou_sum", "iou_hits", "box_count", "nll_sum", "token_count"), 0.0
         )
         self.vqa_by_type: dict[str, list[float]] = {}  # question type -> [score sum, count]
+        self.box_by_type: dict[str, list[float]] = {}  # expression type -> [hits at IoU 0.5, count]
         self.num_classes = num_classes
         self.confusion = (
             None if num_classes is None else torch.zeros(num_classes, num_classes, dtype=torch.long)
@@ -177,12 +178,18 @@ class MetricAccumulator:
             by_type[1] += 1
         return score
 
-    def add_box(self, pred_xyxy: Tensor, true_xyxy: Tensor) -> Tensor:
-        """Add paired boxes, (4,) or (N, 4) in the same coordinates; returns their IoUs (float64, CPU)."""
+    def add_box(self, pred_xyxy: Tensor, true_xyxy: Tensor, rtype: str | None = None) -> Tensor:
+        """Add paired boxes, (4,) or (N, 4) in the same coordinates, optionally all of expression type
+        ``rtype`` (for the per-type Acc@0.5); returns their IoUs (float64, CPU)."""
         iou = box_iou_xyxy(pred_xyxy.detach(), true_xyxy.detach()).reshape(-1).double().cpu()
+        hits = (iou >= IOU_THRESHOLD).sum().item()
         self.sums["iou_sum"] += iou.sum().item()
-        self.sums["iou_hits"] += (iou >= IOU_THRESHOLD).sum().item()
+        self.sums["iou_hits"] += hits
         self.sums["box_count"] += iou.numel()
+        if rtype is not None:
+            by_type = self.box_by_type.setdefault(rtype, [0.0, 0.0])
+            by_type[0] += hits
+            by_type[1] += iou.numel()
         return iou
 
     def add_class(
@@ -214,19 +221,20 @@ class MetricAccumulator:
             confusion = self.confusion.to(device)
             dist.all_reduce(confusion)
             self.confusion = confusion.cpu()
-        per_rank: list[dict[str, list[float]]] = [{} for _ in range(dist.get_world_size())]
-        dist.all_gather_object(per_rank, self.vqa_by_type)  # question types differ between ranks
-        self.vqa_by_type = {}
-        for by_type in per_rank:
-            for qtype, (score, count) in by_type.items():
-                merged = self.vqa_by_type.setdefault(qtype, [0.0, 0.0])
-                merged[0] += score
-                merged[1] += count
+        per_rank: list[tuple[dict, dict]] = [({}, {}) for _ in range(dist.get_world_size())]
+        dist.all_gather_object(per_rank, (self.vqa_by_type, self.box_by_type))  # types differ between ranks
+        self.vqa_by_type, self.box_by_type = {}, {}
+        for tables in per_rank:
+            for merged_table, table in zip((self.vqa_by_type, self.box_by_type), tables):
+                for kind, (total, count) in table.items():
+                    merged = merged_table.setdefault(kind, [0.0, 0.0])
+                    merged[0] += total
+                    merged[1] += count
         return self
 
     def compute(self) -> dict[str, float]:
         """The metrics of every task that received samples: ``vqa_acc`` (+ ``vqa_acc/<qtype>``),
-        ``acc@0.5`` and ``mean_iou``, ``accuracy`` and ``macro_f1``, ``perplexity``."""
+        ``acc@0.5`` (+ ``acc@0.5/<rtype>``) and ``mean_iou``, ``accuracy`` and ``macro_f1``, ``perplexity``."""
         s = self.sums
         out: dict[str, float] = {}
         if s["vqa_count"]:
@@ -236,6 +244,8 @@ class MetricAccumulator:
         if s["box_count"]:
             out["acc@0.5"] = s["iou_hits"] / s["box_count"]
             out["mean_iou"] = s["iou_sum"] / s["box_count"]
+            for rtype, (hits, count) in sorted(self.box_by_type.items()):
+                out[f"acc@0.5/{rtype}"] = hits / count
         if self.confusion is not None and self.confusion.sum() > 0:
             out.update(_classification_from_confusion(self.confusion))
         if s["token_count"]:

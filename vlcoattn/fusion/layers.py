@@ -7,6 +7,9 @@ One layer, post-LN like BERT/DETR (text stream ``t``, image stream ``v_l`` per f
     v   = LN(v + CrossAttn(v + pos -> t, text padding))               image -> text (two_way only)
     t   = LN(t + FFN(t));   v_l = LN(v_l + FFN'(v_l))                  FFN on both streams
 
+The image stream's updates (image->text attention, FFN') are left out of the LAST layer, whose
+image output nothing reads.
+
 Keys are image tokens + 2D sine positions. By default the VALUES carry the positions too
 (``position_in_values=True``): the fused text tokens then hold *where* they attended, which the
 grounding head needs to regress a box from one token (with DETR's content-only values a single
@@ -85,6 +88,7 @@ class SMCAFusionLayer(nn.Module):
         position_in_values: bool = True,
         offset_mode: str = "logit",
         has_reference_head: bool = False,
+        update_image: bool = True,
         dropout: float = 0.1,
         attention_dropout: float = 0.1,
         hidden_act: str = "gelu",
@@ -104,15 +108,18 @@ class SMCAFusionLayer(nn.Module):
             attention_dropout, offset_mode,
         )
         self.cross_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        if two_way:
+        if two_way and update_image:
             self.image_attn = SMCACrossAttention(d_model, num_heads, "none", dropout=attention_dropout)
             self.image_attn_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
         else:
             self.image_attn = self.image_attn_norm = None
         self.text_ffn = FeedForward(d_model, intermediate_size, hidden_act, dropout)
         self.text_ffn_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        self.image_ffn = FeedForward(d_model, intermediate_size, hidden_act, dropout)
-        self.image_ffn_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        if update_image:
+            self.image_ffn = FeedForward(d_model, intermediate_size, hidden_act, dropout)
+            self.image_ffn_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        else:  # the last layer: nothing reads an updated image stream
+            self.image_ffn = self.image_ffn_norm = None
         self.dropout = nn.Dropout(dropout)
 
     def forward(
@@ -173,19 +180,23 @@ class SMCAFusionLayer(nn.Module):
 
         # 4. FFN on both streams
         text = self.text_ffn_norm(text + self.text_ffn(text))
-        image = [self.image_ffn_norm(v + self.image_ffn(v)) for v in image]
+        if self.image_ffn is not None:
+            image = [self.image_ffn_norm(v + self.image_ffn(v)) for v in image]
         return text, image, reference_centers, ca, maps
 
 
 class SMCAFusionEncoder(nn.Module):
-    """A stack of :class:`SMCAFusionLayer`; layer 0 owns the reference-center head."""
+    """A stack of :class:`SMCAFusionLayer`; layer 0 owns the reference-center head. The last layer
+    leaves the image stream as it is (no image FFN / image->text attention): only the text tokens
+    leave the stack, so those parameters would get no gradient."""
 
     def __init__(self, num_layers: int, **layer_kwargs) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"the fusion stack needs at least one layer, got {num_layers}")
         self.layers = nn.ModuleList(
-            SMCAFusionLayer(**layer_kwargs, has_reference_head=(i == 0)) for i in range(num_layers)
+            SMCAFusionLayer(**layer_kwargs, has_reference_head=(i == 0), update_image=(i < num_layers - 1))
+            for i in range(num_layers)
         )
 
     def forward(

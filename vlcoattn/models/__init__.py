@@ -4,13 +4,18 @@ from transformers import AutoConfig, AutoModel, AutoModelForVisualQuestionAnswer
 
 from .configuration_vlcoattn import VQA_LOSSES, VLCoAttnConfig
 from .modeling_vlcoattn import (
+    AnswerHead,
+    BoxHead,
     VLCoAttnForGrounding,
+    VLCoAttnForMultitask,
     VLCoAttnForQuestionAnswering,
     VLCoAttnGroundingOutput,
     VLCoAttnModel,
     VLCoAttnModelOutput,
+    VLCoAttnMultitaskOutput,
     VLCoAttnPreTrainedModel,
     VLCoAttnQuestionAnsweringOutput,
+    answer_loss,
     grounding_loss,
     prior_heatmaps,
 )
@@ -21,14 +26,19 @@ AutoModelForVisualQuestionAnswering.register(VLCoAttnConfig, VLCoAttnForQuestion
 
 __all__ = [
     "VQA_LOSSES",
+    "AnswerHead",
+    "BoxHead",
     "VLCoAttnConfig",
     "VLCoAttnForGrounding",
+    "VLCoAttnForMultitask",
     "VLCoAttnForQuestionAnswering",
     "VLCoAttnGroundingOutput",
     "VLCoAttnModel",
     "VLCoAttnModelOutput",
+    "VLCoAttnMultitaskOutput",
     "VLCoAttnPreTrainedModel",
     "VLCoAttnQuestionAnsweringOutput",
+    "answer_loss",
     "grounding_loss",
     "prior_heatmaps",
 ]

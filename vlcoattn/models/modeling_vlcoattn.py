@@ -6,6 +6,7 @@
     ─► VLCoAttnModel outputs: fused text tokens, image tokens, per-token Gaussian centers / scales
     ─► VLCoAttnForQuestionAnswering: fused [CLS] -> MLP -> answer logits
     ─► VLCoAttnForGrounding: box from the [CLS] prior: center sigmoid(logit(c) + Δ), (w, h) from an MLP
+    ─► VLCoAttnForMultitask: both heads, batches may mix VQA and grounding rows
 
 Boxes are normalized (cx, cy, w, h) in [0, 1] relative to the (unpadded) image, like DETR.
 """
@@ -34,13 +35,18 @@ from ..vision.backbone import VisionBackbone
 from .configuration_vlcoattn import VLCoAttnConfig
 
 __all__ = [
+    "AnswerHead",
+    "BoxHead",
     "VLCoAttnForGrounding",
+    "VLCoAttnForMultitask",
     "VLCoAttnForQuestionAnswering",
     "VLCoAttnGroundingOutput",
     "VLCoAttnModel",
     "VLCoAttnModelOutput",
+    "VLCoAttnMultitaskOutput",
     "VLCoAttnPreTrainedModel",
     "VLCoAttnQuestionAnsweringOutput",
+    "answer_loss",
     "grounding_loss",
     "prior_heatmaps",
 ]
@@ -109,6 +115,24 @@ class VLCoAttnGroundingOutput(ModelOutput):
     cross_attentions: tuple | None = None
 
 
+@dataclass
+class VLCoAttnMultitaskOutput(ModelOutput):
+    """loss = loss_vqa + box loss; logits (B, num_answers) and pred_boxes (B, 4) for every row."""
+
+    loss: torch.Tensor | None = None
+    loss_vqa: torch.Tensor | None = None
+    loss_l1: torch.Tensor | None = None
+    loss_giou: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    pred_boxes: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    reference_centers: torch.Tensor | None = None
+    centers: tuple[torch.Tensor, ...] | None = None
+    scales: tuple[torch.Tensor, ...] | None = None
+    heatmaps: torch.Tensor | None = None
+    cross_attentions: tuple | None = None
+
+
 # ------------------------------------------------------------------------------------------ helpers
 
 
@@ -129,17 +153,65 @@ def prior_heatmaps(
     return log_g.softmax(-1).mean(1).unflatten(-1, (H, W))  # (B, T, H, W)
 
 
+def _reduce_rows(per_row: torch.Tensor, mask: torch.Tensor | None, num_items: int | None) -> torch.Tensor:
+    """Sum of ``per_row`` (B,) over the rows in ``mask``, divided by ``num_items`` (the rows of this task
+    in the whole optimizer step, over micro-batches and ranks, as transformers' ``num_items_in_batch``)
+    or, without it, by the rows counted here: a plain mean."""
+    if mask is not None:
+        per_row = per_row * mask.to(per_row.dtype)
+    denom = num_items if num_items is not None else (mask.sum() if mask is not None else per_row.shape[0])
+    return per_row.sum() / max(float(denom), 1.0)
+
+
 def grounding_loss(
-    pred_boxes: torch.Tensor, target_boxes: torch.Tensor, l1_weight: float = 5.0, giou_weight: float = 2.0
+    pred_boxes: torch.Tensor,
+    target_boxes: torch.Tensor,
+    l1_weight: float = 5.0,
+    giou_weight: float = 2.0,
+    mask: torch.Tensor | None = None,
+    num_items: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DETR's box loss for one box per sample: (total, L1, GIoU), boxes (B, 4) normalized cxcywh.
 
-    L1 sums the 4 coordinates and averages over boxes; GIoU loss is 1 - GIoU (torchvision).
+    L1 sums the 4 coordinates per box; GIoU loss is 1 - GIoU (torchvision); both are averaged over the
+    boxes in ``mask`` (all by default) or divided by ``num_items``.
     """
-    loss_l1 = (pred_boxes - target_boxes).abs().sum(-1).mean()
     p, t = box_convert(pred_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy")
-    loss_giou = (1 - torch.diag(generalized_box_iou(p, t))).mean()
+    if mask is not None:  # rows without a box get a dummy one so GIoU stays finite
+        t = torch.where(mask[:, None], t, t.new_tensor([0.0, 0.0, 1.0, 1.0]))
+    loss_l1 = _reduce_rows((pred_boxes - target_boxes).abs().sum(-1), mask, num_items)
+    loss_giou = _reduce_rows(1 - torch.diag(generalized_box_iou(p, t)), mask, num_items)
     return l1_weight * loss_l1 + giou_weight * loss_giou, loss_l1, loss_giou
+
+
+def answer_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    kind: str = "bce",
+    mask: torch.Tensor | None = None,
+    num_items: int | None = None,
+) -> torch.Tensor:
+    """VQA loss of logits (B, A) against labels: (B,) answer indices (-100 = none) or (B, A) soft scores.
+
+    "bce": BCE-with-logits on soft scores, summed over answers (the VQA v2 convention);
+    "ce": cross-entropy (soft scores normalized to a distribution). Averaged over the rows in ``mask``
+    (all by default; index -100 rows are left out too) or divided by ``num_items``.
+    """
+    A = logits.shape[-1]
+    soft = labels.is_floating_point()
+    if soft and labels.shape != logits.shape:
+        raise ValueError(f"soft-score labels must be (B, {A}), got {tuple(labels.shape)}")
+    if not soft:
+        valid = labels != -100
+        mask = valid if mask is None else mask & valid
+        labels = labels.clamp_min(0)
+    if kind == "ce":
+        target = labels / labels.sum(-1, keepdim=True).clamp_min(1e-12) if soft else labels
+        per_row = F.cross_entropy(logits, target, reduction="none")
+    else:
+        target = labels.to(logits.dtype) if soft else F.one_hot(labels, A).to(logits.dtype)
+        per_row = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+    return _reduce_rows(per_row, mask, num_items)
 
 
 class MLP(nn.Module):
@@ -217,6 +289,14 @@ class VLCoAttnPreTrainedModel(PreTrainedModel):
             )
             base.backbone.model.load_state_dict(pre.model.state_dict(), strict=True)
         return model
+
+    def preprocessing(self) -> dict[str, tuple]:
+        """How images must be prepared for this model, the one source for training, evaluation and
+        inference: ``image_size`` (H, W) = ``config.image_size`` or the backbone's native size, and the
+        backbone's normalisation ``mean`` / ``std`` (pixels in [0, 1])."""
+        data = self.base_model.backbone.data_config
+        size = tuple(self.config.image_size) if self.config.image_size else tuple(data["input_size"][1:])
+        return {"image_size": size, "mean": tuple(data["mean"]), "std": tuple(data["std"])}
 
     def image_transform(self, crop: bool = False):
         """Preprocessing for this model's backbone at ``config.image_size`` (see VisionBackbone.transform)."""
@@ -354,24 +434,135 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         )
 
 
-class VLCoAttnForQuestionAnswering(VLCoAttnPreTrainedModel):
-    """Fused [CLS] -> Linear, GELU, LayerNorm, Dropout, Linear -> answer logits (answer_vocab)."""
+class AnswerHead(nn.Sequential):
+    """Fused [CLS] (B, d) -> Linear, GELU, LayerNorm, Dropout, Linear -> answer logits (B, A)."""
+
+    def __init__(self, d: int, num_answers: int, eps: float, dropout: float) -> None:
+        super().__init__(
+            nn.Linear(d, 2 * d), nn.GELU(), nn.LayerNorm(2 * d, eps=eps), nn.Dropout(dropout),
+            nn.Linear(2 * d, num_answers),
+        )
+
+
+class BoxHead(MLP):
+    """One box from a token's prior and its fused state h (B, d).
+
+    With c the token's reference center (first fusion layer): center = sigmoid(logit(c) + Δ(h)),
+    (w, h) = sigmoid(size logits); Δ and the size logits come from one 3-layer MLP (d -> d -> d -> 4)
+    with a small init (std ``initializer_range``), so the first box sits near the prior's center with
+    w = h ~ 0.5. Without a spatial prior (c is None) the MLP regresses the box directly.
+    """
+
+    def __init__(self, d: int) -> None:
+        super().__init__(d, d, 4, num_layers=3)
+
+    def raw(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, 4): center offsets Δ (2) and size logits (2)."""
+        return super().forward(h)
+
+    def forward(self, h: torch.Tensor, reference_center: torch.Tensor | None) -> torch.Tensor:
+        raw = self.raw(h)
+        if reference_center is not None:
+            c = reference_center.clamp(1e-4, 1 - 1e-4)  # (B, 2)
+            center = torch.sigmoid(torch.logit(c) + raw[:, :2])
+        else:
+            center = torch.sigmoid(raw[:, :2])
+        return torch.cat([center, torch.sigmoid(raw[:, 2:])], dim=-1)  # (B, 4) cxcywh
+
+
+def _num_items(num_items_in_batch: int | dict[str, int] | None, task: str) -> int | None:
+    return num_items_in_batch.get(task) if isinstance(num_items_in_batch, dict) else num_items_in_batch
+
+
+class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
+    """Base of the task models: the fused model plus the heads the subclass names."""
+
+    has_answers = False
+    has_boxes = False
 
     def __init__(self, config: VLCoAttnConfig) -> None:
         super().__init__(config)
-        if not config.answer_vocab:
-            raise ValueError("VLCoAttnForQuestionAnswering needs config.answer_vocab (the answer list)")
-        self.num_answers = len(config.answer_vocab)
-        self.vlcoattn = VLCoAttnModel(config)
         d = config.fusion_hidden_size
-        self.vqa_head = nn.Sequential(
-            nn.Linear(d, 2 * d),
-            nn.GELU(),
-            nn.LayerNorm(2 * d, eps=config.layer_norm_eps),
-            nn.Dropout(float(config.fusion_dropout)),
-            nn.Linear(2 * d, self.num_answers),
-        )
+        self.vlcoattn = VLCoAttnModel(config)
+        if self.has_answers:
+            if not config.answer_vocab:
+                raise ValueError(f"{type(self).__name__} needs config.answer_vocab (the answer list)")
+            self.num_answers = len(config.answer_vocab)
+            self.vqa_head = AnswerHead(d, self.num_answers, config.layer_norm_eps, float(config.fusion_dropout))
+        if self.has_boxes:
+            self.box_head = BoxHead(d)
         self.post_init()
+
+    def vqa_loss(self, logits: torch.Tensor, labels: torch.Tensor, mask=None, num_items=None) -> torch.Tensor:
+        """:func:`answer_loss` with ``config.vqa_loss``."""
+        return answer_loss(logits, labels, self.config.vqa_loss, mask, num_items)
+
+    def predict_answers(self, logits: torch.Tensor) -> list[str]:
+        """Top-1 answer string per sample."""
+        return [self.config.answer_vocab[i] for i in logits.argmax(-1).tolist()]
+
+    def answer_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-answer probabilities: sigmoid for the "bce" loss (independent scores), softmax for "ce"."""
+        return torch.sigmoid(logits) if self.config.vqa_loss == "bce" else logits.softmax(-1)
+
+    def _heads(
+        self,
+        input_ids, pixel_values, attention_mask, token_type_ids, pixel_mask,
+        labels, answer_mask, boxes, box_mask, num_items_in_batch, output_attentions,
+    ) -> dict:
+        out = self.vlcoattn(
+            input_ids, pixel_values, attention_mask, token_type_ids, pixel_mask,
+            output_attentions=output_attentions, return_dict=True,
+        )
+        result = dict(
+            last_hidden_state=out.last_hidden_state, reference_centers=out.reference_centers,
+            centers=out.centers, scales=out.scales, cross_attentions=out.cross_attentions,
+        )
+        losses = []
+        if self.has_answers:
+            result["logits"] = logits = self.vqa_head(out.pooler_output)  # (B, A)
+            if labels is not None:
+                result["loss_vqa"] = self.vqa_loss(logits, labels, answer_mask, _num_items(num_items_in_batch, "vqa"))
+                losses.append(result["loss_vqa"])
+        if self.has_boxes:
+            k = self.config.grounding_token_index
+            ref = out.reference_centers[:, k] if out.reference_centers is not None else None
+            result["pred_boxes"] = pred = self.box_head(out.last_hidden_state[:, k], ref)
+            result["heatmaps"] = self.vlcoattn.token_heatmaps(out)
+            if boxes is not None:
+                total, result["loss_l1"], result["loss_giou"] = grounding_loss(
+                    pred, boxes.to(pred.dtype), float(self.config.box_l1_weight),
+                    float(self.config.box_giou_weight), box_mask, _num_items(num_items_in_batch, "ground"),
+                )
+                losses.append(total)
+        if losses:
+            result["loss"] = sum(losses)
+        return result
+
+    @staticmethod
+    def boxes_to_pixels(pred_boxes: torch.Tensor, image_sizes: torch.Tensor | tuple[int, int]) -> torch.Tensor:
+        """Normalized (cx, cy, w, h) -> pixel (x0, y0, x1, y1); image_sizes (B, 2) or one (H, W)."""
+        sizes = torch.as_tensor(image_sizes, dtype=pred_boxes.dtype, device=pred_boxes.device)
+        sizes = sizes.expand(pred_boxes.shape[0], 2) if sizes.dim() == 1 else sizes
+        scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], dim=-1)  # (W, H, W, H)
+        return box_convert(pred_boxes, "cxcywh", "xyxy") * scale
+
+
+_FORWARD_DOC = """input_ids (B, T), attention_mask (B, T), pixel_values (B, 3, H, W), pixel_mask (B, H, W).
+
+        labels: (B,) answer indices (-100 = none) or (B, num_answers) soft scores in [0, 1] (VQA v2);
+        answer_mask (B,): rows that are VQA samples (default all). boxes (B, 4) target boxes, normalized
+        (cx, cy, w, h); box_mask (B,): rows that have one (default all).
+        num_items_in_batch: the number of rows of the task ({"vqa": n, "ground": m} for both) in the
+        whole optimizer step (all micro-batches and ranks); losses are then sums divided by it, so
+        gradient accumulation and DDP give the gradient of the full batch. Default: per-batch means.
+        """
+
+
+class VLCoAttnForQuestionAnswering(_VLCoAttnTaskModel):
+    """Fused [CLS] -> :class:`AnswerHead` -> answer logits (answer_vocab)."""
+
+    has_answers = True
 
     def forward(
         self,
@@ -381,62 +572,27 @@ class VLCoAttnForQuestionAnswering(VLCoAttnPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         pixel_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        answer_mask: torch.Tensor | None = None,
+        num_items_in_batch: int | dict[str, int] | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> VLCoAttnQuestionAnsweringOutput | tuple:
-        """labels: (B,) answer indices or (B, num_answers) soft scores in [0, 1] (VQA v2).
-
-        Loss by ``config.vqa_loss``: "bce" = BCE-with-logits on soft scores, summed over answers and
-        averaged over the batch (the VQA v2 convention); "ce" = cross-entropy (soft scores are
-        normalized to a distribution). Index labels of -100 are ignored by "ce".
-        """
-        out = self.vlcoattn(
+        r = self._heads(
             input_ids, pixel_values, attention_mask, token_type_ids, pixel_mask,
-            output_attentions=output_attentions, return_dict=True,
+            labels, answer_mask, None, None, num_items_in_batch, output_attentions,
         )
-        logits = self.vqa_head(out.pooler_output)  # (B, A)
-        loss = self.vqa_loss(logits, labels) if labels is not None else None
-        result = VLCoAttnQuestionAnsweringOutput(
-            loss=loss, logits=logits, last_hidden_state=out.last_hidden_state,
-            reference_centers=out.reference_centers, centers=out.centers, scales=out.scales,
-            cross_attentions=out.cross_attentions,
-        )
+        r.pop("loss_vqa", None)
+        result = VLCoAttnQuestionAnsweringOutput(**r)
         return result if return_dict is not False else result.to_tuple()
 
-    def vqa_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        A = logits.shape[-1]
-        soft = labels.is_floating_point()
-        if soft and labels.shape != logits.shape:
-            raise ValueError(f"soft-score labels must be (B, {A}), got {tuple(labels.shape)}")
-        if self.config.vqa_loss == "ce":
-            if soft:
-                return F.cross_entropy(logits, labels / labels.sum(-1, keepdim=True).clamp_min(1e-12))
-            return F.cross_entropy(logits, labels)
-        target = labels.to(logits.dtype) if soft else F.one_hot(labels, A).to(logits.dtype)
-        return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / logits.shape[0]
-
-    def predict_answers(self, logits: torch.Tensor) -> list[str]:
-        """Top-1 answer string per sample."""
-        return [self.config.answer_vocab[i] for i in logits.argmax(-1).tolist()]
+    forward.__doc__ = _FORWARD_DOC
 
 
-class VLCoAttnForGrounding(VLCoAttnPreTrainedModel):
-    """One box per referring expression, read from the prior of token ``grounding_token_index``.
+class VLCoAttnForGrounding(_VLCoAttnTaskModel):
+    """One box per referring expression from the prior of token ``grounding_token_index`` (:class:`BoxHead`)."""
 
-    With c the token's reference center (first fusion layer) and h its fused hidden state:
-    center = sigmoid(logit(c) + Δ(h)), (w, h) = sigmoid(MLP(h)); Δ and the size come from one
-    3-layer MLP (d -> d -> d -> 4) with a small init (std ``initializer_range``), so the first box
-    sits near the prior's center with w = h ~ 0.5.
-    Without a spatial prior (``spatial_prior="none"``) logit(c) is 0 and the MLP regresses the box.
-    """
-
-    def __init__(self, config: VLCoAttnConfig) -> None:
-        super().__init__(config)
-        self.vlcoattn = VLCoAttnModel(config)
-        d = config.fusion_hidden_size
-        self.box_head = MLP(d, d, 4, num_layers=3)
-        self.post_init()
+    has_boxes = True
 
     def forward(
         self,
@@ -446,41 +602,50 @@ class VLCoAttnForGrounding(VLCoAttnPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         pixel_mask: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
+        box_mask: torch.Tensor | None = None,
+        num_items_in_batch: int | dict[str, int] | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> VLCoAttnGroundingOutput | tuple:
-        """boxes: (B, 4) target boxes, normalized (cx, cy, w, h). Returns pred_boxes in the same form."""
-        out = self.vlcoattn(
+        r = self._heads(
             input_ids, pixel_values, attention_mask, token_type_ids, pixel_mask,
-            output_attentions=output_attentions, return_dict=True,
+            None, None, boxes, box_mask, num_items_in_batch, output_attentions,
         )
-        k = self.config.grounding_token_index
-        h = out.last_hidden_state[:, k]  # (B, d)
-        raw = self.box_head(h)  # (B, 4): Δ (2) and size logits (2)
-        if out.reference_centers is not None:
-            c = out.reference_centers[:, k].clamp(1e-4, 1 - 1e-4)  # (B, 2)
-            center = torch.sigmoid(torch.logit(c) + raw[:, :2])
-        else:
-            center = torch.sigmoid(raw[:, :2])
-        pred = torch.cat([center, torch.sigmoid(raw[:, 2:])], dim=-1)  # (B, 4) cxcywh
-        loss = loss_l1 = loss_giou = None
-        if boxes is not None:
-            loss, loss_l1, loss_giou = grounding_loss(
-                pred, boxes.to(pred.dtype), float(self.config.box_l1_weight), float(self.config.box_giou_weight)
-            )
-        result = VLCoAttnGroundingOutput(
-            loss=loss, loss_l1=loss_l1, loss_giou=loss_giou, pred_boxes=pred,
-            last_hidden_state=out.last_hidden_state, reference_centers=out.reference_centers,
-            centers=out.centers, scales=out.scales, heatmaps=self.vlcoattn.token_heatmaps(out),
-            cross_attentions=out.cross_attentions,
-        )
+        result = VLCoAttnGroundingOutput(**r)
         return result if return_dict is not False else result.to_tuple()
 
-    @staticmethod
-    def boxes_to_pixels(pred_boxes: torch.Tensor, image_sizes: torch.Tensor | tuple[int, int]) -> torch.Tensor:
-        """Normalized (cx, cy, w, h) -> pixel (x0, y0, x1, y1); image_sizes (B, 2) or one (H, W)."""
-        sizes = torch.as_tensor(image_sizes, dtype=pred_boxes.dtype, device=pred_boxes.device)
-        sizes = sizes.expand(pred_boxes.shape[0], 2) if sizes.dim() == 1 else sizes
-        scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], dim=-1)  # (W, H, W, H)
-        return box_convert(pred_boxes, "cxcywh", "xyxy") * scale
+    forward.__doc__ = _FORWARD_DOC
+
+
+class VLCoAttnForMultitask(_VLCoAttnTaskModel):
+    """VQA and grounding in one model: :class:`AnswerHead` on the fused [CLS] and :class:`BoxHead` on
+    the grounding token; a batch may mix both tasks (loss = VQA loss on VQA rows + box loss on box rows)."""
+
+    has_answers = True
+    has_boxes = True
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        answer_mask: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        box_mask: torch.Tensor | None = None,
+        num_items_in_batch: int | dict[str, int] | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VLCoAttnMultitaskOutput | tuple:
+        r = self._heads(
+            input_ids, pixel_values, attention_mask, token_type_ids, pixel_mask,
+            labels, answer_mask, boxes, box_mask, num_items_in_batch, output_attentions,
+        )
+        result = VLCoAttnMultitaskOutput(**r)
+        return result if return_dict is not False else result.to_tuple()
+
+    forward.__doc__ = _FORWARD_DOC

@@ -258,16 +258,21 @@ class CooBertForSequenceClassification(CooBertPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        num_items_in_batch: int | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> SequenceClassifierOutput | tuple:
+        """num_items_in_batch: labelled rows in the whole optimizer step (micro-batches x ranks); the
+        single-label loss is then its sum over rows divided by it (default: the batch mean)."""
         out = self.coobert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, use_cache=False)
         logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
-        loss = None if labels is None else self.classification_loss(logits, labels)
+        loss = None if labels is None else self.classification_loss(logits, labels, num_items_in_batch)
         result = SequenceClassifierOutput(loss=loss, logits=logits)
         return result if return_dict is not False else result.to_tuple()
 
-    def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def classification_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, num_items: int | None = None
+    ) -> torch.Tensor:
         """MSE (regression), cross-entropy (single label) or BCE (multi label), as BERT picks them."""
         if self.config.problem_type is None:
             if self.num_labels == 1:
@@ -280,7 +285,10 @@ class CooBertForSequenceClassification(CooBertPreTrainedModel):
             return F.mse_loss(logits.squeeze(-1), labels.float().view(-1)) if self.num_labels == 1 \
                 else F.mse_loss(logits, labels.float())
         if self.config.problem_type == "single_label_classification":
-            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+            if num_items is None:
+                return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+            summed = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1), reduction="sum")
+            return summed / max(num_items, 1)
         return F.binary_cross_entropy_with_logits(logits, labels.float())
 
 
@@ -385,10 +393,13 @@ class CooBertForCausalLM(_CooBertLMBase, GenerationMixin):
         use_cache: bool | None = None,
         labels: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        num_items_in_batch: int | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithCrossAttentions | tuple:
-        """labels (B, T): next-token targets are ``labels[:, 1:]`` (shifted here); -100 is ignored."""
+        """labels (B, T): next-token targets are ``labels[:, 1:]`` (shifted here); -100 is ignored.
+        num_items_in_batch: target tokens in the whole optimizer step; the loss is then the summed token
+        NLL divided by it (default: the mean over this batch's targets)."""
         if labels is not None:
             use_cache = False
         out = self.coobert(
@@ -402,6 +413,10 @@ class CooBertForCausalLM(_CooBertLMBase, GenerationMixin):
         loss = None
         if labels is not None:
             shifted = logits[:, :-1].reshape(-1, logits.shape[-1])
-            loss = F.cross_entropy(shifted, labels[:, 1:].reshape(-1), ignore_index=-100)
+            targets = labels[:, 1:].reshape(-1)
+            if num_items_in_batch is None:
+                loss = F.cross_entropy(shifted, targets, ignore_index=-100)
+            else:
+                loss = F.cross_entropy(shifted, targets, ignore_index=-100, reduction="sum") / max(num_items_in_batch, 1)
         result = CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, past_key_values=out.past_key_values)
         return result if return_dict is not False else result.to_tuple()

@@ -1,0 +1,176 @@
+"""Evaluate a model on a split: metrics (DDP-reduced), per-sample predictions and a few examples to draw.
+
+Used by the trainer (every ``eval_every`` steps and at the end) and by ``tools/evaluate.py``, so both
+report the same numbers for the same model and data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torchvision.ops import box_convert
+
+from ..data.transforms import invert_boxes
+from ..tasks import model_inputs
+from .metrics import MetricAccumulator
+
+
+@dataclass
+class EvalResult:
+    """metrics: name -> value (loss included); predictions: one dict per sample (rank 0 holds all of
+    them after a distributed run); examples: up to ``keep_examples`` samples with their image."""
+
+    metrics: dict[str, float]
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _vision_rows(model, out, batch, acc: MetricAccumulator, preds: list[dict]) -> None:
+    """Score VQA answers and grounding boxes of one batch; append per-sample predictions."""
+    n = len(batch["keys"])
+    answers = model.predict_answers(out.logits) if getattr(out, "logits", None) is not None else None
+    boxes = getattr(out, "pred_boxes", None)
+    if boxes is not None:
+        pred_px = invert_boxes(boxes.float().cpu(), batch["letterbox"])
+    for i in range(n):
+        row = preds[len(preds) - n + i]
+        meta = batch["meta"][i]
+        if batch["tasks"][i] == "vqa" and answers is not None:
+            qtype = meta.get("question_type")
+            row.update(answer=answers[i], answers=batch["answers"][i],
+                       score=acc.add_vqa(answers[i], batch["answers"][i], qtype))
+        if batch["tasks"][i] == "ground" and boxes is not None and bool(batch["box_mask"][i]):
+            true_px = invert_boxes(batch["boxes"][i], batch["letterbox"][i])
+            iou = acc.add_box(pred_px[i], true_px, meta.get("ref_type"))
+            row.update(box=[round(v, 2) for v in pred_px[i].tolist()],
+                       true_box=[round(v, 2) for v in true_px.tolist()], iou=round(float(iou[0]), 4))
+
+
+def _keep_examples(out, batch, examples: list[dict], limit: int, mean, std, answer_vocab) -> None:
+    """Copy up to ``limit`` samples (letterboxed image as uint8, boxes in its pixels, answers)."""
+    boxes = getattr(out, "pred_boxes", None)
+    logits = getattr(out, "logits", None)
+    for i in range(len(batch["keys"])):
+        if len(examples) >= limit:
+            return
+        image = batch["pixel_values"][i].float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+        H, W = image.shape[-2:]
+        scale = torch.tensor([W, H, W, H], dtype=torch.float32)
+        ex = {"image": (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy(),
+              "text": batch["texts"][i], "task": batch["tasks"][i]}
+        if boxes is not None and batch["tasks"][i] == "ground":
+            ex["pred_box"] = (box_convert(boxes[i].float().cpu(), "cxcywh", "xyxy") * scale).tolist()
+            ex["true_box"] = (box_convert(batch["boxes"][i], "cxcywh", "xyxy") * scale).tolist()
+        if logits is not None and batch["tasks"][i] == "vqa":
+            ex["pred_answer"] = answer_vocab[int(logits[i].argmax())]
+            ex["answers"] = batch["answers"][i]
+        heat = getattr(out, "heatmaps", None)
+        if heat is not None:
+            ex["heatmap"] = heat[i, 0].float().cpu().numpy()  # [CLS] prior (H_l, W_l)
+        examples.append(ex)
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    batches: Iterable[dict[str, Any]],
+    task: str,
+    *,
+    device: torch.device | str = "cpu",
+    autocast: contextlib.AbstractContextManager | None = None,
+    keep_examples: int = 0,
+    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+    image_std: tuple[float, ...] = (0.5, 0.5, 0.5),
+    progress: Iterable | None = None,
+) -> EvalResult:
+    """Run ``model`` over ``batches`` (an :class:`~vlcoattn.data.EvalLoader`) and compute the task's
+    metrics: VQA accuracy (+ per question type), Acc@0.5 / mean IoU in original-image pixels
+    (+ per expression type), accuracy / macro-F1, perplexity; plus the mean loss. Every rank calls
+    it on its share; metrics and predictions are gathered (predictions on rank 0)."""
+    was_training = model.training
+    model.eval()
+    num_classes = getattr(getattr(model, "config", None), "num_labels", None) if task == "cls" else None
+    acc = MetricAccumulator(num_classes)
+    loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of batch loss x rows, rows)
+    preds: list[dict[str, Any]] = []
+    examples: list[dict[str, Any]] = []
+    for batch in progress if progress is not None else batches:
+        inputs = model_inputs(task, batch, device)
+        with autocast or contextlib.nullcontext():
+            out = model(**inputs)
+        n = len(batch["keys"])
+        if out.loss is not None and torch.isfinite(out.loss):
+            loss_sum += torch.tensor([float(out.loss) * n, n], dtype=torch.float64)
+        preds.extend({"key": k, "task": t, "text": x} for k, t, x in zip(batch["keys"], batch["tasks"], batch["texts"]))
+        if task == "cls":
+            pred_ids = out.logits.argmax(-1).cpu()
+            acc.add_class(pred_ids, batch["labels"])
+            labels = model.config.id2label
+            for row, p, y in zip(preds[-n:], pred_ids.tolist(), batch["labels"].tolist()):
+                row.update(label=labels[y], pred_label=labels[p])
+        elif task == "lm":
+            logits, targets = out.logits[:, :-1].float(), inputs["labels"][:, 1:]
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none")
+            per_row = nll.view(targets.shape).sum(-1).cpu()
+            counts = (targets != -100).sum(-1).cpu()
+            acc.add_lm(per_row.sum(), counts.sum())
+            for row, s, c in zip(preds[-n:], per_row.tolist(), counts.tolist()):
+                row.update(nll=round(s, 4), tokens=c)
+        else:
+            _vision_rows(model, out, batch, acc, preds)
+            if len(examples) < keep_examples:
+                _keep_examples(out, batch, examples, keep_examples, image_mean, image_std,
+                               getattr(model.config, "answer_vocab", None))
+    acc.all_reduce()
+    if _distributed():
+        dist.all_reduce(loss_sum)
+        gathered: list[list[dict]] = [[] for _ in range(dist.get_world_size())]
+        dist.all_gather_object(gathered, preds)
+        preds = [p for part in gathered for p in part] if dist.get_rank() == 0 else []
+    metrics = acc.compute()
+    if loss_sum[1] > 0:
+        metrics = {"loss": float(loss_sum[0] / loss_sum[1]), **metrics}
+    model.train(was_training)
+    return EvalResult(metrics, preds, examples)
+
+
+def evaluate_model_dir(
+    model_dir: str | Path,
+    sources: str | list[str],
+    *,
+    batch_size: int = 64,
+    limit: int | None = None,
+    max_text_len: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> EvalResult:
+    """Load a saved model and evaluate it on shard ``sources`` with the preprocessing it was trained
+    with (image size / normalisation from the model, text length from its task file)."""
+    from tqdm.auto import tqdm
+
+    from ..data import build_eval_loader
+    from ..loading import load_model_dir, read_task_file
+
+    model, tokenizer, task = load_model_dir(model_dir, device)
+    prep = model.preprocessing() if hasattr(model, "preprocessing") else {}
+    config = model.config
+    loader = build_eval_loader(
+        sources, tokenizer, batch_size=batch_size, limit=limit,
+        max_text_len=max_text_len or read_task_file(model_dir).get("max_text_len", 40),
+        image_size=prep.get("image_size", 224), mean=prep.get("mean", (0.5,) * 3), std=prep.get("std", (0.5,) * 3),
+        answer_vocab=getattr(config, "answer_vocab", None) or [],
+        label_vocab=[config.id2label[i] for i in range(len(config.id2label))] if task == "cls" else [],
+    )
+    bar = tqdm(loader, desc="evaluate", disable=not progress)
+    return evaluate(model, loader, task, device=device, progress=bar)

@@ -1,0 +1,67 @@
+"""Load any model this package saves (``save_pretrained`` dir) with its tokenizer and task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
+
+TASK_FILE = "vlcoattn_task.json"  # written next to the weights: the task and text length of training
+TASK_OF_CLASS = {
+    "VLCoAttnForQuestionAnswering": "vqa",
+    "VLCoAttnForGrounding": "ground",
+    "VLCoAttnForMultitask": "vqa+ground",
+    "CooBertForSequenceClassification": "cls",
+    "CooBertForCausalLM": "lm",
+}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+def model_class(model_dir: str | Path) -> type[PreTrainedModel]:
+    """The class named in the dir's config.json ``architectures`` (ours or transformers')."""
+    import transformers
+
+    from . import models, text
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model dir {model_dir} does not exist or is not a directory")
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"model dir {model_dir} has no config.json (not a save_pretrained dir)")
+    if not any((model_dir / w).is_file() for w in WEIGHT_FILES):
+        raise FileNotFoundError(f"model dir {model_dir} has no weights ({' or '.join(WEIGHT_FILES)})")
+    config = AutoConfig.from_pretrained(model_dir)
+    names = config.architectures or []
+    for name in names:
+        for module in (models, text, transformers):
+            if hasattr(module, name):
+                return getattr(module, name)
+    raise ValueError(f"model dir {model_dir}: unknown architecture {names} (config.json 'architectures')")
+
+
+def read_task_file(model_dir: str | Path) -> dict[str, Any]:
+    """{"task", "max_text_len"} written by the trainer ({} for dirs saved otherwise)."""
+    path = Path(model_dir) / TASK_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_task_file(model_dir: str | Path, task: str, max_text_len: int) -> None:
+    (Path(model_dir) / TASK_FILE).write_text(json.dumps({"task": task, "max_text_len": max_text_len}))
+
+
+def load_model_dir(
+    model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> tuple[PreTrainedModel, Any, str]:
+    """(model in eval mode, tokenizer, task) from a save_pretrained dir."""
+    cls = model_class(model_dir)
+    model = cls.from_pretrained(model_dir, dtype=dtype) if dtype is not None else cls.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    task = read_task_file(model_dir).get("task") or TASK_OF_CLASS.get(cls.__name__)
+    if task is None:
+        raise ValueError(f"model dir {model_dir}: cannot tell the task of {cls.__name__}")
+    return model.to(device).eval(), tokenizer, task

@@ -1,0 +1,137 @@
+"""The training job's config: one YAML file per job (``configs/*.yaml``) + ``key.sub=value`` overrides.
+
+Sections: ``run`` (where, seed, logging), ``model`` (what to build and from which pretrained parts),
+``data`` (shards, batch, workers), ``optim`` (AdamW, schedule, clipping, accumulation) and ``train``
+(steps, evaluation, checkpoints). Every field has a default; :meth:`JobConfig.validate` rejects
+inconsistent values before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+TASKS = ("vqa", "ground", "vqa+ground", "cls", "lm")
+PRECISIONS = ("auto", "fp32", "bf16")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/job"  # run directory: config.yaml, metrics.jsonl, tb/, checkpoints/, final/, report.md
+    seed: int = 0
+    log_every: int = 10  # steps between metrics.jsonl / TensorBoard lines
+    progress: bool = True  # tqdm bar on rank 0
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+
+
+@dataclass
+class SyntheticDataConfig:
+    """CLEVR-lite generation (``vlcoattn.data.write_synthetic``) when the shard dirs are absent."""
+
+    dir: str | None = None  # generate into this dir (train/val/test/holdout) unless it has dataset.json
+    num_scenes: int = 600
+    image_size: int = 128
+    seed: int = 0
+    holdout: str | None = "cogent"  # (colour, shape) pairs kept for the compositional hold-out split
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)  # shard dirs / patterns, joined
+    val: list[str] = field(default_factory=list)  # evaluated every train.eval_every steps
+    test: dict[str, list[str]] = field(default_factory=dict)  # split name -> sources, evaluated at the end
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    batch_size: int = 32  # per rank and micro-batch; the step's batch = batch_size * accum_steps * world
+    eval_batch_size: int = 64
+    num_workers: int = 0
+    max_text_len: int = 40
+    augment: bool = False
+    shuffle: bool = True  # shard order and a sample buffer, reseeded every pass (False: file order)
+    shuffle_buffer: int = 1000
+    max_bad_fraction: float = 0.01
+    eval_limit: int | None = None  # evaluate only the first N samples of each split (None = all)
+
+
+@dataclass
+class ModelConfig:
+    """What to train. ``pretrained``: a save_pretrained dir of the task's class (fine-tune / continue).
+    Otherwise the model is assembled: text encoder from ``text`` (a CooBERT dir; converted from
+    ``convert_from`` at ``shared_key_dim`` when missing), backbone ``backbone`` (timm), and the
+    VLCoAttnConfig / CooBertConfig fields in ``config`` (e.g. ``spatial_prior``, ``fusion_num_layers``)."""
+
+    pretrained: str | None = None
+    text: str | None = None  # CooBERT dir (config, weights, tokenizer)
+    convert_from: str | None = "minilm"  # BERT dir or asset name ("minilm") to convert when ``text`` is missing
+    shared_key_dim: int | None = 192  # D~k of that conversion (None = full rank, exact)
+    pretrained_text: bool = True  # False: the text encoder keeps the converted config but starts random
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained_backbone: bool = True
+    backbone_pretrained_file: str | None = None  # default: the known local file (EfficientNet-Lite0)
+    image_size: int = 128
+    tokenizer: str | None = None  # tokenizer dir (default: the text dir's); lm from scratch needs one
+    config: dict[str, Any] = field(default_factory=dict)  # extra model config fields
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    backbone_lr: float | None = None  # None = lr
+    text_lr: float | None = None  # None = lr (the CooBERT text encoder of VL models)
+    weight_decay: float = 0.01  # not on biases and norm layers
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # the schedule ends at lr * min_lr_ratio
+    grad_clip: float | None = 1.0  # max global grad norm (None = no clipping)
+    accum_steps: int = 1
+
+
+@dataclass
+class TrainLoopConfig:
+    steps: int = 1000
+    eval_every: int = 0  # 0 = only at the end
+    save_every: int = 0  # 0 = only at the end (and on SIGTERM/SIGINT)
+    keep_last: int = 2
+    max_bad_steps: int = 5  # stop after this many non-finite losses in a row (each is skipped)
+    report: bool = True  # report.md with curves and a prediction grid at the end
+    report_images: int = 8
+
+
+@dataclass
+class JobConfig:
+    task: str = "vqa+ground"
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+
+    def validate(self) -> None:
+        """ValueError naming the key for values that cannot work together."""
+        checks = [
+            (self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}"),
+            (self.run.precision in PRECISIONS, f"run.precision must be one of {PRECISIONS}"),
+            (self.run.device in ("auto", "cpu", "cuda"), "run.device must be auto, cpu or cuda"),
+            (self.optim.schedule in SCHEDULES, f"optim.schedule must be one of {SCHEDULES}"),
+            (self.train.steps > 0, "train.steps must be > 0"),
+            (self.data.batch_size > 0 and self.data.eval_batch_size > 0, "data batch sizes must be > 0"),
+            (self.optim.accum_steps > 0, "optim.accum_steps must be > 0"),
+            (self.optim.lr > 0, "optim.lr must be > 0"),
+            (len(self.optim.betas) == 2, "optim.betas needs two numbers"),
+            (0 <= self.optim.warmup_steps < self.train.steps or self.optim.warmup_steps == 0,
+             "optim.warmup_steps must be < train.steps"),
+            (0.0 <= self.optim.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]"),
+            (self.train.max_bad_steps > 0, "train.max_bad_steps must be > 0"),
+            (self.train.eval_every >= 0 and self.train.save_every >= 0, "eval_every / save_every must be >= 0"),
+            (self.data.train or self.data.synthetic.dir is not None, "data.train names no shards"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def is_vision(self) -> bool:
+        return self.task in ("vqa", "ground", "vqa+ground")

@@ -1,0 +1,384 @@
+"""The step-based trainer: one code path for a single process and ``torchrun`` DDP.
+
+A step = ``accum_steps`` micro-batches per rank -> one AdamW update. Each loss is a sum over the
+step's items divided by their global count (``num_items_in_batch``: rows of a task, or target tokens),
+so N ranks x batch b gives the same update as one process with batch N*b, and accumulation the same as
+a bigger batch. Everything that decides the future of the run (model, optimizer, scheduler, step, every
+rank's RNG and data position) is checkpointed, so a resumed run continues the uninterrupted one exactly.
+
+    job = load_config(JobConfig, "configs/demo.yaml", ["train.steps=100"])
+    result = train(job)            # or: torchrun --nproc_per_node=2 tools/train.py --config ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from ..data import build_eval_loader, build_loader, resolve_shards, write_synthetic
+from ..data.synthetic import SyntheticConfig, parse_holdout
+from ..eval.runner import EvalResult, evaluate
+from ..loading import write_task_file
+from ..tasks import count_items, model_inputs, num_items_argument
+from .build import build_model
+from .checkpoint import (
+    latest_checkpoint,
+    load_checkpoint_state,
+    resolve_resume,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .config import save_config
+from .distributed import DistInfo, destroy_distributed, init_distributed
+from .job_config import JobConfig
+from .metrics_log import MetricsLogger
+from .optim import build_optimizer, build_scheduler
+from .report import write_report
+
+log = logging.getLogger(__name__)
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. too many non-finite losses in a row); the message says why."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> final metrics
+    interrupted: bool = False  # stopped by SIGTERM / SIGINT after writing a checkpoint
+    skipped_steps: int = 0  # non-finite losses skipped
+
+
+def resolve_data(job: JobConfig, dist: DistInfo) -> None:
+    """Fill ``data.train/val/test`` from ``data.synthetic.dir``, generating CLEVR-lite there (rank 0) if
+    absent."""
+    syn = job.data.synthetic
+    if syn.dir is None:
+        return
+    root = Path(syn.dir)
+    if dist.is_main and not (root / "train" / "dataset.json").is_file():
+        log.info("generating CLEVR-lite (%d scenes) into %s", syn.num_scenes, root)
+        config = SyntheticConfig(image_size=syn.image_size, holdout=parse_holdout(syn.holdout))
+        write_synthetic(root, syn.num_scenes, seed=syn.seed, config=config, progress=job.run.progress)
+    dist.barrier()
+    job.data.train = job.data.train or [str(root / "train")]
+    job.data.val = job.data.val or [str(root / "val")]
+    job.data.test = job.data.test or {s: [str(root / s)] for s in ("test", "holdout") if (root / s).is_dir()}
+
+
+def data_vocabularies(sources: list[str]) -> tuple[list[str], list[str]]:
+    """(answer vocabulary, sorted label vocabulary) of the sources' dataset.json files."""
+    _, infos = resolve_shards(sources)
+    answers = list(dict.fromkeys(a for info in infos for a in info.answer_vocab))
+    labels = sorted({label for info in infos for label in info.label_vocab})
+    return answers, labels
+
+
+def save_model_dir(model: torch.nn.Module, tokenizer: Any, out: Path, task: str, max_text_len: int) -> None:
+    """save_pretrained dir: config + safetensors weights + tokenizer + the task file."""
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    write_task_file(out, task, max_text_len)
+
+
+class _StopSignal:
+    """SIGTERM / SIGINT set a flag; the loop checkpoints at the next step boundary and exits."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignal:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Builds everything a job needs from its config and runs :meth:`fit`.
+
+    ``model`` / ``tokenizer``: train this pre-built model instead of building one from ``job.model``
+    (e.g. a transformers baseline in a benchmark); its forward must take the task's targets
+    (see :mod:`vlcoattn.tasks`).
+    """
+
+    def __init__(self, job: JobConfig, model: torch.nn.Module | None = None, tokenizer: Any = None) -> None:
+        self.job = job
+        self.dist = dist = init_distributed(job.run.device)
+        self.run_dir = Path(job.run.dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        if dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
+        torch.manual_seed(job.run.seed)  # the same initial weights on every rank
+        resolve_data(job, dist)
+        self.answer_vocab, self.label_vocab = data_vocabularies(job.data.train)
+        if model is None:
+            model, tokenizer = build_model(job, self.answer_vocab, self.label_vocab, dist.barrier, dist.rank)
+        elif tokenizer is None:
+            raise ValueError("a pre-built model needs its tokenizer")
+        self.tokenizer = tokenizer
+        config = getattr(model, "config", None)
+        self.answer_vocab = list(getattr(config, "answer_vocab", None) or self.answer_vocab)
+        if job.task == "cls" and getattr(config, "id2label", None):
+            self.label_vocab = [config.id2label[i] for i in range(len(config.id2label))]
+        self.model = model.to(dist.device)
+        self.model.train()
+        self.counts_items = "num_items_in_batch" in inspect.signature(model.forward).parameters
+        self.ddp = DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None) \
+            if dist.distributed else None
+        self.optimizer = build_optimizer(self.model, job.optim)
+        self.scheduler = build_scheduler(self.optimizer, job.train.steps, job.optim)
+        prep = model.preprocessing() if hasattr(model, "preprocessing") else {}
+        self.image_mean, self.image_std = prep.get("mean", (0.5,) * 3), prep.get("std", (0.5,) * 3)
+        self.loader_kwargs = dict(
+            image_size=prep.get("image_size", job.model.image_size), max_text_len=job.data.max_text_len,
+            mean=self.image_mean, std=self.image_std, answer_vocab=self.answer_vocab,
+            label_vocab=self.label_vocab, rank=dist.rank, world_size=dist.world_size,
+        )
+        self.loader = build_loader(
+            job.data.train, tokenizer, batch_size=job.data.batch_size, num_workers=job.data.num_workers,
+            seed=job.run.seed, shuffle=job.data.shuffle, shuffle_buffer=job.data.shuffle_buffer, augment=job.data.augment,
+            max_bad_fraction=job.data.max_bad_fraction, pin_memory=dist.device.type == "cuda",
+            **self.loader_kwargs,
+        )
+        self.step = 0
+        self.bad_in_row = self.bad_total = 0
+        use_bf16 = job.run.precision == "bf16" or (job.run.precision == "auto" and dist.device.type == "cuda")
+        self.autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if use_bf16 \
+            else contextlib.nullcontext
+        self.logger: MetricsLogger | None = None
+
+    # ------------------------------------------------------------------------------ checkpoints
+
+    def _save(self) -> Path:
+        model = self.model
+        trainer_state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "bad_total": self.bad_total,
+            "bad_in_row": self.bad_in_row,
+            "world_size": self.dist.world_size,
+        }
+        rank_state = {"rng": rng_state(), "loader": self.loader.state_dict()}
+        return save_checkpoint(
+            self.ckpt_dir, self.step,
+            lambda d: save_model_dir(model, self.tokenizer, d, self.job.task, self.job.data.max_text_len),
+            trainer_state, rank_state, self.dist.rank, self.job.train.keep_last, self.dist.barrier,
+        )
+
+    def resume(self, path: str | Path) -> None:
+        """Restore model, optimizer, scheduler, step, RNG and data position from a checkpoint."""
+        path = Path(path)
+        trainer_state, rank_state = load_checkpoint_state(path, self.dist.rank)
+        if trainer_state["world_size"] != self.dist.world_size:
+            raise ValueError(
+                f"checkpoint {path} was written by {trainer_state['world_size']} processes, this run has "
+                f"{self.dist.world_size}: resume with the same number"
+            )
+        saved = type(self.model).from_pretrained(path / "model")
+        self.model.load_state_dict(saved.state_dict())
+        self.optimizer.load_state_dict(trainer_state["optimizer"])
+        self.scheduler.load_state_dict(trainer_state["scheduler"])
+        self.step = int(trainer_state["step"])
+        self.bad_total, self.bad_in_row = int(trainer_state["bad_total"]), int(trainer_state["bad_in_row"])
+        self.loader.load_state_dict(rank_state["loader"])
+        set_rng_state(rank_state["rng"])
+
+    # ------------------------------------------------------------------------------ the loop
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
+        while True:
+            yield from self.loader
+
+    def _train_step(self, batches: Iterator[dict[str, Any]]) -> tuple[float, float | None, int]:
+        """One update from ``accum_steps`` micro-batches; returns (loss, grad norm or None if skipped,
+        samples on this rank)."""
+        job, dist = self.job, self.dist
+        micro = [next(batches) for _ in range(job.optim.accum_steps)]
+        counts: dict[str, int] = {}
+        for b in micro:
+            for k, v in count_items(job.task, b).items():
+                counts[k] = counts.get(k, 0) + v
+        kinds = sorted(counts)
+        totals = dist.all_reduce(torch.tensor([counts[k] for k in kinds], dtype=torch.float64))
+        num_items = num_items_argument(job.task, {k: int(v) for k, v in zip(kinds, totals.tolist())})
+        module = self.ddp or self.model
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
+        for i, b in enumerate(micro):
+            sync = self.ddp is None or i == len(micro) - 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync(), self.autocast():
+                inputs = model_inputs(job.task, b, dist.device)
+                if self.counts_items:
+                    out = module(**inputs, num_items_in_batch=num_items)
+                    share = out.loss.detach()  # this rank's part of the global mean
+                    loss = out.loss * dist.world_size  # DDP averages gradients over ranks; undo that
+                else:  # the model averages over its micro-batch
+                    out = module(**inputs)
+                    loss = out.loss / len(micro)
+                    share = loss.detach() / dist.world_size
+                loss.backward()
+            loss_sum += share.double()
+        step_loss = float(dist.all_reduce(loss_sum))  # the same on every rank, so all skip together
+        grad_norm = None
+        if math.isfinite(step_loss):
+            clip = job.optim.grad_clip if job.optim.grad_clip is not None else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+            if math.isfinite(grad_norm):
+                self.optimizer.step()
+            else:
+                grad_norm, step_loss = None, float("nan")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        return step_loss, grad_norm, sum(len(b["keys"]) for b in micro)
+
+    def _eval_loader(self, sources: list[str]):
+        return build_eval_loader(sources, self.tokenizer, batch_size=self.job.data.eval_batch_size,
+                                 limit=self.job.data.eval_limit, **self.loader_kwargs)
+
+    def evaluate_split(self, sources: list[str], keep_examples: int = 0) -> EvalResult:
+        """Metrics of the current model on ``sources`` (every sample once, all ranks)."""
+        return evaluate(self.model, self._eval_loader(sources), self.job.task, device=self.dist.device,
+                        autocast=self.autocast(), keep_examples=keep_examples,
+                        image_mean=self.image_mean, image_std=self.image_std)
+
+    def _log_eval(self, split: str, sources: list[str], keep_examples: int = 0) -> EvalResult:
+        result = self.evaluate_split(sources, keep_examples)
+        if self.logger is not None:
+            self.logger.log(self.step, split, result.metrics)
+        if self.dist.is_main:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if "/" not in k)
+            tqdm.write(f"step {self.step} {split}: {shown}")
+        return result
+
+    def fit(self, resume: str | None = None) -> TrainResult:
+        """Train to ``train.steps`` (from a checkpoint with ``resume`` = 'latest' or a path), evaluate,
+        save ``final/`` and the report. Returns early, after a checkpoint, on SIGTERM / SIGINT."""
+        job, dist = self.job, self.dist
+        ckpt = resolve_resume(resume, self.ckpt_dir)
+        if ckpt is not None:
+            self.resume(ckpt)
+        if dist.is_main:
+            save_config(job, self.run_dir / "config.yaml")
+        self.logger = MetricsLogger(self.run_dir, dist.is_main, resume_step=self.step if ckpt else None)
+        bar = tqdm(total=job.train.steps, initial=self.step, disable=not (dist.is_main and job.run.progress),
+                   desc="train", dynamic_ncols=True)
+        batches = self._batches()
+        window_loss, window_n, window_samples, t0 = 0.0, 0, 0, time.perf_counter()
+        interrupted = False
+        with _StopSignal() as stop:
+            while self.step < job.train.steps:
+                flag = dist.all_reduce(torch.tensor([float(stop.received is not None)]), torch.distributed.ReduceOp.MAX)
+                if flag.item():
+                    path = self._save()
+                    if dist.is_main:
+                        tqdm.write(f"stopped by a signal at step {self.step}; checkpoint {path} "
+                                   f"(continue with --resume latest)")
+                    interrupted = True
+                    break
+                loss, grad_norm, samples = self._train_step(batches)
+                if grad_norm is None:
+                    self.bad_in_row += 1
+                    self.bad_total += 1
+                    log.warning("step %d: non-finite loss/gradients, update skipped (%d in a row)",
+                                self.step, self.bad_in_row)
+                    if self.bad_in_row >= job.train.max_bad_steps:
+                        raise TrainingError(
+                            f"{self.bad_in_row} steps in a row had a non-finite loss or gradient (last at step "
+                            f"{self.step}); lower optim.lr, enable optim.grad_clip or check the data"
+                        )
+                else:
+                    self.bad_in_row = 0
+                    window_loss, window_n = window_loss + loss, window_n + 1
+                window_samples += samples * dist.world_size
+                bar.update(1)
+                if self.step % job.run.log_every == 0 or self.step == job.train.steps:
+                    elapsed = time.perf_counter() - t0
+                    lr = self.scheduler.get_last_lr()[0]
+                    record = {"loss": window_loss / max(window_n, 1), "lr": lr,
+                              "samples_per_s": window_samples / max(elapsed, 1e-9), "skipped_steps": self.bad_total,
+                              "epoch": self.loader.epoch, "bad_samples": sum(self.loader.bad_samples().values())}
+                    if grad_norm is not None:
+                        record["grad_norm"] = grad_norm
+                    self.logger.log(self.step, "train", record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
+                                    sps=f"{record['samples_per_s']:.1f}")
+                    window_loss, window_n, window_samples, t0 = 0.0, 0, 0, time.perf_counter()
+                if job.train.eval_every and self.step % job.train.eval_every == 0 and job.data.val \
+                        and self.step < job.train.steps:
+                    self._log_eval("val", job.data.val)
+                if job.train.save_every and self.step % job.train.save_every == 0 and self.step < job.train.steps:
+                    self._save()
+        bar.close()
+        if interrupted:
+            self.logger.close()
+            return TrainResult(self.run_dir, self.step, interrupted=True, skipped_steps=self.bad_total)
+        if latest_checkpoint(self.ckpt_dir) is None or latest_checkpoint(self.ckpt_dir).name != f"step-{self.step:08d}":
+            self._save()
+        return self._finish()
+
+    def _finish(self) -> TrainResult:
+        job, dist = self.job, self.dist
+        final: dict[str, dict[str, float]] = {}
+        examples: list[dict[str, Any]] = []
+        splits = ([("val", job.data.val)] if job.data.val else []) + list(job.data.test.items())
+        for split, sources in splits:
+            keep = job.train.report_images if split == "val" else 0
+            result = self._log_eval(split, sources, keep_examples=keep)
+            final[split] = result.metrics
+            examples = examples or result.examples
+            if dist.is_main:
+                pred_dir = self.run_dir / "predictions"
+                pred_dir.mkdir(exist_ok=True)
+                with (pred_dir / f"{split}.jsonl").open("w") as f:
+                    f.writelines(json.dumps(p) + "\n" for p in result.predictions)
+        if dist.is_main:
+            out, tmp = self.run_dir / "final", self.run_dir / ".tmp-final"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_model_dir(self.model, self.tokenizer, tmp, job.task, job.data.max_text_len)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+            (self.run_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
+            if job.train.report:
+                summary = {"task": job.task, "steps": self.step, "processes": dist.world_size,
+                           "batch per step": job.data.batch_size * job.optim.accum_steps * dist.world_size,
+                           "skipped steps": self.bad_total, "bad samples": self.loader.bad_samples() or 0}
+                write_report(self.run_dir, final, examples, summary)
+        self.logger.close()
+        dist.barrier()
+        return TrainResult(self.run_dir, self.step, final, skipped_steps=self.bad_total)
+
+
+def train(job: JobConfig, resume: str | None = None, model: torch.nn.Module | None = None,
+          tokenizer: Any = None) -> TrainResult:
+    """Run ``job`` to the end (or to a stop signal); see :class:`Trainer`."""
+    try:
+        return Trainer(job, model, tokenizer).fit(resume)
+    finally:
+        destroy_distributed()
