@@ -129,3 +129,184 @@ def test_torchrun_two_ranks_equals_one_process_with_the_doubled_batch(assets, tm
     single_log = [m["loss"] for m in read_metrics(tmp_path / "single" / "metrics.jsonl") if m["split"] == "train"]
     ddp_log = [m["loss"] for m in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if m["split"] == "train"]
     assert single_log == pytest.approx(ddp_log, rel=1e-5)
+
+
+# -------------------------------------------------------------------------- resume == uninterrupted
+
+
+def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(m["split"] == "train" and m["step"] >= step for m in read_metrics(run_dir / "metrics.jsonl")):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended before step {step}: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"no step {step} within {timeout} s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_then_resume_latest_equals_the_uninterrupted_run(assets, tmp_path, workers):
+    """Dropout on, shuffling on, several loader workers: only an exact restore of the model, optimizer,
+    scheduler, RNG and every worker's data position can reproduce the straight run."""
+    steps = 8
+    over = {"data.num_workers": workers, "data.val": [], "train.steps": steps, "train.save_every": 0}
+    straight = base_config(assets, tmp_path / "straight", **over)
+    train(job_of(straight, tmp_path))
+
+    cut = base_config(assets, tmp_path / "cut", **over)
+    cfg_path = tmp_path / "cut.yaml"
+    cfg_path.write_text(yaml.safe_dump(cut))
+    proc = subprocess.Popen([sys.executable, "tools/train.py", "--config", str(cfg_path)], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(tmp_path / "cut", 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopped by a signal at step" in err
+    stopped_at = int(err.split("stopped by a signal at step ")[1].split(";")[0])
+    assert 2 <= stopped_at < steps, "the signal arrived after training had finished; make the run longer"
+    assert not (tmp_path / "cut" / "final").exists()
+
+    proc = run_tool(["tools/train.py", "--config", str(cfg_path), "--resume", "latest"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "cut"), atol=1e-6)
+    losses = {m["step"]: m["loss"] for m in read_metrics(tmp_path / "cut" / "metrics.jsonl") if m["split"] == "train"}
+    want = {m["step"]: m["loss"] for m in read_metrics(tmp_path / "straight" / "metrics.jsonl") if m["split"] == "train"}
+    assert sorted(losses) == list(range(1, steps + 1))
+    assert [losses[s] for s in sorted(losses)] == pytest.approx([want[s] for s in sorted(want)], rel=1e-6)
+
+
+def test_resume_rejects_a_checkpoint_of_another_world_size(assets, tmp_path):
+    run = base_config(assets, tmp_path / "run", **{"data.val": [], "train.steps": 1})
+    train(job_of(run, tmp_path))
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000001"
+    state = torch.load(ckpt / "trainer.pt", weights_only=True)
+    state["world_size"] = 2
+    torch.save(state, ckpt / "trainer.pt")
+    with pytest.raises(ValueError, match="written by 2 processes"):
+        train(job_of(run, tmp_path), resume=str(ckpt))
+
+
+# -------------------------------------------------------------------------- non-finite losses
+
+
+class _NaNAt:
+    """Wraps forward so that the loss is NaN on chosen calls (counted over training forwards)."""
+
+    def __init__(self, model, bad_calls):
+        self.model, self.bad, self.calls = model, set(bad_calls), 0
+        self.forward = model.forward
+
+    def __call__(self, *args, **kwargs):
+        out = self.forward(*args, **kwargs)
+        if self.model.training:
+            self.calls += 1
+            if self.calls in self.bad:
+                out.loss = out.loss * float("nan")
+        return out
+
+
+def _tiny_model(assets, tmp_path, run_dir, **over):
+    job = job_of(base_config(assets, run_dir, **{"data.val": [], **over}), tmp_path)
+    from vlcoattn.train.build import build_model
+    from vlcoattn.train.trainer import data_vocabularies
+
+    answers, labels = data_vocabularies(job.data.train)
+    torch.manual_seed(0)
+    return job, *build_model(job, answers, labels)
+
+
+def test_a_nan_loss_skips_the_update_and_is_counted(assets, tmp_path):
+    job, model, tokenizer = _tiny_model(assets, tmp_path, tmp_path / "nan", **{"train.steps": 3})
+    hook = _NaNAt(model, {2})
+    model.forward = hook
+    trainer = Trainer(job, model, tokenizer)
+    before = {}
+
+    def snapshot_after_step_1(*_):
+        if trainer.step == 1 and not before:
+            before.update({k: v.clone() for k, v in model.state_dict().items()})
+
+    trainer.optimizer.register_step_post_hook(snapshot_after_step_1)
+    result = trainer.fit()
+    assert result.skipped_steps == 1 and result.step == 3
+    train_log = [m for m in read_metrics(tmp_path / "nan" / "metrics.jsonl") if m["split"] == "train"]
+    assert [m["skipped_steps"] for m in train_log] == [0, 1, 1]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_too_many_nan_losses_in_a_row_stop_with_a_clear_message(assets, tmp_path):
+    job, model, tokenizer = _tiny_model(assets, tmp_path, tmp_path / "nan2", **{"train.steps": 6, "train.max_bad_steps": 2})
+    model.forward = _NaNAt(model, {2, 3})
+    with pytest.raises(TrainingError, match="2 steps in a row had a non-finite loss"):
+        Trainer(job, model, tokenizer).fit()
+
+
+# -------------------------------------------------------------------------- evaluate.py, report, configs
+
+
+def test_evaluate_cli_reproduces_the_end_of_training_metrics_and_the_report_is_written(assets, tmp_path):
+    run = base_config(assets, tmp_path / "run", **{"train.steps": 2, "train.report": True, "train.report_images": 4,
+                                                     "data.test": {"test": [str(assets["data"] / "test")]}})
+    result = train(job_of(run, tmp_path))
+    final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert final == result.metrics and {"val", "test"} <= final.keys()
+    assert {"vqa_acc", "acc@0.5", "mean_iou", "loss"} <= final["val"].keys()
+    proc = run_tool(["tools/evaluate.py", "--model", str(tmp_path / "run" / "final"), "--data",
+                     str(assets["data"] / "test"), "--no-progress", "--predictions", str(tmp_path / "p.jsonl")])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout) == pytest.approx(final["test"], rel=1e-5)
+    preds = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    ground = [p for p in preds if p["task"] == "ground"]
+    assert ground and all(len(p["box"]) == 4 and 0 <= p["iou"] <= 1 for p in ground)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "acc@0.5" in report and "vqa_acc" in report
+    for png in ("curves.png", "predictions.png"):
+        assert (tmp_path / "run" / png).stat().st_size > 5000
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_bad_config_and_bad_cli_arguments_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: vqa\noptim:\n  lrr: 0.1\n")
+    proc = run_tool(["tools/train.py", "--config", str(bad)])
+    assert proc.returncode == 2 and "unknown config key 'optim.lrr'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_tool(["tools/train.py", "--config", "configs/demo.yaml", "train.steps=many"])
+    assert proc.returncode == 2 and "train.steps" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_tool(["tools/train.py", "--config", "configs/demo.yaml", "task=detect"])
+    assert proc.returncode == 2 and "task must be one of" in proc.stderr
+    proc = run_tool(["tools/evaluate.py", "--model", str(tmp_path), "--data", str(tmp_path)])
+    assert proc.returncode == 2 and "no config.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    load_config(JobConfig, path)
+
+
+def test_lr_schedule_warmup_then_cosine_to_the_floor():
+    from vlcoattn.train.job_config import OptimConfig
+    from vlcoattn.train.optim import lr_factor
+
+    cfg = OptimConfig(warmup_steps=4, schedule="cosine", min_lr_ratio=0.1)
+    assert [lr_factor(s, 20, cfg) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(4, 20, cfg) == pytest.approx(1.0)
+    assert lr_factor(12, 20, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(20, 20, cfg) == pytest.approx(0.1)
+
+
+def test_param_groups_no_decay_on_norms_and_biases_and_separate_backbone_lr(assets, tmp_path):
+    from vlcoattn.train.optim import param_groups
+
+    job, model, _ = _tiny_model(assets, tmp_path, tmp_path / "pg", **{"optim.backbone_lr": 1e-5})
+    groups = {g["name"]: g for g in param_groups(model, job.optim)}
+    assert groups["backbone"]["lr"] == 1e-5 and groups["head"]["lr"] == job.optim.lr
+    norms = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm)  # timm's LayerNorm2d too
+    exempt = {id(p) for m in model.modules() if isinstance(m, norms) for p in m.parameters(recurse=False)}
+    exempt |= {id(p) for n, p in model.named_parameters() if n.endswith("bias")}
+    assert any("backbone" in n and id(p) in exempt and not n.endswith("bias") for n, p in model.named_parameters())
+    for g in groups.values():
+        assert all((g["weight_decay"] == 0) == (id(p) in exempt) for p in g["params"]), g["name"]
+    assert sum(len(g["params"]) for g in groups.values()) == sum(p.requires_grad for p in model.parameters())

@@ -389,6 +389,9 @@ class ShardLoader:
                     num_workers=self.num_workers,
                     prefetch_factor=self.prefetch_factor,
                     pin_memory=self.pin_memory,
+                    # its own generator: starting workers must not draw from the global torch RNG, or a
+                    # resumed run (which starts them at another step) would see other dropout masks
+                    generator=torch.Generator().manual_seed(self.plan.seed),
                 )
             )
         for batch in batches:

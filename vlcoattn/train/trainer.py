@@ -298,8 +298,8 @@ class Trainer:
                 if flag.item():
                     path = self._save()
                     if dist.is_main:
-                        tqdm.write(f"stopped by a signal at step {self.step}; checkpoint {path} "
-                                   f"(continue with --resume latest)")
+                        log.warning("stopped by a signal at step %d; checkpoint %s (continue with --resume latest)",
+                                    self.step, path)
                     interrupted = True
                     break
                 loss, grad_norm, samples = self._train_step(batches)
