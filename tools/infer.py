@@ -15,7 +15,6 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import transformers
@@ -30,6 +29,19 @@ def positive(value: str) -> int:
     if number < 1:
         raise ValueError(f"must be >= 1, got {number}")
     return number
+
+
+def to_json(result: dict) -> str:
+    """Indented JSON with one line per top-level field and per token (``json.dumps(indent=2)`` puts every
+    number of every token on its own line)."""
+    fields = []
+    for key, value in result.items():
+        if key == "tokens" and value:
+            tokens = ",\n".join(f"    {json.dumps(t, ensure_ascii=False)}" for t in value)
+            fields.append(f'  "tokens": [\n{tokens}\n  ]')
+        else:
+            fields.append(f"  {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}")
+    return "{\n" + ",\n".join(fields) + "\n}"
 
 
 def build_parser() -> ArgumentParser:
@@ -97,26 +109,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     gen_kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                       top_k=args.top_k, num_beams=args.num_beams, seed=args.seed)
     if args.input is not None:
-        with open(args.output, "w", encoding="utf-8") if args.output else nullcontext(sys.stdout) as out:
-            counts = predict_jsonl(
-                predictor, args.input, out, task=args.task, top_k=top_k, batch_size=args.batch_size,
-                image_root=args.image_root, progress=not args.no_progress, generate_kwargs=gen_kwargs,
-            )
+        counts = predict_jsonl(
+            predictor, args.input, args.output or sys.stdout, task=args.task, top_k=top_k,
+            batch_size=args.batch_size, image_root=args.image_root, progress=not args.no_progress,
+            generate_kwargs=gen_kwargs,
+        )
         print(f"infer.py: {counts['ok']} of {counts['rows']} rows predicted, {counts['errors']} errors"
               + (f" -> {args.output}" if args.output else ""), file=sys.stderr)
         return 0
 
-    if task == "generate":
-        result = predictor.generate(args.prompt if args.prompt is not None else args.text, **gen_kwargs)
-    elif not predictor.is_vision:
-        if args.image is not None:
-            raise ValueError(f"--image: {args.model} is a text-only model ({type(predictor.model).__name__})")
-        result = predictor.classify(args.text, top_k=top_k)
+    if not predictor.is_vision:
+        if args.image is not None or args.viz is not None:
+            raise ValueError(f"--image / --viz: {args.model} is a text-only {type(predictor.model).__name__}")
+        if task == "generate":
+            result = predictor.generate(args.prompt if args.prompt is not None else args.text, **gen_kwargs)
+        elif args.text is None:
+            raise ValueError("--task classify needs --text")
+        else:
+            result = predictor.classify(args.text, top_k=top_k)
     else:
-        if args.image is None:
-            raise ValueError(f"--image is required: {args.model} is an image-text model")
-        if args.text is None:
-            raise ValueError("--text is required with --image")
+        if args.image is None or args.text is None:
+            raise ValueError(f"--image and --text are required: {args.model} is an image-text model")
         if args.viz is not None and not Path(args.viz).parent.is_dir():
             raise FileNotFoundError(f"--viz: folder {Path(args.viz).parent} does not exist")
         result = predictor.predict(args.image, args.text, task=args.task, top_k=top_k)
@@ -124,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             draw_prediction(args.image, result, args.viz, words=args.viz_tokens, heads=args.viz_heads,
                             max_words=args.viz_max_words, max_pixels=predictor.max_pixels)
             result["viz"] = args.viz
-    print(json.dumps(result, indent=2, ensure_ascii=False))
+    print(to_json(result))
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import tarfile
 from collections import Counter
@@ -213,14 +214,14 @@ def _dir_info(path: Path) -> DatasetInfo | None:
     return DatasetInfo.load(info_path) if info_path.is_file() else None
 
 
-def resolve_shards(sources: str | Sequence[str]) -> tuple[list[ShardRef], list[DatasetInfo]]:
+def resolve_shards(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[list[ShardRef], list[DatasetInfo]]:
     """Expand sources into shards with sample counts, plus the dataset.json of each source that has one.
 
     A source is a shard directory (with dataset.json), a dataset.json path, or a webdataset URL
     pattern: brace-expanded (``data/shard-{000000..000009}.tar``), ``::``-joined, local or ``pipe:``.
     Local shards take their counts from a dataset.json beside them, else from their tar headers.
     """
-    items = [sources] if isinstance(sources, str) else list(sources)
+    items = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     if not items:
         raise ValueError("no data source given")
     shards: list[ShardRef] = []
@@ -240,7 +241,7 @@ def resolve_shards(sources: str | Sequence[str]) -> tuple[list[ShardRef], list[D
             ]
             continue
         counted: dict[Path, DatasetInfo | None] = {}
-        for url in expand_urls(source):
+        for url in expand_urls(str(source)):
             local = Path(url)
             if url.startswith("pipe:") or "://" in url:
                 shards.append(ShardRef(url, count_samples(url)))

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -55,7 +56,7 @@ def _parse(line: str, n: int, kind: str, root: Path, head: dict[str, Any]) -> An
 def predict_jsonl(
     predictor: Predictor,
     input_path: str | os.PathLike,
-    output: TextIO,
+    output: TextIO | str | os.PathLike,
     *,
     task: str = "auto",
     top_k: int = 5,
@@ -64,7 +65,8 @@ def predict_jsonl(
     progress: bool = True,
     generate_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, int]:
-    """Predict every row of ``input_path`` and write one JSON line per row to ``output``.
+    """Predict every row of ``input_path`` and write one JSON line per row to ``output`` (a text
+    stream, or a path: opened once the input is known to exist).
 
     Rows: ``{"image": path, "text": ...}`` for image-text models (relative paths resolve against
     ``image_root``, default the input file's folder), ``{"text": ...}`` for classifiers,
@@ -85,16 +87,17 @@ def predict_jsonl(
     root = Path(image_root) if image_root is not None else path.parent
     total = sum(1 for _ in _rows(path))
     counts = {"rows": 0, "ok": 0, "errors": 0}
-    with tqdm(total=total, unit="row", file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
+    stream = nullcontext(output) if hasattr(output, "write") else open(output, "w", encoding="utf-8")  # noqa: SIM115
+    with stream as out, tqdm(total=total, unit="row", file=sys.stderr, disable=not progress) as bar:
         chunk: list[tuple[int, str]] = []
         for row in _rows(path):
             chunk.append(row)
             if len(chunk) == batch_size:
-                _run_chunk(predictor, chunk, task, kind, top_k, root, generate_kwargs or {}, output, counts)
+                _run_chunk(predictor, chunk, task, kind, top_k, root, generate_kwargs or {}, out, counts)
                 bar.update(len(chunk))
                 chunk = []
         if chunk:
-            _run_chunk(predictor, chunk, task, kind, top_k, root, generate_kwargs or {}, output, counts)
+            _run_chunk(predictor, chunk, task, kind, top_k, root, generate_kwargs or {}, out, counts)
             bar.update(len(chunk))
     return counts
 

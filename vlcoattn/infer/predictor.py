@@ -239,7 +239,7 @@ class Predictor:
         truncated = num_tokens > self.max_text_len
         if truncated:
             LOG.warning(
-                "text has %d tokens, more than the model maximum of %d (max_position_embeddings): truncated",
+                "text has %d tokens, more than the model maximum of %d: truncated",
                 num_tokens, self.max_text_len,
             )
             enc = tok(text, truncation=True, max_length=self.max_text_len, return_offsets_mapping=tok.is_fast)
@@ -267,17 +267,16 @@ class Predictor:
         hook = self.model.base_model.register_forward_hook(lambda _m, _a, out: captured.append(out))
         try:
             out = self.model(**inputs, pixel_values=pixels, return_dict=True)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
         finally:
             hook.remove()
         base = captured[-1]
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
         forward_s = (time.perf_counter() - start) / len(samples)
         want = set(task.split("+"))
         probs = None
-        if "vqa" in want:
-            logits = out.logits.float()
-            probs = logits.sigmoid() if self.model.config.vqa_loss == "bce" else logits.softmax(-1)
+        if "vqa" in want:  # sigmoid for a model trained with vqa_loss="bce", softmax for "ce"
+            probs = self.model.answer_probabilities(out.logits.float())
         boxes = None
         if "ground" in want:
             boxes = invert_boxes(out.pred_boxes.float().cpu(), batch["letterbox"])

@@ -110,8 +110,9 @@ def draw_prediction(
 
     Panel 1: the image, the predicted box (red) and the top answers. Then, for each word chosen by
     :func:`select_words` (``words`` / ``max_words``), its head-averaged Gaussian prior as a heatmap
-    with the word's reference center (+); with ``heads``, one panel per word and head. Models without
-    a spatial prior get panel 1 only. Returns the path written.
+    with the word's reference center (+); with ``heads``, one panel per word and head (the default
+    words then number ``max_words // heads``, at least 1). Models without a spatial prior get panel 1
+    only. Returns the path written.
     """
     if "image_size" not in prediction:
         raise ValueError("draw_prediction needs an image-text prediction (no image_size in it)")
@@ -127,6 +128,9 @@ def draw_prediction(
     gray = pixels.mean(-1)
 
     has_prior = any("center" in t for t in prediction.get("tokens", []))
+    if heads and has_prior and not words:  # the default words share the cap with their heads
+        num_heads = len(next(t for t in prediction["tokens"] if "center" in t)["head_centers"])
+        max_words = max(1, max_words // num_heads)
     panels: list[tuple[str, np.ndarray, tuple[float, float]]] = []  # (title, map, marker)
     for label, toks in select_words(prediction, words, max_words) if has_prior else []:
         if heads:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..data import build_eval_loader, build_loader, resolve_shards, write_synthetic
 from ..data.synthetic import SyntheticConfig, parse_holdout
+from ..eval.baselines import center_box_metrics, mean_box_size
 from ..eval.runner import EvalResult, evaluate
 from ..loading import write_task_file
 from ..tasks import count_items, model_inputs, num_items_argument
@@ -348,10 +349,17 @@ class Trainer:
         final: dict[str, dict[str, float]] = {}
         examples: list[dict[str, Any]] = []
         splits = ([("val", job.data.val)] if job.data.val else []) + list(job.data.test.items())
+        box_size = None
+        if job.task in ("ground", "vqa+ground") and splits:  # the center-box baseline, for reference
+            box_size = mean_box_size(build_eval_loader(job.data.train, self.tokenizer, batch_size=64, limit=2048,
+                                                       **self.loader_kwargs))
         for split, sources in splits:
             keep = job.train.report_images if split == "val" else 0
             result = self._log_eval(split, sources, keep_examples=keep)
             final[split] = result.metrics
+            if box_size is not None:
+                center = center_box_metrics(self._eval_loader(sources), box_size)
+                final[split].update({f"center_box/{k}": v for k, v in center.items()})
             examples = examples or result.examples
             if dist.is_main:
                 pred_dir = self.run_dir / "predictions"
