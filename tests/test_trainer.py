@@ -257,7 +257,8 @@ def test_evaluate_cli_reproduces_the_end_of_training_metrics_and_the_report_is_w
     proc = run_tool(["tools/evaluate.py", "--model", str(tmp_path / "run" / "final"), "--data",
                      str(assets["data"] / "test"), "--no-progress", "--predictions", str(tmp_path / "p.jsonl")])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout) == pytest.approx(final["test"], rel=1e-5)
+    reproduced = json.loads(proc.stdout)
+    assert reproduced == pytest.approx({k: v for k, v in final["test"].items() if not k.startswith("center_box/")}, rel=1e-5)
     preds = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     ground = [p for p in preds if p["task"] == "ground"]
     assert ground and all(len(p["box"]) == 4 and 0 <= p["iou"] <= 1 for p in ground)
@@ -322,9 +323,10 @@ def test_a_short_demo_run_learns_the_loss_falls_and_the_report_is_written(tmp_pa
     baseline; see the README's demo section.)"""
     run = tmp_path / "demo"
     proc = run_tool(["tools/train.py", "--config", "configs/demo.yaml", f"run.dir={run}",
-                     f"data.synthetic.dir={tmp_path / 'clevr'}", "data.synthetic.num_scenes=150", "train.steps=60",
+                     f"data.synthetic.dir={tmp_path / 'clevr'}", "data.synthetic.num_scenes=80", "train.steps=30",
                      "train.eval_every=0", "train.save_every=0", "data.batch_size=16", "optim.warmup_steps=5",
-                     "run.progress=false", "data.test={}", "train.report_images=4"])
+                     "run.progress=false", "data.test={}", "data.eval_limit=64", "train.report_images=4"],
+                    timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = [m["loss"] for m in read_metrics(run / "metrics.jsonl") if m["split"] == "train"]
     assert sum(losses[-2:]) / 2 < 0.7 * losses[0], losses

@@ -395,7 +395,7 @@ def _class_folders(path: Path) -> list[Path]:
     return classes
 
 
-def _jsonl_rows(path: Path, text_column: str, label_column: str) -> Iterator[tuple[str, Any]]:
+def _jsonl_rows(path: Path, text_column: str, label_column: str) -> list[tuple[str, Any]]:
     """(key, row dict or SampleError for an unparseable line); ValueError if a column is in no row."""
     rows: list[tuple[str, Any]] = []
     fields: set[str] = set()
@@ -418,7 +418,7 @@ def _jsonl_rows(path: Path, text_column: str, label_column: str) -> Iterator[tup
             f"{path}: no record has the field(s) {missing}; the records have {sorted(fields)} "
             "(choose with --text-column / --label-column)"
         )
-    return iter(rows)
+    return rows
 
 
 def _labelled_rows(path: Path, text_column: str, label_column: str) -> Iterator[tuple[str, Any]]:
