@@ -633,11 +633,10 @@ def _subprocess(argv: list) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_cli_as_a_subprocess_bad_inputs_and_a_long_text(models, images):
-    """The real script, one process per call (each spends ~10 s importing torch + transformers, so a
-    sample of the cases above): exit 2 with one "infer.py: error: ..." line and no traceback; a text
-    over the model maximum is truncated with a warning and exit 0."""
+    """The real script, one process per bad input above: exit 2 with one "infer.py: error: ..." line and
+    no traceback; a text over the model maximum is truncated with a warning and exit 0."""
     cases = _bad_cases(models, images)
-    names = ["truncated JPEG", "generate on classifier"]
+    names = list(cases)
     long_text = ["--model", models["ground"], "--image", sample_photo("chelsea"), "--text", "a red cat " * 12]
     with ThreadPoolExecutor(max_workers=2) as pool:
         runs = list(pool.map(_subprocess, [cases[n][0] for n in names] + [long_text]))
