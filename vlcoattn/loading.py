@@ -7,25 +7,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
+from . import models, text
+from .models import VLCoAttnForGrounding, VLCoAttnForMultitask, VLCoAttnForQuestionAnswering
+from .text import CooBertForCausalLM, CooBertForSequenceClassification
+
 TASK_FILE = "vlcoattn_task.json"  # written next to the weights: the task and text length of training
-TASK_OF_CLASS = {
-    "VLCoAttnForQuestionAnswering": "vqa",
-    "VLCoAttnForGrounding": "ground",
-    "VLCoAttnForMultitask": "vqa+ground",
-    "CooBertForSequenceClassification": "cls",
-    "CooBertForCausalLM": "lm",
+TASK_MODELS: dict[str, type[PreTrainedModel]] = {  # the class each training task builds
+    "vqa": VLCoAttnForQuestionAnswering,
+    "ground": VLCoAttnForGrounding,
+    "vqa+ground": VLCoAttnForMultitask,
+    "cls": CooBertForSequenceClassification,
+    "lm": CooBertForCausalLM,
 }
+TASK_OF_CLASS = {cls.__name__: task for task, cls in TASK_MODELS.items()}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
 def model_class(model_dir: str | Path) -> type[PreTrainedModel]:
     """The class named in the dir's config.json ``architectures`` (ours or transformers')."""
-    import transformers
-
-    from . import models, text
-
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model dir {model_dir} does not exist or is not a directory")

@@ -47,7 +47,7 @@ from .convert import (
 )
 from .image import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, encode_image, image_size
 from .loader import EvalLoader, ShardLoader, build_eval_loader, build_loader
-from .pipeline import IGNORE_INDEX, Collator, SampleDecoder
+from .pipeline import IGNORE_INDEX, Collator, SampleDecoder, build_decoder_and_collator
 from .schema import BAD_REASONS, TASKS, DatasetInfo, SampleError, check_record, sample_problems
 from .shards import ShardRef, ShardSink, count_samples, resolve_shards
 from .synthetic import ANSWERS as SYNTHETIC_ANSWERS
@@ -82,6 +82,7 @@ __all__ = [
     "ShardSink",
     "SyntheticConfig",
     "answer_scores",
+    "build_decoder_and_collator",
     "build_eval_loader",
     "build_loader",
     "build_vocab",

@@ -35,10 +35,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
 from .image import DEFAULT_MAX_PIXELS
-from .pipeline import Collator, SampleDecoder
+from .pipeline import Collator, SampleDecoder, build_decoder_and_collator
 from .schema import BAD_REASONS, DatasetInfo, SampleError
 from .shards import ShardRef, resolve_shards
-from .transforms import ImageTransform, as_size
 
 log = logging.getLogger(__name__)
 
@@ -469,31 +468,18 @@ def _decoder_and_collator(
     max_pixels: int,
     fast_decode: bool,
 ) -> tuple[SampleDecoder, Collator]:
-    """The per-sample decoder and the batch collator shared by the training and evaluation loaders."""
+    """:func:`build_decoder_and_collator` for these sources: vocabularies default to their dataset.json."""
     tasks = {t for info in infos for t in info.tasks}
     if {"cls", "lm"} <= tasks:
         raise ValueError(
             "the sources mix 'cls' and 'lm' samples, whose 'labels' differ in shape: use two loaders"
         )
-    if getattr(tokenizer, "pad_token", None) is None:
-        raise ValueError("the tokenizer has no pad token (set tokenizer.pad_token, e.g. to its eos token)")
-    size = as_size(image_size)
-    fill = tuple(round(255 * m) for m in mean)
-    transform = ImageTransform(
-        size, fill, augment=augment, crop_min_scale=crop_min_scale, reducing_gap=3.0 if fast_decode else None
-    )
-    decoder = SampleDecoder(transform, max_pixels, fast_decode=fast_decode, seed=seed)
-    collator = Collator(
-        tokenizer,
-        max_text_len,
-        tuple(mean),
-        tuple(std),
+    return build_decoder_and_collator(
+        tokenizer, image_size=image_size, max_text_len=max_text_len, mean=mean, std=std, seed=seed,
+        augment=augment, crop_min_scale=crop_min_scale, max_pixels=max_pixels, fast_decode=fast_decode,
         answer_vocab=list(answer_vocab) if answer_vocab is not None else _merged_vocab(infos, "answer_vocab"),
-        label_vocab=list(label_vocab)
-        if label_vocab is not None
-        else sorted(_merged_vocab(infos, "label_vocab")),
+        label_vocab=list(label_vocab) if label_vocab is not None else sorted(_merged_vocab(infos, "label_vocab")),
     )
-    return decoder, collator
 
 
 def build_loader(

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from .answers import answer_scores, majority_answer
-from .image import IMAGE_EXTS, ImageDecodeError, decode_image_and_size
+from .image import DEFAULT_MAX_PIXELS, IMAGE_EXTS, ImageDecodeError, decode_image_and_size
 from .schema import SampleError, check_record
-from .transforms import ImageTransform, normalize_boxes
+from .transforms import ImageTransform, as_size, normalize_boxes
 
 IGNORE_INDEX = -100
 
@@ -190,3 +190,33 @@ class Collator:
             "answer_ids": ids,
             "answers": [s["answers"] if s["task"] == "vqa" else [] for s in samples],
         }
+
+
+def build_decoder_and_collator(
+    tokenizer: Any,
+    *,
+    image_size: int | tuple[int, int],
+    max_text_len: int,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    seed: int = 0,
+    augment: bool = False,
+    crop_min_scale: float | None = None,
+    answer_vocab: Sequence[str] = (),
+    label_vocab: Sequence[str] = (),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    fast_decode: bool = True,
+) -> tuple[SampleDecoder, Collator]:
+    """The one way samples are prepared, for training, evaluation and inference alike: letterbox at
+    ``image_size`` filled with the mean colour, ``fast_decode`` = JPEG draft decoding + PIL's
+    ``reducing_gap=3``, ``(x/255 - mean) / std``, tokenization to ``max_text_len``."""
+    if getattr(tokenizer, "pad_token", None) is None:
+        raise ValueError("the tokenizer has no pad token (set tokenizer.pad_token, e.g. to its eos token)")
+    fill = tuple(round(255 * m) for m in mean)
+    transform = ImageTransform(
+        as_size(image_size), fill, augment=augment, crop_min_scale=crop_min_scale,
+        reducing_gap=3.0 if fast_decode else None,
+    )
+    decoder = SampleDecoder(transform, max_pixels, fast_decode=fast_decode, seed=seed)
+    collator = Collator(tokenizer, max_text_len, tuple(mean), tuple(std), list(answer_vocab), list(label_vocab))
+    return decoder, collator

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -31,14 +31,27 @@ def mean_box_size(batches: Iterable[dict[str, Any]]) -> tuple[float, float]:
     return (float(total[0] / total[2]), float(total[1] / total[2]))
 
 
-def center_box_metrics(batches: Iterable[dict[str, Any]], size: tuple[float, float]) -> dict[str, float]:
-    """Acc@0.5 / mean IoU of always answering a box of ``size`` (normalized w, h) at the image
-    center, scored like the model (original-image pixels)."""
-    acc = MetricAccumulator()
-    for batch in batches:
+class CenterBoxBaseline:
+    """Acc@0.5 / mean IoU of always answering a box of ``size`` (normalized w, h) at the image center,
+    scored like the model (original-image pixels). :meth:`observe` passes batches through while
+    scoring them, so the baseline costs no second pass over the data."""
+
+    def __init__(self, size: tuple[float, float]) -> None:
+        self.guess = torch.tensor([0.5, 0.5, *size], dtype=torch.float32)
+        self.acc = MetricAccumulator()
+
+    def add(self, batch: dict[str, Any]) -> None:
         if "boxes" not in batch:
-            continue
+            return
         for i in torch.nonzero(batch["box_mask"]).flatten().tolist():
-            guess = torch.tensor([0.5, 0.5, *size], dtype=torch.float32)
-            acc.add_box(invert_boxes(guess, batch["letterbox"][i]), invert_boxes(batch["boxes"][i], batch["letterbox"][i]))
-    return {k: v for k, v in acc.all_reduce().compute().items() if k in ("acc@0.5", "mean_iou")}
+            lb = batch["letterbox"][i]
+            self.acc.add_box(invert_boxes(self.guess, lb), invert_boxes(batch["boxes"][i], lb))
+
+    def observe(self, batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for batch in batches:
+            self.add(batch)
+            yield batch
+
+    def compute(self) -> dict[str, float]:
+        """The metrics over all ranks (a collective when distributed: every rank calls it once)."""
+        return {k: v for k, v in self.acc.all_reduce().compute().items() if k in ("acc@0.5", "mean_iou")}

@@ -25,9 +25,9 @@ from safetensors import SafetensorError
 from transformers import PreTrainedModel
 
 from ..data.image import DEFAULT_MAX_PIXELS
-from ..data.pipeline import Collator, SampleDecoder
+from ..data.pipeline import build_decoder_and_collator
 from ..data.schema import SampleError
-from ..data.transforms import ImageTransform, as_size, invert_boxes
+from ..data.transforms import invert_boxes
 from ..loading import TASK_OF_CLASS, load_model_dir, model_class, read_task_file
 from ..models import VLCoAttnPreTrainedModel
 from ..utils.cli import USER_ERRORS
@@ -112,12 +112,10 @@ class Predictor:
         self.is_vision = isinstance(model, VLCoAttnPreTrainedModel)
         if self.is_vision:
             pre = model.preprocessing()
-            mean, std = tuple(pre["mean"]), tuple(pre["std"])
-            fill = tuple(round(255 * m) for m in mean)
-            # exactly as build_loader builds them (fast_decode: JPEG draft + reducing_gap=3)
-            transform = ImageTransform(as_size(pre["image_size"]), fill, reducing_gap=3.0 if fast_decode else None)
-            self._decoder = SampleDecoder(transform, max_pixels, fast_decode=fast_decode)
-            self._collator = Collator(tokenizer, self.max_text_len, mean, std)
+            self._decoder, self._collator = build_decoder_and_collator(
+                tokenizer, image_size=pre["image_size"], max_text_len=self.max_text_len, mean=pre["mean"],
+                std=pre["std"], max_pixels=max_pixels, fast_decode=fast_decode,
+            )
 
     @classmethod
     def from_pretrained(

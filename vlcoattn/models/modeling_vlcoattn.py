@@ -13,6 +13,7 @@ Boxes are normalized (cx, cy, w, h) in [0, 1] relative to the (unpadded) image, 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -479,6 +480,7 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
 
     has_answers = False
     has_boxes = False
+    output_class: type[ModelOutput] = ModelOutput
 
     def __init__(self, config: VLCoAttnConfig) -> None:
         super().__init__(config)
@@ -505,11 +507,32 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         """Per-answer probabilities: sigmoid for the "bce" loss (independent scores), softmax for "ce"."""
         return torch.sigmoid(logits) if self.config.vqa_loss == "bce" else logits.softmax(-1)
 
-    def _heads(
+    def forward(
         self,
-        input_ids, pixel_values, attention_mask, token_type_ids, pixel_mask,
-        labels, answer_mask, boxes, box_mask, num_items_in_batch, output_attentions,
-    ) -> dict:
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        answer_mask: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        box_mask: torch.Tensor | None = None,
+        num_items_in_batch: int | dict[str, int] | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ModelOutput | tuple:
+        """input_ids (B, T), attention_mask (B, T), pixel_values (B, 3, H, W), pixel_mask (B, H, W).
+
+        labels: (B,) answer indices (-100 = none) or (B, num_answers) soft scores in [0, 1] (VQA v2);
+        answer_mask (B,): rows that are VQA samples (default all). boxes (B, 4) target boxes, normalized
+        (cx, cy, w, h); box_mask (B,): rows that have one (default all). Targets of a head the model
+        does not have are ignored.
+        num_items_in_batch: the number of rows of the task ({"vqa": n, "ground": m} for both) in the
+        whole optimizer step (all micro-batches and ranks); losses are then sums divided by it, so
+        gradient accumulation and DDP give the gradient of the full batch. Default: per-batch means.
+        """
         out = self.vlcoattn(
             input_ids, pixel_values, attention_mask, token_type_ids, pixel_mask,
             output_attentions=output_attentions, return_dict=True,
@@ -537,7 +560,9 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
                 losses.append(total)
         if losses:
             result["loss"] = sum(losses)
-        return result
+        fields = {f.name for f in dataclasses.fields(self.output_class)}  # e.g. no loss_vqa for VQA alone
+        output = self.output_class(**{k: v for k, v in result.items() if k in fields})
+        return output if return_dict is not False else output.to_tuple()
 
     @staticmethod
     def boxes_to_pixels(pred_boxes: torch.Tensor, image_sizes: torch.Tensor | tuple[int, int]) -> torch.Tensor:
@@ -548,74 +573,18 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         return box_convert(pred_boxes, "cxcywh", "xyxy") * scale
 
 
-_FORWARD_DOC = """input_ids (B, T), attention_mask (B, T), pixel_values (B, 3, H, W), pixel_mask (B, H, W).
-
-        labels: (B,) answer indices (-100 = none) or (B, num_answers) soft scores in [0, 1] (VQA v2);
-        answer_mask (B,): rows that are VQA samples (default all). boxes (B, 4) target boxes, normalized
-        (cx, cy, w, h); box_mask (B,): rows that have one (default all).
-        num_items_in_batch: the number of rows of the task ({"vqa": n, "ground": m} for both) in the
-        whole optimizer step (all micro-batches and ranks); losses are then sums divided by it, so
-        gradient accumulation and DDP give the gradient of the full batch. Default: per-batch means.
-        """
-
-
 class VLCoAttnForQuestionAnswering(_VLCoAttnTaskModel):
     """Fused [CLS] -> :class:`AnswerHead` -> answer logits (answer_vocab)."""
 
     has_answers = True
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        pixel_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        answer_mask: torch.Tensor | None = None,
-        num_items_in_batch: int | dict[str, int] | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> VLCoAttnQuestionAnsweringOutput | tuple:
-        r = self._heads(
-            input_ids, pixel_values, attention_mask, token_type_ids, pixel_mask,
-            labels, answer_mask, None, None, num_items_in_batch, output_attentions,
-        )
-        r.pop("loss_vqa", None)
-        result = VLCoAttnQuestionAnsweringOutput(**r)
-        return result if return_dict is not False else result.to_tuple()
-
-    forward.__doc__ = _FORWARD_DOC
+    output_class = VLCoAttnQuestionAnsweringOutput
 
 
 class VLCoAttnForGrounding(_VLCoAttnTaskModel):
     """One box per referring expression from the prior of token ``grounding_token_index`` (:class:`BoxHead`)."""
 
     has_boxes = True
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        pixel_mask: torch.Tensor | None = None,
-        boxes: torch.Tensor | None = None,
-        box_mask: torch.Tensor | None = None,
-        num_items_in_batch: int | dict[str, int] | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> VLCoAttnGroundingOutput | tuple:
-        r = self._heads(
-            input_ids, pixel_values, attention_mask, token_type_ids, pixel_mask,
-            None, None, boxes, box_mask, num_items_in_batch, output_attentions,
-        )
-        result = VLCoAttnGroundingOutput(**r)
-        return result if return_dict is not False else result.to_tuple()
-
-    forward.__doc__ = _FORWARD_DOC
+    output_class = VLCoAttnGroundingOutput
 
 
 class VLCoAttnForMultitask(_VLCoAttnTaskModel):
@@ -624,28 +593,4 @@ class VLCoAttnForMultitask(_VLCoAttnTaskModel):
 
     has_answers = True
     has_boxes = True
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        pixel_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        answer_mask: torch.Tensor | None = None,
-        boxes: torch.Tensor | None = None,
-        box_mask: torch.Tensor | None = None,
-        num_items_in_batch: int | dict[str, int] | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> VLCoAttnMultitaskOutput | tuple:
-        r = self._heads(
-            input_ids, pixel_values, attention_mask, token_type_ids, pixel_mask,
-            labels, answer_mask, boxes, box_mask, num_items_in_batch, output_attentions,
-        )
-        result = VLCoAttnMultitaskOutput(**r)
-        return result if return_dict is not False else result.to_tuple()
-
-    forward.__doc__ = _FORWARD_DOC
+    output_class = VLCoAttnMultitaskOutput

@@ -15,18 +15,10 @@ from pathlib import Path
 from transformers import AutoTokenizer, PreTrainedModel
 
 from ..assets import asset_names, asset_path
-from ..models import VLCoAttnForGrounding, VLCoAttnForMultitask, VLCoAttnForQuestionAnswering
-from ..text import CooBertConfig, CooBertForCausalLM, CooBertForSequenceClassification, CooBertModel
+from ..loading import TASK_MODELS
+from ..text import CooBertConfig, CooBertModel
 from ..vision.weights import cache_dir
 from .job_config import JobConfig, ModelConfig
-
-TASK_MODELS: dict[str, type[PreTrainedModel]] = {
-    "vqa": VLCoAttnForQuestionAnswering,
-    "ground": VLCoAttnForGrounding,
-    "vqa+ground": VLCoAttnForMultitask,
-    "cls": CooBertForSequenceClassification,
-    "lm": CooBertForCausalLM,
-}
 
 
 def resolve_text_dir(cfg: ModelConfig, barrier: Callable[[], None] = lambda: None, rank: int = 0) -> Path:

@@ -32,12 +32,13 @@ from tqdm.auto import tqdm
 
 from ..data import build_eval_loader, build_loader, resolve_shards, write_synthetic
 from ..data.synthetic import SyntheticConfig, parse_holdout
-from ..eval.baselines import center_box_metrics, mean_box_size
+from ..eval.baselines import CenterBoxBaseline, mean_box_size
 from ..eval.runner import EvalResult, evaluate
 from ..loading import write_task_file
 from ..tasks import count_items, model_inputs, num_items_argument
 from .build import build_model
 from .checkpoint import (
+    checkpoint_name,
     latest_checkpoint,
     load_checkpoint_state,
     resolve_resume,
@@ -263,14 +264,22 @@ class Trainer:
         return build_eval_loader(sources, self.tokenizer, batch_size=self.job.data.eval_batch_size,
                                  limit=self.job.data.eval_limit, **self.loader_kwargs)
 
-    def evaluate_split(self, sources: list[str], keep_examples: int = 0) -> EvalResult:
-        """Metrics of the current model on ``sources`` (every sample once, all ranks)."""
-        return evaluate(self.model, self._eval_loader(sources), self.job.task, device=self.dist.device,
-                        autocast=self.autocast(), keep_examples=keep_examples,
-                        image_mean=self.image_mean, image_std=self.image_std)
+    def evaluate_split(self, sources: list[str], keep_examples: int = 0,
+                       center_box: tuple[float, float] | None = None) -> EvalResult:
+        """Metrics of the current model on ``sources`` (every sample once, all ranks); with
+        ``center_box`` (a mean box size) also the center-box baseline's, as ``center_box/...``."""
+        batches = self._eval_loader(sources)
+        baseline = CenterBoxBaseline(center_box) if center_box is not None else None
+        result = evaluate(self.model, baseline.observe(batches) if baseline else batches, self.job.task,
+                          device=self.dist.device, autocast=self.autocast(), keep_examples=keep_examples,
+                          image_mean=self.image_mean, image_std=self.image_std)
+        if baseline is not None:
+            result.metrics.update({f"center_box/{k}": v for k, v in baseline.compute().items()})
+        return result
 
-    def _log_eval(self, split: str, sources: list[str], keep_examples: int = 0) -> EvalResult:
-        result = self.evaluate_split(sources, keep_examples)
+    def _log_eval(self, split: str, sources: list[str], keep_examples: int = 0,
+                  center_box: tuple[float, float] | None = None) -> EvalResult:
+        result = self.evaluate_split(sources, keep_examples, center_box)
         if self.logger is not None:
             self.logger.log(self.step, split, result.metrics)
         if self.dist.is_main:
@@ -340,7 +349,8 @@ class Trainer:
         if interrupted:
             self.logger.close()
             return TrainResult(self.run_dir, self.step, interrupted=True, skipped_steps=self.bad_total)
-        if latest_checkpoint(self.ckpt_dir) is None or latest_checkpoint(self.ckpt_dir).name != f"step-{self.step:08d}":
+        latest = latest_checkpoint(self.ckpt_dir)
+        if latest is None or latest.name != checkpoint_name(self.step):
             self._save()
         return self._finish()
 
@@ -355,11 +365,8 @@ class Trainer:
                                                        **self.loader_kwargs))
         for split, sources in splits:
             keep = job.train.report_images if split == "val" else 0
-            result = self._log_eval(split, sources, keep_examples=keep)
+            result = self._log_eval(split, sources, keep_examples=keep, center_box=box_size)
             final[split] = result.metrics
-            if box_size is not None:
-                center = center_box_metrics(self._eval_loader(sources), box_size)
-                final[split].update({f"center_box/{k}": v for k, v in center.items()})
             examples = examples or result.examples
             if dist.is_main:
                 pred_dir = self.run_dir / "predictions"
