@@ -30,7 +30,7 @@ from timing import interleaved_medians, machine, markdown_table
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from vlcoattn.assets import bbc_news_dir
-from vlcoattn.data.convert import convert_text_split, text_records
+from vlcoattn.data import convert_text_split, text_records
 from vlcoattn.text.tokenizer import train_tokenizer
 from vlcoattn.train.config import load_config
 from vlcoattn.train.job_config import JobConfig

@@ -27,8 +27,7 @@ from timing import machine, markdown_table
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification
 
 from vlcoattn.assets import bbc_news_dir, minilm_dir
-from vlcoattn.data import DatasetInfo
-from vlcoattn.data.convert import convert_textcls_split, text_records
+from vlcoattn.data import DatasetInfo, convert_textcls_split, text_records
 from vlcoattn.eval import classification_metrics
 from vlcoattn.train.config import load_config
 from vlcoattn.train.job_config import JobConfig

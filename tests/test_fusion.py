@@ -14,6 +14,7 @@ from vlcoattn.fusion import (
     SpatialPriorHead,
     attention_reference,
     gaussian_log_prior,
+    grid_coordinates,
     merge_masks,
     sine_position_encoding_2d,
 )
@@ -138,6 +139,35 @@ def test_sdpa_path_equals_reference_softmax_path():
     torch.testing.assert_close(p0.sum(-1), torch.ones(B, NH, T))
     assert torch.all(p0[1, ..., -5:] == 0)  # padded keys get no attention
     torch.testing.assert_close(eager.level_weights.sum(-1), torch.ones(B, T))
+    # where each head looked: SDPA with coordinates as values == sum_l alpha_l sum_j p_j (x_j, y_j)
+    want = sum(
+        eager.level_weights[..., lvl, None, None]
+        * (p @ grid_coordinates(g, B, None, torch.float32, p.device)).transpose(1, 2)
+        for lvl, (p, g) in enumerate(zip(eager.attentions, grids))
+    )
+    torch.testing.assert_close(fused.attended, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(eager.attended, want, atol=1e-5, rtol=1e-5)
+
+
+def test_grid_coordinates_are_normalized_cell_centers_of_the_real_image():
+    xy = grid_coordinates((2, 4), 1, None, torch.float32, torch.device("cpu"))  # (1, 1, 8, 2)
+    torch.testing.assert_close(xy[0, 0, 5], torch.tensor([1.5 / 4, 1.5 / 2]))  # row 1, col 1
+    # a padded image whose real part is 2 x 3 cells: coordinates relative to the real part
+    xy = grid_coordinates((2, 4), 1, torch.tensor([[3.0, 2.0]]), torch.float32, torch.device("cpu"))
+    torch.testing.assert_close(xy[0, 0, 2], torch.tensor([2.5 / 3, 0.5 / 2]))
+
+
+def test_attended_center_is_the_cell_a_peaked_attention_picks():
+    """A prior sharp enough to dominate the logits puts all attention on one cell: m_t = its center."""
+    attn = SMCACrossAttention(D, NH, "gaussian").eval()
+    nn.init.zeros_(attn.q_proj.weight)
+    nn.init.zeros_(attn.prior.offsets.weight)
+    nn.init.constant_(attn.prior.scales.bias, 20.0)
+    H, W = 4, 5
+    feats, pos = _levels(1, [(H, W)])
+    ref = torch.tensor([[[0.7, 0.4]]])  # x = 3.5 cells -> col 3, y = 1.6 cells -> row 1
+    out = attn(torch.randn(1, 1, D), [feats[0] + pos[0]], feats, [(H, W)], ref)
+    torch.testing.assert_close(out.attended[0, 0], torch.tensor([[3.5 / W, 1.5 / H]]).expand(NH, 2))
 
 
 def test_log_prior_as_sdpa_mask_equals_explicit_softmax():
@@ -258,8 +288,8 @@ def test_gradients_reach_center_offset_and_scale_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0
 
 
-def test_later_layers_reuse_the_first_layers_reference_centers():
-    enc = _encoder(num_layers=3)
+def test_center_from_text_reuses_the_first_layers_reference_centers():
+    enc = _encoder(num_layers=3, center_from="text")
     for layer in enc.layers:  # no offsets: every layer's per-head centers are exactly c_t
         nn.init.zeros_(layer.cross_attn.prior.offsets.weight)
     feats, pos = _levels(1, [(3, 3)])
@@ -270,6 +300,18 @@ def test_later_layers_reuse_the_first_layers_reference_centers():
         torch.testing.assert_close(c, want)
     # and c_t is sigmoid(MLP(h)) of the first layer's cross-attention query, in (0, 1)
     assert torch.all((out.reference_centers > 0) & (out.reference_centers < 1))
+
+
+def test_center_from_attention_centers_layer_l_where_layer_l_minus_1_looked():
+    enc = _encoder(num_layers=3, center_from="attention")
+    for layer in enc.layers:
+        nn.init.zeros_(layer.cross_attn.prior.offsets.weight)
+    feats, pos = _levels(1, [(3, 3)])
+    out = enc(torch.randn(1, 4, D), None, feats, pos, [(3, 3)])
+    torch.testing.assert_close(out.centers[0], out.reference_centers[:, :, None, :].expand(1, 4, NH, 2))
+    for prev, c in zip(out.attended[:-1], out.centers[1:]):
+        torch.testing.assert_close(c, prev.mean(dim=2, keepdim=True).expand(1, 4, NH, 2), atol=1e-6, rtol=1e-5)
+    assert len(out.attended) == 3 and not torch.allclose(out.centers[1], out.centers[0])
 
 
 # ---------------------------------------------------------------------------------- bad config

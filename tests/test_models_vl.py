@@ -238,16 +238,18 @@ def test_vqa_losses_bce_soft_scores_and_ce():
     assert model.predict_answers(torch.tensor([[0.0, 2.0, 1.0]])) == ["b"]
 
 
-def test_grounding_box_starts_near_the_prior_center_and_converts_to_pixels():
+@pytest.mark.parametrize("center_from", ["attention", "text"])
+def test_grounding_box_starts_near_its_base_center_and_converts_to_pixels(center_from):
     torch.manual_seed(0)
-    model = VLCoAttnForGrounding(tiny_config()).eval()
+    model = VLCoAttnForGrounding(tiny_config(center_from=center_from)).eval()
     ids, px = batch()
     out = model(ids, px)
-    # center = sigmoid(logit(c_[CLS]) + Δ) with a small-init Δ; w = h = sigmoid(~0)
-    torch.testing.assert_close(out.pred_boxes[:, :2], out.reference_centers[:, 0], atol=0.02, rtol=0)
+    # base center c: where [CLS] attended in the last layer (head mean), or its text reference center
+    c = out.attended_centers[-1][:, 0].mean(1) if center_from == "attention" else out.reference_centers[:, 0]
+    # center = sigmoid(logit(c) + Δ) with a small-init Δ; w = h = sigmoid(~0)
+    torch.testing.assert_close(out.pred_boxes[:, :2], c, atol=0.02, rtol=0)
     torch.testing.assert_close(out.pred_boxes[:, 2:], torch.full((2, 2), 0.5), atol=0.02, rtol=0)
     raw = model.box_head.raw(out.last_hidden_state[:, 0])
-    c = out.reference_centers[:, 0]
     torch.testing.assert_close(out.pred_boxes[:, :2], torch.sigmoid(torch.logit(c) + raw[:, :2]))
     assert out.heatmaps.shape == (2, 6, 8, 12)
     pix = VLCoAttnForGrounding.boxes_to_pixels(torch.tensor([[0.5, 0.25, 0.5, 0.5]]), (100, 200))
@@ -269,13 +271,19 @@ def test_gradients_reach_center_offset_and_scale_parameters_through_the_box_loss
             assert p.grad.abs().sum() > 0
 
 
-def test_spatial_prior_none_model_regresses_boxes_without_centers():
+def test_spatial_prior_none_model_has_no_prior_and_boxes_from_where_it_attended():
     model = VLCoAttnForGrounding(tiny_config(spatial_prior="none")).eval()
     ids, px = batch()
     out = model(ids, px)
     assert out.reference_centers is None and out.heatmaps is None and out.centers is None
     raw = model.box_head.raw(out.last_hidden_state[:, 0])
-    torch.testing.assert_close(out.pred_boxes, torch.sigmoid(raw))  # logit(c) = 0 without a prior
+    c = out.attended_centers[-1][:, 0].mean(1)  # plain cross-attention still looks somewhere
+    torch.testing.assert_close(out.pred_boxes[:, :2], torch.sigmoid(torch.logit(c) + raw[:, :2]))
+    # with center_from="text" there is no center at all: the MLP regresses the box (logit(c) = 0)
+    model = VLCoAttnForGrounding(tiny_config(spatial_prior="none", center_from="text")).eval()
+    out = model(ids, px)
+    raw = model.box_head.raw(out.last_hidden_state[:, 0])
+    torch.testing.assert_close(out.pred_boxes, torch.sigmoid(raw))
 
 
 # -------------------------------------------------------------------------------- bad config
@@ -286,6 +294,7 @@ def test_spatial_prior_none_model_regresses_boxes_without_centers():
     [
         (dict(backbone="resnet_does_not_exist"), "unknown backbone"),
         (dict(smca_beta=0.0), "smca_beta"),
+        (dict(center_from="queries"), "center_from"),
         (dict(smca_beta=-2), "smca_beta"),
         (dict(spatial_prior="box"), "spatial_prior"),
         (dict(prior_sharing="all"), "prior_sharing"),

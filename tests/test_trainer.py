@@ -317,19 +317,23 @@ def test_param_groups_no_decay_on_norms_and_biases_and_separate_backbone_lr(asse
 
 
 @pytest.mark.slow
-def test_a_short_demo_run_learns_the_loss_falls_and_the_report_is_written(tmp_path):
-    """configs/demo.yaml with the real pretrained parts (converted MiniLM, EfficientNet-Lite0), shrunk.
-    (Acc@0.5 above the center box is NOT asserted: at the demo's budget grounding stays at that
-    baseline; see the README's demo section.)"""
+def test_a_short_demo_run_learns_the_loss_falls_and_boxes_beat_the_center_box(tmp_path):
+    """configs/demo.yaml with the real pretrained parts (converted MiniLM, EfficientNet-Lite0), shrunk
+    to 120 scenes and 60 steps of 16. The boxes must beat the center-box baseline (a box of the mean
+    training size at the image center) on held-out scenes: mean IoU by 2x on val and test, Acc@0.5 at
+    least equal. (At this budget few boxes reach IoU 0.5; the full demo's Acc@0.5 is in the README.)"""
     run = tmp_path / "demo"
     proc = run_tool(["tools/train.py", "--config", "configs/demo.yaml", f"run.dir={run}",
-                     f"data.synthetic.dir={tmp_path / 'clevr'}", "data.synthetic.num_scenes=80", "train.steps=30",
+                     f"data.synthetic.dir={tmp_path / 'clevr'}", "data.synthetic.num_scenes=120", "train.steps=60",
                      "train.eval_every=0", "train.save_every=0", "data.batch_size=16", "optim.warmup_steps=5",
-                     "run.progress=false", "data.test={}", "data.eval_limit=64", "train.report_images=4"],
+                     "run.progress=false", "train.report_images=4"],
                     timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = [m["loss"] for m in read_metrics(run / "metrics.jsonl") if m["split"] == "train"]
     assert sum(losses[-2:]) / 2 < 0.7 * losses[0], losses
-    val = json.loads((run / "final_metrics.json").read_text())["val"]
-    assert {"vqa_acc", "acc@0.5", "center_box/acc@0.5"} <= val.keys()
+    final = json.loads((run / "final_metrics.json").read_text())
+    for split in ("val", "test"):
+        m = final[split]
+        assert m["mean_iou"] > 2 * m["center_box/mean_iou"], (split, m)
+        assert m["acc@0.5"] >= m["center_box/acc@0.5"], (split, m)
     assert (run / "report.md").is_file() and (run / "final" / "model.safetensors").is_file()

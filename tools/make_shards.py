@@ -22,12 +22,13 @@ from vlcoattn.data import (
     convert_jsonl,
     convert_refcoco,
     convert_text,
+    convert_text_split,
     convert_textcls,
+    convert_textcls_split,
     convert_vqa2,
     parse_holdout,
     write_synthetic,
 )
-from vlcoattn.data.convert import convert_text_split, convert_textcls_split
 from vlcoattn.utils.cli import ArgumentParser, run_cli
 
 

@@ -40,9 +40,13 @@ from .convert import (
     convert_jsonl,
     convert_refcoco,
     convert_text,
+    convert_text_split,
     convert_textcls,
+    convert_textcls_split,
     convert_vqa2,
     load_refs,
+    stratified_split,
+    text_records,
     write_synthetic,
 )
 from .image import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, encode_image, image_size
@@ -90,7 +94,9 @@ __all__ = [
     "convert_jsonl",
     "convert_refcoco",
     "convert_text",
+    "convert_text_split",
     "convert_textcls",
+    "convert_textcls_split",
     "convert_vqa2",
     "count_samples",
     "decode_image",
@@ -108,7 +114,9 @@ __all__ = [
     "resolve_reference",
     "resolve_shards",
     "sample_problems",
+    "stratified_split",
     "swap_left_right",
     "synthetic_samples",
+    "text_records",
     "write_synthetic",
 ]

@@ -3,6 +3,7 @@
 from .layers import FeedForward, FusionOutput, SMCAFusionEncoder, SMCAFusionLayer
 from .position import PositionEmbeddingSine2D, sine_position_encoding_2d
 from .smca import (
+    CENTER_SOURCES,
     OFFSET_MODES,
     PRIOR_SHARING,
     SPATIAL_PRIORS,
@@ -12,10 +13,12 @@ from .smca import (
     SpatialPriorHead,
     attention_reference,
     gaussian_log_prior,
+    grid_coordinates,
     merge_masks,
 )
 
 __all__ = [
+    "CENTER_SOURCES",
     "OFFSET_MODES",
     "PRIOR_SHARING",
     "SPATIAL_PRIORS",
@@ -30,6 +33,7 @@ __all__ = [
     "SpatialPriorHead",
     "attention_reference",
     "gaussian_log_prior",
+    "grid_coordinates",
     "merge_masks",
     "sine_position_encoding_2d",
 ]

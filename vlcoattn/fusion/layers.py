@@ -16,8 +16,12 @@ grounding head needs to regress a box from one token (with DETR's content-only v
 query can only learn absolute positions through the CNN's padding artefacts; overfitting 8 images
 converged far more slowly when overfitting 8 images). ``position_in_values=False`` is DETR's convention.
 
-The reference centers c_t come from the FIRST layer (``ReferenceCenterHead`` on its cross-attention
-queries) and are reused by every later layer; each layer has its own offsets and scales.
+Where the centers come from (``center_from``). Layer 0's reference c_t comes from the text alone
+(``ReferenceCenterHead`` on its cross-attention queries). With ``"text"`` (DESIGN §3 literally) every
+later layer reuses it; with ``"attention"`` (default) layer l > 0 centers its Gaussians on where the
+token looked in layer l - 1, the head-mean centroid m_t = mean_k sum_j p_{t,k,j} (x_j, y_j) of its
+attention -- the words alone cannot know where "the red cube" is in this image, the attention can.
+Each layer has its own offsets and scales.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from ..text.attention import (
     collaborative_attention_reference,
 )
 from ..text.modeling_coobert import concatenation_mixing
-from .smca import CrossAttentionOutput, ReferenceCenterHead, SMCACrossAttention
+from .smca import CENTER_SOURCES, CrossAttentionOutput, ReferenceCenterHead, SMCACrossAttention
 
 __all__ = ["FeedForward", "FusionOutput", "SMCAFusionEncoder", "SMCAFusionLayer"]
 
@@ -61,6 +65,7 @@ class FusionOutput:
     text_hidden_state: torch.Tensor  # (B, T, d)
     image_hidden_states: list[torch.Tensor]  # per level (B, S_l, d)
     reference_centers: torch.Tensor | None = None  # (B, T, 2) normalized (x, y), from layer 0
+    attended: tuple[torch.Tensor, ...] = ()  # per layer (B, T, N_h, 2) centroid of each head's attention
     centers: tuple[torch.Tensor, ...] = ()  # per layer (B, T, N_h, 2)
     scales: tuple[torch.Tensor, ...] = ()  # per layer (B, T, N_h, 2)
     level_weights: tuple[torch.Tensor, ...] = ()  # per layer (B, T, L), multi-scale only
@@ -186,14 +191,18 @@ class SMCAFusionLayer(nn.Module):
 
 
 class SMCAFusionEncoder(nn.Module):
-    """A stack of :class:`SMCAFusionLayer`; layer 0 owns the reference-center head. The last layer
-    leaves the image stream as it is (no image FFN / image->text attention): only the text tokens
-    leave the stack, so those parameters would get no gradient."""
+    """A stack of :class:`SMCAFusionLayer`; layer 0 owns the reference-center head, later layers take
+    their reference from ``center_from`` (see the module docstring). The last layer leaves the image
+    stream as it is (no image FFN / image->text attention): only the text tokens leave the stack, so
+    those parameters would get no gradient."""
 
-    def __init__(self, num_layers: int, **layer_kwargs) -> None:
+    def __init__(self, num_layers: int, center_from: str = "attention", **layer_kwargs) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"the fusion stack needs at least one layer, got {num_layers}")
+        if center_from not in CENTER_SOURCES:
+            raise ValueError(f"center_from must be one of {CENTER_SOURCES}, got {center_from!r}")
+        self.center_from = center_from
         self.layers = nn.ModuleList(
             SMCAFusionLayer(**layer_kwargs, has_reference_head=(i == 0), update_image=(i < num_layers - 1))
             for i in range(num_layers)
@@ -212,13 +221,18 @@ class SMCAFusionEncoder(nn.Module):
         attn_impl: str = "sdpa",
     ) -> FusionOutput:
         """See :meth:`SMCAFusionLayer.forward`; returns the last layer's streams and per-layer records."""
-        reference = None
-        centers, scales, alphas, cross, priors, selfs, imgs = [], [], [], [], [], [], []
-        for layer in self.layers:
+        reference = first_reference = None
+        centers, scales, attended, alphas, cross, priors, selfs, imgs = [], [], [], [], [], [], [], []
+        for i, layer in enumerate(self.layers):
             text, image, reference, ca, maps = layer(
                 text, text_mask, image, image_pos, grid_sizes, image_valid, extents, reference,
                 output_attentions, attn_impl,
             )
+            if i == 0:
+                first_reference = reference
+            attended.append(ca.attended)
+            if self.center_from == "attention" and reference is not None:
+                reference = ca.attended.mean(dim=2)  # (B, T, 2): where the token looked, head mean
             if ca.centers is not None:
                 centers.append(ca.centers)
                 scales.append(ca.scales)
@@ -233,7 +247,8 @@ class SMCAFusionEncoder(nn.Module):
         return FusionOutput(
             text_hidden_state=text,
             image_hidden_states=image,
-            reference_centers=reference,
+            reference_centers=first_reference,
+            attended=tuple(attended),
             centers=tuple(centers),
             scales=tuple(scales),
             level_weights=tuple(alphas),

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "CENTER_SOURCES",
     "OFFSET_MODES",
     "PRIOR_SHARING",
     "SPATIAL_PRIORS",
@@ -49,6 +50,7 @@ __all__ = [
     "SpatialPriorHead",
     "attention_reference",
     "gaussian_log_prior",
+    "grid_coordinates",
     "merge_masks",
 ]
 
@@ -59,6 +61,8 @@ SPATIAL_PRIORS = ("none", "gaussian")
 PRIOR_SHARING = ("per_head", "shared_scales", "shared")
 # how a head's offset moves the reference center (see SpatialPriorHead)
 OFFSET_MODES = ("logit", "additive")
+# where fusion layers > 0 center their Gaussians (see SMCAFusionEncoder)
+CENTER_SOURCES = ("attention", "text")
 
 
 def gaussian_log_prior(
@@ -89,6 +93,20 @@ def gaussian_log_prior(
     dy2 = (y - c[..., 1:2]).square() * scales[..., 1:2].square()  # (B, T, N, H)
     log_g = -(dy2[..., :, None] + dx2[..., None, :]) / beta  # (B, T, N, H, W)
     return log_g.permute(0, 2, 1, 3, 4).reshape(B, N, T, H * W)
+
+
+def grid_coordinates(
+    grid_size: tuple[int, int], batch: int, extent: torch.Tensor | None, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """Normalized (x, y) of every cell center, (B, 1, H*W, 2) row-major: ((j + 0.5) / W, (i + 0.5) / H),
+    with W, H the real extent of each image (``extent`` (B, 2), see :func:`gaussian_log_prior`)."""
+    H, W = grid_size
+    x = (torch.arange(W, device=device, dtype=dtype) + 0.5).expand(H, W)
+    y = (torch.arange(H, device=device, dtype=dtype) + 0.5)[:, None].expand(H, W)
+    cells = torch.stack([x, y], dim=-1).reshape(1, 1, H * W, 2)  # (1, 1, S, 2) in cell units
+    if extent is None:
+        return (cells / torch.tensor([W, H], device=device, dtype=dtype)).expand(batch, 1, H * W, 2)
+    return cells / extent.to(dtype)[:, None, None, :]  # (B, 1, S, 2)
 
 
 def merge_masks(
@@ -181,6 +199,7 @@ class CrossAttentionOutput:
     centers: torch.Tensor | None = None  # (B, T, N_h, 2) normalized per-head Gaussian centers
     scales: torch.Tensor | None = None  # (B, T, N_h, 2) precisions s (before the per-level multipliers)
     level_weights: torch.Tensor | None = None  # (B, T, L) scale-selection softmax α
+    attended: torch.Tensor | None = None  # (B, T, N_h, 2) normalized centroid of each head's attention
     attentions: list[torch.Tensor] | None = None  # per level (B, N_h, T, S_l), when requested
     log_priors: list[torch.Tensor] | None = None  # per level (B, N_h, T, S_l), when requested
 
@@ -274,39 +293,48 @@ class SMCACrossAttention(nn.Module):
             centers, scales = self.prior(query, reference_centers)  # (B, T, N_h, 2) each
 
         eager = output_attentions or attn_impl == "eager"
-        outs, attns, priors = [], [], []
+        outs, looked, attns, priors = [], [], [], []
         for lvl in range(self.num_levels):
             k = self._heads(self.k_proj(keys[lvl]))  # (B, N_h, S, d_h)
             v = self._heads(self.v_proj(values[lvl]))
+            extent = extents[lvl] if extents is not None else None
             log_g = None
             if self.prior is not None:
-                extent = extents[lvl] if extents is not None else None
                 s = scales * self.level_scale_multipliers[lvl]
                 log_g = gaussian_log_prior(centers, s, tuple(grid_sizes[lvl]), self.beta, extent)  # (B,N_h,T,S)
             mask = merge_masks(log_g, key_valid[lvl] if key_valid is not None else None, q.dtype)
+            # normalized cell centers (B, 1, S, 2), to locate where each head looked (keys on a grid only)
+            xy = grid_coordinates(tuple(grid_sizes[lvl]), B, extent, q.dtype, q.device) if grid_sizes else None
             if eager:
                 o, p = attention_reference(q, k, v, mask)
                 if self.training and self.dropout > 0:  # dropout on the probabilities, as SDPA
                     o = F.dropout(p, self.dropout, training=True) @ v
+                if xy is not None:
+                    looked.append((p @ xy).transpose(1, 2))  # (B, T, N_h, 2): sum_j p_j (x_j, y_j)
                 attns.append(p)
                 priors.append(log_g)
             else:
                 o = F.scaled_dot_product_attention(
                     q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
                 )  # (B, N_h, T, d_h)
+                if xy is not None:  # the same centroid, by SDPA with the coordinates as values
+                    m = F.scaled_dot_product_attention(q, k, xy.expand(-1, self.num_heads, -1, -1), attn_mask=mask)
+                    looked.append(m.transpose(1, 2))
             outs.append(o.transpose(1, 2).reshape(B, T, self.d_model))  # (B, T, d)
 
         alpha = None
         if self.level_select is not None:
             alpha = self.level_select(query).softmax(dim=-1)  # (B, T, L)
             out = sum(alpha[..., lvl : lvl + 1] * outs[lvl] for lvl in range(self.num_levels))
+            attended = sum(alpha[..., lvl, None, None] * m for lvl, m in enumerate(looked)) if looked else None
         else:
-            out = outs[0]
+            out, attended = outs[0], (looked[0] if looked else None)
         return CrossAttentionOutput(
             output=self.out_proj(out),
             centers=centers,
             scales=scales,
             level_weights=alpha,
+            attended=attended,
             attentions=attns if output_attentions else None,
             log_priors=priors if output_attentions else None,
         )

@@ -302,7 +302,8 @@ class Predictor:
         return results
 
     def _priors(self, base: Any, letterbox: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        """Reference / per-head centers and Gaussian widths in original-image pixels (None without a prior).
+        """Reference / per-head / attended centers and Gaussian widths in original-image pixels (None
+        without a prior).
 
         Centers are normalized to the letterboxed canvas; on the last feature level (H x W cells) the
         prior is exp(-((x - c_x)^2 s_x^2 + (y - c_y)^2 s_y^2) / β) in cell units (s times the level's
@@ -320,6 +321,7 @@ class Predictor:
         pixels_per_cell = torch.stack([cw / W / sx, ch / H / sy], dim=-1)  # (B, 1, 1, 2)
         return {
             "center": canvas_to_pixels(base.reference_centers, letterbox),  # (B, T, 2)
+            "attended": canvas_to_pixels(base.attended_centers[-1].mean(dim=2), letterbox),  # (B, T, 2)
             "head_centers": canvas_to_pixels(base.centers[-1], letterbox),  # (B, T, N_h, 2)
             "scales": scales,
             "sigma": sigma_cells * pixels_per_cell,  # (B, T, N_h, 2)
@@ -339,6 +341,7 @@ class Predictor:
             }
             if priors is not None:
                 item["center"] = [round(v, 2) for v in priors["center"][b, t].tolist()]
+                item["attended"] = [round(v, 2) for v in priors["attended"][b, t].tolist()]
                 item["head_centers"] = [[round(v, 2) for v in c] for c in priors["head_centers"][b, t].tolist()]
                 item["scales"] = [[round(v, 4) for v in s] for s in priors["scales"][b, t].tolist()]
                 item["sigma"] = [[round(v, 2) for v in s] for s in priors["sigma"][b, t].tolist()]

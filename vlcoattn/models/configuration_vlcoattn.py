@@ -6,7 +6,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from ..fusion.smca import OFFSET_MODES, PRIOR_SHARING, SPATIAL_PRIORS
+from ..fusion.smca import CENTER_SOURCES, OFFSET_MODES, PRIOR_SHARING, SPATIAL_PRIORS
 from ..text.configuration_coobert import CooBertConfig
 from ..vision.backbone import check_backbone_name
 
@@ -42,6 +42,9 @@ class VLCoAttnConfig(PreTrainedConfig):
         v2) or ``"ce"`` (single answer).
     box_l1_weight / box_giou_weight: grounding loss weights (DETR/MDETR: 5 and 2).
     grounding_token_index (`int`): the text token whose prior gives the box (0 = [CLS]).
+    center_from (`str`): where the Gaussian centers of fusion layers > 0 and the box's base center
+        come from: ``"attention"`` (the centroid of where the token attended in the previous / last
+        layer) or ``"text"`` (DESIGN §3: the first layer's MLP of the text; no image information).
     """
 
     model_type = "vlcoattn"
@@ -75,6 +78,7 @@ class VLCoAttnConfig(PreTrainedConfig):
     box_l1_weight: float | int = 5.0
     box_giou_weight: float | int = 2.0
     grounding_token_index: int = 0
+    center_from: str = "attention"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)  # builds text_config (CooBertConfig) from a dict / None
@@ -115,6 +119,8 @@ class VLCoAttnConfig(PreTrainedConfig):
             raise ValueError(f"prior_sharing must be one of {PRIOR_SHARING}, got {self.prior_sharing!r}")
         if self.prior_offset_mode not in OFFSET_MODES:
             raise ValueError(f"prior_offset_mode must be one of {OFFSET_MODES}, got {self.prior_offset_mode!r}")
+        if self.center_from not in CENTER_SOURCES:
+            raise ValueError(f"center_from must be one of {CENTER_SOURCES}, got {self.center_from!r}")
         if self.level_scale_multipliers is not None:
             m = [float(x) for x in self.level_scale_multipliers]
             if len(m) != len(self.backbone_out_indices) or min(m) <= 0:

@@ -5,7 +5,7 @@
                      SMCAFusionEncoder (N layers; 2D sine positions on the image keys)
     ─► VLCoAttnModel outputs: fused text tokens, image tokens, per-token Gaussian centers / scales
     ─► VLCoAttnForQuestionAnswering: fused [CLS] -> MLP -> answer logits
-    ─► VLCoAttnForGrounding: box from the [CLS] prior: center sigmoid(logit(c) + Δ), (w, h) from an MLP
+    ─► VLCoAttnForGrounding: [CLS] box: center sigmoid(logit(c) + Δ), c = where [CLS] attended; (w, h) from an MLP
     ─► VLCoAttnForMultitask: both heads, batches may mix VQA and grounding rows
 
 Boxes are normalized (cx, cy, w, h) in [0, 1] relative to the (unpadded) image, like DETR.
@@ -62,6 +62,7 @@ class VLCoAttnModelOutput(ModelOutput):
 
     image_hidden_states: per level (B, H_l*W_l, d); grid_sizes: per level (H_l, W_l).
     reference_centers: (B, T, 2) normalized (x, y) from the first fusion layer (None without prior).
+    attended_centers: per fusion layer (B, T, N_h, 2) normalized centroid of each head's attention.
     centers / scales: per fusion layer (B, T, N_h, 2); level_weights: per layer (B, T, L) (multi-scale).
     cross_attentions / log_priors: per layer, per level (B, N_h, T, S_l) (``output_attentions=True``).
     image_extents: per level (B, 2) real (W, H) in cells, or None when there is no pixel_mask.
@@ -74,6 +75,7 @@ class VLCoAttnModelOutput(ModelOutput):
     grid_sizes: tuple[tuple[int, int], ...] | None = None
     image_extents: tuple[torch.Tensor, ...] | None = None
     reference_centers: torch.Tensor | None = None
+    attended_centers: tuple[torch.Tensor, ...] | None = None
     centers: tuple[torch.Tensor, ...] | None = None
     scales: tuple[torch.Tensor, ...] | None = None
     level_weights: tuple[torch.Tensor, ...] | None = None
@@ -91,6 +93,7 @@ class VLCoAttnQuestionAnsweringOutput(ModelOutput):
     logits: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     reference_centers: torch.Tensor | None = None
+    attended_centers: tuple[torch.Tensor, ...] | None = None
     centers: tuple[torch.Tensor, ...] | None = None
     scales: tuple[torch.Tensor, ...] | None = None
     cross_attentions: tuple | None = None
@@ -110,6 +113,7 @@ class VLCoAttnGroundingOutput(ModelOutput):
     pred_boxes: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     reference_centers: torch.Tensor | None = None
+    attended_centers: tuple[torch.Tensor, ...] | None = None
     centers: tuple[torch.Tensor, ...] | None = None
     scales: tuple[torch.Tensor, ...] | None = None
     heatmaps: torch.Tensor | None = None
@@ -128,6 +132,7 @@ class VLCoAttnMultitaskOutput(ModelOutput):
     pred_boxes: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     reference_centers: torch.Tensor | None = None
+    attended_centers: tuple[torch.Tensor, ...] | None = None
     centers: tuple[torch.Tensor, ...] | None = None
     scales: tuple[torch.Tensor, ...] | None = None
     heatmaps: torch.Tensor | None = None
@@ -328,6 +333,7 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         mult = config.level_scale_multipliers or [s / max(strides) for s in strides]
         self.fusion = SMCAFusionEncoder(
             config.fusion_num_layers,
+            center_from=config.center_from,
             d_model=d,
             num_heads=config.fusion_num_heads,
             intermediate_size=config.fusion_intermediate_size,
@@ -413,6 +419,7 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
             grid_sizes=tuple(grid),
             image_extents=tuple(extents) if extents else None,
             reference_centers=fused.reference_centers,
+            attended_centers=fused.attended,
             centers=fused.centers or None,
             scales=fused.scales or None,
             level_weights=fused.level_weights or None,
@@ -446,12 +453,13 @@ class AnswerHead(nn.Sequential):
 
 
 class BoxHead(MLP):
-    """One box from a token's prior and its fused state h (B, d).
+    """One box from a token's base center c (B, 2) and its fused state h (B, d).
 
-    With c the token's reference center (first fusion layer): center = sigmoid(logit(c) + Δ(h)),
-    (w, h) = sigmoid(size logits); Δ and the size logits come from one 3-layer MLP (d -> d -> d -> 4)
-    with a small init (std ``initializer_range``), so the first box sits near the prior's center with
-    w = h ~ 0.5. Without a spatial prior (c is None) the MLP regresses the box directly.
+    center = sigmoid(logit(c) + Δ(h)), (w, h) = sigmoid(size logits); Δ and the size logits come from
+    one 3-layer MLP (d -> d -> d -> 4) with a small init (std ``initializer_range``), so the first box
+    sits at c with w = h ~ 0.5. c is where the token attended in the last fusion layer (``center_from
+    = "attention"``: the box loss then reaches the attention logits directly, like a soft-argmax) or its
+    text reference center (``"text"``); without one (c is None) the MLP regresses the box directly.
     """
 
     def __init__(self, d: int) -> None:
@@ -539,7 +547,8 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         )
         result = dict(
             last_hidden_state=out.last_hidden_state, reference_centers=out.reference_centers,
-            centers=out.centers, scales=out.scales, cross_attentions=out.cross_attentions,
+            attended_centers=out.attended_centers, centers=out.centers, scales=out.scales,
+            cross_attentions=out.cross_attentions,
         )
         losses = []
         if self.has_answers:
@@ -549,7 +558,10 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
                 losses.append(result["loss_vqa"])
         if self.has_boxes:
             k = self.config.grounding_token_index
-            ref = out.reference_centers[:, k] if out.reference_centers is not None else None
+            if self.config.center_from == "attention":
+                ref = out.attended_centers[-1][:, k].mean(dim=1)  # (B, 2) head-mean centroid, last layer
+            else:
+                ref = out.reference_centers[:, k] if out.reference_centers is not None else None
             result["pred_boxes"] = pred = self.box_head(out.last_hidden_state[:, k], ref)
             result["heatmaps"] = self.vlcoattn.token_heatmaps(out)
             if boxes is not None:

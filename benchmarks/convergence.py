@@ -1,0 +1,242 @@
+"""Prove the prior: SMCA vs plain co-attention on CLEVR-lite VQA + grounding, several seeds.
+
+    python benchmarks/convergence.py                 # the default study (~55 min on 2 CPU cores)
+    python benchmarks/convergence.py --quick         # a ~2 minute smoke version (numbers mean nothing)
+    python benchmarks/convergence.py --steps 600 data.batch_size=64 model.image_size=256   # a GPU size
+
+Every run is ``vlcoattn.train.train`` on ``configs/convergence.yaml`` (same data, model size, step
+budget, schedule and seed for every arm); only the fusion differs:
+
+- A: ``spatial_prior: gaussian`` (SMCA, per-head scales)
+- B: ``spatial_prior: none`` (plain co-attention, the baseline)
+- C: gaussian with head-shared scales (SMCA's "head-shared" ablation: ``prior_sharing: shared_scales``)
+- D: gaussian, multi-scale: stride 8 and 16 levels with per-token scale selection
+
+each from the pretrained parts (converted MiniLM, ImageNet EfficientNet-Lite0, frozen) and from scratch
+(both random, the backbone trained). Validation Acc@0.5 / mean IoU / VQA accuracy are logged every
+``eval_every`` steps, test and hold-out at the end. Written to ``--out`` (default
+``benchmarks/results/convergence``): ``runs.jsonl`` (one line per finished run; a rerun skips those),
+``table.md``, and figures under ``benchmarks/figures/``: ``convergence.png`` (metric vs step, mean and
+min-max over seeds) and ``prior_words_*.png`` (what arm A's prior learned: each word's Gaussian).
+
+Steps to target: the target is B's final validation Acc@0.5 (mean over seeds) of the same init; an arm
+reaches it at the first evaluated step where its seed-mean curve is >= the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import webdataset as wds
+from timing import machine, markdown_table
+
+from vlcoattn.data import resolve_shards
+from vlcoattn.infer import Predictor, draw_prediction
+from vlcoattn.train.config import load_config
+from vlcoattn.train.job_config import JobConfig
+from vlcoattn.train.metrics_log import read_metrics
+from vlcoattn.train.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "convergence.yaml"
+FIGURES = ROOT / "benchmarks" / "figures"
+METRICS = ("acc@0.5", "mean_iou", "vqa_acc")
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    label: str
+    overrides: tuple[str, ...]
+
+
+ARMS = {
+    "A": Arm("A", "SMCA, per-head scales", ("model.config.spatial_prior=gaussian", "model.config.prior_sharing=per_head")),
+    "B": Arm("B", "plain co-attention", ("model.config.spatial_prior=none",)),
+    "C": Arm("C", "SMCA, head-shared scales",
+             ("model.config.spatial_prior=gaussian", "model.config.prior_sharing=shared_scales")),
+    "D": Arm("D", "SMCA, multi-scale", ("model.config.spatial_prior=gaussian", "model.config.backbone_out_indices=[-3,-2]")),
+}
+INITS = {
+    "pretrained": (),
+    "scratch": ("model.pretrained_text=false", "model.pretrained_backbone=false", "model.config.freeze_backbone=false"),
+}
+# --quick: a tiny data set and budget, only to prove the study runs end to end
+QUICK = ("data.synthetic.dir=data/clevr-lite-quick", "data.synthetic.num_scenes=40", "data.batch_size=8",
+         "data.eval_limit=24", "data.num_workers=0", "optim.warmup_steps=2")
+
+
+def run_one(arm: Arm, init: str, seed: int, task: str, steps: int, eval_every: int, runs_dir: Path,
+            extra: list[str], keep_model: bool) -> dict:
+    """Train one arm; returns its record: val curves, final test / hold-out metrics, wall time."""
+    run_dir = runs_dir / f"{task}-{init}-{arm.name}-s{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    overrides = [f"task={task}", *arm.overrides, *INITS[init], f"run.seed={seed}", f"run.dir={run_dir}",
+                 f"train.steps={steps}", f"train.eval_every={eval_every}", *extra]
+    start = time.perf_counter()
+    result = train(load_config(JobConfig, CONFIG, overrides))
+    seconds = time.perf_counter() - start
+    val = [m for m in read_metrics(run_dir / "metrics.jsonl") if m["split"] == "val"]
+    train_rows = [m for m in read_metrics(run_dir / "metrics.jsonl") if m["split"] == "train"]
+    record = {
+        "arm": arm.name, "init": init, "seed": seed, "task": task, "steps": steps, "seconds": seconds,
+        "samples_per_s": statistics.median(m["samples_per_s"] for m in train_rows),
+        "curve": [{"step": m["step"], **{k: m[k] for k in METRICS if k in m}} for m in val],
+        "final": result.metrics,
+    }
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    if not keep_model:
+        shutil.rmtree(run_dir / "final", ignore_errors=True)
+    return record
+
+
+def mean_curve(records: list[dict], metric: str) -> tuple[list[int], list[float], list[float], list[float]]:
+    """(steps, mean, min, max) over the records' val curves (steps common to all)."""
+    steps = sorted(set.intersection(*({p["step"] for p in r["curve"]} for r in records)))
+    values = [[next(p[metric] for p in r["curve"] if p["step"] == s) for r in records] for s in steps]
+    return steps, [statistics.fmean(v) for v in values], [min(v) for v in values], [max(v) for v in values]
+
+
+def steps_to(records: list[dict], target: float) -> int | None:
+    """First evaluated step where the seed-mean val Acc@0.5 reaches ``target`` (None: never)."""
+    for step, value, _, _ in zip(*mean_curve(records, "acc@0.5")):
+        if value >= target - 1e-9:
+            return step
+    return None
+
+
+def spread(values: list[float]) -> str:
+    """'mean ± std' (std over seeds; 0 with one seed)."""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
+
+
+def table(records: list[dict]) -> str:
+    """Final metrics per (init, arm) over seeds, and the steps to reach B's final val Acc@0.5."""
+    columns = [("val", "acc@0.5"), ("test", "acc@0.5"), ("holdout", "acc@0.5"), ("val", "mean_iou"),
+               ("test", "mean_iou")]
+    if all("vqa_acc" in r["final"]["test"] for r in records):
+        columns += [("val", "vqa_acc"), ("test", "vqa_acc")]
+    rows = []
+    for init in INITS:
+        base = [r for r in records if r["init"] == init and r["arm"] == "B"]
+        target = statistics.fmean(r["final"]["val"]["acc@0.5"] for r in base) if base else None
+        b_steps = steps_to(base, target) if base else None
+        for arm in ARMS.values():
+            rs = [r for r in records if r["init"] == init and r["arm"] == arm.name]
+            if not rs:
+                continue
+            reach = steps_to(rs, target) if target is not None else None
+            ratio = f"{reach / b_steps:.2f}" if reach is not None and b_steps else "–"
+            rows.append([
+                init, f"{arm.name}: {arm.label}", len(rs),
+                *(spread([r["final"][split][metric] for r in rs]) for split, metric in columns),
+                f"{target:.3f}" if target is not None else "–",
+                reach if reach is not None else "not reached", ratio,
+                f"{statistics.fmean(r['samples_per_s'] for r in rs):.1f}",
+            ])
+    header = ["init", "arm", "seeds", *(f"{split} {metric}" for split, metric in columns), "target (B val Acc@0.5)",
+              "steps to target", "÷ B's steps", "samples/s"]
+    return markdown_table(header, rows)
+
+
+def plot(records: list[dict], out: Path) -> Path:
+    """Validation Acc@0.5, mean IoU and VQA accuracy against the step: seed mean (line) and range (band)."""
+    metrics = [m for m in METRICS if any(m in p for r in records for p in r["curve"])]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 3.8), squeeze=False)
+    colors = dict(zip(ARMS, ("tab:red", "tab:gray", "tab:blue", "tab:green")))
+    for ax, metric in zip(axes[0], metrics):
+        for init, style in zip(INITS, ("-", "--")):
+            for arm in ARMS.values():
+                rs = [r for r in records if r["init"] == init and r["arm"] == arm.name]
+                if not rs or not any(metric in p for p in rs[0]["curve"]):
+                    continue
+                steps, mean, lo, hi = mean_curve(rs, metric)
+                ax.plot(steps, mean, style, color=colors[arm.name], label=f"{arm.name} {init}", lw=1.6)
+                ax.fill_between(steps, lo, hi, color=colors[arm.name], alpha=0.12)
+        ax.set_title(f"val {metric}")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def draw_priors(model_dir: Path, val_dir: Path, out_dir: Path, count: int = 3) -> list[Path]:
+    """For the first ``count`` grounding samples of val: the prediction with each word's Gaussian."""
+    predictor = Predictor.from_pretrained(model_dir)
+    shards, _ = resolve_shards(val_dir)
+    paths = []
+    for sample in wds.WebDataset([s.url for s in shards], shardshuffle=False):
+        record = json.loads(sample["json"])
+        if record["task"] != "ground":
+            continue
+        image = next(v for k, v in sample.items() if k in ("png", "jpg", "jpeg", "webp"))
+        prediction = predictor.predict(image, record["text"], task="ground")
+        paths.append(draw_prediction(image, prediction, out_dir / f"prior_words_{len(paths)}.png"))
+        if len(paths) == count:
+            break
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a ~2 minute smoke run (tiny data, 1 seed)")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--inits", nargs="+", default=list(INITS), choices=list(INITS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2 (--quick: 0)")
+    parser.add_argument("--steps", type=int, default=None, help="default: the config's (--quick: 12)")
+    parser.add_argument("--eval-every", type=int, default=None, help="default: the config's (--quick: 4)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "convergence")
+    parser.add_argument("--figures", type=Path, default=FIGURES)
+    parser.add_argument("extra", nargs="*", help="more dotted overrides for every run (e.g. data.batch_size=16)")
+    args = parser.parse_args()
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    extra = [*(QUICK if args.quick else ()), *args.extra]
+    base = load_config(JobConfig, CONFIG, extra)
+    steps = args.steps or (12 if args.quick else base.train.steps)
+    eval_every = args.eval_every or (4 if args.quick else base.train.eval_every)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = args.out / "runs.jsonl"
+    records = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+    runs_dir = ROOT / "runs" / ("convergence-quick" if args.quick else "convergence")
+    for init in args.inits:  # init-major: the pretrained arms of every seed first
+        for seed in seeds:
+            for name in args.arms:
+                key = (name, init, seed, base.task, steps)
+                if any((r["arm"], r["init"], r["seed"], r["task"], r["steps"]) == key for r in records):
+                    continue  # finished in an earlier invocation
+                keep = name == "A" and init == "pretrained" and seed == seeds[0]
+                record = run_one(ARMS[name], init, seed, base.task, steps, eval_every, runs_dir, extra, keep)
+                records.append(record)
+                with log.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                v = record["final"]["val"]
+                print(f"{init:10s} {name} seed {seed}: val Acc@0.5 {v['acc@0.5']:.3f}  mIoU {v['mean_iou']:.3f}  "
+                      f"({record['seconds']:.0f} s)", flush=True)
+    records = [r for r in records if (r["task"], r["steps"]) == (base.task, steps) and r["seed"] in seeds]
+    text = f"Machine: {machine()}; task {base.task}, {steps} steps, seeds {seeds}.\n\n{table(records)}\n"
+    (args.out / "table.md").write_text(text)
+    print(text)
+    print(f"figure: {plot(records, args.figures / 'convergence.png')}")
+    model_dir = runs_dir / f"{base.task}-pretrained-A-s{seeds[0]}" / "final"
+    if model_dir.is_dir():
+        for path in draw_priors(model_dir, Path(base.data.synthetic.dir) / "val", args.figures):
+            print(f"figure: {path}")
+
+
+if __name__ == "__main__":
+    main()
