@@ -19,8 +19,9 @@ each from the pretrained parts (converted MiniLM, ImageNet EfficientNet-Lite0, f
 ``table.md``, and figures under ``benchmarks/figures/``: ``convergence.png`` (metric vs step, mean and
 min-max over seeds) and ``prior_words_*.png`` (what arm A's prior learned: each word's Gaussian).
 
-Steps to target: the target is B's final validation Acc@0.5 (mean over seeds) of the same init; an arm
-reaches it at the first evaluated step where its seed-mean curve is >= the target.
+Steps to target: the targets are B's final validation Acc@0.5 and mean IoU (means over seeds) of the
+same init; an arm reaches one at the first evaluated step where its seed-mean curve is >= the target,
+shown with the ratio to B's own first step there.
 """
 
 from __future__ import annotations
@@ -107,9 +108,9 @@ def mean_curve(records: list[dict], metric: str) -> tuple[list[int], list[float]
     return steps, [statistics.fmean(v) for v in values], [min(v) for v in values], [max(v) for v in values]
 
 
-def steps_to(records: list[dict], target: float) -> int | None:
-    """First evaluated step where the seed-mean val Acc@0.5 reaches ``target`` (None: never)."""
-    for step, value, _, _ in zip(*mean_curve(records, "acc@0.5")):
+def steps_to(records: list[dict], metric: str, target: float) -> int | None:
+    """First evaluated step where the seed-mean val ``metric`` reaches ``target`` (None: never)."""
+    for step, value, _, _ in zip(*mean_curve(records, metric)):
         if value >= target - 1e-9:
             return step
     return None
@@ -130,23 +131,25 @@ def table(records: list[dict]) -> str:
     rows = []
     for init in INITS:
         base = [r for r in records if r["init"] == init and r["arm"] == "B"]
-        target = statistics.fmean(r["final"]["val"]["acc@0.5"] for r in base) if base else None
-        b_steps = steps_to(base, target) if base else None
         for arm in ARMS.values():
             rs = [r for r in records if r["init"] == init and r["arm"] == arm.name]
             if not rs:
                 continue
-            reach = steps_to(rs, target) if target is not None else None
-            ratio = f"{reach / b_steps:.2f}" if reach is not None and b_steps else "–"
+            reached = []
+            for metric in ("acc@0.5", "mean_iou"):  # the steps to reach B's final val value
+                if not base:
+                    reached.append("–")
+                    continue
+                target = statistics.fmean(r["final"]["val"][metric] for r in base)
+                reach, b_steps = steps_to(rs, metric, target), steps_to(base, metric, target)
+                reached.append(f"{reach} ({reach / b_steps:.2f}×)" if reach is not None else "not reached")
             rows.append([
                 init, f"{arm.name}: {arm.label}", len(rs),
                 *(spread([r["final"][split][metric] for r in rs]) for split, metric in columns),
-                f"{target:.3f}" if target is not None else "–",
-                reach if reach is not None else "not reached", ratio,
-                f"{statistics.fmean(r['samples_per_s'] for r in rs):.1f}",
+                *reached, f"{statistics.fmean(r['samples_per_s'] for r in rs):.1f}",
             ])
-    header = ["init", "arm", "seeds", *(f"{split} {metric}" for split, metric in columns), "target (B val Acc@0.5)",
-              "steps to target", "÷ B's steps", "samples/s"]
+    header = ["init", "arm", "seeds", *(f"{split} {metric}" for split, metric in columns),
+              "steps to B's val Acc@0.5 (÷ B)", "steps to B's val mIoU (÷ B)", "samples/s"]
     return markdown_table(header, rows)
 
 
@@ -200,8 +203,10 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2 (--quick: 0)")
     parser.add_argument("--steps", type=int, default=None, help="default: the config's (--quick: 12)")
     parser.add_argument("--eval-every", type=int, default=None, help="default: the config's (--quick: 4)")
+    parser.add_argument("--report-only", action="store_true", help="train nothing: table and figures from runs.jsonl")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "convergence")
     parser.add_argument("--figures", type=Path, default=FIGURES)
+    parser.add_argument("--runs", type=Path, default=None, help="run dirs (default runs/convergence[-quick])")
     parser.add_argument("extra", nargs="*", help="more dotted overrides for every run (e.g. data.batch_size=16)")
     args = parser.parse_args()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
@@ -212,12 +217,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "runs.jsonl"
     records = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
-    runs_dir = ROOT / "runs" / ("convergence-quick" if args.quick else "convergence")
+    runs_dir = args.runs or ROOT / "runs" / ("convergence-quick" if args.quick else "convergence")
     for init in args.inits:  # init-major: the pretrained arms of every seed first
         for seed in seeds:
             for name in args.arms:
                 key = (name, init, seed, base.task, steps)
-                if any((r["arm"], r["init"], r["seed"], r["task"], r["steps"]) == key for r in records):
+                if args.report_only or any((r["arm"], r["init"], r["seed"], r["task"], r["steps"]) == key
+                                           for r in records):
                     continue  # finished in an earlier invocation
                 keep = name == "A" and init == "pretrained" and seed == seeds[0]
                 record = run_one(ARMS[name], init, seed, base.task, steps, eval_every, runs_dir, extra, keep)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -126,9 +127,12 @@ def test_torchrun_two_ranks_equals_one_process_with_the_doubled_batch(assets, tm
                      "tools/train.py", "--config", str(cfg_path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_weights(weights(tmp_path / "single"), weights(tmp_path / "ddp"), atol=2e-5)
-    single_log = [m["loss"] for m in read_metrics(tmp_path / "single" / "metrics.jsonl") if m["split"] == "train"]
-    ddp_log = [m["loss"] for m in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if m["split"] == "train"]
-    assert single_log == pytest.approx(ddp_log, rel=1e-5)
+    parts = ("loss", "loss_vqa", "loss_l1", "loss_giou")
+    single_log = [[m[k] for k in parts] for m in read_metrics(tmp_path / "single" / "metrics.jsonl") if m["split"] == "train"]
+    ddp_log = [[m[k] for k in parts] for m in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if m["split"] == "train"]
+    assert np.array(single_log) == pytest.approx(np.array(ddp_log), rel=1e-5)  # the loss's parts too
+    for loss, vqa, l1, giou in single_log:  # loss = VQA + 5 L1 + 2 GIoU (the default box weights)
+        assert loss == pytest.approx(vqa + 5 * l1 + 2 * giou, rel=1e-5)
 
 
 # -------------------------------------------------------------------------- resume == uninterrupted

@@ -14,7 +14,7 @@ Keys are image tokens + 2D sine positions. By default the VALUES carry the posit
 (``position_in_values=True``): the fused text tokens then hold *where* they attended, which the
 grounding head needs to regress a box from one token (with DETR's content-only values a single
 query can only learn absolute positions through the CNN's padding artefacts; overfitting 8 images
-converged far more slowly when overfitting 8 images). ``position_in_values=False`` is DETR's convention.
+converged far more slowly). ``position_in_values=False`` is DETR's convention.
 
 Where the centers come from (``center_from``). Layer 0's reference c_t comes from the text alone
 (``ReferenceCenterHead`` on its cross-attention queries). With ``"text"`` (DESIGN §3 literally) every
