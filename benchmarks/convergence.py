@@ -1,6 +1,6 @@
 """Prove the prior: SMCA vs plain co-attention on CLEVR-lite VQA + grounding, several seeds.
 
-    python benchmarks/convergence.py                 # the default study (~55 min on 2 CPU cores)
+    python benchmarks/convergence.py                 # the default study (~80 min on 2 CPU cores)
     python benchmarks/convergence.py --quick         # a ~2 minute smoke version (numbers mean nothing)
     python benchmarks/convergence.py --steps 600 data.batch_size=64 model.image_size=256   # a GPU size
 

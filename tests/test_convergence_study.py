@@ -1,0 +1,36 @@
+"""The convergence study (benchmarks/convergence.py) runs end to end: its --quick smoke version."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_study_trains_every_arm_and_writes_the_table_and_figures(tmp_path):
+    """Every arm (A-D) from the pretrained parts and from scratch, one seed, a tiny budget: the runs
+    finish, the table has a row per arm and init, the curves and the prior figures are drawn. Numbers
+    at this size mean nothing, so none are asserted."""
+    out, figures = tmp_path / "out", tmp_path / "figures"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/convergence.py", "--quick", "--out", str(out), "--figures", str(figures),
+         "--runs", str(tmp_path / "runs"), f"data.synthetic.dir={tmp_path / 'clevr'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted((r["init"], r["arm"]) for r in records) == sorted(
+        (init, arm) for init in ("pretrained", "scratch") for arm in "ABCD")
+    for r in records:
+        assert [p["step"] for p in r["curve"]] == [4, 8, 12]
+        assert {"val", "test", "holdout"} <= r["final"].keys()
+    table = (out / "table.md").read_text()
+    assert all(f"| {init} | {arm}:" in table for init in ("pretrained", "scratch") for arm in "ABCD")
+    assert (figures / "convergence.png").stat().st_size > 10_000
+    assert [p.name for p in sorted(figures.glob("prior_words_*.png"))] == [f"prior_words_{i}.png" for i in range(3)]
