@@ -323,21 +323,22 @@ def test_param_groups_no_decay_on_norms_and_biases_and_separate_backbone_lr(asse
 @pytest.mark.slow
 def test_a_short_demo_run_learns_the_loss_falls_and_boxes_beat_the_center_box(tmp_path):
     """configs/demo.yaml with the real pretrained parts (converted MiniLM, EfficientNet-Lite0), shrunk
-    to 120 scenes and 60 steps of 16. The boxes must beat the center-box baseline (a box of the mean
-    training size at the image center) on held-out scenes: mean IoU by 2x on val and test, Acc@0.5 at
-    least equal. (At this budget few boxes reach IoU 0.5; the full demo's Acc@0.5 is in the README.)"""
+    to 300 scenes and 100 steps (~2.5 min). On the held-out scenes (val, test and the compositional
+    hold-out, ~60 boxes each) the boxes must beat the center-box baseline (a box of the mean training
+    size at the image center): Acc@0.5 over the three splits, and mean IoU by 2x on each.
+    Measured: Acc@0.5 0.067 / 0.067 / 0.100 vs 0 / 0 / 0, mean IoU 0.15 vs 0.007-0.022."""
     run = tmp_path / "demo"
     proc = run_tool(["tools/train.py", "--config", "configs/demo.yaml", f"run.dir={run}",
-                     f"data.synthetic.dir={tmp_path / 'clevr'}", "data.synthetic.num_scenes=120", "train.steps=60",
-                     "train.eval_every=0", "train.save_every=0", "data.batch_size=16", "optim.warmup_steps=5",
+                     f"data.synthetic.dir={tmp_path / 'clevr'}", "data.synthetic.num_scenes=300", "train.steps=100",
+                     "train.eval_every=0", "train.save_every=0", "optim.warmup_steps=10",
                      "run.progress=false", "train.report_images=4"],
-                    timeout=1200)
+                    timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = [m["loss"] for m in read_metrics(run / "metrics.jsonl") if m["split"] == "train"]
     assert sum(losses[-2:]) / 2 < 0.7 * losses[0], losses
     final = json.loads((run / "final_metrics.json").read_text())
-    for split in ("val", "test"):
-        m = final[split]
-        assert m["mean_iou"] > 2 * m["center_box/mean_iou"], (split, m)
-        assert m["acc@0.5"] >= m["center_box/acc@0.5"], (split, m)
+    splits = [final[s] for s in ("val", "test", "holdout")]
+    for m in splits:
+        assert m["mean_iou"] > 2 * m["center_box/mean_iou"], m
+    assert sum(m["acc@0.5"] for m in splits) > sum(m["center_box/acc@0.5"] for m in splits) + 0.05, splits
     assert (run / "report.md").is_file() and (run / "final" / "model.safetensors").is_file()
