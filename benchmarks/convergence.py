@@ -82,13 +82,14 @@ def run_one(arm: Arm, init: str, seed: int, task: str, steps: int, eval_every: i
     """Train one arm; returns its record: val curves, final test / hold-out metrics, wall time."""
     run_dir = runs_dir / f"{task}-{init}-{arm.name}-s{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    overrides = [f"task={task}", *arm.overrides, *INITS[init], f"run.seed={seed}", f"run.dir={run_dir}",
-                 f"train.steps={steps}", f"train.eval_every={eval_every}", *extra]
+    overrides = [*arm.overrides, *INITS[init], f"run.seed={seed}", f"run.dir={run_dir}", f"train.steps={steps}",
+                 f"train.eval_every={eval_every}", *extra]
     start = time.perf_counter()
     result = train(load_config(JobConfig, CONFIG, overrides))
     seconds = time.perf_counter() - start
-    val = [m for m in read_metrics(run_dir / "metrics.jsonl") if m["split"] == "val"]
-    train_rows = [m for m in read_metrics(run_dir / "metrics.jsonl") if m["split"] == "train"]
+    logged = read_metrics(run_dir / "metrics.jsonl")
+    val = [m for m in logged if m["split"] == "val"]
+    train_rows = [m for m in logged if m["split"] == "train"]
     record = {
         "arm": arm.name, "init": init, "seed": seed, "task": task, "steps": steps, "seconds": seconds,
         "samples_per_s": statistics.median(m["samples_per_s"] for m in train_rows),

@@ -152,10 +152,10 @@ class Trainer:
         self.model = model.to(dist.device)
         self.model.train()
         self.counts_items = "num_items_in_batch" in inspect.signature(model.forward).parameters
-        # the loss's parts a task model reports (loss_vqa, loss_l1, loss_giou), logged beside the loss
+        # what is logged: the loss and the parts a task model reports (loss_vqa, loss_l1, loss_giou)
         output_class = getattr(model, "output_class", None)
-        self.loss_parts = [f.name for f in dataclasses.fields(output_class) if f.name.startswith("loss_")] \
-            if output_class is not None else []
+        self.loss_names = ["loss", *(f.name for f in dataclasses.fields(output_class) if f.name.startswith("loss_"))] \
+            if output_class is not None else ["loss"]
         self.ddp = DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None) \
             if dist.distributed else None
         self.optimizer = build_optimizer(self.model, job.optim)
@@ -223,9 +223,9 @@ class Trainer:
         while True:
             yield from self.loader
 
-    def _train_step(self, batches: Iterator[dict[str, Any]]) -> tuple[float, float | None, int, dict[str, float]]:
-        """One update from ``accum_steps`` micro-batches; returns (loss, grad norm or None if skipped,
-        samples on this rank, the loss's parts), loss and parts as means over the global batch."""
+    def _train_step(self, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, float], float | None, int]:
+        """One update from ``accum_steps`` micro-batches; returns (the loss and its parts as means over the
+        global batch, grad norm or None if skipped, samples on this rank)."""
         job, dist = self.job, self.dist
         micro = [next(batches) for _ in range(job.optim.accum_steps)]
         counts: dict[str, int] = {}
@@ -236,8 +236,7 @@ class Trainer:
         totals = dist.all_reduce(torch.tensor([counts[k] for k in kinds], dtype=torch.float64))
         num_items = num_items_argument(job.task, {k: int(v) for k, v in zip(kinds, totals.tolist())})
         module = self.ddp or self.model
-        loss_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
-        part_sums = torch.zeros(len(self.loss_parts), dtype=torch.float64, device=dist.device)
+        sums = torch.zeros(len(self.loss_names), dtype=torch.float64, device=dist.device)
         for i, b in enumerate(micro):
             sync = self.ddp is None or i == len(micro) - 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync(), self.autocast():
@@ -251,24 +250,23 @@ class Trainer:
                     weight = 1.0 / (len(micro) * dist.world_size)
                     loss = out.loss / len(micro)
                 loss.backward()
-            loss_sum += out.loss.detach().double() * weight
-            for j, name in enumerate(self.loss_parts):  # None when the batch has no rows of that part
-                if getattr(out, name, None) is not None:
-                    part_sums[j] += getattr(out, name).detach().double() * weight
-        step_loss = float(dist.all_reduce(loss_sum))  # the same on every rank, so all skip together
-        parts = dict(zip(self.loss_parts, dist.all_reduce(part_sums).tolist())) if self.loss_parts else {}
+            for j, name in enumerate(self.loss_names):  # a part is None when the batch has no rows of it
+                value = getattr(out, name, None)
+                if value is not None:
+                    sums[j] += value.detach().double() * weight
+        losses = dict(zip(self.loss_names, dist.all_reduce(sums).tolist()))  # one collective for all
         grad_norm = None
-        if math.isfinite(step_loss):
+        if math.isfinite(losses["loss"]):  # the same on every rank, so all skip together
             clip = job.optim.grad_clip if job.optim.grad_clip is not None else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
             if math.isfinite(grad_norm):
                 self.optimizer.step()
             else:
-                grad_norm, step_loss = None, float("nan")
+                grad_norm, losses["loss"] = None, float("nan")
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        return step_loss, grad_norm, sum(len(b["keys"]) for b in micro), parts
+        return losses, grad_norm, sum(len(b["keys"]) for b in micro)
 
     def _eval_loader(self, sources: list[str]):
         return build_eval_loader(sources, self.tokenizer, batch_size=self.job.data.eval_batch_size,
@@ -310,8 +308,7 @@ class Trainer:
         bar = tqdm(total=job.train.steps, initial=self.step, disable=not (dist.is_main and job.run.progress),
                    desc="train", dynamic_ncols=True)
         batches = self._batches()
-        window_loss, window_n, window_samples, t0 = 0.0, 0, 0, time.perf_counter()
-        window_parts = dict.fromkeys(self.loss_parts, 0.0)
+        window, window_n, window_samples, t0 = dict.fromkeys(self.loss_names, 0.0), 0, 0, time.perf_counter()
         interrupted = False
         with _StopSignal() as stop:
             while self.step < job.train.steps:
@@ -323,7 +320,7 @@ class Trainer:
                                     self.step, path)
                     interrupted = True
                     break
-                loss, grad_norm, samples, parts = self._train_step(batches)
+                losses, grad_norm, samples = self._train_step(batches)
                 if grad_norm is None:
                     self.bad_in_row += 1
                     self.bad_total += 1
@@ -336,15 +333,13 @@ class Trainer:
                         )
                 else:
                     self.bad_in_row = 0
-                    window_loss, window_n = window_loss + loss, window_n + 1
-                    window_parts = {k: v + parts[k] for k, v in window_parts.items()}
+                    window, window_n = {k: v + losses[k] for k, v in window.items()}, window_n + 1
                 window_samples += samples * dist.world_size
                 bar.update(1)
                 if self.step % job.run.log_every == 0 or self.step == job.train.steps:
                     elapsed = time.perf_counter() - t0
                     lr = self.scheduler.get_last_lr()[0]
-                    record = {"loss": window_loss / max(window_n, 1),
-                              **{k: v / max(window_n, 1) for k, v in window_parts.items()}, "lr": lr,
+                    record = {**{k: v / max(window_n, 1) for k, v in window.items()}, "lr": lr,
                               "samples_per_s": window_samples / max(elapsed, 1e-9), "skipped_steps": self.bad_total,
                               "epoch": self.loader.epoch, "bad_samples": sum(self.loader.bad_samples().values())}
                     if grad_norm is not None:
@@ -352,8 +347,8 @@ class Trainer:
                     self.logger.log(self.step, "train", record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
                                     sps=f"{record['samples_per_s']:.1f}")
-                    window_loss, window_n, window_samples, t0 = 0.0, 0, 0, time.perf_counter()
-                    window_parts = dict.fromkeys(self.loss_parts, 0.0)
+                    window, window_n, window_samples = dict.fromkeys(self.loss_names, 0.0), 0, 0
+                    t0 = time.perf_counter()
                 if job.train.eval_every and self.step % job.train.eval_every == 0 and job.data.val \
                         and self.step < job.train.steps:
                     self._log_eval("val", job.data.val)
