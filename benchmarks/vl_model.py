@@ -7,7 +7,8 @@ EfficientNet-Lite0 backbone (last stage, stride 32), 2 SMCA fusion layers of wid
 T=20 tokens. Baseline, built in the same run at equal width: the same timm backbone + 1x1 conv,
 transformers' ``BertModel`` (same size, SDPA) and 2 fusion layers made of ``nn.MultiheadAttention``
 (text self-attention, text->image cross-attention with sine positions on the keys, FFN on both
-streams, post-LN) and the same VQA head. Reported: samples/s of a training step (forward, loss,
+streams, post-LN) and the same VQA head. Both feed the backbone channels-last images (our default,
+``backbone_channels_last``); one more row runs ours on NCHW images to show what that layout buys. Reported: samples/s of a training step (forward, loss,
 backward; no optimizer) and the ratio to the baseline, medians of interleaved runs.
 """
 
@@ -61,7 +62,7 @@ class Baseline(nn.Module):
 
     def forward(self, input_ids, pixel_values, attention_mask, labels):
         t = self.text(input_ids, attention_mask=attention_mask).last_hidden_state
-        f = self.proj(self.backbone(pixel_values)[-1])  # (B, D, H, W)
+        f = self.proj(self.backbone(pixel_values.contiguous(memory_format=torch.channels_last))[-1])  # (B, D, H, W)
         v = f.flatten(2).transpose(1, 2)
         pos = sine_position_encoding_2d(f.shape[2], f.shape[3], D)
         pad = attention_mask == 0
@@ -70,13 +71,13 @@ class Baseline(nn.Module):
         return F.cross_entropy(self.head(t[:, 0]), labels)
 
 
-def ours(spatial_prior: str) -> VLCoAttnForQuestionAnswering:
+def ours(spatial_prior: str, channels_last: bool = True) -> VLCoAttnForQuestionAnswering:
     text = CooBertConfig(vocab_size=30522, hidden_size=D, num_hidden_layers=TEXT_LAYERS, num_attention_heads=HEADS,
                          intermediate_size=FFN, shared_key_dim=D // 2)
     cfg = VLCoAttnConfig(
         text_config=text, backbone="tf_efficientnet_lite0", fusion_num_layers=FUSION_LAYERS,
         fusion_intermediate_size=FFN, spatial_prior=spatial_prior, answer_vocab=[f"a{i}" for i in range(ANSWERS)],
-        vqa_loss="ce",
+        vqa_loss="ce", backbone_channels_last=channels_last,
     )
     return VLCoAttnForQuestionAnswering(cfg).train()
 
@@ -103,7 +104,8 @@ def main() -> None:
     mask[B // 2 :, T - 6 :] = 0  # half the batch padded
     px = torch.randn(B, 3, args.image, args.image)
     labels = torch.randint(0, ANSWERS, (B,))
-    models = {"baseline": Baseline().train(), "VLCoAttn (gaussian)": ours("gaussian"), "VLCoAttn (none)": ours("none")}
+    models = {"baseline": Baseline().train(), "VLCoAttn (gaussian)": ours("gaussian"), "VLCoAttn (none)": ours("none"),
+              "VLCoAttn (gaussian, NCHW backbone)": ours("gaussian", channels_last=False)}
     fns = {name: partial(train_step, m, ids, px, mask, labels) for name, m in models.items()}
     t = interleaved_medians(fns, repeats=args.repeats, warmup=1)
     rows = []

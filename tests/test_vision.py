@@ -164,3 +164,24 @@ def test_duplicate_or_empty_out_indices_rejected():
 def test_missing_weights_file_is_reported():
     with pytest.raises(FileNotFoundError, match="not found"):
         VisionBackbone("resnet18", pretrained_file="/nonexistent/weights.safetensors")
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "test_vit"])
+def test_channels_last_gives_the_same_features_and_gradients(name):
+    """NHWC images are a layout change only: same features and parameter gradients, parameters and
+    their gradients stay contiguous (what safetensors and DDP's gradient buckets need)."""
+    torch.manual_seed(0)
+    nchw = VisionBackbone(name, out_indices=(-1,)).eval()  # eval: batch-2 BN statistics would amplify rounding
+    nhwc = VisionBackbone(name, out_indices=(-1,), channels_last=True).eval()
+    nhwc.load_state_dict(nchw.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    outs = []
+    for m in (nchw, nhwc):
+        feats = m(x)
+        feats[0].square().mean().backward()
+        outs.append((feats[0].detach(), {k: p.grad for k, p in m.named_parameters()}))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-4, atol=1e-5)
+    for k, g in outs[0][1].items():
+        torch.testing.assert_close(outs[1][1][k], g, rtol=1e-3, atol=1e-5)
+        assert outs[1][1][k].is_contiguous()
+    assert all(p.is_contiguous() for p in nhwc.parameters())

@@ -24,6 +24,8 @@ class VLCoAttnConfig(PreTrainedConfig):
         fusion (default ``[-1]``, the last stage; two or more = multi-scale SMCA).
     backbone_kwargs (`dict`): extra ``timm.create_model`` kwargs (e.g. ``{"img_size": 224}`` for ViTs).
     freeze_backbone (`bool`): no gradients into the backbone, norm statistics fixed.
+    backbone_channels_last (`bool`): run the backbone on NHWC images (faster convolutions on CPU and
+        GPU; same values up to float rounding).
     image_size (`list[int]`): (H, W) the preprocessing resizes to; None = the backbone's default.
     fusion_hidden_size / fusion_num_layers / fusion_num_heads / fusion_intermediate_size: the SMCA
         fusion stack (width and heads default to the text encoder's, FFN to 4x width).
@@ -55,6 +57,7 @@ class VLCoAttnConfig(PreTrainedConfig):
     backbone_out_indices: list[int] | None = None
     backbone_kwargs: dict | None = None
     freeze_backbone: bool = False
+    backbone_channels_last: bool = True
     image_size: list[int] | None = None
     fusion_hidden_size: int | None = None
     fusion_num_layers: int = 2

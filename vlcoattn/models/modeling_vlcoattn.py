@@ -319,6 +319,7 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         self.backbone = VisionBackbone(
             config.backbone, config.backbone_out_indices, pretrained=False,
             freeze=config.freeze_backbone, model_kwargs=config.backbone_kwargs,
+            channels_last=config.backbone_channels_last,
         )
         text_d = config.text_config.hidden_size
         self.text_proj = nn.Linear(text_d, d) if text_d != d else nn.Identity()
