@@ -1,6 +1,6 @@
 """Prove the prior: SMCA vs plain co-attention on CLEVR-lite VQA + grounding, several seeds.
 
-    python benchmarks/convergence.py                 # the default study (~80 min on 2 CPU cores)
+    python benchmarks/convergence.py                 # the default study (24 runs, < 60 min on 2 CPU cores)
     python benchmarks/convergence.py --quick         # a ~2 minute smoke version (numbers mean nothing)
     python benchmarks/convergence.py --steps 600 data.batch_size=64 model.image_size=256   # a GPU size
 
@@ -10,12 +10,13 @@ budget, schedule and seed for every arm); only the fusion differs:
 - A: ``spatial_prior: gaussian`` (SMCA, per-head scales)
 - B: ``spatial_prior: none`` (plain co-attention, the baseline)
 - C: gaussian with head-shared scales (SMCA's "head-shared" ablation: ``prior_sharing: shared_scales``)
-- D: gaussian, multi-scale: stride 8 and 16 levels with per-token scale selection
+- D: gaussian, multi-scale: stride 16 and 32 levels with per-token scale selection
 
 each from the pretrained parts (converted MiniLM, ImageNet EfficientNet-Lite0, frozen) and from scratch
 (both random, the backbone trained). Validation Acc@0.5 / mean IoU / VQA accuracy are logged every
 ``eval_every`` steps, test and hold-out at the end. Written to ``--out`` (default
-``benchmarks/results/convergence``): ``runs.jsonl`` (one line per finished run; a rerun skips those),
+``benchmarks/results/convergence``): ``runs.jsonl`` (one line per finished run, keyed by a hash of the
+config file and every override; a rerun skips the runs it already holds, a changed config reruns all),
 ``table.md``, and figures under ``benchmarks/figures/``: ``convergence.png`` (metric vs step, mean and
 min-max over seeds) and ``prior_words_*.png`` (what arm A's prior learned: each word's Gaussian).
 
@@ -27,6 +28,7 @@ shown with the ratio to B's own first step there.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import statistics
@@ -66,7 +68,7 @@ ARMS = {
     "B": Arm("B", "plain co-attention", ("model.config.spatial_prior=none",)),
     "C": Arm("C", "SMCA, head-shared scales",
              ("model.config.spatial_prior=gaussian", "model.config.prior_sharing=shared_scales")),
-    "D": Arm("D", "SMCA, multi-scale", ("model.config.spatial_prior=gaussian", "model.config.backbone_out_indices=[-3,-2]")),
+    "D": Arm("D", "SMCA, multi-scale", ("model.config.spatial_prior=gaussian", "model.config.backbone_out_indices=[-2,-1]")),
 }
 INITS = {
     "pretrained": (),
@@ -77,21 +79,30 @@ QUICK = ("data.synthetic.dir=data/clevr-lite-quick", "data.synthetic.num_scenes=
          "data.eval_limit=24", "data.num_workers=0", "optim.warmup_steps=2")
 
 
-def run_one(arm: Arm, init: str, seed: int, task: str, steps: int, eval_every: int, runs_dir: Path,
-            extra: list[str], keep_model: bool) -> dict:
+def run_overrides(arm: Arm, init: str, seed: int, steps: int, eval_every: int, extra: list[str]) -> list[str]:
+    """Everything one run sets on top of ``configs/convergence.yaml`` (but its output directory)."""
+    return [*arm.overrides, *INITS[init], f"run.seed={seed}", f"train.steps={steps}",
+            f"train.eval_every={eval_every}", *extra]
+
+
+def run_key(overrides: list[str]) -> str:
+    """What identifies a finished run in runs.jsonl: a hash of the config file and the overrides."""
+    return hashlib.sha256(json.dumps([CONFIG.read_text(), overrides]).encode()).hexdigest()[:16]
+
+
+def run_one(arm: Arm, init: str, seed: int, task: str, overrides: list[str], runs_dir: Path, keep_model: bool) -> dict:
     """Train one arm; returns its record: val curves, final test / hold-out metrics, wall time."""
     run_dir = runs_dir / f"{task}-{init}-{arm.name}-s{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    overrides = [*arm.overrides, *INITS[init], f"run.seed={seed}", f"run.dir={run_dir}", f"train.steps={steps}",
-                 f"train.eval_every={eval_every}", *extra]
     start = time.perf_counter()
-    result = train(load_config(JobConfig, CONFIG, overrides))
+    result = train(load_config(JobConfig, CONFIG, [*overrides, f"run.dir={run_dir}"]))
     seconds = time.perf_counter() - start
     logged = read_metrics(run_dir / "metrics.jsonl")
     val = [m for m in logged if m["split"] == "val"]
     train_rows = [m for m in logged if m["split"] == "train"]
     record = {
-        "arm": arm.name, "init": init, "seed": seed, "task": task, "steps": steps, "seconds": seconds,
+        "key": run_key(overrides), "arm": arm.name, "init": init, "seed": seed, "task": task,
+        "steps": result.step, "seconds": seconds,
         "samples_per_s": statistics.median(m["samples_per_s"] for m in train_rows),
         "curve": [{"step": m["step"], **{k: m[k] for k in METRICS if k in m}} for m in val],
         "final": result.metrics,
@@ -219,22 +230,23 @@ def main() -> None:
     log = args.out / "runs.jsonl"
     records = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
     runs_dir = args.runs or ROOT / "runs" / ("convergence-quick" if args.quick else "convergence")
+    planned = set()
     for init in args.inits:  # init-major: the pretrained arms of every seed first
         for seed in seeds:
             for name in args.arms:
-                key = (name, init, seed, base.task, steps)
-                if args.report_only or any((r["arm"], r["init"], r["seed"], r["task"], r["steps"]) == key
-                                           for r in records):
+                overrides = run_overrides(ARMS[name], init, seed, steps, eval_every, extra)
+                planned.add(run_key(overrides))
+                if args.report_only or any(r.get("key") == run_key(overrides) for r in records):
                     continue  # finished in an earlier invocation
                 keep = name == "A" and init == "pretrained" and seed == seeds[0]
-                record = run_one(ARMS[name], init, seed, base.task, steps, eval_every, runs_dir, extra, keep)
+                record = run_one(ARMS[name], init, seed, base.task, overrides, runs_dir, keep)
                 records.append(record)
                 with log.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 v = record["final"]["val"]
                 print(f"{init:10s} {name} seed {seed}: val Acc@0.5 {v['acc@0.5']:.3f}  mIoU {v['mean_iou']:.3f}  "
                       f"({record['seconds']:.0f} s)", flush=True)
-    records = [r for r in records if (r["task"], r["steps"]) == (base.task, steps) and r["seed"] in seeds]
+    records = [r for r in records if r.get("key") in planned]
     text = f"Machine: {machine()}; task {base.task}, {steps} steps, seeds {seeds}.\n\n{table(records)}\n"
     (args.out / "table.md").write_text(text)
     print(text)
