@@ -90,8 +90,9 @@ def run_key(overrides: list[str]) -> str:
     return hashlib.sha256(json.dumps([CONFIG.read_text(), overrides]).encode()).hexdigest()[:16]
 
 
-def run_one(arm: Arm, init: str, seed: int, task: str, overrides: list[str], runs_dir: Path, keep_model: bool) -> dict:
-    """Train one arm; returns its record: val curves, final test / hold-out metrics, wall time."""
+def run_one(arm: Arm, init: str, seed: int, task: str, overrides: list[str], key: str, runs_dir: Path,
+            keep_model: bool) -> dict:
+    """Train one arm; returns its record (under ``key``): val curves, final test / hold-out metrics, wall time."""
     run_dir = runs_dir / f"{task}-{init}-{arm.name}-s{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
@@ -101,7 +102,7 @@ def run_one(arm: Arm, init: str, seed: int, task: str, overrides: list[str], run
     val = [m for m in logged if m["split"] == "val"]
     train_rows = [m for m in logged if m["split"] == "train"]
     record = {
-        "key": run_key(overrides), "arm": arm.name, "init": init, "seed": seed, "task": task,
+        "key": key, "arm": arm.name, "init": init, "seed": seed, "task": task,
         "steps": result.step, "seconds": seconds,
         "samples_per_s": statistics.median(m["samples_per_s"] for m in train_rows),
         "curve": [{"step": m["step"], **{k: m[k] for k in METRICS if k in m}} for m in val],
@@ -235,11 +236,12 @@ def main() -> None:
         for seed in seeds:
             for name in args.arms:
                 overrides = run_overrides(ARMS[name], init, seed, steps, eval_every, extra)
-                planned.add(run_key(overrides))
-                if args.report_only or any(r.get("key") == run_key(overrides) for r in records):
+                key = run_key(overrides)
+                planned.add(key)
+                if args.report_only or any(r.get("key") == key for r in records):
                     continue  # finished in an earlier invocation
                 keep = name == "A" and init == "pretrained" and seed == seeds[0]
-                record = run_one(ARMS[name], init, seed, base.task, overrides, runs_dir, keep)
+                record = run_one(ARMS[name], init, seed, base.task, overrides, key, runs_dir, keep)
                 records.append(record)
                 with log.open("a") as f:
                     f.write(json.dumps(record) + "\n")

@@ -66,6 +66,9 @@ class FusionOutput:
     image_hidden_states: list[torch.Tensor]  # per level (B, S_l, d)
     reference_centers: torch.Tensor | None = None  # (B, T, 2) normalized (x, y), from layer 0
     attended: tuple[torch.Tensor, ...] = ()  # per layer (B, T, N_h, 2) centroid of each head's attention
+    # (B, T, 2) each token's center after the stack, what a box starts from: the last layer's head-mean
+    # attention centroid (center_from "attention") or the layer-0 text reference ("text")
+    base_centers: torch.Tensor | None = None
     centers: tuple[torch.Tensor, ...] = ()  # per layer (B, T, N_h, 2)
     scales: tuple[torch.Tensor, ...] = ()  # per layer (B, T, N_h, 2)
     level_weights: tuple[torch.Tensor, ...] = ()  # per layer (B, T, L), multi-scale only
@@ -244,11 +247,14 @@ class SMCAFusionEncoder(nn.Module):
                 selfs.append(maps["self"])
                 if "image" in maps:
                     imgs.append(maps["image"])
+        last = attended[-1]  # None when the keys are not on a grid
+        base = last.mean(dim=2) if self.center_from == "attention" and last is not None else first_reference
         return FusionOutput(
             text_hidden_state=text,
             image_hidden_states=image,
             reference_centers=first_reference,
             attended=tuple(attended),
+            base_centers=base,
             centers=tuple(centers),
             scales=tuple(scales),
             level_weights=tuple(alphas),

@@ -63,6 +63,8 @@ class VLCoAttnModelOutput(ModelOutput):
     image_hidden_states: per level (B, H_l*W_l, d); grid_sizes: per level (H_l, W_l).
     reference_centers: (B, T, 2) normalized (x, y) from the first fusion layer (None without prior).
     attended_centers: per fusion layer (B, T, N_h, 2) normalized centroid of each head's attention.
+    base_centers: (B, T, 2) where each token's box starts (``center_from``: the last layer's head-mean
+        attended center, or the reference center).
     centers / scales: per fusion layer (B, T, N_h, 2); level_weights: per layer (B, T, L) (multi-scale).
     cross_attentions / log_priors: per layer, per level (B, N_h, T, S_l) (``output_attentions=True``).
     image_extents: per level (B, 2) real (W, H) in cells, or None when there is no pixel_mask.
@@ -76,6 +78,7 @@ class VLCoAttnModelOutput(ModelOutput):
     image_extents: tuple[torch.Tensor, ...] | None = None
     reference_centers: torch.Tensor | None = None
     attended_centers: tuple[torch.Tensor, ...] | None = None
+    base_centers: torch.Tensor | None = None
     centers: tuple[torch.Tensor, ...] | None = None
     scales: tuple[torch.Tensor, ...] | None = None
     level_weights: tuple[torch.Tensor, ...] | None = None
@@ -421,6 +424,7 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
             image_extents=tuple(extents) if extents else None,
             reference_centers=fused.reference_centers,
             attended_centers=fused.attended,
+            base_centers=fused.base_centers,
             centers=fused.centers or None,
             scales=fused.scales or None,
             level_weights=fused.level_weights or None,
@@ -559,10 +563,7 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
                 losses.append(result["loss_vqa"])
         if self.has_boxes:
             k = self.config.grounding_token_index
-            if self.config.center_from == "attention":
-                ref = out.attended_centers[-1][:, k].mean(dim=1)  # (B, 2) head-mean centroid, last layer
-            else:
-                ref = out.reference_centers[:, k] if out.reference_centers is not None else None
+            ref = out.base_centers[:, k] if out.base_centers is not None else None  # (B, 2)
             result["pred_boxes"] = pred = self.box_head(out.last_hidden_state[:, k], ref)
             result["heatmaps"] = self.vlcoattn.token_heatmaps(out)
             if boxes is not None:
