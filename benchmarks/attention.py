@@ -13,11 +13,12 @@ import argparse
 from functools import partial
 
 import torch
-from timing import interleaved_medians, machine, markdown_table
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertSelfAttention
 
 from vlcoattn.text.attention import CollaborativeSelfAttention
+
+from timing import interleaved_medians, machine, markdown_table
 
 
 def n_params(module: torch.nn.Module) -> int:

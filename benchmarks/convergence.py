@@ -41,7 +41,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import webdataset as wds
-from timing import machine, markdown_table
 
 from vlcoattn.data import resolve_shards
 from vlcoattn.infer import Predictor, draw_prediction
@@ -49,6 +48,8 @@ from vlcoattn.train.config import load_config
 from vlcoattn.train.job_config import JobConfig
 from vlcoattn.train.metrics_log import read_metrics
 from vlcoattn.train.trainer import train
+
+from timing import machine, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "convergence.yaml"

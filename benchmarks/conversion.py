@@ -14,10 +14,11 @@ import re
 import time
 
 import torch
-from timing import machine, markdown_table
 
 from vlcoattn.assets import bbc_news_dir, minilm_dir
 from vlcoattn.text.convert import convert_bert_to_coobert
+
+from timing import machine, markdown_table
 
 
 def bbc_sentences(n: int) -> list[str]:

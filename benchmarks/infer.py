@@ -20,12 +20,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from timing import interleaved_medians, machine, markdown_table
 from transformers import AutoTokenizer
 
 from vlcoattn.assets import minilm_dir, sample_photo
 from vlcoattn.infer import Predictor
 from vlcoattn.models import VLCoAttnForMultitask
+
+from timing import interleaved_medians, machine, markdown_table
 
 PAIRS = [
     ("astronaut", "what is the woman wearing?"),

@@ -26,15 +26,17 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from timing import interleaved_medians, machine, markdown_table
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from vlcoattn.assets import bbc_news_dir
 from vlcoattn.data import convert_text_split, text_records
+from vlcoattn.text import output_cache
 from vlcoattn.text.tokenizer import train_tokenizer
 from vlcoattn.train.config import load_config
 from vlcoattn.train.job_config import JobConfig
 from vlcoattn.train.trainer import train
+
+from timing import interleaved_medians, machine, markdown_table
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "lm.yaml"
 PROMPT_TOKENS = 8
@@ -66,7 +68,7 @@ def kv_bytes_per_token(model, length: int = 32) -> tuple[int, int]:
     """(bytes per token over all layers, of which keys) of the model's actual KV cache."""
     ids = torch.randint(1, model.config.vocab_size, (1, length))
     with torch.no_grad():
-        cache = model(ids, use_cache=True).past_key_values
+        cache = output_cache(model(ids, use_cache=True))
     keys = sum(layer.keys.numel() * layer.keys.element_size() for layer in cache.layers)
     values = sum(layer.values.numel() * layer.values.element_size() for layer in cache.layers)
     return (keys + values) // length, keys // length

@@ -15,9 +15,10 @@ import argparse
 from functools import partial
 
 import torch
-from timing import interleaved_medians, machine, markdown_table
 
 from vlcoattn.fusion import SMCACrossAttention, sine_position_encoding_2d
+
+from timing import interleaved_medians, machine, markdown_table
 
 D, HEADS, T = 256, 8, 32
 

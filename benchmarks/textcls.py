@@ -23,7 +23,6 @@ import statistics
 import time
 from pathlib import Path
 
-from timing import machine, markdown_table
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification
 
 from vlcoattn.assets import bbc_news_dir, minilm_dir
@@ -32,6 +31,8 @@ from vlcoattn.eval import classification_metrics
 from vlcoattn.train.config import load_config
 from vlcoattn.train.job_config import JobConfig
 from vlcoattn.train.trainer import train
+
+from timing import machine, markdown_table
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "textcls_bbc.yaml"
 

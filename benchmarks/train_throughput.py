@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+
 from timing import machine, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,13 +20,14 @@ from functools import partial
 import timm
 import torch
 import torch.nn.functional as F
-from timing import interleaved_medians, machine, markdown_table
 from torch import nn
 from transformers import BertConfig, BertModel
 
 from vlcoattn.fusion import sine_position_encoding_2d
 from vlcoattn.models import VLCoAttnConfig, VLCoAttnForQuestionAnswering
 from vlcoattn.text import CooBertConfig
+
+from timing import interleaved_medians, machine, markdown_table
 
 D, HEADS, FFN, TEXT_LAYERS, FUSION_LAYERS, T, ANSWERS = 384, 12, 1536, 6, 2, 20, 100
 

@@ -37,3 +37,4 @@ def minilm_tokenizer(minilm_dir):
 @pytest.fixture(scope="session")
 def real_sentences():
     return list(REAL_SENTENCES)
+

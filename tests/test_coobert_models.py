@@ -21,6 +21,9 @@ from vlcoattn import (
     CooBertForSequenceClassification,
     CooBertModel,
 )
+from vlcoattn.text import CACHE_FIELD, output_cache
+
+from helpers import assert_cached_generation_exact
 
 V = 97
 
@@ -75,8 +78,9 @@ def test_padding_changes_no_real_token_output():
     torch.testing.assert_close(model(padded, attention_mask=mask).last_hidden_state[:, :6], alone, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
 @pytest.mark.parametrize("left_pad", [False, True])
-def test_cached_incremental_decoding_equals_full_recomputation(lm, left_pad):
+def test_cached_incremental_decoding_equals_full_recomputation(lm, left_pad, name):
     ids = torch.randint(4, V, (2, 9))
     mask = torch.ones(2, 9, dtype=torch.long)
     if left_pad:
@@ -84,18 +88,18 @@ def test_cached_incremental_decoding_equals_full_recomputation(lm, left_pad):
         mask[1, :3] = 0
     full = lm(ids, attention_mask=mask, use_cache=False).logits
     out = lm(ids[:, :4], attention_mask=mask[:, :4], use_cache=True)
-    steps, cache = [out.logits], out.past_key_values
-    for t in range(4, 9):
-        out = lm(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=cache, use_cache=True)
+    steps, cache = [out.logits], output_cache(out)
+    for t in range(4, 9):  # the cache goes in under either name (transformers 5.24 renamed it to `cache`)
+        out = lm(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], use_cache=True, **{name: cache})
         steps.append(out.logits)
-        cache = out.past_key_values
+        cache = output_cache(out)
     real = mask.bool()
     torch.testing.assert_close(torch.cat(steps, 1)[real], full[real], atol=1e-5, rtol=1e-5)
 
 
 def test_kv_cache_stores_one_shared_key_head(lm):
     cfg = lm.config
-    cache = lm(torch.randint(4, V, (3, 5)), use_cache=True).past_key_values
+    cache = output_cache(lm(torch.randint(4, V, (3, 5)), use_cache=True))
     layer = cache.layers[0]
     assert layer.keys.shape == (3, 1, 5, cfg.shared_key_dim + cfg.num_attention_heads)
     assert layer.values.shape == (3, cfg.num_attention_heads, 5, cfg.hidden_size // cfg.num_attention_heads)
@@ -109,6 +113,20 @@ def test_generate_greedy_with_and_without_cache(lm):
     with_cache = lm.generate(prompt, use_cache=True, **kw)
     assert with_cache.shape == (2, 12)
     torch.testing.assert_close(with_cache, lm.generate(prompt, use_cache=False, **kw))
+
+
+def test_generate_cached_logits_equal_a_full_forward_at_every_step(lm):
+    ids = torch.randint(4, V, (2, 5))
+    mask = torch.ones_like(ids)
+    ids[1, :2], mask[1, :2] = 0, 0  # one left-padded prompt
+    assert_cached_generation_exact(lm, ids, mask, max_new_tokens=8)
+
+
+def test_the_cache_is_returned_under_the_installed_name_and_both_names_at_once_are_refused(lm):
+    out = lm(torch.randint(4, V, (1, 3)), use_cache=True)
+    assert getattr(out, CACHE_FIELD) is not None and output_cache(out) is getattr(out, CACHE_FIELD)
+    with pytest.raises(ValueError, match="not both"):
+        lm(torch.randint(4, V, (1, 1)), cache=output_cache(out), past_key_values=output_cache(out))
 
 
 def test_generate_left_padded_batch_matches_single_prompts(lm):

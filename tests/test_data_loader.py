@@ -81,10 +81,14 @@ def test_pipe_urls_and_joined_sources(tmp_path, tokenizer):
     a, keys_a = _write_text_shards(tmp_path / "a", [4, 3], prefix="a")
     _b, keys_b = _write_text_shards(tmp_path / "b", [5], prefix="b")
     pipe = f"pipe:cat {tmp_path}/b/shard-000000.tar"
-    for sources in ([a, pipe], f"{a}::{pipe}"):
-        loader = build_loader(sources, tokenizer, batch_size=3, shuffle=False, label_vocab=["a", "b"])
-        assert len(loader) == 4
-        assert _keys(loader) == keys_a + keys_b
+    joined = build_loader(f"{a}::{pipe}", tokenizer, batch_size=3, shuffle=False, label_vocab=["a", "b"])
+    assert len(joined) == 4
+    assert _keys(joined) == keys_a + keys_b  # one source: its shards in order
+    mixed = build_loader([a, pipe], tokenizer, batch_size=3, shuffle=False, label_vocab=["a", "b"])
+    assert len(mixed) == 4
+    got = _keys(mixed)  # two sources: mixed, each read in its order, pass after pass
+    from_a, from_b = [k for k in got if k[0] == "a"], [k for k in got if k[0] == "b"]
+    assert from_a == (keys_a * 2)[: len(from_a)] and from_b == (keys_b * 3)[: len(from_b)]
 
 
 @pytest.mark.parametrize("sizes", [[7, 3, 11, 5, 6], [7, 3, 11, 5, 7], [1, 1, 30]])
@@ -320,3 +324,171 @@ def test_bad_sample_logging_is_rate_limited(tmp_path, tokenizer, caplog):
     assert len(keys) == 50 and loader.bad_samples() == {"empty_text": 49}
     logged = [r for r in caplog.records if "empty_text" in r.getMessage()]
     assert len(logged) == 5 + 3  # the first five, then the 8th, 16th and 32nd
+
+
+# ---------------------------------------------------------------------------------------------- mixing
+
+
+def _two_sources(tmp_path, sizes_a, sizes_b):
+    """Two text sources whose keys start with "a" and "b"."""
+    a, keys_a = _write_text_shards(tmp_path / "a", sizes_a, prefix="a")
+    b, keys_b = _write_text_shards(tmp_path / "b", sizes_b, prefix="b")
+    return [a, b], keys_a, keys_b
+
+
+def _rows_by_source(batch):
+    """Counter of the batch's source indices, checked against its keys' prefixes."""
+    assert [k[0] for k in batch["keys"]] == ["ab"[s] for s in batch["sources"]]
+    return Counter(batch["sources"])
+
+
+def test_mixing_follows_the_weights_and_every_batch_mixes(tmp_path, tokenizer):
+    sources, _, _ = _two_sources(tmp_path, [30, 30], [20, 40])
+    loader = build_loader(
+        sources, tokenizer, batch_size=32, weights=[3, 1], samples_per_epoch=3200, label_vocab=["a", "b"]
+    )
+    counts = Counter()
+    for batch in loader:
+        counts += _rows_by_source(batch)
+    # 3200 draws of p = 3/4: sd = sqrt(3200 * 3/4 * 1/4) = 24.5 rows (0.77%); 3% is > 3.9 sd (p < 1e-4)
+    assert counts[0] / 3200 == pytest.approx(0.75, abs=0.03)
+    even = build_loader(sources, tokenizer, batch_size=16, weights=[1, 1], label_vocab=["a", "b"])
+    shares = [_rows_by_source(batch) for _ in range(12) for batch in even]
+    # a batch of 16 comes from one source with probability 2 * 2**-16 = 3e-5, < 3e-3 over these 84 batches
+    assert len(shares) == 84 and all(len(rows) == 2 for rows in shares)
+
+
+def test_default_weights_are_the_source_sizes(tmp_path, tokenizer):
+    sources, _, _ = _two_sources(tmp_path, [50, 40], [30])
+    loader = build_loader(sources, tokenizer, batch_size=20, samples_per_epoch=2400, label_vocab=["a", "b"])
+    assert loader.weights == (90.0, 30.0) and len(loader) == 120
+    same = build_loader(sources, tokenizer, batch_size=20, weights=[90, 30], label_vocab=["a", "b"])
+    other = build_loader(sources, tokenizer, batch_size=20, weights=[1, 1], label_vocab=["a", "b"])
+    assert same.fingerprint == loader.fingerprint != other.fingerprint  # a saved position needs the same mix
+    counts = sum((_rows_by_source(batch) for batch in loader), Counter())
+    # 2400 draws of p = 3/4: sd = 21.2 rows (0.88%); 3.5% is 4 sd
+    assert counts[0] / 2400 == pytest.approx(0.75, abs=0.035)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_two_ranks_read_own_slices_of_every_source(tmp_path, tokenizer, workers):
+    sources, keys_a, keys_b = _two_sources(tmp_path, [40, 24], [64])
+    seen, lengths = [], []
+    for rank in range(2):
+        loader = build_loader(
+            sources, tokenizer, batch_size=16, num_workers=workers, rank=rank, world_size=2, seed=1,
+            shuffle_buffer=8, samples_per_epoch=64, label_vocab=["a", "b"],
+        )
+        batches = list(loader)
+        lengths.append(len(batches))
+        assert len(batches) == len(loader) == 2
+        assert all(len(_rows_by_source(b)) == 2 for b in batches)  # P(one-source batch of 16) = 3e-5
+        seen.append([k for b in batches for k in b["keys"]])
+    assert lengths[0] == lengths[1]
+    # each of the 2 x max(1, workers) streams draws <= 16 samples per source, its slice has >= 16: no repeats
+    assert not set(seen[0]) & set(seen[1]) and all(len(set(keys)) == len(keys) for keys in seen)
+    assert set(seen[0] + seen[1]) <= set(keys_a + keys_b)
+
+
+def _bad_text_shard(folder):
+    """One shard of cls samples keyed "b...", every fifth with an empty text (a bad sample)."""
+    folder.mkdir()
+    with wds.TarWriter(str(folder / "shard-000000.tar")) as tar:
+        for i in range(40):
+            text = " " if i % 5 == 0 else f"sample b{i}"
+            tar.write({"__key__": f"b{i:03d}", "json": {"task": "cls", "text": text, "label": "ab"[i % 2]}})
+    return str(folder / "shard-000000.tar")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_with_two_sources_gives_the_same_remaining_stream(tmp_path, tokenizer, workers):
+    a, _ = _write_text_shards(tmp_path / "a", [13, 20, 7], prefix="a")
+    sources = [a, _bad_text_shard(tmp_path / "b")]
+
+    def make():
+        return build_loader(
+            sources, tokenizer, batch_size=6, num_workers=workers, seed=4, shuffle_buffer=5, weights=[1, 2],
+            samples_per_epoch=60, max_bad_fraction=0.5, label_vocab=["a", "b"],
+        )
+
+    reference = make()
+    ref_batches = [b for _ in range(3) for b in reference]  # 3 epochs of 10: several passes of b
+    first = make()
+    taken = list(itertools.islice(first, 7))  # mid-epoch, odd: worker rotation
+    state = json.loads(json.dumps(first.state_dict()))
+    assert state["global_samples"] == 42 and first.bad_samples()
+    resumed = make()
+    resumed.load_state_dict(state)
+    rest = [b for _ in range(3) for b in resumed]
+    got = taken + rest
+    assert [b["keys"] for b in got] == [b["keys"] for b in ref_batches]
+    assert [b["sources"] for b in got] == [b["sources"] for b in ref_batches]
+    assert resumed.bad_samples() == reference.bad_samples() and resumed.bad_samples()["empty_text"] > 0
+    assert resumed.epoch == reference.epoch == 3
+    other = build_loader(sources, tokenizer, batch_size=6, num_workers=workers, seed=4, weights=[1, 1],
+                         samples_per_epoch=60, label_vocab=["a", "b"])
+    with pytest.raises(ValueError, match=r"saved weights=\[1.0, 2.0\] but this loader has \[1.0, 1.0\]"):
+        other.load_state_dict(state)
+
+
+def test_elastic_resume_on_more_ranks(tmp_path, tokenizer):
+    sources, _, _ = _two_sources(tmp_path, [40], [40])
+
+    def make(rank, world_size, workers=0):
+        return build_loader(
+            sources, tokenizer, batch_size=8, num_workers=workers, rank=rank, world_size=world_size,
+            shuffle=False, label_vocab=["a", "b"],
+        )
+
+    one = make(0, 1)
+    assert len(one) == 10
+    list(itertools.islice(one, 4))
+    state = json.loads(json.dumps(one.state_dict()))
+    assert state["global_samples"] == 32
+    with pytest.raises(ValueError, match=r"saved world_size=1 but this loader has 2 .*unless elastic=True"):
+        make(1, 2).load_state_dict(state)
+
+    exact, same = make(0, 1), make(0, 1)
+    exact.load_state_dict(state)
+    same.load_state_dict(state, elastic=True)  # same layout: the exact resume
+    assert _keys(same) == _keys(exact)
+
+    for rank in range(2):
+        loader = make(rank, 2)
+        loader.load_state_dict(state, elastic=True)
+        assert (loader.epoch, loader.batches_done, len(loader)) == (0, 2, 5)  # 32 of 80 samples: 2 of 5 steps
+        batches = list(loader)
+        assert len(batches) == 3 and loader.epoch == 1
+        # 32 * 40/80 = 16 samples of each source were read: 40% of each rank's slice of 20 -> offset 8
+        keys = batches[0]["keys"]
+        first = {prefix: next(k for k in keys if k[0] == prefix) for prefix in "ab"}
+        assert first == {"a": f"a0-{20 * rank + 8:03d}", "b": f"b0-{20 * rank + 8:03d}"}
+
+    workers = make(0, 1, workers=2)
+    workers.load_state_dict(state, elastic=True)  # another worker count is elastic too
+    assert (workers.batches_done, len(list(workers))) == (4, 6)
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ([1.0], "got 1 weights for 2 sources"),
+        ([1.0, 2.0, 3.0], "got 3 weights for 2 sources"),
+        ([1.0, 0.0], "finite and > 0"),
+        ([-1.0, 1.0], "finite and > 0"),
+        ([1.0, float("nan")], "finite and > 0"),
+        ([float("inf"), 1.0], "finite and > 0"),
+    ],
+)
+def test_bad_weights_are_refused(tmp_path, tokenizer, weights, message):
+    sources, _, _ = _two_sources(tmp_path, [8], [8])
+    with pytest.raises(ValueError, match=message):
+        build_loader(sources, tokenizer, batch_size=2, weights=weights, label_vocab=["a", "b"])
+
+
+def test_a_source_too_small_for_the_streams_is_refused(tmp_path, tokenizer):
+    sources, _, _ = _two_sources(tmp_path, [40], [3])
+    with pytest.raises(ValueError, match="source 1 has 3 samples, fewer than one for each of the 2 worker"):
+        build_loader(
+            sources, tokenizer, batch_size=4, num_workers=2, world_size=2, rank=0, label_vocab=["a", "b"]
+        )

@@ -312,3 +312,28 @@ def test_all_reduce_two_gloo_ranks_equal_one_process(tmp_path):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got.keys() == single.keys()  # question types seen only on one rank are merged
         assert got == pytest.approx(single, rel=1e-12)
+
+
+def test_answer_prior_baselines_hand_case():
+    from vlcoattn.eval.baselines import AnswerPriorBaseline
+
+    train = [
+        {"task": "vqa", "text": "Is there a red cube?", "answers": ["yes"] * 3, "meta": {"question_type": "exists"}},
+        {"task": "vqa", "text": "is there a red cube", "answers": ["yes"], "meta": {"question_type": "exists"}},
+        {"task": "vqa", "text": "How many balls?", "answers": ["2"] * 10, "meta": {"question_type": "count"}},
+        {"task": "vqa", "text": "How many cubes?", "answers": ["3"] * 2, "meta": {"question_type": "count"}},
+        {"task": "ground", "text": "the red cube", "boxes": [[0, 0, 1, 1]]},
+    ]
+    answer, question = AnswerPriorBaseline(train, "answer"), AnswerPriorBaseline(train, "question")
+    assert answer.predict("Is there a red cube?") == "2"  # the most frequent answer overall
+    assert question.predict("IS there a red  cube?") == "yes"  # same question, case and spaces aside
+    assert question.predict("How many cones?", "count") == "2"  # unseen question: its type's answer
+    assert question.predict("What is it?", "query_color") == "2"  # unseen type: the overall answer
+    batch = {"tasks": ["vqa", "vqa", "ground"], "texts": ["How many cubes?", "Is there a red cube?", "x"],
+             "answers": [["3"], ["no"], []], "meta": [{"question_type": "count"}, {"question_type": "exists"}, {}]}
+    question.add(batch)
+    metrics = question.compute()
+    assert metrics["question_prior/vqa_acc"] == pytest.approx(0.5)  # "3" right, "yes" wrong
+    assert metrics["question_prior/vqa_acc/count"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no VQA answers"):
+        AnswerPriorBaseline(train[-1:], "question")

@@ -35,6 +35,8 @@ from vlcoattn.train.job_config import JobConfig
 from vlcoattn.train.trainer import train
 from vlcoattn.utils.cli import run_cli
 
+from helpers import assert_cached_generation_exact
+
 BBC_COUNTS = {"business": 510, "entertainment": 386, "politics": 417, "sports": 511, "tech": 401}
 
 
@@ -297,3 +299,4 @@ def test_real_weights_cached_and_left_padded_generation_agree(minilm_causal_k192
     for i, text in enumerate(real_sentences[1:3]):
         alone = lm.generate(**tok([text], return_tensors="pt", add_special_tokens=False), **kw)
         torch.testing.assert_close(cached[i, width:], alone[0, -5:])
+    assert_cached_generation_exact(lm, batch["input_ids"], batch["attention_mask"], max_new_tokens=5)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +18,8 @@ import torch
 from vlcoattn.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
-    load_checkpoint_state,
+    load_rank_state,
+    load_trainer_state,
     resolve_resume,
     rng_state,
     save_checkpoint,
@@ -89,14 +93,14 @@ def test_checkpoints_are_complete_and_pruned(tmp_path):
     for step in (10, 20, 30, 40):
         write(tmp_path, step, keep_last=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000030", "step-00000040"]
-    trainer, rank = load_checkpoint_state(latest_checkpoint(tmp_path))
+    trainer, rank = load_trainer_state(latest_checkpoint(tmp_path)), load_rank_state(latest_checkpoint(tmp_path), 0)
     assert trainer["step"] == 40 and rank["data"]["consumed"] == 160
     assert resolve_resume("latest", tmp_path).name == "step-00000040"
     assert resolve_resume(None, tmp_path) is None
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         resolve_resume(str(tmp_path / "step-00000010"), tmp_path)
     with pytest.raises(ValueError, match="no state for rank 1"):
-        load_checkpoint_state(latest_checkpoint(tmp_path), rank=1)
+        load_rank_state(latest_checkpoint(tmp_path), rank=1)
 
 
 def test_checkpoint_killed_mid_write_is_never_resumed(tmp_path):
@@ -130,8 +134,41 @@ def test_rng_state_roundtrip_through_a_checkpoint(tmp_path):
     random.seed(99)
     np.random.seed(99)
     torch.manual_seed(99)
-    _, state = load_checkpoint_state(latest_checkpoint(tmp_path))
+    state = load_rank_state(latest_checkpoint(tmp_path), 0)
     set_rng_state(state["rng"])
     got = (random.random(), np.random.rand(), torch.rand(3))
     assert got[0] == expected[0] and got[1] == expected[1]
     torch.testing.assert_close(got[2], expected[2])
+
+
+def _build_counting(dst: str, log: str) -> None:
+    from vlcoattn.train.distributed import build_once_per_node
+
+    def build(out: Path) -> None:
+        with open(log, "a") as f:
+            f.write("built\n")
+        time.sleep(0.3)  # long enough for the other processes to queue on the lock
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+
+    build_once_per_node(Path(dst), "config.json", build)
+
+
+def test_build_once_per_node_builds_once_for_all_processes_of_a_node(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_build_counting, args=(str(tmp_path / "asset"), str(tmp_path / "log")))
+             for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert (tmp_path / "log").read_text() == "built\n" and (tmp_path / "asset" / "config.json").is_file()
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_build_once_per_node_refuses_a_build_that_wrote_no_marker(tmp_path):
+    from vlcoattn.train.distributed import build_once_per_node
+
+    with pytest.raises(RuntimeError, match=r"wrote no config\.json"):
+        build_once_per_node(tmp_path / "asset", "config.json", lambda out: out.mkdir())

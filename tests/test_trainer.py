@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,11 +18,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from vlcoattn.data import ShardSink, write_synthetic
+from vlcoattn.data import ShardSink, build_loader, write_synthetic
 from vlcoattn.data.loader import read_shard
 from vlcoattn.data.shards import resolve_shards
 from vlcoattn.data.synthetic import SyntheticConfig
+from vlcoattn.loading import TASK_MODELS
 from vlcoattn.text import CooBertConfig, CooBertModel
+from vlcoattn.train.build import build_model
 from vlcoattn.train.config import load_config
 from vlcoattn.train.job_config import JobConfig
 from vlcoattn.train.metrics_log import read_metrics
@@ -92,19 +96,44 @@ def run_tool(args: list[str], timeout: int = 600, **kw) -> subprocess.CompletedP
                           timeout=timeout, **kw)
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (for torchrun's rendezvous; a fixed one collides with other runs)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(args: list[str], nproc: int = 2, **kw) -> subprocess.CompletedProcess:
+    return run_tool(["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
+                     "tools/train.py", *args], **kw)
+
+
+def write_config(cfg: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def copy_samples(raws: list[dict], dst: Path, answer_vocab: list[str]) -> None:
+    """Raw samples (as ``read_shard`` yields them) into a shard dir, in this order."""
+    with ShardSink(dst, "test copy", answer_vocab=answer_vocab) as sink:
+        for raw in raws:
+            sink.add(raw["__key__"], json.loads(raw["json"]), raw["png"], "png")
+
+
+def raw_samples(src: Path) -> tuple[list[dict], list[str]]:
+    shards, infos = resolve_shards([str(src)])
+    return [r for s in shards for r in read_shard(s.url, 0, s.samples)], infos[0].answer_vocab
+
+
 def rank_major_copy(src: Path, dst: Path, batch: int, world: int) -> None:
     """Rewrite ``src``'s samples so that ``world`` ranks of batch ``batch`` (no shuffling; rank r reads
     the r-th contiguous range) see, at every step, exactly the samples one process with batch
     ``world * batch`` sees: global batch g = the concatenation of the ranks' g-th batches."""
-    shards, infos = resolve_shards([str(src)])
-    raws = [r for s in shards for r in read_shard(s.url, 0, s.samples)]
+    raws, answers = raw_samples(src)
     global_batch = world * batch
     steps = len(raws) // global_batch
     order = [g * global_batch + r * batch + i for r in range(world) for g in range(steps) for i in range(batch)]
-    with ShardSink(dst, "rank-major copy", answer_vocab=infos[0].answer_vocab) as sink:
-        for i in order:
-            raw = raws[i]
-            sink.add(raw["__key__"], json.loads(raw["json"]), raw["png"], "png")
+    copy_samples([raws[i] for i in order], dst, answers)
 
 
 # -------------------------------------------------------------------------- DDP == single process
@@ -121,10 +150,7 @@ def test_torchrun_two_ranks_equals_one_process_with_the_doubled_batch(assets, tm
 
     rank_major_copy(assets["data"] / "train", tmp_path / "train-2ranks", batch=4, world=2)
     ddp = base_config(assets, tmp_path / "ddp", **shuffled_off, **{"data.train": [str(tmp_path / "train-2ranks")]})
-    cfg_path = tmp_path / "ddp.yaml"
-    cfg_path.write_text(yaml.safe_dump(ddp))
-    proc = run_tool(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29731",
-                     "tools/train.py", "--config", str(cfg_path)])
+    proc = torchrun(["--config", str(write_config(ddp, tmp_path / "ddp.yaml"))])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_weights(weights(tmp_path / "single"), weights(tmp_path / "ddp"), atol=2e-5)
     parts = ("loss", "loss_vqa", "loss_l1", "loss_giou")
@@ -133,6 +159,100 @@ def test_torchrun_two_ranks_equals_one_process_with_the_doubled_batch(assets, tm
     assert np.array(single_log) == pytest.approx(np.array(ddp_log), rel=1e-5)  # the loss's parts too
     for loss, vqa, l1, giou in single_log:  # loss = VQA + 5 L1 + 2 GIoU (the default box weights)
         assert loss == pytest.approx(vqa + 5 * l1 + 2 * giou, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def single_task_dirs(assets):
+    """The CLEVR-lite train split as two single-task sources: VQA rows only, grounding rows only (what a
+    user combining VQA v2 with RefCOCO has)."""
+    raws, answers = raw_samples(assets["data"] / "train")
+    dirs = {}
+    for task in ("vqa", "ground"):
+        dirs[task] = assets["root"] / f"train-{task}"
+        if not dirs[task].exists():
+            copy_samples([r for r in raws if json.loads(r["json"])["task"] == task], dirs[task], answers)
+    return dirs
+
+
+@pytest.mark.slow
+def test_torchrun_over_two_single_task_sources_mixes_them_resumes_exactly_and_equals_one_process(
+        assets, single_task_dirs, minilm_tokenizer, tmp_path):
+    """Two ranks over a VQA dir and a grounding dir, weighted 1:1: every step has rows of both tasks (logged
+    per step), a run resumed from its step-2 checkpoint ends equal to the straight one, and the 2-rank run
+    equals one process with the doubled batch fed the same samples (the two ranks' batches, step by step)."""
+    steps, sources = 4, [{"source": str(single_task_dirs[t]), "weight": 1.0} for t in ("vqa", "ground")]
+    no_dropout = {"fusion_num_layers": 1, "backbone_out_indices": [-2], "fusion_dropout": 0.0,
+                  "fusion_attention_dropout": 0.0}
+    over = {"data.train": sources, "data.val": [], "train.steps": steps, "train.save_every": 2, "model.config": no_dropout}
+    ddp = base_config(assets, tmp_path / "ddp", **over)
+    cfg = write_config(ddp, tmp_path / "ddp.yaml")
+    proc = torchrun(["--config", str(cfg)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = [m for m in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if m["split"] == "train"]
+    assert [m["step"] for m in log] == list(range(1, steps + 1))
+    assert all(m["rows/vqa"] > 0 and m["rows/ground"] > 0 and m["rows/vqa"] + m["rows/ground"] == 8 for m in log)
+
+    # resume: the step-2 checkpoint, continued in another run dir, ends where the straight run ended
+    resumed = base_config(assets, tmp_path / "resumed", **over)
+    proc = torchrun(["--config", str(write_config(resumed, tmp_path / "resumed.yaml")),
+                     "--resume", str(tmp_path / "ddp" / "checkpoints" / "step-00000002")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_weights(weights(tmp_path / "ddp"), weights(tmp_path / "resumed"), atol=1e-6)
+
+    # one process, batch 8 = rank 0's batch g + rank 1's batch g, in shard order
+    loaders = [build_loader([str(single_task_dirs[t]) for t in ("vqa", "ground")], minilm_tokenizer,
+                            weights=[1.0, 1.0], batch_size=4, rank=r, world_size=2, seed=0, shuffle_buffer=16,
+                            image_size=64, max_text_len=24) for r in range(2)]
+    streams = [iter(loader) for loader in loaders]
+    by_key = {r["__key__"]: r for t in ("vqa", "ground") for r in raw_samples(single_task_dirs[t])[0]}
+    order = [key for _ in range(steps) for stream in streams for key in next(stream)["keys"]]
+    copy_samples([by_key[k] for k in order], tmp_path / "replay", raw_samples(single_task_dirs["vqa"])[1])
+    single = base_config(assets, tmp_path / "single", **{**over, "data.train": [str(tmp_path / "replay")],
+                                                          "data.shuffle": False, "data.batch_size": 8})
+    train(job_of(single, tmp_path))
+    assert_same_weights(weights(tmp_path / "single"), weights(tmp_path / "ddp"), atol=2e-5)
+
+
+@pytest.mark.slow
+def test_a_one_rank_checkpoint_continues_on_two_ranks(assets, tmp_path):
+    """torchrun elastic: a job checkpointed by one process resumes on two (model, optimizer, schedule and
+    step restored; the data stream continues from the global sample count)."""
+    over = {"data.val": [], "train.steps": 4, "train.save_every": 2}
+    train(job_of(base_config(assets, tmp_path / "one", **over), tmp_path))
+    cfg = write_config(base_config(assets, tmp_path / "two", **over), tmp_path / "two.yaml")
+    proc = torchrun(["--config", str(cfg), "--resume", str(tmp_path / "one" / "checkpoints" / "step-00000002")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming a checkpoint of 1 process(es) on 2" in proc.stderr
+    log = {m["step"]: m for m in read_metrics(tmp_path / "two" / "metrics.jsonl") if m["split"] == "train"}
+    straight = {m["step"]: m for m in read_metrics(tmp_path / "one" / "metrics.jsonl") if m["split"] == "train"}
+    assert sorted(log) == [3, 4]
+    assert [log[s]["lr"] for s in (3, 4)] == pytest.approx([straight[s]["lr"] for s in (3, 4)])  # schedule went on
+    assert all(log[s]["epoch"] >= straight[2]["epoch"] for s in (3, 4))
+    assert (tmp_path / "two" / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_two_simulated_nodes_without_a_shared_cache_each_convert_the_text_encoder(assets, tmp_path):
+    """`--nnodes=2` on localhost, one process per node, each node with its own cache dir (as two machines
+    without a shared filesystem): each node's local rank 0 converts MiniLM into its own cache."""
+    run = base_config(assets, tmp_path / "run", **{"data.val": [], "train.steps": 2, "model.text": None,
+                                                    "model.convert_from": "minilm", "model.shared_key_dim": None})
+    cfg = write_config(run, tmp_path / "run.yaml")
+    port = free_port()
+    nodes = []
+    for node in range(2):
+        env = {**ENV, "VLCOATTN_CACHE": str(tmp_path / f"cache-node{node}")}
+        nodes.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+             f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}",
+             "tools/train.py", "--config", str(cfg)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    errors = [proc.communicate(timeout=600)[1] for proc in nodes]
+    for node, proc in enumerate(nodes):
+        assert proc.returncode == 0, f"node {node}: " + errors[node][-3000:] + f"\nnode {1 - node}: " + errors[1 - node][-1500:]
+    for node in range(2):
+        assert (tmp_path / f"cache-node{node}" / "coobert-model-kfull" / "config.json").is_file()
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
 
 
 # -------------------------------------------------------------------------- resume == uninterrupted
@@ -182,26 +302,18 @@ def test_sigterm_then_resume_latest_equals_the_uninterrupted_run(assets, tmp_pat
     assert [losses[s] for s in sorted(losses)] == pytest.approx([want[s] for s in sorted(want)], rel=1e-6)
 
 
-def test_resume_rejects_a_checkpoint_of_another_world_size(assets, tmp_path):
-    run = base_config(assets, tmp_path / "run", **{"data.val": [], "train.steps": 1})
-    train(job_of(run, tmp_path))
-    ckpt = tmp_path / "run" / "checkpoints" / "step-00000001"
-    state = torch.load(ckpt / "trainer.pt", weights_only=True)
-    state["world_size"] = 2
-    torch.save(state, ckpt / "trainer.pt")
-    with pytest.raises(ValueError, match="written by 2 processes"):
-        train(job_of(run, tmp_path), resume=str(ckpt))
-
-
 # -------------------------------------------------------------------------- non-finite losses
 
 
 class _NaNAt:
-    """Wraps forward so that the loss is NaN on chosen calls (counted over training forwards)."""
+    """Wraps forward so that the loss is NaN on chosen calls (counted over training forwards). The wrapper
+    keeps forward's signature (``functools.wraps``), so the trainer still passes ``num_items_in_batch``
+    as in production."""
 
     def __init__(self, model, bad_calls):
         self.model, self.bad, self.calls = model, set(bad_calls), 0
         self.forward = model.forward
+        functools.update_wrapper(self, model.forward)
 
     def __call__(self, *args, **kwargs):
         out = self.forward(*args, **kwargs)
@@ -217,27 +329,32 @@ def _tiny_model(assets, tmp_path, run_dir, **over):
     from vlcoattn.train.build import build_model
     from vlcoattn.train.trainer import data_vocabularies
 
-    answers, labels = data_vocabularies(job.data.train)
+    answers, labels, _ = data_vocabularies(job.data.train_sources)
     torch.manual_seed(0)
     return job, *build_model(job, answers, labels)
 
 
 def test_a_nan_loss_skips_the_update_and_is_counted(assets, tmp_path):
     job, model, tokenizer = _tiny_model(assets, tmp_path, tmp_path / "nan", **{"train.steps": 3})
-    hook = _NaNAt(model, {2})
-    model.forward = hook
+    model.forward = _NaNAt(model, {2})
     trainer = Trainer(job, model, tokenizer)
-    before = {}
+    assert trainer.counts_items  # the production path: losses normalised by num_items_in_batch
+    after_step = {}
+    train_step = trainer._train_step
 
-    def snapshot_after_step_1(*_):
-        if trainer.step == 1 and not before:
-            before.update({k: v.clone() for k, v in model.state_dict().items()})
+    def recording_step(batches):
+        result = train_step(batches)
+        after_step[trainer.step] = {k: v.clone() for k, v in model.state_dict().items()}
+        return result
 
-    trainer.optimizer.register_step_post_hook(snapshot_after_step_1)
+    trainer._train_step = recording_step
     result = trainer.fit()
     assert result.skipped_steps == 1 and result.step == 3
     train_log = [m for m in read_metrics(tmp_path / "nan" / "metrics.jsonl") if m["split"] == "train"]
     assert [m["skipped_steps"] for m in train_log] == [0, 1, 1]
+    assert_same_weights(after_step[1], after_step[2], atol=0.0)  # the NaN step changed nothing
+    changed = [k for k in after_step[2] if not torch.equal(after_step[2][k], after_step[3][k])]
+    assert changed, "step 3 must update the weights again"
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -262,12 +379,16 @@ def test_evaluate_cli_reproduces_the_end_of_training_metrics_and_the_report_is_w
                      str(assets["data"] / "test"), "--no-progress", "--predictions", str(tmp_path / "p.jsonl")])
     assert proc.returncode == 0, proc.stderr[-2000:]
     reproduced = json.loads(proc.stdout)
-    assert reproduced == pytest.approx({k: v for k, v in final["test"].items() if not k.startswith("center_box/")}, rel=1e-5)
+    baselines = ("center_box/", "answer_prior/", "question_prior/")
+    assert reproduced == pytest.approx({k: v for k, v in final["test"].items() if not k.startswith(baselines)}, rel=1e-5)
+    for split in ("val", "test"):  # the image-blind VQA baselines, fitted on train, scored on the same samples
+        assert 0 <= final[split]["answer_prior/vqa_acc"] <= final[split]["question_prior/vqa_acc"] <= 1
     preds = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     ground = [p for p in preds if p["task"] == "ground"]
     assert ground and all(len(p["box"]) == 4 and 0 <= p["iou"] <= 1 for p in ground)
     report = (tmp_path / "run" / "report.md").read_text()
     assert "acc@0.5" in report and "vqa_acc" in report
+    assert "| model | answer prior | question prior | center box |" in report
     for png in ("curves.png", "predictions.png"):
         assert (tmp_path / "run" / png).stat().st_size > 5000
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
@@ -287,8 +408,16 @@ def test_bad_config_and_bad_cli_arguments_are_one_line_errors(tmp_path):
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_config_validates(path):
-    load_config(JobConfig, path)
+def test_every_shipped_config_builds_its_model(path, minilm_dir):
+    """Each config validates and builds the model of its task from its own model section (the lm config's
+    tokenizer, trained by a tool, is swapped for MiniLM's; vocabularies stand in for the data's)."""
+    job = load_config(JobConfig, path, [f"model.tokenizer={minilm_dir}"] if "lm" in path.name else [])
+    model, tokenizer = build_model(job, answer_vocab=["yes", "no", "2"], label_vocab=["a", "b", "c"])
+    assert isinstance(model, TASK_MODELS[job.task]) and tokenizer.pad_token is not None
+    assert sum(p.numel() for p in model.parameters()) > 1e6
+    if job.is_vision:
+        assert model.config.spatial_prior == job.model.config.get("spatial_prior", "gaussian")
+        assert model.config.answer_vocab == ["yes", "no", "2"]
 
 
 def test_lr_schedule_warmup_then_cosine_to_the_floor():

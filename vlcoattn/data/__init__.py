@@ -17,6 +17,7 @@ key                 type / shape         present
 ``tasks``           list[str]            always: "vqa" | "ground" | "cls" | "lm"
 ``texts``           list[str]            always (after augmentation's left/right swap)
 ``meta``            list[dict]           always: the samples' ``meta``
+``sources``         list[int]            training loader: each row's source (index into ``sources``)
 ``input_ids``       long (B, T)          always, padded with the tokenizer's pad id
 ``attention_mask``  long (B, T)          always
 ``token_type_ids``  long (B, T)          always

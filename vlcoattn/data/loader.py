@@ -1,20 +1,34 @@
-"""The streaming loader: shards -> per-rank, per-worker sample streams -> decoded, collated batches.
+"""The streaming loader: sources -> per-rank, per-worker sample streams -> decoded, collated batches.
 
-How one pass over the data is laid out (identically computed in every rank and worker):
+How the data is laid out (computed identically in every rank and worker; a pure function of the
+seed, the layout and the position):
 
-1. the shard list (all sources joined) is shuffled with ``(seed, pass)``;
-2. its concatenated samples are cut into contiguous ranges, one per stream
-   (stream = ``rank * workers + worker``), each a whole number of batches; the remainder
-   (< ``world_size * batch_size`` samples) waits for a later pass;
-3. each stream reads its range (opening only the shards it overlaps) through a seeded shuffle
-   buffer, decodes, skips and counts bad samples, and yields whole batches.
+1. every source (a shard dir, dataset.json or URL pattern: one entry of ``sources``) is planned on
+   its own: its shard list is shuffled with ``(seed, pass)`` and its concatenated samples are cut
+   into contiguous ranges, one per stream (stream = ``rank * workers + worker``), so each stream
+   owns a slice of every source. With one source a range is a whole number of batches, with several
+   any number of samples; the remainder (< ``world_size * batch_size`` resp. ``world_size``
+   samples) waits for a later pass;
+2. a stream reads each source's range (opening only the shards it overlaps) through a seeded
+   shuffle buffer, pass after pass, endlessly;
+3. mixing: each sample slot draws its source i with probability ``weights[i] / sum(weights)``
+   (default: the sources' sample counts, the composition of their concatenation) from a hash of
+   (seed, stream, slot counter). The sample is decoded; a bad one is skipped and counted, and the
+   next slot is drawn. With one source every slot reads it, which is exactly the stream of 1-2.
+   ``batch["sources"]`` lists each row's source index.
 
-Streams are endless (pass after pass); an epoch is a fixed number of batches per rank
-(``samples_per_epoch // (world_size * batch_size)``, default: one pass), split across workers so
-that the DataLoader's round-robin gives every rank the same count and a deterministic order.
-A stream's position is (pass, samples taken from its shuffle buffer); every batch carries it, so
-:meth:`ShardLoader.state_dict` knows exactly where each worker stands and a restored loader replays
-the remaining stream (re-reading, but not decoding, the consumed part of the current range).
+An epoch is a fixed number of batches per rank (``samples_per_epoch // (world_size * batch_size)``,
+default: all sources' samples), split across workers so that the DataLoader's round-robin gives
+every rank the same count and a deterministic order.
+
+A stream's position is, per source, (pass, samples taken from its shuffle buffer), plus its slot
+counter; every batch carries it, so :meth:`ShardLoader.state_dict` knows exactly where each worker
+stands and a restored loader replays the remaining stream (re-reading, but not decoding, the
+consumed part of the current ranges). Elastic resume (``load_state_dict(state, elastic=True)`` on
+another number of ranks or workers) is approximate: from the global sample count in the state it
+sets the epoch and batch count and puts every stream of source i at the fraction of a pass that
+``global_samples * weights[i] / sum(weights)`` samples of it make; around the change some samples
+may be seen twice or not at all, and the order differs from an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -22,7 +36,9 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+import itertools
 import logging
+import math
 import os
 import random
 from collections import Counter
@@ -41,7 +57,7 @@ from .shards import ShardRef, resolve_shards
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 # ---------------------------------------------------------------------------------------------- planning
 
@@ -53,19 +69,19 @@ def worker_quota(batches: int, workers: int, worker: int) -> int:
 
 @dataclass(frozen=True)
 class Plan:
-    """Where every stream reads in each pass. Pure function of its fields."""
+    """Where every stream reads one source in each pass. Pure function of its fields."""
 
     counts: tuple[int, ...]  # samples per shard
     seed: int
     shuffle: bool
     world_size: int
     workers: int  # streams per rank
-    batch_size: int
+    unit: int  # a range is a whole number of units: a batch with one source, a sample when mixing
 
     @property
-    def batches_per_rank(self) -> int:
-        """Whole batches each rank gets from one pass."""
-        return sum(self.counts) // (self.world_size * self.batch_size)
+    def units_per_rank(self) -> int:
+        """Whole units each rank gets from one pass."""
+        return sum(self.counts) // (self.world_size * self.unit)
 
     @functools.lru_cache(maxsize=4)  # noqa: B019 (a Plan lives as long as its loader)
     def segments(self, pass_index: int, stream: int) -> tuple[tuple[int, int, int], ...]:
@@ -88,8 +104,21 @@ class Plan:
         return tuple(pieces)
 
     def range_length(self, stream: int) -> int:
-        """Samples ``stream`` (= rank * workers + worker) reads per pass: its whole batches."""
-        return self.batch_size * worker_quota(self.batches_per_rank, self.workers, stream % self.workers)
+        """Samples ``stream`` (= rank * workers + worker) reads per pass: its whole units."""
+        return self.unit * worker_quota(self.units_per_rank, self.workers, stream % self.workers)
+
+    def position_at(self, samples: float, stream: int) -> tuple[int, int]:
+        """(pass, offset) of ``stream`` once all streams together have read ``samples`` samples."""
+        passes = samples / (self.units_per_rank * self.unit * self.world_size)
+        return int(passes), int((passes - int(passes)) * self.range_length(stream))
+
+
+def mix_draw(seed: int, stream: int, slot: int, cumulative: Sequence[float]) -> int:
+    """The source of sample slot ``slot`` of ``stream``: i with probability proportional to weight i
+    (``cumulative`` = running sums of the weights). A hash, not an RNG state, so resuming is exact."""
+    digest = hashlib.blake2b(f"mix:{seed}:{stream}:{slot}".encode(), digest_size=8).digest()
+    u = int.from_bytes(digest, "big") / 2**64
+    return bisect.bisect_right(cumulative, u * cumulative[-1])
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -164,11 +193,33 @@ def log_bad_sample(count: int, reason: str, key: str, url: str, message: str) ->
 
 
 @dataclass
+class PassCheck:
+    """Fails a source whose whole pass (of one stream's range) gave no valid sample: all its data is bad."""
+
+    pass_index: int
+    whole: bool  # the pass was read from its start
+    good: int = 0
+
+    def enter(self, pass_index: int, stream: int, source: int) -> None:
+        if pass_index == self.pass_index:
+            return
+        if self.whole and self.good == 0:
+            raise ValueError(
+                f"stream {stream}: a whole pass of source {source} gave no valid sample; is all its data bad?"
+            )
+        self.pass_index, self.whole, self.good = pass_index, True, 0
+
+
+Position = tuple[tuple[int, int], ...]  # per source: (pass, samples taken from its shuffle buffer)
+
+
+@dataclass
 class _RankStream(IterableDataset):
     """One epoch (or its rest) of one rank: each worker yields its quota of batches."""
 
-    shards: tuple[ShardRef, ...]
-    plan: Plan
+    sources: tuple[tuple[ShardRef, ...], ...]
+    plans: tuple[Plan, ...]  # one per source
+    cumulative: tuple[float, ...]  # running sums of the source weights
     rank: int
     decoder: SampleDecoder
     collator: Collator
@@ -176,25 +227,27 @@ class _RankStream(IterableDataset):
     shuffle_buffer: int
     max_bad_fraction: float
     bad_check_after: int
-    starts: dict[int, tuple[int, int]]  # logical worker -> (pass, offset)
+    starts: dict[int, Position]  # logical worker -> position
+    slots: dict[int, int]  # logical worker -> mixing slot counter
     counters: dict[int, dict[str, Any]]  # logical worker -> StreamCounters.as_dict()
     remaining: dict[int, int]  # logical worker -> batches still to yield this epoch
     rotation: int  # physical worker i plays logical worker (i + rotation) % workers
 
-    def _raw(self, stream: int, start: tuple[int, int]) -> Iterator[tuple[tuple[int, int], dict[str, Any]]]:
-        """Endless ((pass, offset after), raw sample) from ``start``."""
+    def _raw(
+        self, source: int, stream: int, start: tuple[int, int]
+    ) -> Iterator[tuple[tuple[int, int], dict[str, Any]]]:
+        """Endless ((pass, offset after), raw sample) of one source from ``start``."""
+        plan, shards = self.plans[source], self.sources[source]
         pass_index, offset = start
         while True:
             samples: Iterator[dict[str, Any]] = (
                 raw
-                for shard, a, b in self.plan.segments(pass_index, stream)
-                for raw in read_shard(self.shards[shard].url, a, b)
+                for shard, a, b in plan.segments(pass_index, stream)
+                for raw in read_shard(shards[shard].url, a, b)
             )
-            if self.plan.shuffle:
+            if plan.shuffle:
                 samples = shuffled(
-                    samples,
-                    self.shuffle_buffer,
-                    random.Random(f"samples:{self.plan.seed}:{pass_index}:{stream}"),
+                    samples, self.shuffle_buffer, random.Random(f"samples:{plan.seed}:{pass_index}:{stream}")
                 )
             for i, raw in enumerate(samples):
                 if i >= offset:
@@ -211,37 +264,46 @@ class _RankStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         physical = info.id if info is not None else 0
-        logical = (physical + self.rotation) % self.plan.workers
-        stream = self.rank * self.plan.workers + logical
+        workers, seed = self.plans[0].workers, self.plans[0].seed
+        logical = (physical + self.rotation) % workers
+        stream = self.rank * workers + logical
         todo = self.remaining[logical]
         if todo <= 0:
             return
         counters = StreamCounters(self.counters[logical]["seen"], Counter(self.counters[logical]["bad"]))
+        positions, slot = list(self.starts[logical]), self.slots[logical]
+        readers = [self._raw(i, stream, start) for i, start in enumerate(positions)]
+        checks = [PassCheck(p, offset == 0) for p, offset in positions]
         batch: list[dict[str, Any]] = []
-        current_pass, whole_pass = self.starts[logical][0], self.starts[logical][1] == 0
-        good_in_pass = 0
-        for position, raw in self._raw(stream, self.starts[logical]):
-            if position[0] != current_pass:
-                if whole_pass and good_in_pass == 0:
-                    raise ValueError(
-                        f"stream {stream}: a whole pass gave no valid sample; is all the data bad?"
-                    )
-                current_pass, whole_pass, good_in_pass = position[0], True, 0
+        rows: list[int] = []  # the source of each sample in batch
+        while True:
+            source = mix_draw(seed, stream, slot, self.cumulative)
+            slot += 1
+            positions[source], raw = next(readers[source])
+            pass_index = positions[source][0]
+            checks[source].enter(pass_index, stream, source)
             counters.seen += 1
             try:
-                batch.append(self._decode(raw, position[0]))
-                good_in_pass += 1
+                batch.append(self._decode(raw, pass_index))
             except SampleError as e:
                 counters.bad[e.reason] += 1
                 key, url = raw.get("__key__", "?"), raw.get("__url__", "?")
                 log_bad_sample(counters.bad[e.reason], e.reason, key, url, str(e))
                 check_bad_fraction(counters.seen, counters.bad, self.max_bad_fraction, self.bad_check_after)
                 continue
+            checks[source].good += 1
+            rows.append(source)
             if len(batch) == self.batch_size:
                 out = self.collator(batch)
-                out["_stream"] = {"worker": logical, "position": position, "counters": counters.as_dict()}
+                out["sources"] = rows
+                out["_stream"] = {
+                    "worker": logical,
+                    "positions": [list(p) for p in positions],
+                    "slot": slot,
+                    "counters": counters.as_dict(),
+                }
                 yield out
-                batch = []
+                batch, rows = [], []
                 todo -= 1
                 if todo == 0:
                     return
@@ -266,18 +328,21 @@ def _merged_vocab(infos: Sequence[DatasetInfo], attr: str) -> list[str]:
 class ShardLoader:
     """Iterable over one epoch of batches per ``for`` loop, resumable mid-epoch.
 
-    Build it with :func:`build_loader`. ``len(loader)`` is the number of batches per epoch on this
-    rank (the same on every rank). ``state_dict()`` / ``load_state_dict()`` save and restore the
-    exact position (epoch, batches taken, each worker's place in its stream, bad-sample counts).
+    Build it with :func:`build_loader`. ``sources`` holds one shard list per source, mixed with
+    ``weights`` (default: their sample counts). ``len(loader)`` is the number of batches per epoch on
+    this rank (the same on every rank). ``state_dict()`` / ``load_state_dict()`` save and restore the
+    exact position (epoch, batches taken, each worker's place in each source and its mixing slot,
+    bad-sample counts), or an approximate one on another layout (``elastic=True``).
     """
 
     def __init__(
         self,
-        shards: Sequence[ShardRef],
+        sources: Sequence[Sequence[ShardRef]],
         decoder: SampleDecoder,
         collator: Collator,
         *,
         batch_size: int,
+        weights: Sequence[float] | None = None,
         num_workers: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -297,37 +362,47 @@ class ShardLoader:
             )
         if not 0.0 <= max_bad_fraction <= 1.0:
             raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
-        self.shards = tuple(shards)
+        self.sources = tuple(tuple(shards) for shards in sources)
+        sizes = [sum(s.samples for s in shards) for shards in self.sources]
+        self.weights = _check_weights(weights, sizes)
         self.decoder, self.collator = decoder, collator
         self.batch_size, self.num_workers = batch_size, num_workers
         self.rank, self.world_size = rank, world_size
+        self.seed, self.shuffle, self.workers = seed, shuffle, max(1, num_workers)
         self.shuffle_buffer, self.max_bad_fraction, self.bad_check_after = (
             shuffle_buffer,
             max_bad_fraction,
             bad_check_after,
         )
         self.prefetch_factor, self.pin_memory = prefetch_factor, pin_memory
-        self.plan = Plan(
-            tuple(s.samples for s in self.shards), seed, shuffle, world_size, max(1, num_workers), batch_size
+        unit = batch_size if len(self.sources) == 1 else 1
+        self.plans = tuple(
+            Plan(tuple(s.samples for s in shards), seed, shuffle, world_size, self.workers, unit)
+            for shards in self.sources
         )
-        if self.plan.batches_per_rank < self.plan.workers:
+        if sum(sizes) // (world_size * batch_size) < self.workers:
             raise ValueError(
-                f"{sum(self.plan.counts)} samples cannot give each of {self.plan.workers} worker(s) "
+                f"{sum(sizes)} samples cannot give each of {self.workers} worker(s) "
                 f"on {world_size} rank(s) a batch of {batch_size}: use fewer workers or smaller batches"
             )
-        per_rank = (
-            samples_per_epoch // (world_size * batch_size)
-            if samples_per_epoch is not None
-            else self.plan.batches_per_rank
-        )
+        for i, plan in enumerate(self.plans):
+            if plan.units_per_rank < self.workers:
+                raise ValueError(
+                    f"source {i} has {sizes[i]} samples, fewer than one for each of the {self.workers} "
+                    f"worker(s) on {world_size} rank(s): use fewer workers or more data"
+                )
+        epoch_samples = samples_per_epoch if samples_per_epoch is not None else sum(sizes)
+        per_rank = epoch_samples // (world_size * batch_size)
         if per_rank < 1:
             raise ValueError(f"samples_per_epoch={samples_per_epoch} is less than one batch per rank")
         self.batches_per_epoch = per_rank
         self.samples_per_epoch = samples_per_epoch
         self.epoch = 0
         self.batches_done = 0  # in the current epoch
-        self._positions = {w: (0, 0) for w in range(self.plan.workers)}
-        self._counters = {w: StreamCounters().as_dict() for w in range(self.plan.workers)}
+        start: Position = ((0, 0),) * len(self.sources)
+        self._positions = dict.fromkeys(range(self.workers), start)
+        self._slots = dict.fromkeys(range(self.workers), 0)
+        self._counters = {w: StreamCounters().as_dict() for w in range(self.workers)}
         if num_workers > 0:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no Rust thread pool in forked workers
 
@@ -336,9 +411,17 @@ class ShardLoader:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the shard list (urls + counts) a saved position belongs to."""
-        text = "\n".join(f"{s.url}\t{s.samples}" for s in self.shards)
+        """Identifies the sources (shard urls + counts) and their weights a saved position belongs to."""
+        text = "\n".join(
+            f"source {i} weight {w!r}\n" + "\n".join(f"{s.url}\t{s.samples}" for s in shards)
+            for i, (shards, w) in enumerate(zip(self.sources, self.weights))
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def global_samples(self) -> int:
+        """Samples yielded by all ranks together so far (every rank takes as many batches)."""
+        return (self.epoch * self.batches_per_epoch + self.batches_done) * self.batch_size * self.world_size
 
     def bad_samples(self) -> dict[str, int]:
         """Bad samples skipped so far on this rank, by reason (see ``schema.BAD_REASONS``)."""
@@ -352,15 +435,16 @@ class ShardLoader:
         return sum(c["seen"] for c in self._counters.values())
 
     def _epoch_stream(self) -> _RankStream:
-        workers = self.plan.workers
+        workers = self.workers
         done = self.batches_done
         remaining = {
             w: worker_quota(self.batches_per_epoch, workers, w) - worker_quota(done, workers, w)
             for w in range(workers)
         }
         return _RankStream(
-            self.shards,
-            self.plan,
+            self.sources,
+            self.plans,
+            tuple(itertools.accumulate(self.weights)),
             self.rank,
             self.decoder,
             self.collator,
@@ -369,6 +453,7 @@ class ShardLoader:
             self.max_bad_fraction,
             self.bad_check_after,
             dict(self._positions),
+            dict(self._slots),
             dict(self._counters),
             remaining,
             rotation=done % workers,
@@ -390,13 +475,15 @@ class ShardLoader:
                     pin_memory=self.pin_memory,
                     # its own generator: starting workers must not draw from the global torch RNG, or a
                     # resumed run (which starts them at another step) would see other dropout masks
-                    generator=torch.Generator().manual_seed(self.plan.seed),
+                    generator=torch.Generator().manual_seed(self.seed),
                 )
             )
         for batch in batches:
             info = batch.pop("_stream")
-            self._positions[info["worker"]] = tuple(int(v) for v in info["position"])
-            self._counters[info["worker"]] = info["counters"]
+            worker = info["worker"]
+            self._positions[worker] = tuple((int(p), int(o)) for p, o in info["positions"])
+            self._slots[worker] = int(info["slot"])
+            self._counters[worker] = info["counters"]
             self.batches_done += 1
             check_bad_fraction(
                 self.samples_seen(), Counter(self.bad_samples()), self.max_bad_fraction, self.bad_check_after
@@ -409,48 +496,83 @@ class ShardLoader:
         self.epoch, self.batches_done = self.epoch + 1, 0
 
     def state_dict(self) -> dict[str, Any]:
-        """The position on this rank; save one per rank."""
+        """The position on this rank; save one per rank. ``global_samples`` (the same on every rank)
+        is what an elastic resume on another layout continues from."""
         return {
             "version": STATE_VERSION,
             "epoch": self.epoch,
             "batches_done": self.batches_done,
-            "positions": {str(w): list(p) for w, p in self._positions.items()},
+            "global_samples": self.global_samples,
+            "positions": {str(w): [list(p) for p in ps] for w, ps in self._positions.items()},
+            "slots": {str(w): s for w, s in self._slots.items()},
             "counters": {str(w): c for w, c in self._counters.items()},
             "rank": self.rank,
             "world_size": self.world_size,
-            "workers": self.plan.workers,
+            "workers": self.workers,
             "batch_size": self.batch_size,
-            "seed": self.plan.seed,
-            "shuffle": self.plan.shuffle,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
             "samples_per_epoch": self.samples_per_epoch,
+            "weights": list(self.weights),
             "fingerprint": self.fingerprint,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a :meth:`state_dict` of a loader with the same data and layout."""
+    def load_state_dict(self, state: dict[str, Any], elastic: bool = False) -> None:
+        """Continue from a :meth:`state_dict` of a loader with the same data, weights and layout.
+
+        With ``elastic=True`` the layout (world size, rank, workers) may differ: the loader then
+        continues approximately from the state's ``global_samples`` (see the module doc); with the
+        same layout it resumes exactly either way.
+        """
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')} != {STATE_VERSION}")
         mine = self.state_dict()
-        for key in (
-            "rank",
-            "world_size",
-            "workers",
-            "batch_size",
-            "seed",
-            "shuffle",
-            "samples_per_epoch",
-            "fingerprint",
-        ):
-            if state.get(key) != mine[key]:
+        layout = ("world_size", "workers", "rank")
+        for key in ("batch_size", "seed", "shuffle", "samples_per_epoch", "weights", "fingerprint", *layout):
+            if state.get(key) != mine[key] and not (elastic and key in layout):
                 raise ValueError(
                     f"cannot resume: saved {key}={state.get(key)!r} but this loader has {mine[key]!r}"
-                    " (resume needs the same data, ranks, workers, batch size and seed)"
+                    " (resume needs the same data, weights, batch size and seed, and the same ranks"
+                    " and workers unless elastic=True)"
                 )
+        if any(state[key] != mine[key] for key in layout):
+            self._place(int(state["global_samples"]))
+            return
         self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
-        self._positions = {int(w): (int(p[0]), int(p[1])) for w, p in state["positions"].items()}
+        self._positions = {
+            int(w): tuple((int(p), int(o)) for p, o in ps) for w, ps in state["positions"].items()
+        }
+        self._slots = {int(w): int(s) for w, s in state["slots"].items()}
         self._counters = {
             int(w): {"seen": c["seen"], "bad": dict(c["bad"])} for w, c in state["counters"].items()
         }
+
+    def _place(self, global_samples: int) -> None:
+        """Elastic resume: the approximate position of this layout after ``global_samples`` samples.
+        Bad-sample counters start again from zero."""
+        per_step = self.batch_size * self.world_size
+        self.epoch, rest = divmod(global_samples, self.batches_per_epoch * per_step)
+        self.batches_done = rest // per_step
+        total = sum(self.weights)
+        for w in range(self.workers):
+            stream = self.rank * self.workers + w
+            self._positions[w] = tuple(
+                plan.position_at(global_samples * weight / total, stream)
+                for plan, weight in zip(self.plans, self.weights)
+            )
+            self._slots[w] = global_samples // (self.world_size * self.workers)  # fresh mixing draws
+            self._counters[w] = StreamCounters().as_dict()
+
+
+def _check_weights(weights: Sequence[float] | None, sizes: Sequence[int]) -> tuple[float, ...]:
+    """The sources' mixing weights: ``weights`` checked, or by default their sample counts."""
+    if weights is None:
+        return tuple(float(n) for n in sizes)
+    if len(weights) != len(sizes):
+        raise ValueError(f"got {len(weights)} weights for {len(sizes)} sources: give one weight per source")
+    if not all(math.isfinite(w) and w > 0 for w in weights):
+        raise ValueError(f"weights must be finite and > 0, got {list(weights)}")
+    return tuple(float(w) for w in weights)
 
 
 def _decoder_and_collator(
@@ -488,6 +610,7 @@ def build_loader(
     *,
     image_size: int | tuple[int, int] = 224,
     batch_size: int = 32,
+    weights: Sequence[float] | None = None,
     max_text_len: int = 40,
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
     std: tuple[float, float, float] = (0.5, 0.5, 0.5),
@@ -512,25 +635,31 @@ def build_loader(
     """A resumable, distributed-aware loader over shard directories / patterns (see module doc).
 
     ``sources``: shard dirs, ``dataset.json`` paths or URL patterns (brace-expanded, ``::``-joined,
-    ``pipe:`` allowed); several are joined. ``rank`` / ``world_size`` default to torch.distributed
-    when initialized. ``answer_vocab`` / ``label_vocab`` default to the union of the sources'
-    ``dataset.json`` vocabularies. ``mean`` / ``std`` normalize pixels in [0, 1] (0.5 suits
-    EfficientNet-Lite0). ``samples_per_epoch`` is global (all ranks); default one pass.
-    ``fast_decode`` lets JPEGs decode at 1/2-1/8 scale when still larger than the input and
-    resizes with PIL's ``reducing_gap=3`` (both visually lossless at the model's input size).
+    ``pipe:`` allowed); each entry is one source, and every batch mixes the sources at random in
+    proportion to ``weights`` (one per source, finite and > 0; default: their sample counts).
+    ``rank`` / ``world_size`` default to torch.distributed when initialized. ``answer_vocab`` /
+    ``label_vocab`` default to the union of the sources' ``dataset.json`` vocabularies. ``mean`` /
+    ``std`` normalize pixels in [0, 1] (0.5 suits EfficientNet-Lite0). ``samples_per_epoch`` is
+    global (all ranks); default all sources' samples. ``fast_decode`` lets JPEGs decode at 1/2-1/8
+    scale when still larger than the input and resizes with PIL's ``reducing_gap=3`` (both visually
+    lossless at the model's input size).
     """
-    shards, infos = resolve_shards(sources)
+    items = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    if not items:
+        raise ValueError("no data source given")
+    resolved = [resolve_shards(item) for item in items]
     if rank is None or world_size is None:
         rank, world_size = _dist_rank_world()
     decoder, collator = _decoder_and_collator(
-        infos, tokenizer, image_size, max_text_len, mean, std, seed, augment, crop_min_scale,
-        answer_vocab, label_vocab, max_pixels, fast_decode,
+        [info for _, infos in resolved for info in infos], tokenizer, image_size, max_text_len, mean, std,
+        seed, augment, crop_min_scale, answer_vocab, label_vocab, max_pixels, fast_decode,
     )
     return ShardLoader(
-        shards,
+        [shards for shards, _ in resolved],
         decoder,
         collator,
         batch_size=batch_size,
+        weights=weights,
         num_workers=num_workers,
         rank=rank,
         world_size=world_size,

@@ -1,7 +1,13 @@
-"""Trivial baselines a grounding model must beat, computed on the same batches as the model."""
+"""Trivial baselines a model must beat, scored on the same batches as the model.
+
+Each has ``name`` (the prefix of its metrics, e.g. ``center_box/acc@0.5``), :meth:`observe` (pass the
+evaluation batches through while scoring them: no second pass over the data) and :meth:`compute`.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -9,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.transforms import invert_boxes
-from .metrics import MetricAccumulator
+from .metrics import MetricAccumulator, normalize_answer
 
 
 def mean_box_size(batches: Iterable[dict[str, Any]]) -> tuple[float, float]:
@@ -31,21 +37,15 @@ def mean_box_size(batches: Iterable[dict[str, Any]]) -> tuple[float, float]:
     return (float(total[0] / total[2]), float(total[1] / total[2]))
 
 
-class CenterBoxBaseline:
-    """Acc@0.5 / mean IoU of always answering a box of ``size`` (normalized w, h) at the image center,
-    scored like the model (original-image pixels). :meth:`observe` passes batches through while
-    scoring them, so the baseline costs no second pass over the data."""
+class _Baseline(ABC):
+    name = ""
 
-    def __init__(self, size: tuple[float, float]) -> None:
-        self.guess = torch.tensor([0.5, 0.5, *size], dtype=torch.float32)
+    def __init__(self) -> None:
         self.acc = MetricAccumulator()
 
+    @abstractmethod
     def add(self, batch: dict[str, Any]) -> None:
-        if "boxes" not in batch:
-            return
-        for i in torch.nonzero(batch["box_mask"]).flatten().tolist():
-            lb = batch["letterbox"][i]
-            self.acc.add_box(invert_boxes(self.guess, lb), invert_boxes(batch["boxes"][i], lb))
+        """Score the baseline's guesses for the rows of one evaluation batch."""
 
     def observe(self, batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for batch in batches:
@@ -53,5 +53,71 @@ class CenterBoxBaseline:
             yield batch
 
     def compute(self) -> dict[str, float]:
-        """The metrics over all ranks (a collective when distributed: every rank calls it once)."""
-        return {k: v for k, v in self.acc.all_reduce().compute().items() if k in ("acc@0.5", "mean_iou")}
+        """``{name}/metric`` over all ranks (a collective when distributed: every rank calls it once)."""
+        return {f"{self.name}/{k}": v for k, v in self.acc.all_reduce().compute().items() if k != "loss"}
+
+
+class CenterBoxBaseline(_Baseline):
+    """Acc@0.5 / mean IoU of always answering a box of ``size`` (normalized w, h) at the image center,
+    scored like the model (original-image pixels)."""
+
+    name = "center_box"
+
+    def __init__(self, size: tuple[float, float]) -> None:
+        super().__init__()
+        self.guess = torch.tensor([0.5, 0.5, *size], dtype=torch.float32)
+
+    def add(self, batch: dict[str, Any]) -> None:
+        if "boxes" not in batch:
+            return
+        for i in torch.nonzero(batch["box_mask"]).flatten().tolist():
+            lb = batch["letterbox"][i]
+            rtype = batch["meta"][i].get("ref_type")
+            self.acc.add_box(invert_boxes(self.guess, lb), invert_boxes(batch["boxes"][i], lb), rtype)
+
+
+def _question_key(text: str) -> str:
+    return " ".join(text.lower().split()).rstrip("?").strip()
+
+
+class AnswerPriorBaseline(_Baseline):
+    """Image-blind VQA: how far the question alone gets, fitted on the training split's records.
+
+    ``by="answer"`` ("answer_prior") always gives the training split's most frequent answer;
+    ``by="question"`` ("question_prior") the most frequent answer to the same question text in training,
+    else to its question type, else the overall one: a text-only model that memorised the training
+    questions. A model whose VQA accuracy is near these does not use the image.
+    """
+
+    def __init__(self, records: Iterable[dict[str, Any]], by: str = "question") -> None:
+        super().__init__()
+        if by not in ("answer", "question"):
+            raise ValueError(f"by must be 'answer' or 'question', got {by!r}")
+        self.name = f"{by}_prior"
+        self.by = by
+        overall: Counter[str] = Counter()
+        per_question: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        per_type: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        for record in records:
+            if record.get("task") != "vqa":
+                continue
+            answers = [normalize_answer(a) for a in record.get("answers", ())]
+            overall.update(answers)
+            per_question[_question_key(record["text"])].update(answers)
+            per_type[(record.get("meta") or {}).get("question_type", "")].update(answers)
+        if not overall:
+            raise ValueError("the training split has no VQA answers to fit an answer prior on")
+        self.overall = overall.most_common(1)[0][0]
+        self.per_question = {q: c.most_common(1)[0][0] for q, c in per_question.items()}
+        self.per_type = {t: c.most_common(1)[0][0] for t, c in per_type.items()}
+
+    def predict(self, question: str, question_type: str | None = None) -> str:
+        if self.by == "answer":
+            return self.overall
+        return self.per_question.get(_question_key(question)) or self.per_type.get(question_type or "", self.overall)
+
+    def add(self, batch: dict[str, Any]) -> None:
+        for i, task in enumerate(batch["tasks"]):
+            if task == "vqa":
+                qtype = batch["meta"][i].get("question_type")
+                self.acc.add_vqa(self.predict(batch["texts"][i], qtype), batch["answers"][i], qtype)

@@ -556,10 +556,16 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
             cross_attentions=out.cross_attentions,
         )
         losses = []
+        # A training micro-batch without rows of one task still gives that head a (zero) loss: under DDP
+        # every rank must produce a gradient for every parameter, whatever its batch holds.
+        training = labels is not None or boxes is not None
         if self.has_answers:
             result["logits"] = logits = self.vqa_head(out.pooler_output)  # (B, A)
             if labels is not None:
                 result["loss_vqa"] = self.vqa_loss(logits, labels, answer_mask, _num_items(num_items_in_batch, "vqa"))
+            elif training:
+                result["loss_vqa"] = logits.sum() * 0.0
+            if training:
                 losses.append(result["loss_vqa"])
         if self.has_boxes:
             k = self.config.grounding_token_index
@@ -571,6 +577,9 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
                     pred, boxes.to(pred.dtype), float(self.config.box_l1_weight),
                     float(self.config.box_giou_weight), box_mask, _num_items(num_items_in_batch, "ground"),
                 )
+            elif training:
+                total = result["loss_l1"] = result["loss_giou"] = pred.sum() * 0.0
+            if training:
                 losses.append(total)
         if losses:
             result["loss"] = sum(losses)

@@ -11,12 +11,14 @@ from transformers import (
 from .attention import CollaborativeSelfAttention, collaborative_attention_reference
 from .configuration_coobert import CooBertConfig
 from .modeling_coobert import (
+    CACHE_FIELD,
     CooBertForCausalLM,
     CooBertForMaskedLM,
     CooBertForSequenceClassification,
     CooBertLayer,
     CooBertModel,
     CooBertPreTrainedModel,
+    output_cache,
 )
 
 AutoConfig.register(CooBertConfig.model_type, CooBertConfig, exist_ok=True)
@@ -26,6 +28,7 @@ AutoModelForMaskedLM.register(CooBertConfig, CooBertForMaskedLM, exist_ok=True)
 AutoModelForCausalLM.register(CooBertConfig, CooBertForCausalLM, exist_ok=True)
 
 __all__ = [
+    "CACHE_FIELD",
     "CollaborativeSelfAttention",
     "CooBertConfig",
     "CooBertForCausalLM",
@@ -35,4 +38,5 @@ __all__ = [
     "CooBertModel",
     "CooBertPreTrainedModel",
     "collaborative_attention_reference",
+    "output_cache",
 ]

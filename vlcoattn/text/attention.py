@@ -77,19 +77,19 @@ class CollaborativeSelfAttention(nn.Module):
         x: torch.Tensor,
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
     ) -> torch.Tensor:
         """x (B, T, D) -> context (B, T, D), before the output projection.
 
         attn_mask: additive float mask broadcastable to (B, N_h, T, T_past + T), or None.
         is_causal: lower-triangular masking without a mask tensor (only when there is no past).
-        past_key_values: a transformers ``Cache``; this layer appends its k' and v and attends
-            over the whole cached sequence.
+        cache: a transformers ``Cache``; this layer appends its k' and v and attends over the whole
+            cached sequence.
         """
         B, T, _ = x.shape
         q, k, v = self.project(x)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         y = F.scaled_dot_product_attention(
             q,
             k.expand(-1, self.num_heads, -1, -1),  # the one shared key head, a stride-0 view

@@ -13,6 +13,9 @@ checkpoint maps onto CooBERT by renaming nothing but the attention projections
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +32,24 @@ from transformers.modeling_outputs import (
 
 from .attention import CollaborativeSelfAttention, build_attention_mask
 from .configuration_coobert import CooBertConfig
+
+# transformers renamed the KV cache from ``past_key_values`` to ``cache`` (5.24: ``generate()`` passes
+# ``cache=`` and reads ``outputs.cache``; a model that only reads ``past_key_values`` silently decodes
+# every new token without its context). CooBERT accepts both names and returns the installed one's.
+CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithCrossAttentions)} \
+    else "past_key_values"
+
+
+def resolve_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The KV cache passed under either name (both at once is an error)."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the KV cache as `cache` or as `past_key_values`, not both")
+    return cache if cache is not None else past_key_values
+
+
+def output_cache(output: Any) -> Cache | None:
+    """The KV cache of a model output, whatever name the installed transformers gives it."""
+    return getattr(output, CACHE_FIELD)
 
 
 class CooBertEmbeddings(nn.Module):
@@ -83,8 +104,8 @@ class CooBertAttention(nn.Module):
         )
         self.output = CooBertSelfOutput(config)
 
-    def forward(self, x: torch.Tensor, attn_mask=None, is_causal=False, past_key_values=None) -> torch.Tensor:
-        return self.output(self.self(x, attn_mask, is_causal, past_key_values), x)
+    def forward(self, x: torch.Tensor, attn_mask=None, is_causal=False, cache=None) -> torch.Tensor:
+        return self.output(self.self(x, attn_mask, is_causal, cache), x)
 
 
 class CooBertIntermediate(nn.Module):
@@ -116,8 +137,8 @@ class CooBertLayer(nn.Module):
         self.intermediate = CooBertIntermediate(config)
         self.output = CooBertOutput(config)
 
-    def forward(self, x: torch.Tensor, attn_mask=None, is_causal=False, past_key_values=None) -> torch.Tensor:
-        x = self.attention(x, attn_mask, is_causal, past_key_values)
+    def forward(self, x: torch.Tensor, attn_mask=None, is_causal=False, cache=None) -> torch.Tensor:
+        x = self.attention(x, attn_mask, is_causal, cache)
         return self.output(self.intermediate(x), x)
 
 
@@ -189,16 +210,18 @@ class CooBertModel(CooBertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        past_key_values: Cache | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPoolingAndCrossAttentions | tuple:
         """input_ids (B, T) [or inputs_embeds (B, T, D)], attention_mask (B, T_past + T) of 1/0.
 
-        Causal when ``config.is_decoder``; then ``use_cache`` returns a ``DynamicCache`` in
-        ``past_key_values``. Positions are ``T_past + arange(T)`` for the bidirectional encoder (as
+        Causal when ``config.is_decoder``; then ``use_cache`` returns a ``DynamicCache`` in the output's
+        ``CACHE_FIELD`` (``cache``, or ``past_key_values`` before transformers 5.24; both names are
+        accepted as input). Positions are ``T_past + arange(T)`` for the bidirectional encoder (as
         BERT) and count real tokens only in causal mode, so left-padded generation is correct.
         """
         if (input_ids is None) == (inputs_embeds is None):
@@ -208,11 +231,12 @@ class CooBertModel(CooBertPreTrainedModel):
             use_cache = self.config.use_cache and causal
         if use_cache and not causal:
             raise ValueError("use_cache needs a causal model (config.is_decoder=True)")
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        cache = resolve_cache(cache, past_key_values)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         B, T = shape
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_len = cache.get_seq_length() if cache is not None else 0
         device = input_ids.device if input_ids is not None else inputs_embeds.device
 
         if position_ids is None:
@@ -225,15 +249,15 @@ class CooBertModel(CooBertPreTrainedModel):
 
         hidden_states = [x] if output_hidden_states else None
         for block in self.encoder.layer:
-            x = block(x, attn_mask, is_causal, past_key_values)
+            x = block(x, attn_mask, is_causal, cache)
             if output_hidden_states:
                 hidden_states.append(x)
         pooled = self.pooler(x) if self.pooler is not None else None
         out = BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=x,
             pooler_output=pooled,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+            **{CACHE_FIELD: cache if use_cache else None},
         )
         return out if return_dict is not False else out.to_tuple()
 
@@ -389,12 +413,13 @@ class CooBertForCausalLM(_CooBertLMBase, GenerationMixin):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         labels: torch.Tensor | None = None,
         logits_to_keep: int = 0,
         num_items_in_batch: int | None = None,
         return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithCrossAttentions | tuple:
         """labels (B, T): next-token targets are ``labels[:, 1:]`` (shifted here); -100 is ignored.
@@ -404,7 +429,7 @@ class CooBertForCausalLM(_CooBertLMBase, GenerationMixin):
             use_cache = False
         out = self.coobert(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-            past_key_values=past_key_values, use_cache=use_cache,
+            cache=resolve_cache(cache, past_key_values), use_cache=use_cache,
         )
         hidden = out.last_hidden_state
         if logits_to_keep:
@@ -418,5 +443,5 @@ class CooBertForCausalLM(_CooBertLMBase, GenerationMixin):
                 loss = F.cross_entropy(shifted, targets, ignore_index=-100)
             else:
                 loss = F.cross_entropy(shifted, targets, ignore_index=-100, reduction="sum") / max(num_items_in_batch, 1)
-        result = CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        result = CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, **{CACHE_FIELD: output_cache(out)})
         return result if return_dict is not False else result.to_tuple()

@@ -7,9 +7,7 @@ and cached) and a timm backbone with its local pretrained weights.
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedModel
@@ -18,12 +16,13 @@ from ..assets import asset_names, asset_path
 from ..loading import TASK_MODELS
 from ..text import CooBertConfig, CooBertModel
 from ..vision.weights import cache_dir
+from .distributed import build_once_per_node
 from .job_config import JobConfig, ModelConfig
 
 
-def resolve_text_dir(cfg: ModelConfig, barrier: Callable[[], None] = lambda: None, rank: int = 0) -> Path:
+def resolve_text_dir(cfg: ModelConfig) -> Path:
     """The CooBERT dir: ``cfg.text`` if it exists, else ``convert_from`` converted at ``shared_key_dim``
-    into ``cfg.text`` (or the cache); rank 0 converts, written atomically, the others wait."""
+    into ``cfg.text`` (or the cache): once per node, written atomically (see :func:`build_once_per_node`)."""
     if cfg.text is not None and (Path(cfg.text) / "config.json").is_file():
         return Path(cfg.text)
     if cfg.convert_from is None:
@@ -31,16 +30,13 @@ def resolve_text_dir(cfg: ModelConfig, barrier: Callable[[], None] = lambda: Non
     src = asset_path(cfg.convert_from) if cfg.convert_from in asset_names() else Path(cfg.convert_from)
     k = cfg.shared_key_dim
     dst = Path(cfg.text) if cfg.text else cache_dir() / f"coobert-{Path(src).name}-k{k or 'full'}"
-    if rank == 0 and not (dst / "config.json").is_file():
+
+    def convert(out: Path) -> None:
         from ..text.convert import convert_bert_dir  # tensorly is needed only here
 
-        tmp = dst.with_name(f".tmp-{dst.name}-{os.getpid()}")
-        convert_bert_dir(src, tmp, k)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(dst, ignore_errors=True)
-        os.replace(tmp, dst)
-    barrier()
-    return dst
+        convert_bert_dir(src, out, k)
+
+    return build_once_per_node(dst, "config.json", convert)
 
 
 def load_tokenizer(cfg: ModelConfig, text_dir: Path | None):
@@ -57,20 +53,23 @@ def load_tokenizer(cfg: ModelConfig, text_dir: Path | None):
     return tokenizer
 
 
+def needs_text_dir(job: JobConfig) -> bool:
+    """Whether :func:`build_model` starts from a CooBERT dir (converted on first use)."""
+    return job.model.pretrained is None and not (
+        job.task == "lm" and job.model.convert_from is None and job.model.text is None)
+
+
 def build_model(
     job: JobConfig,
     answer_vocab: Sequence[str] = (),
     label_vocab: Sequence[str] = (),
-    barrier: Callable[[], None] = lambda: None,
-    rank: int = 0,
 ) -> tuple[PreTrainedModel, object]:
     """(model, tokenizer) for ``job.task``; vocabularies size the VQA / classification heads."""
     cfg, cls = job.model, TASK_MODELS[job.task]
     if cfg.pretrained is not None:
         model = cls.from_pretrained(cfg.pretrained)
         return model, load_tokenizer(cfg, None)
-    text_dir = None if (job.task == "lm" and cfg.convert_from is None and cfg.text is None) else \
-        resolve_text_dir(cfg, barrier, rank)
+    text_dir = resolve_text_dir(cfg) if needs_text_dir(job) else None
     tokenizer = load_tokenizer(cfg, text_dir)
     extra = dict(cfg.config)
     if job.is_vision:

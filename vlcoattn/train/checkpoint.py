@@ -110,14 +110,17 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint_state(path: str | Path, rank: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(trainer_state, this rank's state) of a complete checkpoint, loaded without pickle code."""
-    path = Path(path)
-    rank_file = path / f"rank{rank}.pt"
+def load_trainer_state(path: str | Path) -> dict[str, Any]:
+    """The shared part of a complete checkpoint (optimizer, scheduler, step, world size), without pickle code."""
+    return torch.load(Path(path) / "trainer.pt", map_location="cpu", weights_only=True)
+
+
+def load_rank_state(path: str | Path, rank: int) -> dict[str, Any]:
+    """The state rank ``rank`` wrote (RNG, data position), without pickle code."""
+    rank_file = Path(path) / f"rank{rank}.pt"
     if not rank_file.is_file():
-        raise ValueError(f"checkpoint {path} has no state for rank {rank}: was it written with another world size?")
-    trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
-    return trainer, torch.load(rank_file, map_location="cpu", weights_only=True)
+        raise ValueError(f"checkpoint {path} has no state for rank {rank}")
+    return torch.load(rank_file, map_location="cpu", weights_only=True)
 
 
 def rng_state() -> dict[str, Any]:

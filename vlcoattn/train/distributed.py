@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from filelock import FileLock
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,36 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     return DistInfo(rank, world, local_rank, dev)
+
+
+def build_once_per_node(dst: Path, marker: str, build: Callable[[Path], None]) -> Path:
+    """Make ``dst`` (complete when ``dst/marker`` exists) once on this node: the first process to take
+    the lock file beside it builds it into a temp dir and renames it into place; the node's other
+    processes wait on the lock, then find it done.
+
+    Per node, not per job: nodes without a shared filesystem each need their own copy (a file written
+    by global rank 0 exists only on node 0). Call it before joining the process group: transformers'
+    ``save_pretrained`` writes nothing on a global rank other than 0 once the group exists. On a shared
+    filesystem the rename is atomic and the first node's copy wins. Builds must be deterministic.
+    """
+    if (dst / marker).is_file():
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dst.parent / f".{dst.name}.lock")):
+        if (dst / marker).is_file():  # another process of this node built it while we waited
+            return dst
+        tmp = dst.with_name(f".tmp-{dst.name}-{socket.gethostname()}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        build(tmp)
+        if not (tmp / marker).is_file():
+            raise RuntimeError(f"building {dst} wrote no {marker}")
+        try:
+            os.replace(tmp, dst)
+        except OSError:  # another node (shared filesystem) put its copy there first
+            if not (dst / marker).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dst
 
 
 def destroy_distributed() -> None:

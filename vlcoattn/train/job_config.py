@@ -38,8 +38,18 @@ class SyntheticDataConfig:
 
 
 @dataclass
+class SourceConfig:
+    """A training source with its mixing weight (``data.train`` entries may be plain strings instead)."""
+
+    source: str  # shard dir, dataset.json or URL pattern
+    weight: float  # relative share of every batch drawn from this source
+
+
+@dataclass
 class DataConfig:
-    train: list[str] = field(default_factory=list)  # shard dirs / patterns, joined
+    # shard dirs / patterns, or {source, weight} mappings; every batch draws from the sources by weight
+    # (default: each source's sample count, i.e. the natural mixture). Weights on all entries or none.
+    train: list[str | SourceConfig] = field(default_factory=list)
     val: list[str] = field(default_factory=list)  # evaluated every train.eval_every steps
     test: dict[str, list[str]] = field(default_factory=dict)  # split name -> sources, evaluated at the end
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
@@ -52,6 +62,20 @@ class DataConfig:
     shuffle_buffer: int = 1000
     max_bad_fraction: float = 0.01
     eval_limit: int | None = None  # evaluate only the first N samples of each split (None = all)
+
+    @property
+    def train_sources(self) -> list[str]:
+        return [e.source if isinstance(e, SourceConfig) else e for e in self.train]
+
+    @property
+    def train_weights(self) -> list[float] | None:
+        """The mixing weights, or None for the default (proportional to the sources' sizes)."""
+        weighted = [isinstance(e, SourceConfig) for e in self.train]
+        if not any(weighted):
+            return None
+        if not all(weighted):
+            raise ValueError("data.train: give every entry a weight ({source, weight}) or none")
+        return [e.weight for e in self.train]
 
 
 @dataclass
@@ -126,6 +150,7 @@ class JobConfig:
             (self.train.max_bad_steps > 0, "train.max_bad_steps must be > 0"),
             (self.train.eval_every >= 0 and self.train.save_every >= 0, "eval_every / save_every must be >= 0"),
             (self.data.train or self.data.synthetic.dir is not None, "data.train names no shards"),
+            (all(w > 0 for w in self.data.train_weights or ()), "data.train weights must be > 0"),
         ]
         for ok, message in checks:
             if not ok:

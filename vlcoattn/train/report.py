@@ -16,6 +16,7 @@ import numpy as np
 from .metrics_log import read_metrics
 
 HEADLINE = ("vqa_acc", "acc@0.5", "mean_iou", "accuracy", "macro_f1", "perplexity")
+BASELINES = ("answer_prior", "question_prior", "center_box")  # metric prefixes of vlcoattn.eval.baselines
 
 
 def plot_curves(metrics: Sequence[dict[str, Any]], out: str | Path) -> Path:
@@ -71,12 +72,31 @@ def plot_examples(examples: Sequence[dict[str, Any]], out: str | Path, cols: int
     return Path(out)
 
 
+def _baseline_table(final: dict[str, dict[str, float]]) -> list[str]:
+    """The model next to the trivial baselines scored on the same samples (see ``vlcoattn.eval.baselines``)."""
+    names = [b for b in BASELINES if any(k.startswith(b + "/") for m in final.values() for k in m)]
+    if not names:
+        return []
+    lines = ["", "The model next to trivial baselines on the same samples (answer prior: the most frequent",
+             "training answer; question prior: the most frequent training answer to the same question, no",
+             "image; center box: the mean training box at the image center):", "",
+             "| split | metric | model | " + " | ".join(b.replace("_", " ") for b in names) + " |",
+             "|---" * (len(names) + 3) + "|"]
+    for split, m in final.items():
+        for metric in ("vqa_acc", "acc@0.5", "mean_iou"):
+            cells = [f"{m[f'{b}/{metric}']:.4f}" if f"{b}/{metric}" in m else "" for b in names]
+            if metric in m and any(cells):
+                lines.append(f"| {split} | {metric} | {m[metric]:.4f} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _table(final: dict[str, dict[str, float]]) -> str:
     names = [n for n in (*HEADLINE, "loss") if any(n in m for m in final.values())]
-    extra = sorted({n for m in final.values() for n in m if "/" in n})
+    extra = sorted({n for m in final.values() for n in m if "/" in n and n.split("/")[0] not in BASELINES})
     lines = ["| split | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for split, m in final.items():
         lines.append(f"| {split} | " + " | ".join(f"{m[n]:.4f}" if n in m else "" for n in names) + " |")
+    lines += _baseline_table(final)
     if extra:
         lines += ["", "Breakdown by question / expression type:", "", "| split | metric | value |", "|---|---|---|"]
         lines += [f"| {s} | {n} | {m[n]:.4f} |" for s, m in final.items() for n in extra if n in m]

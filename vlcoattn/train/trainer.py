@@ -13,6 +13,7 @@ rank's RNG and data position) is checkpointed, so a resumed run continues the un
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import inspect
 import json
@@ -22,7 +23,8 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,23 +34,25 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..data import build_eval_loader, build_loader, resolve_shards, write_synthetic
+from ..data.shards import iter_records
 from ..data.synthetic import SyntheticConfig, parse_holdout
-from ..eval.baselines import CenterBoxBaseline, mean_box_size
+from ..eval.baselines import AnswerPriorBaseline, CenterBoxBaseline, mean_box_size
 from ..eval.runner import EvalResult, evaluate
 from ..loading import write_task_file
 from ..tasks import count_items, model_inputs, num_items_argument
-from .build import build_model
+from .build import build_model, needs_text_dir, resolve_text_dir
 from .checkpoint import (
     checkpoint_name,
     latest_checkpoint,
-    load_checkpoint_state,
+    load_rank_state,
+    load_trainer_state,
     resolve_resume,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from .config import save_config
-from .distributed import DistInfo, destroy_distributed, init_distributed
+from .distributed import build_once_per_node, destroy_distributed, init_distributed
 from .job_config import JobConfig
 from .metrics_log import MetricsLogger
 from .optim import build_optimizer, build_scheduler
@@ -69,29 +73,31 @@ class TrainResult:
     skipped_steps: int = 0  # non-finite losses skipped
 
 
-def resolve_data(job: JobConfig, dist: DistInfo) -> None:
-    """Fill ``data.train/val/test`` from ``data.synthetic.dir``, generating CLEVR-lite there (rank 0) if
-    absent."""
+def resolve_data(job: JobConfig) -> None:
+    """Fill ``data.train/val/test`` from ``data.synthetic.dir``, generating CLEVR-lite there if absent
+    (once per node, see :func:`build_once_per_node`; generation is deterministic by seed)."""
     syn = job.data.synthetic
     if syn.dir is None:
         return
     root = Path(syn.dir)
-    if dist.is_main and not (root / "train" / "dataset.json").is_file():
+
+    def generate(out: Path) -> None:
         log.info("generating CLEVR-lite (%d scenes) into %s", syn.num_scenes, root)
         config = SyntheticConfig(image_size=syn.image_size, holdout=parse_holdout(syn.holdout))
-        write_synthetic(root, syn.num_scenes, seed=syn.seed, config=config, progress=job.run.progress)
-    dist.barrier()
+        write_synthetic(out, syn.num_scenes, seed=syn.seed, config=config, progress=job.run.progress)
+
+    build_once_per_node(root, "train/dataset.json", generate)
     job.data.train = job.data.train or [str(root / "train")]
     job.data.val = job.data.val or [str(root / "val")]
     job.data.test = job.data.test or {s: [str(root / s)] for s in ("test", "holdout") if (root / s).is_dir()}
 
 
-def data_vocabularies(sources: list[str]) -> tuple[list[str], list[str]]:
-    """(answer vocabulary, sorted label vocabulary) of the sources' dataset.json files."""
+def data_vocabularies(sources: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(answer vocabulary, sorted label vocabulary, sorted tasks) of the sources' dataset.json files."""
     _, infos = resolve_shards(sources)
     answers = list(dict.fromkeys(a for info in infos for a in info.answer_vocab))
     labels = sorted({label for info in infos for label in info.label_vocab})
-    return answers, labels
+    return answers, labels, sorted({task for info in infos for task in info.tasks})
 
 
 def save_model_dir(model: torch.nn.Module, tokenizer: Any, out: Path, task: str, max_text_len: int) -> None:
@@ -131,6 +137,9 @@ class Trainer:
 
     def __init__(self, job: JobConfig, model: torch.nn.Module | None = None, tokenizer: Any = None) -> None:
         self.job = job
+        resolve_data(job)  # what a run prepares on first use, once per node, before the process group
+        if model is None and needs_text_dir(job):
+            resolve_text_dir(job.model)
         self.dist = dist = init_distributed(job.run.device)
         self.run_dir = Path(job.run.dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -138,10 +147,9 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         dist.barrier()
         torch.manual_seed(job.run.seed)  # the same initial weights on every rank
-        resolve_data(job, dist)
-        self.answer_vocab, self.label_vocab = data_vocabularies(job.data.train)
+        self.answer_vocab, self.label_vocab, self.row_tasks = data_vocabularies(job.data.train_sources)
         if model is None:
-            model, tokenizer = build_model(job, self.answer_vocab, self.label_vocab, dist.barrier, dist.rank)
+            model, tokenizer = build_model(job, self.answer_vocab, self.label_vocab)
         elif tokenizer is None:
             raise ValueError("a pre-built model needs its tokenizer")
         self.tokenizer = tokenizer
@@ -168,12 +176,14 @@ class Trainer:
             label_vocab=self.label_vocab, rank=dist.rank, world_size=dist.world_size,
         )
         self.loader = build_loader(
-            job.data.train, tokenizer, batch_size=job.data.batch_size, num_workers=job.data.num_workers,
+            job.data.train_sources, tokenizer, weights=job.data.train_weights,
+            batch_size=job.data.batch_size, num_workers=job.data.num_workers,
             seed=job.run.seed, shuffle=job.data.shuffle, shuffle_buffer=job.data.shuffle_buffer, augment=job.data.augment,
             max_bad_fraction=job.data.max_bad_fraction, pin_memory=dist.device.type == "cuda",
             **self.loader_kwargs,
         )
         self.step = 0
+        self.step_rows: dict[str, int] = {}  # rows of each task in the last step, all ranks
         self.bad_in_row = self.bad_total = 0
         use_bf16 = job.run.precision == "bf16" or (job.run.precision == "auto" and dist.device.type == "cuda")
         self.autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if use_bf16 \
@@ -200,22 +210,33 @@ class Trainer:
         )
 
     def resume(self, path: str | Path) -> None:
-        """Restore model, optimizer, scheduler, step, RNG and data position from a checkpoint."""
+        """Restore model, optimizer, scheduler, step, RNG and data position from a checkpoint.
+
+        On the world size that wrote it the restore is exact. On another one (torchrun elastic, or a job
+        moved to more or fewer GPUs) model, optimizer, scheduler and step are restored as they were, the
+        data stream continues from the global sample count (approximate: see ``ShardLoader``) and every
+        rank's RNG is reseeded from (seed, step, rank).
+        """
         path = Path(path)
-        trainer_state, rank_state = load_checkpoint_state(path, self.dist.rank)
-        if trainer_state["world_size"] != self.dist.world_size:
-            raise ValueError(
-                f"checkpoint {path} was written by {trainer_state['world_size']} processes, this run has "
-                f"{self.dist.world_size}: resume with the same number"
-            )
+        trainer_state = load_trainer_state(path)
+        saved_world = trainer_state["world_size"]
+        elastic = saved_world != self.dist.world_size
+        rank_state = load_rank_state(path, 0 if elastic else self.dist.rank)  # rank 0's knows the global count
         saved = type(self.model).from_pretrained(path / "model")
         self.model.load_state_dict(saved.state_dict())
         self.optimizer.load_state_dict(trainer_state["optimizer"])
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         self.step = int(trainer_state["step"])
         self.bad_total, self.bad_in_row = int(trainer_state["bad_total"]), int(trainer_state["bad_in_row"])
-        self.loader.load_state_dict(rank_state["loader"])
-        set_rng_state(rank_state["rng"])
+        self.loader.load_state_dict(rank_state["loader"], elastic=elastic)
+        if elastic:
+            torch.manual_seed(hash((self.job.run.seed, self.step, self.dist.rank)) % 2**63)
+            if self.dist.is_main:
+                log.warning("resuming a checkpoint of %d process(es) on %d: model, optimizer, schedule and step "
+                            "restored; data continues near global sample %d (approximate); RNG reseeded",
+                            saved_world, self.dist.world_size, self.loader.global_samples)
+        else:
+            set_rng_state(rank_state["rng"])
 
     # ------------------------------------------------------------------------------ the loop
 
@@ -233,8 +254,11 @@ class Trainer:
             for k, v in count_items(job.task, b).items():
                 counts[k] = counts.get(k, 0) + v
         kinds = sorted(counts)
-        totals = dist.all_reduce(torch.tensor([counts[k] for k in kinds], dtype=torch.float64))
-        num_items = num_items_argument(job.task, {k: int(v) for k, v in zip(kinds, totals.tolist())})
+        rows = Counter(t for b in micro for t in b["tasks"])
+        local = [counts[k] for k in kinds] + [rows[t] for t in self.row_tasks]
+        totals = dist.all_reduce(torch.tensor(local, dtype=torch.float64)).tolist()  # one collective for both
+        num_items = num_items_argument(job.task, {k: int(v) for k, v in zip(kinds, totals)})
+        self.step_rows = {t: int(v) for t, v in zip(self.row_tasks, totals[len(kinds):])}
         module = self.ddp or self.model
         sums = torch.zeros(len(self.loss_names), dtype=torch.float64, device=dist.device)
         for i, b in enumerate(micro):
@@ -273,21 +297,37 @@ class Trainer:
                                  limit=self.job.data.eval_limit, **self.loader_kwargs)
 
     def evaluate_split(self, sources: list[str], keep_examples: int = 0,
-                       center_box: tuple[float, float] | None = None) -> EvalResult:
-        """Metrics of the current model on ``sources`` (every sample once, all ranks); with
-        ``center_box`` (a mean box size) also the center-box baseline's, as ``center_box/...``."""
+                       baselines: Callable[[], list[Any]] = list) -> EvalResult:
+        """Metrics of the current model on ``sources`` (every sample once, all ranks), plus those of the
+        ``baselines()`` scored on the same batches (``center_box/...``, ``question_prior/...``)."""
         batches = self._eval_loader(sources)
-        baseline = CenterBoxBaseline(center_box) if center_box is not None else None
-        result = evaluate(self.model, baseline.observe(batches) if baseline else batches, self.job.task,
+        fresh = baselines()
+        for baseline in fresh:
+            batches = baseline.observe(batches)
+        result = evaluate(self.model, batches, self.job.task,
                           device=self.dist.device, autocast=self.autocast(), keep_examples=keep_examples,
                           image_mean=self.image_mean, image_std=self.image_std)
-        if baseline is not None:
-            result.metrics.update({f"center_box/{k}": v for k, v in baseline.compute().items()})
+        for baseline in fresh:
+            result.metrics.update(baseline.compute())
         return result
 
+    def _baselines(self) -> Callable[[], list[Any]]:
+        """Fit the trivial baselines of the task on the training split; returns a factory of fresh ones
+        (each split is scored by its own): the center box (grounding) and the image-blind answer priors
+        (VQA), so every report shows how much the image adds."""
+        job, parts = self.job, []
+        if job.task in ("ground", "vqa+ground"):  # the mean training box, centred
+            size = mean_box_size(build_eval_loader(job.data.train_sources, self.tokenizer, batch_size=64,
+                                                   limit=2048, **self.loader_kwargs))
+            parts.append(lambda: CenterBoxBaseline(size))
+        if job.task in ("vqa", "vqa+ground"):
+            priors = [AnswerPriorBaseline(iter_records(job.data.train_sources), by) for by in ("answer", "question")]
+            parts += [lambda p=p: copy.deepcopy(p) for p in priors]
+        return lambda: [make() for make in parts]
+
     def _log_eval(self, split: str, sources: list[str], keep_examples: int = 0,
-                  center_box: tuple[float, float] | None = None) -> EvalResult:
-        result = self.evaluate_split(sources, keep_examples, center_box)
+                  baselines: Callable[[], list[Any]] = list) -> EvalResult:
+        result = self.evaluate_split(sources, keep_examples, baselines)
         if self.logger is not None:
             self.logger.log(self.step, split, result.metrics)
         if self.dist.is_main:
@@ -309,6 +349,7 @@ class Trainer:
                    desc="train", dynamic_ncols=True)
         batches = self._batches()
         window, window_n, window_samples, t0 = dict.fromkeys(self.loss_names, 0.0), 0, 0, time.perf_counter()
+        window_steps, window_rows = 0, Counter()  # steps in the log window, rows of each task over them
         interrupted = False
         with _StopSignal() as stop:
             while self.step < job.train.steps:
@@ -335,20 +376,23 @@ class Trainer:
                     self.bad_in_row = 0
                     window, window_n = {k: v + losses[k] for k, v in window.items()}, window_n + 1
                 window_samples += samples * dist.world_size
+                window_steps += 1
+                window_rows.update(self.step_rows)
                 bar.update(1)
                 if self.step % job.run.log_every == 0 or self.step == job.train.steps:
                     elapsed = time.perf_counter() - t0
                     lr = self.scheduler.get_last_lr()[0]
                     record = {**{k: v / max(window_n, 1) for k, v in window.items()}, "lr": lr,
                               "samples_per_s": window_samples / max(elapsed, 1e-9), "skipped_steps": self.bad_total,
-                              "epoch": self.loader.epoch, "bad_samples": sum(self.loader.bad_samples().values())}
+                              "epoch": self.loader.epoch, "bad_samples": sum(self.loader.bad_samples().values()),
+                              **{f"rows/{t}": n / window_steps for t, n in window_rows.items()}}  # per step
                     if grad_norm is not None:
                         record["grad_norm"] = grad_norm
                     self.logger.log(self.step, "train", record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
                                     sps=f"{record['samples_per_s']:.1f}")
                     window, window_n, window_samples = dict.fromkeys(self.loss_names, 0.0), 0, 0
-                    t0 = time.perf_counter()
+                    window_steps, window_rows, t0 = 0, Counter(), time.perf_counter()
                 if job.train.eval_every and self.step % job.train.eval_every == 0 and job.data.val \
                         and self.step < job.train.steps:
                     self._log_eval("val", job.data.val)
@@ -368,13 +412,10 @@ class Trainer:
         final: dict[str, dict[str, float]] = {}
         examples: list[dict[str, Any]] = []
         splits = ([("val", job.data.val)] if job.data.val else []) + list(job.data.test.items())
-        box_size = None
-        if job.task in ("ground", "vqa+ground") and splits:  # the center-box baseline, for reference
-            box_size = mean_box_size(build_eval_loader(job.data.train, self.tokenizer, batch_size=64, limit=2048,
-                                                       **self.loader_kwargs))
+        baselines = self._baselines() if splits else list
         for split, sources in splits:
             keep = job.train.report_images if split == "val" else 0
-            result = self._log_eval(split, sources, keep_examples=keep, center_box=box_size)
+            result = self._log_eval(split, sources, keep_examples=keep, baselines=baselines)
             final[split] = result.metrics
             examples = examples or result.examples
             if dist.is_main:

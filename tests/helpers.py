@@ -1,0 +1,22 @@
+"""Assertions shared by several test modules (import as ``from helpers import ...``)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def assert_cached_generation_exact(lm, input_ids, attention_mask, max_new_tokens: int, atol: float = 1e-5) -> None:
+    """Greedy ``generate()`` with the KV cache == without it (tokens), and every step's logits == a full
+    forward over the sequence so far (to ``atol``): a cache that ``generate()`` fails to hand back
+    (as after transformers renamed ``past_key_values`` to ``cache``) decodes without context and fails."""
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None,
+              attention_mask=attention_mask)
+    cached = lm.generate(input_ids, use_cache=True, output_logits=True, return_dict_in_generate=True, **kw)
+    torch.testing.assert_close(cached.sequences, lm.generate(input_ids, use_cache=False, **kw))
+    width = input_ids.shape[1]
+    ones = attention_mask.new_ones(attention_mask.shape[0], max_new_tokens)
+    mask = torch.cat([attention_mask, ones], 1)
+    for t, step_logits in enumerate(cached.logits):
+        with torch.no_grad():
+            full = lm(cached.sequences[:, : width + t], attention_mask=mask[:, : width + t], use_cache=False)
+        torch.testing.assert_close(step_logits, full.logits[:, -1], atol=atol, rtol=atol)
