@@ -1,7 +1,8 @@
 """Prove the prior: SMCA vs plain co-attention on CLEVR-lite VQA + grounding, several seeds.
 
     python benchmarks/convergence.py                 # the default study (24 runs, < 60 min on 2 CPU cores)
-    python benchmarks/convergence.py --quick         # a ~2 minute smoke version (numbers mean nothing)
+    python benchmarks/convergence.py --quick         # a ~2 minute smoke version (numbers mean nothing),
+                                                     # written to a new temp dir, never over the results
     python benchmarks/convergence.py --steps 600 data.batch_size=64 model.image_size=256   # a GPU size
 
 Every run is ``vlcoattn.train.train`` on ``configs/convergence.yaml`` (same data, model size, step
@@ -32,6 +33,7 @@ import hashlib
 import json
 import shutil
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,7 @@ from timing import machine, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "convergence.yaml"
+RESULTS = ROOT / "benchmarks" / "results" / "convergence"
 FIGURES = ROOT / "benchmarks" / "figures"
 METRICS = ("acc@0.5", "mean_iou", "vqa_acc")
 
@@ -209,6 +212,20 @@ def draw_priors(model_dir: Path, val_dir: Path, out_dir: Path, count: int = 3) -
     return paths
 
 
+def output_dirs(quick: bool, out: Path | None, figures: Path | None, runs: Path | None) -> tuple[Path, Path, Path]:
+    """(results, figures, run dirs). The study publishes into benchmarks/; a --quick smoke run writes into
+    its own directory (default: a new temp dir) and is refused the published ones."""
+    if not quick:
+        return out or RESULTS, figures or FIGURES, runs or ROOT / "runs" / "convergence"
+    out = out or Path(tempfile.mkdtemp(prefix="vlcoattn-convergence-quick-"))
+    figures = figures or out / "figures"
+    published = {RESULTS.resolve(), FIGURES.resolve()}
+    if out.resolve() in published or figures.resolve() in published:
+        raise SystemExit("convergence.py: --quick numbers mean nothing; write them elsewhere than the published "
+                         f"results ({RESULTS.relative_to(ROOT)}, {FIGURES.relative_to(ROOT)})")
+    return out, figures, runs or out / "runs"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a ~2 minute smoke run (tiny data, 1 seed)")
@@ -218,9 +235,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="default: the config's (--quick: 12)")
     parser.add_argument("--eval-every", type=int, default=None, help="default: the config's (--quick: 4)")
     parser.add_argument("--report-only", action="store_true", help="train nothing: table and figures from runs.jsonl")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "convergence")
-    parser.add_argument("--figures", type=Path, default=FIGURES)
-    parser.add_argument("--runs", type=Path, default=None, help="run dirs (default runs/convergence[-quick])")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="runs.jsonl + table.md (default benchmarks/results/convergence; --quick: a new temp dir)")
+    parser.add_argument("--figures", type=Path, default=None, help="default benchmarks/figures (--quick: OUT/figures)")
+    parser.add_argument("--runs", type=Path, default=None, help="run dirs (default runs/convergence; --quick: OUT/runs)")
     parser.add_argument("extra", nargs="*", help="more dotted overrides for every run (e.g. data.batch_size=16)")
     args = parser.parse_args()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
@@ -228,10 +246,11 @@ def main() -> None:
     base = load_config(JobConfig, CONFIG, extra)
     steps = args.steps or (12 if args.quick else base.train.steps)
     eval_every = args.eval_every or (4 if args.quick else base.train.eval_every)
+    args.out, args.figures, runs_dir = output_dirs(args.quick, args.out, args.figures, args.runs)
     args.out.mkdir(parents=True, exist_ok=True)
+    print(f"writing to {args.out} (figures: {args.figures})", flush=True)
     log = args.out / "runs.jsonl"
     records = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
-    runs_dir = args.runs or ROOT / "runs" / ("convergence-quick" if args.quick else "convergence")
     planned = set()
     for init in args.inits:  # init-major: the pretrained arms of every seed first
         for seed in seeds:

@@ -1,12 +1,14 @@
 """Training throughput of the real trainer at the demo size: 1 process vs N-process DDP (torchrun).
 
     python benchmarks/train_throughput.py [--steps 12] [--nproc 2] [--batch 16] [--rounds 2] [--extra k=v ...]
+    python benchmarks/train_throughput.py --variant model.config.freeze_text_layers=-1   # 1 process, A/B
 
 Runs ``tools/train.py`` with ``configs/demo.yaml`` (CLEVR-lite, converted MiniLM CooBERT, EfficientNet-
 Lite0, 128 px) for ``--steps`` steps with the same global batch: one process with ``--batch`` vs
 ``--nproc`` torchrun processes with ``--batch / nproc`` each (gloo on CPU, nccl + bf16 on a GPU).
 Samples/s is read from metrics.jsonl (steps after the first two); the rounds alternate the two setups
-and the medians are compared. On a GPU, ``--peak-tflops`` adds the model FLOPs utilisation:
+and the medians are compared. ``--variant k=v ...`` compares one process as configured with one process
+with those overrides instead of DDP (e.g. what freezing the text encoder buys). On a GPU, ``--peak-tflops`` adds the model FLOPs utilisation:
 samples/s x training FLOPs per sample (counted by torch's FlopCounterMode on one step) / peak.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -28,10 +31,16 @@ from timing import machine, markdown_table
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run(nproc: int, batch: int, steps: int, run_dir: Path, data_dir: Path, extra: list[str]) -> float:
     """Median samples/s of one training run (steps 3..N)."""
     launcher = [sys.executable] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=29671"]
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
     cmd = [*launcher, "tools/train.py", "--config", "configs/demo.yaml", f"run.dir={run_dir}",
            f"data.synthetic.dir={data_dir}", f"train.steps={steps}", "train.eval_every=0", "train.save_every=0",
            "train.report=false", "run.log_every=1", "run.progress=false", "data.val=[]", "data.test={}",
@@ -71,15 +80,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--peak-tflops", type=float, default=None, help="GPU bf16 peak, for MFU (H100 SXM: 989)")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for both setups")
+    parser.add_argument("--variant", nargs="*", default=None, help="compare 1 process with these overrides instead of DDP")
     args = parser.parse_args()
+    if args.variant:  # name -> (processes, batch per process, overrides)
+        setups = {"1 process": (1, args.batch, args.extra),
+                  f"1 process, {' '.join(args.variant)}": (1, args.batch, [*args.extra, *args.variant])}
+    else:
+        setups = {"1 process": (1, args.batch, args.extra),
+                  f"{args.nproc} processes (DDP)": (args.nproc, args.batch // args.nproc, args.extra)}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = tmp / "clevr"
-        results: dict[str, list[float]] = {"1 process": [], f"{args.nproc} processes (DDP)": []}
+        results: dict[str, list[float]] = {name: [] for name in setups}
         for r in range(args.rounds):
-            results["1 process"].append(run(1, args.batch, args.steps, tmp / f"single{r}", data, args.extra))
-            results[f"{args.nproc} processes (DDP)"].append(
-                run(args.nproc, args.batch // args.nproc, args.steps, tmp / f"ddp{r}", data, args.extra))
+            for i, (name, (nproc, batch, extra)) in enumerate(setups.items()):
+                results[name].append(run(nproc, batch, args.steps, tmp / f"setup{i}-{r}", data, extra))
     base = statistics.median(results["1 process"])
     rows = []
     flops = model_flops_per_sample() if torch.cuda.is_available() and args.peak_tflops else None
@@ -87,7 +102,7 @@ def main() -> None:
         sps = statistics.median(rates)
         row = [name, f"{sps:.1f}", f"{sps / base:.2f}"]
         if flops is not None:
-            row.append(f"{100 * sps * flops / (args.peak_tflops * 1e12 * (1 if name == '1 process' else args.nproc)):.1f}%")
+            row.append(f"{100 * sps * flops / (args.peak_tflops * 1e12 * setups[name][0]):.1f}%")
         rows.append(row)
     print(f"Machine: {machine()}")
     print(f"Demo model, global batch {args.batch}, {args.steps} steps, median samples/s of steps 3..{args.steps}, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,17 @@ def test_quick_study_trains_every_arm_and_writes_the_table_and_figures(tmp_path)
     assert all(f"| {init} | {arm}:" in table for init in ("pretrained", "scratch") for arm in "ABCD")
     assert (figures / "convergence.png").stat().st_size > 10_000
     assert [p.name for p in sorted(figures.glob("prior_words_*.png"))] == [f"prior_words_{i}.png" for i in range(3)]
+
+
+def test_a_quick_run_never_writes_over_the_published_results(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import convergence
+
+    out, figures, runs = convergence.output_dirs(True, None, None, None)
+    assert out.parent == Path(tempfile.gettempdir()) and figures == out / "figures" and runs == out / "runs"
+    assert convergence.output_dirs(False, None, None, None) == (
+        convergence.RESULTS, convergence.FIGURES, ROOT / "runs" / "convergence")
+    for published in ({"out": convergence.RESULTS}, {"figures": convergence.FIGURES}):
+        with pytest.raises(SystemExit, match="elsewhere than the published"):
+            convergence.output_dirs(True, published.get("out"), published.get("figures"), None)
+    out.rmdir()

@@ -304,6 +304,7 @@ def test_spatial_prior_none_model_has_no_prior_and_boxes_from_where_it_attended(
         (dict(level_scale_multipliers=[1.0, 2.0]), "level_scale_multipliers"),
         (dict(fusion_hidden_size=30, fusion_num_heads=3), "divisible by 4"),
         (dict(image_size=[64]), "image_size"),
+        (dict(freeze_text_layers=2), "freeze_text_layers"),
     ],
 )
 def test_bad_config_is_a_clear_value_error(kwargs, match):
@@ -437,6 +438,39 @@ def test_multitask_model_every_parameter_gets_a_gradient_from_a_mixed_batch():
     assert not missing
     assert out.logits.shape == (2, 3) and out.pred_boxes.shape == (2, 4)
     torch.testing.assert_close(out.loss, out.loss_vqa + 5 * out.loss_l1 + 2 * out.loss_giou)
+
+
+@pytest.mark.parametrize("targets", ["vqa", "ground"])
+def test_a_batch_of_one_task_still_gives_every_head_a_gradient(targets):
+    """A micro-batch with rows of one task only (one source per rank, or an unlucky mix): the other
+    head gets a zero loss, so DDP still sees a gradient for every parameter, and the loss is unchanged."""
+    torch.manual_seed(0)
+    model = VLCoAttnForMultitask(tiny_config(answer_vocab=["yes", "no", "2"]))
+    ids, px = batch()
+    kw = dict(labels=torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])) if targets == "vqa" else \
+        dict(boxes=torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.6, 0.5, 0.2, 0.3]]))
+    out = model(ids, px, **kw)
+    out.loss.backward()
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    other = model.box_head if targets == "vqa" else model.vqa_head
+    assert all(float(p.grad.abs().max()) == 0.0 for p in other.parameters())
+    absent = out.loss_l1 if targets == "vqa" else out.loss_vqa
+    assert float(absent) == 0.0
+
+
+def test_freeze_text_layers_stops_gradients_and_dropout_in_the_frozen_part():
+    config = tiny_config(text_config=text_config(num_hidden_layers=2, hidden_dropout_prob=0.5), freeze_text_layers=1)
+    model = VLCoAttnModel(config).train()
+    text = model.text_encoder
+    frozen = [*text.embeddings.parameters(), *text.encoder.layer[0].parameters()]
+    assert all(not p.requires_grad for p in frozen)
+    assert all(p.requires_grad for p in text.encoder.layer[1].parameters())
+    assert not text.embeddings.training and not text.encoder.layer[0].training and text.encoder.layer[1].training
+    ids, px = batch()
+    model(ids, px).last_hidden_state.sum().backward()
+    assert all(p.grad is None for p in frozen) and all(p.grad is not None for p in text.encoder.layer[1].parameters())
+    everything = VLCoAttnModel(tiny_config(text_config=text_config(num_hidden_layers=2), freeze_text_layers=-1))
+    assert not any(p.requires_grad for p in everything.text_encoder.parameters())
 
 
 def test_masked_losses_with_num_items_sum_to_the_full_batch_loss():

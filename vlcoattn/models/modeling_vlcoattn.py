@@ -356,6 +356,23 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
             layer_norm_eps=config.layer_norm_eps,
         )
         self.post_init()
+        self.frozen_text = self._frozen_text_modules()
+        for p in (p for m in self.frozen_text for p in m.parameters()):
+            p.requires_grad_(False)
+        self.train(self.training)
+
+    def _frozen_text_modules(self) -> list[nn.Module]:
+        """The text encoder's parts ``config.freeze_text_layers`` freezes: embeddings + the first N layers."""
+        n = self.config.freeze_text_layers
+        layers = self.text_encoder.encoder.layer
+        n = len(layers) if n == -1 else n
+        return [self.text_encoder.embeddings, *layers[:n]] if n > 0 else []
+
+    def train(self, mode: bool = True) -> VLCoAttnModel:
+        super().train(mode)
+        for module in getattr(self, "frozen_text", ()):  # frozen layers: dropout off, as a feature extractor
+            module.eval()
+        return self
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.text_encoder.get_input_embeddings()
