@@ -1,4 +1,4 @@
-"""Shared fixtures: the real offline assets (DESIGN §5) and small random configs."""
+"""Shared fixtures: the real offline assets (docs/design.md §5) and small random configs."""
 
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ def test_prior_head_init_and_sharing():
     assert torch.all(head.scales.weight == 0) and torch.all(head.scales.bias == 1)
     c, s = head(h, ref)
     assert c.shape == s.shape == (2, 5, NH, 2)
-    assert torch.all(s == 1)  # DESIGN §3: s = 1 at init
+    assert torch.all(s == 1)  # docs/design.md §3: s = 1 at init
     nn.init.normal_(head.scales.weight)
     _, s = head(h, ref)
     assert not torch.allclose(s[:, :, 0], s[:, :, 1])  # per-head scales differ
@@ -108,7 +108,7 @@ def test_offset_modes_logit_stays_inside_the_image_additive_is_literal():
     additive.load_state_dict(logit.state_dict())
     delta = additive.offsets(h).view(2, 5, NH, 2)
     c_add, _ = additive(h, ref)
-    torch.testing.assert_close(c_add, ref[:, :, None] + delta)  # DESIGN §3's literal c_t + Δ_k
+    torch.testing.assert_close(c_add, ref[:, :, None] + delta)  # the paper's literal c_t + Δ_k (docs/design.md §3)
     assert (c_add < 0).any() or (c_add > 1).any()
     c_log, _ = logit(h, ref)
     torch.testing.assert_close(c_log, torch.sigmoid(torch.logit(ref)[:, :, None] + delta))

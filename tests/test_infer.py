@@ -4,7 +4,6 @@ subprocess for every bad input: one stderr line, exit code 2)."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import logging
@@ -34,6 +33,7 @@ from vlcoattn.models import (
     VLCoAttnForQuestionAnswering,
 )
 from vlcoattn.text import CooBertConfig, CooBertForCausalLM, CooBertForSequenceClassification
+from vlcoattn.utils.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ("astronaut", "coffee", "chelsea", "china", "flower")
@@ -529,13 +529,11 @@ def test_select_words_defaults_to_content_words_and_checks_requested_ones(predic
 
 @pytest.fixture(scope="module")
 def cli():
-    spec = importlib.util.spec_from_file_location("infer_cli", ROOT / "tools" / "infer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from vlcoattn.cli import infer
 
     def run(*argv: str) -> int:
         with pytest.raises(SystemExit) as info:
-            module.run_cli(module.main, [str(a) for a in argv])
+            run_cli(infer.main, [str(a) for a in argv])
         return info.value.code
 
     return run

@@ -394,6 +394,13 @@ def test_evaluate_cli_reproduces_the_end_of_training_metrics_and_the_report_is_w
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
 
 
+def test_data_samples_per_epoch_sets_the_epoch_length(assets, tmp_path):
+    job, model, tokenizer = _tiny_model(assets, tmp_path, tmp_path / "spe", **{"data.samples_per_epoch": 12})
+    assert len(Trainer(job, model, tokenizer).loader) == 12 // 4  # batches of 4 per epoch
+    with pytest.raises(ValueError, match="samples_per_epoch must be > 0"):
+        job_of(base_config(assets, tmp_path / "spe0", **{"data.samples_per_epoch": 0}), tmp_path)
+
+
 def test_bad_config_and_bad_cli_arguments_are_one_line_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("task: vqa\noptim:\n  lrr: 0.1\n")

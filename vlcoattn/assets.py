@@ -1,4 +1,4 @@
-"""Paths of the offline assets that ship inside PyPI packages (DESIGN §5).
+"""Paths of the offline assets that ship inside PyPI packages (docs/design.md §5).
 
 Nothing here downloads: each function finds a file installed by the ``assets`` extra and raises
 ``FileNotFoundError`` naming the package to install when it is missing.

@@ -4,7 +4,7 @@ Normalization follows the official VQA evaluation script (vqaEval.py: punctuatio
 articles, contractions) so that the answer vocabulary, the training targets and the metric agree.
 The soft score of an answer is the official accuracy it would get: ``min(#matching / 3, 1)``
 averaged over the 10 leave-one-annotator-out subsets when there are 10 answers (VQA v2), plain
-exact match otherwise (DESIGN §3).
+exact match otherwise (docs/design.md §3).
 """
 
 from __future__ import annotations

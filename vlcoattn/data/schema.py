@@ -1,4 +1,4 @@
-"""The sample schema (DESIGN §4), its validator, and the ``dataset.json`` that describes a shard dir.
+"""The sample schema (docs/design.md §4), its validator, and the ``dataset.json`` that describes a shard dir.
 
 A sample is ``__key__`` + an image member (``jpg``/``png``/..., absent for text-only) + ``json``::
 

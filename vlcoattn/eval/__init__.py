@@ -1,4 +1,4 @@
-"""Evaluation: the metrics of DESIGN §3 and a DDP-aware accumulator for evaluation loops.
+"""Evaluation: the metrics of docs/design.md §3 and a DDP-aware accumulator for evaluation loops.
 
 Typical use::
 

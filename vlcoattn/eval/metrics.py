@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN §3) and a DDP-aware accumulator for evaluation loops.
+"""Evaluation metrics (docs/design.md §3) and a DDP-aware accumulator for evaluation loops.
 
 - VQA: the official VQA accuracy (:func:`vqa_accuracy`), with the official answer normalization
   shared with the data pipeline (:func:`normalize_answer`), so vocabulary, targets and metric agree.

@@ -1,4 +1,4 @@
-"""The SMCA co-attention fusion layer and its stack (DESIGN §1).
+"""The SMCA co-attention fusion layer and its stack (docs/design.md §1).
 
 One layer, post-LN like BERT/DETR (text stream ``t``, image stream ``v_l`` per feature level):
 
@@ -17,7 +17,7 @@ query can only learn absolute positions through the CNN's padding artefacts; ove
 converged far more slowly). ``position_in_values=False`` is DETR's convention.
 
 Where the centers come from (``center_from``). Layer 0's reference c_t comes from the text alone
-(``ReferenceCenterHead`` on its cross-attention queries). With ``"text"`` (DESIGN §3 literally) every
+(``ReferenceCenterHead`` on its cross-attention queries). With ``"text"`` (the paper's form, docs/design.md §3) every
 later layer reuses it; with ``"attention"`` (default) layer l > 0 centers its Gaussians on where the
 token looked in layer l - 1, the head-mean centroid m_t = mean_k sum_j p_{t,k,j} (x_j, y_j) of its
 attention -- the words alone cannot know where "the red cube" is in this image, the attention can.

@@ -1,10 +1,10 @@
 """Spatially modulated co-attention (SMCA; Gao et al., ICCV 2021) with text tokens as queries.
 
 Every text token t predicts, per head k, a Gaussian over the image feature grid and adds its log to
-the cross-attention logits (DESIGN §3):
+the cross-attention logits (docs/design.md §3):
 
     c_t      = sigmoid(MLP(h_t))                 reference center in [0,1]^2 (x, y), first layer only
-    c_{t,k}  = sigmoid(logit(c_t) + Δ_k(h_t))    Δ: Linear d -> 2 N_h  (DESIGN: c_t + Δ_k, see below)
+    c_{t,k}  = sigmoid(logit(c_t) + Δ_k(h_t))    Δ: Linear d -> 2 N_h  (the paper: c_t + Δ_k, see below)
     s_{t,k}  = S_k(h_t)                          S: Linear d -> 2 N_h, weight 0, bias 1 at init
     log G_{t,k}(i, j) = -((x_j - W c_x)^2 s_x^2 + (y_i - H c_y)^2 s_y^2) / β          (β = 8)
     attn     = softmax(q k^T / sqrt(d_h) + log G + key padding) v
@@ -23,7 +23,7 @@ multi-head cross-attention on the same code. Multi-scale: one Gaussian per featu
 precision times a per-level multiplier), one attention per level, outputs mixed by a per-token
 scale-selection softmax α = softmax(Linear(h_t)).
 
-Offsets. DESIGN §3 writes c_{t,k} = c_t + Δ_k(h_t); nothing keeps that inside the image, and in our
+Offsets. The paper writes c_{t,k} = c_t + Δ_k(h_t); nothing keeps that inside the image, and in our
 overfitting runs heads drifted to centers like (2.6, 1.1) with sharp precisions, saw only border
 cells, and the grounding model collapsed to one box for every image. The default therefore applies
 Δ in logit space, like the grounding head does (identical to first order at Δ = 0);
@@ -153,7 +153,7 @@ class SpatialPriorHead(nn.Module):
     """Per-head centers and precisions S_k(h_t) (S: weight 0, bias 1 at init).
 
     offset_mode "logit" (default): c_{t,k} = sigmoid(logit(c_t) + Δ_k(h_t)), always inside the image
-    (= c_t + c_t(1 - c_t) Δ_k to first order). "additive": c_{t,k} = c_t + Δ_k(h_t), DESIGN §3's
+    (= c_t + c_t(1 - c_t) Δ_k to first order). "additive": c_{t,k} = c_t + Δ_k(h_t), the paper's
     literal form; unbounded, so a head can drift off the image and see only border cells.
     """
 
@@ -174,7 +174,7 @@ class SpatialPriorHead(nn.Module):
     def reset_parameters(self) -> None:
         nn.init.normal_(self.offsets.weight, std=0.02)
         nn.init.zeros_(self.offsets.bias)
-        nn.init.zeros_(self.scales.weight)  # DESIGN §3: every token starts with s = 1
+        nn.init.zeros_(self.scales.weight)  # docs/design.md §3: every token starts with s = 1
         nn.init.ones_(self.scales.bias)
 
     def forward(self, h: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ VQA_LOSSES = ("bce", "ce")
 
 @strict
 class VLCoAttnConfig(PreTrainedConfig):
-    r"""Configuration of a VLCoAttn vision-language model (DESIGN §1, §3).
+    r"""Configuration of a VLCoAttn vision-language model (docs/design.md §1, §3).
 
     text_config (`CooBertConfig` or dict): the text encoder (e.g. a converted MiniLM's config).
     backbone (`str`): timm model name. backbone_out_indices (`list[int]`): feature levels fed to the
@@ -37,7 +37,7 @@ class VLCoAttnConfig(PreTrainedConfig):
     smca_beta (`float`): β of log G = -((x - c_x)^2 s_x^2 + (y - c_y)^2 s_y^2) / β, > 0.
     prior_sharing (`str`): ``"per_head"``, ``"shared_scales"`` or ``"shared"`` (SMCA's head-shared ablation).
     prior_offset_mode (`str`): ``"logit"``: head center sigmoid(logit(c_t) + Δ_k), inside the image;
-        ``"additive"``: c_t + Δ_k, DESIGN §3's literal form (see ``vlcoattn.fusion.smca``).
+        ``"additive"``: c_t + Δ_k, the paper's literal form (docs/design.md §3) (see ``vlcoattn.fusion.smca``).
     level_scale_multipliers (`list[float]`): per-level precision factors; None = stride_l / max stride,
         i.e. the same Gaussian width in pixels on every level.
     two_way (`bool`): image tokens also attend to the text (co-attention both ways).
@@ -49,7 +49,7 @@ class VLCoAttnConfig(PreTrainedConfig):
     grounding_token_index (`int`): the text token whose prior gives the box (0 = [CLS]).
     center_from (`str`): where the Gaussian centers of fusion layers > 0 and the box's base center
         come from: ``"attention"`` (the centroid of where the token attended in the previous / last
-        layer) or ``"text"`` (DESIGN §3: the first layer's MLP of the text; no image information).
+        layer) or ``"text"`` (the first layer's MLP of the text, no image information; docs/design.md §3).
     """
 
     model_type = "vlcoattn"

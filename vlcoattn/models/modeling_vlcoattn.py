@@ -1,4 +1,4 @@
-"""VLCoAttn: CooBERT text tokens x timm image grid, fused by SMCA co-attention (DESIGN §1, §3).
+"""VLCoAttn: CooBERT text tokens x timm image grid, fused by SMCA co-attention (docs/design.md §1, §3).
 
     image ─► VisionBackbone ─► 1x1 conv + GroupNorm per level ─► + level embed ─► image tokens (B, S_l, d)
     text  ─► CooBertModel ─► Linear (if widths differ) ─────────────────────────► text tokens (B, T, d)
@@ -262,7 +262,7 @@ class VLCoAttnPreTrainedModel(PreTrainedModel):
             init.copy_(module.mixing, concatenation_mixing(module.num_heads, module.shared_key_dim))
         # special inits are tagged on the Linear itself: transformers skips parameter-less parents
         tag = getattr(module, "_vlcoattn_init", None)
-        if tag == "unit_scale":  # SMCA scales: s = 1 for every token and head at init (DESIGN §3)
+        if tag == "unit_scale":  # SMCA scales: s = 1 for every token and head at init (docs/design.md §3)
             init.zeros_(module.weight)
             init.ones_(module.bias)
 

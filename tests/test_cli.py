@@ -1,0 +1,38 @@
+"""The installed commands: every tool is a ``vlcoattn-*`` entry point, and the entry point and
+``tools/*.py`` run the same code."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = {
+    "vlcoattn-train": "train", "vlcoattn-evaluate": "evaluate", "vlcoattn-infer": "infer",
+    "vlcoattn-make-shards": "make_shards", "vlcoattn-convert-bert": "convert_bert",
+    "vlcoattn-train-tokenizer": "train_tokenizer",
+}
+
+
+def test_every_tool_is_an_installed_entry_point():
+    installed = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
+    assert {name: installed.get(name) for name in COMMANDS} == {
+        name: f"vlcoattn.cli.{module}:cli" for name, module in COMMANDS.items()}
+    assert sorted(p.stem for p in (ROOT / "tools").glob("*.py")) == sorted(COMMANDS.values())
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_the_installed_command_runs(command):
+    script = Path(sys.executable).parent / command  # where pip put it, beside this interpreter
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_a_bad_argument_to_an_installed_command_is_one_line():
+    proc = subprocess.run([str(Path(sys.executable).parent / "vlcoattn-train"), "--config", "no-such.yaml"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == "vlcoattn-train: error: config file no-such.yaml does not exist"
