@@ -212,3 +212,21 @@ def test_bad_config_raises_value_error_with_reason(kwargs, message):
 def test_masked_lm_refuses_a_causal_config():
     with pytest.raises(ValueError, match="bidirectional"):
         CooBertForMaskedLM(tiny_config(is_decoder=True))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from vlcoattn.train.trainer import enable_gradient_checkpointing
+
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = CooBertForSequenceClassification(tiny_config(num_labels=3, hidden_dropout_prob=0.1)).train()
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+            assert all(layer.gradient_checkpointing for layer in model.coobert.encoder.layer)
+        torch.manual_seed(1)
+        model(torch.randint(4, V, (2, 7)), labels=torch.tensor([0, 2])).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5, msg=name)

@@ -473,6 +473,62 @@ def test_freeze_text_layers_stops_gradients_and_dropout_in_the_frozen_part():
     assert not any(p.requires_grad for p in everything.text_encoder.parameters())
 
 
+def test_gated_image_pooling_counts_matching_cells_where_softmax_attention_averages():
+    from vlcoattn.models.modeling_vlcoattn import GatedImagePooling
+
+    torch.manual_seed(0)
+    pool = GatedImagePooling(16, 2)
+    query, match, other = torch.randn(1, 16), torch.randn(16), torch.randn(16)
+    one = torch.stack([match] + [other] * 7)[None]  # (1, 8, 16): one matching cell
+    three = torch.stack([match] * 3 + [other] * 5)[None]  # three of them
+    counts = lambda image: pool(query, image)[0, 16:]  # noqa: E731
+    gate = torch.sigmoid(pool.query(query).view(2, 8) @ pool.key(match).view(2, 8).T / 8**0.5).diagonal()
+    other_gate = torch.sigmoid(pool.query(query).view(2, 8) @ pool.key(other).view(2, 8).T / 8**0.5).diagonal()
+    torch.testing.assert_close(counts(three) - counts(one), torch.log1p(3 * gate + 5 * other_gate)
+                               - torch.log1p(gate + 7 * other_gate))
+    masked = pool(query, three, valid=torch.tensor([[True] * 2 + [False] * 6]))
+    torch.testing.assert_close(masked[0, 16:], torch.log1p(2 * gate))
+
+
+def test_vqa_pooling_cls_plus_gated_trains_every_parameter():
+    torch.manual_seed(0)
+    model = VLCoAttnForQuestionAnswering(tiny_config(answer_vocab=["yes", "no", "2"], vqa_pooling="cls+gated"))
+    ids, px = batch()
+    out = model(ids, px, labels=torch.tensor([[1.0, 0, 0], [0, 0, 1.0]]))
+    out.loss.backward()
+    assert out.logits.shape == (2, 3)
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    with pytest.raises(ValueError, match="vqa_pooling"):
+        tiny_config(vqa_pooling="mean")
+
+
+@pytest.mark.parametrize("backbone", ["test_resnet", "test_vit"])
+def test_gradient_checkpointing_gives_the_same_gradients(backbone):
+    """Text layers, fusion layers and the timm backbone recomputed in the backward pass: same loss, same
+    gradients as without (dropout on: checkpointing replays the RNG)."""
+    kwargs = {"test_vit": dict(backbone_out_indices=[-1], backbone_kwargs={"img_size": 64})}.get(backbone, {})
+    config = tiny_config(backbone=backbone, fusion_dropout=0.1, answer_vocab=["yes", "no"], **kwargs)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = VLCoAttnForMultitask(config).train()
+        if checkpointing:
+            from vlcoattn.train.trainer import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(model)
+            timm_model = model.vlcoattn.backbone.model
+            assert getattr(timm_model, "grad_checkpointing", None) or timm_model.model.grad_checkpointing
+            assert all(layer.gradient_checkpointing for layer in model.vlcoattn.fusion.layers)
+        ids, px = batch(H=64, W=64)
+        torch.manual_seed(1)
+        out = model(ids, px, labels=torch.tensor([[1.0, 0], [0, 1.0]]), boxes=torch.tensor([[0.5, 0.5, 0.2, 0.2]] * 2))
+        out.loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
 def test_masked_losses_with_num_items_sum_to_the_full_batch_loss():
     """Splitting a batch into parts and dividing each part's sum by the whole count (what the trainer
     does across micro-batches and ranks) gives the loss of the whole batch."""

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..text.attention import (
     CollaborativeSelfAttention,
@@ -78,8 +79,9 @@ class FusionOutput:
     image_attentions: tuple[torch.Tensor, ...] = ()  # per layer (B, N_h, S, T), two-way only
 
 
-class SMCAFusionLayer(nn.Module):
-    """Text self-attention (collaborative) -> SMCA text->image -> [image->text] -> FFNs."""
+class SMCAFusionLayer(GradientCheckpointingLayer):
+    """Text self-attention (collaborative) -> SMCA text->image -> [image->text] -> FFNs (recomputed in the
+    backward pass under ``gradient_checkpointing_enable()``)."""
 
     def __init__(
         self,

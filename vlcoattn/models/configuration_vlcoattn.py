@@ -10,9 +10,10 @@ from ..fusion.smca import CENTER_SOURCES, OFFSET_MODES, PRIOR_SHARING, SPATIAL_P
 from ..text.configuration_coobert import CooBertConfig
 from ..vision.backbone import check_backbone_name
 
-__all__ = ["VQA_LOSSES", "VLCoAttnConfig"]
+__all__ = ["VQA_LOSSES", "VQA_POOLINGS", "VLCoAttnConfig"]
 
 VQA_LOSSES = ("bce", "ce")
+VQA_POOLINGS = ("cls", "cls+gated")
 
 
 @strict
@@ -44,7 +45,9 @@ class VLCoAttnConfig(PreTrainedConfig):
     fusion_position_in_values (`bool`): add the 2D sine positions to the cross-attention values too, so
         fused text tokens carry where they looked (False = DETR's keys-only convention).
     answer_vocab (`list[str]`): VQA answers (sets ``id2label``). vqa_loss: ``"bce"`` (soft scores, VQA
-        v2) or ``"ce"`` (single answer).
+        v2) or ``"ce"`` (single answer). vqa_pooling: what the answer head reads: ``"cls"`` (the fused
+        [CLS]) or ``"cls+gated"`` (plus a question-gated sum over the image cells, which keeps counts;
+        see ``GatedImagePooling``).
     box_l1_weight / box_giou_weight: grounding loss weights (DETR/MDETR: 5 and 2).
     grounding_token_index (`int`): the text token whose prior gives the box (0 = [CLS]).
     center_from (`str`): where the Gaussian centers of fusion layers > 0 and the box's base center
@@ -82,6 +85,7 @@ class VLCoAttnConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     answer_vocab: list[str] | None = None
     vqa_loss: str = "bce"
+    vqa_pooling: str = "cls"
     box_l1_weight: float | int = 5.0
     box_giou_weight: float | int = 2.0
     grounding_token_index: int = 0
@@ -141,6 +145,8 @@ class VLCoAttnConfig(PreTrainedConfig):
             self.level_scale_multipliers = m
         if self.vqa_loss not in VQA_LOSSES:
             raise ValueError(f"vqa_loss must be one of {VQA_LOSSES}, got {self.vqa_loss!r}")
+        if self.vqa_pooling not in VQA_POOLINGS:
+            raise ValueError(f"vqa_pooling must be one of {VQA_POOLINGS}, got {self.vqa_pooling!r}")
         if self.answer_vocab is not None:
             vocab = [str(a) for a in self.answer_vocab]
             if len(set(vocab)) != len(vocab):

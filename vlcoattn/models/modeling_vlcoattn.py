@@ -38,6 +38,7 @@ from .configuration_vlcoattn import VLCoAttnConfig
 __all__ = [
     "AnswerHead",
     "BoxHead",
+    "GatedImagePooling",
     "VLCoAttnForGrounding",
     "VLCoAttnForMultitask",
     "VLCoAttnForQuestionAnswering",
@@ -60,7 +61,8 @@ __all__ = [
 class VLCoAttnModelOutput(ModelOutput):
     """last_hidden_state: fused text tokens (B, T, d); pooler_output: fused [CLS] (B, d).
 
-    image_hidden_states: per level (B, H_l*W_l, d); grid_sizes: per level (H_l, W_l).
+    image_hidden_states: per level (B, H_l*W_l, d); image_positions: their 2D sine positions (B|1, H_l*W_l, d);
+    image_valid: per level (B, H_l*W_l) real cells (only with a pixel_mask); grid_sizes: per level (H_l, W_l).
     reference_centers: (B, T, 2) normalized (x, y) from the first fusion layer (None without prior).
     attended_centers: per fusion layer (B, T, N_h, 2) normalized centroid of each head's attention.
     base_centers: (B, T, 2) where each token's box starts (``center_from``: the last layer's head-mean
@@ -74,6 +76,8 @@ class VLCoAttnModelOutput(ModelOutput):
     pooler_output: torch.Tensor | None = None
     text_encoder_hidden_state: torch.Tensor | None = None
     image_hidden_states: tuple[torch.Tensor, ...] | None = None
+    image_positions: tuple[torch.Tensor, ...] | None = None
+    image_valid: tuple[torch.Tensor, ...] | None = None
     grid_sizes: tuple[tuple[int, int], ...] | None = None
     image_extents: tuple[torch.Tensor, ...] | None = None
     reference_centers: torch.Tensor | None = None
@@ -244,9 +248,16 @@ class VLCoAttnPreTrainedModel(PreTrainedModel):
     config_class = VLCoAttnConfig
     base_model_prefix = "vlcoattn"
     main_input_name = "input_ids"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["SMCAFusionLayer", "CooBertLayer"]
+
+    def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs) -> None:
+        """transformers' switch for the CooBERT and fusion layers, plus timm's for the backbone."""
+        super()._set_gradient_checkpointing(enable, *args, **kwargs)
+        for module in self.modules():
+            if isinstance(module, VisionBackbone):
+                module.set_grad_checkpointing(enable)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -437,6 +448,8 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
             pooler_output=hidden[:, 0],
             text_encoder_hidden_state=text,
             image_hidden_states=tuple(fused.image_hidden_states),
+            image_positions=tuple(pos),
+            image_valid=tuple(valid) if valid else None,
             grid_sizes=tuple(grid),
             image_extents=tuple(extents) if extents else None,
             reference_centers=fused.reference_centers,
@@ -467,11 +480,43 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
 class AnswerHead(nn.Sequential):
     """Fused [CLS] (B, d) -> Linear, GELU, LayerNorm, Dropout, Linear -> answer logits (B, A)."""
 
-    def __init__(self, d: int, num_answers: int, eps: float, dropout: float) -> None:
+    def __init__(self, d: int, num_answers: int, eps: float, dropout: float, d_in: int | None = None) -> None:
         super().__init__(
-            nn.Linear(d, 2 * d), nn.GELU(), nn.LayerNorm(2 * d, eps=eps), nn.Dropout(dropout),
+            nn.Linear(d_in or d, 2 * d), nn.GELU(), nn.LayerNorm(2 * d, eps=eps), nn.Dropout(dropout),
             nn.Linear(2 * d, num_answers),
         )
+
+
+class GatedImagePooling(nn.Module):
+    """A question-conditioned SUM over the image cells, for the answer head (``vqa_pooling="cls+gated"``).
+
+    Per head k: g_{k,j} = sigmoid(q_k · κ_{k,j} / √d_h) with q = W_q h_[CLS] and κ_j = W_k (v_j + pos_j), then
+
+        pooled = W_o [ Σ_j g_{k,j} W_v (v_j + pos_j) / S ]_k,     counts_k = log(1 + Σ_j g_{k,j})
+
+    Softmax attention normalises over the cells, so its output is an average that cannot tell one
+    matching object from three; these gates are not normalised, so the sum and ``counts`` grow with the
+    number of matching cells, which is what "how many ..." and "is there ..." questions ask.
+    """
+
+    def __init__(self, d: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, d // num_heads
+        self.query, self.key, self.value, self.out = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, query: torch.Tensor, image: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """query (B, d), image (B, S, d) with positions added, valid (B, S) -> (B, d + N_h)."""
+        B, S, d = image.shape
+        H, dh = self.num_heads, self.head_dim
+        q = self.query(query).view(B, H, 1, dh)  # (B, H, 1, dh)
+        k = self.key(image).view(B, S, H, dh).transpose(1, 2)  # (B, H, S, dh)
+        v = self.value(image).view(B, S, H, dh).transpose(1, 2)  # (B, H, S, dh)
+        gate = torch.sigmoid(q @ k.transpose(-1, -2) / math.sqrt(dh))  # (B, H, 1, S)
+        if valid is not None:
+            gate = gate * valid[:, None, None, :].to(gate.dtype)
+        pooled = self.out((gate @ v / S).reshape(B, d))  # (B, d)
+        counts = torch.log1p(gate.sum(-1)).reshape(B, H)  # (B, H)
+        return torch.cat([pooled, counts], dim=-1)
 
 
 class BoxHead(MLP):
@@ -520,10 +565,22 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
             if not config.answer_vocab:
                 raise ValueError(f"{type(self).__name__} needs config.answer_vocab (the answer list)")
             self.num_answers = len(config.answer_vocab)
-            self.vqa_head = AnswerHead(d, self.num_answers, config.layer_norm_eps, float(config.fusion_dropout))
+            gated = config.vqa_pooling == "cls+gated"
+            self.image_pooling = GatedImagePooling(d, config.fusion_num_heads) if gated else None
+            d_in = 2 * d + config.fusion_num_heads if gated else d
+            self.vqa_head = AnswerHead(d, self.num_answers, config.layer_norm_eps, float(config.fusion_dropout), d_in)
         if self.has_boxes:
             self.box_head = BoxHead(d)
         self.post_init()
+
+    def answer_features(self, out: VLCoAttnModelOutput) -> torch.Tensor:
+        """What the answer head reads: the fused [CLS] (B, d), with ``vqa_pooling="cls+gated"`` followed by
+        the :class:`GatedImagePooling` of the image cells (B, d + N_h)."""
+        if self.image_pooling is None:
+            return out.pooler_output
+        image = torch.cat([v + p for v, p in zip(out.image_hidden_states, out.image_positions)], dim=1)
+        valid = torch.cat(out.image_valid, dim=1) if out.image_valid is not None else None
+        return torch.cat([out.pooler_output, self.image_pooling(out.pooler_output, image, valid)], dim=-1)
 
     def vqa_loss(self, logits: torch.Tensor, labels: torch.Tensor, mask=None, num_items=None) -> torch.Tensor:
         """:func:`answer_loss` with ``config.vqa_loss``."""
@@ -577,7 +634,7 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         # every rank must produce a gradient for every parameter, whatever its batch holds.
         training = labels is not None or boxes is not None
         if self.has_answers:
-            result["logits"] = logits = self.vqa_head(out.pooler_output)  # (B, A)
+            result["logits"] = logits = self.vqa_head(self.answer_features(out))  # (B, A)
             if labels is not None:
                 result["loss_vqa"] = self.vqa_loss(logits, labels, answer_mask, _num_items(num_items_in_batch, "vqa"))
             elif training:

@@ -23,6 +23,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
@@ -128,8 +129,9 @@ class CooBertOutput(CooBertSelfOutput):
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
 
 
-class CooBertLayer(nn.Module):
-    """One post-LN transformer block: collaborative self-attention, then the FFN."""
+class CooBertLayer(GradientCheckpointingLayer):
+    """One post-LN transformer block: collaborative self-attention, then the FFN. Recomputed in the backward
+    pass under ``gradient_checkpointing_enable()`` (transformers' ``GradientCheckpointingLayer``)."""
 
     def __init__(self, config: CooBertConfig, layer_idx: int | None = None) -> None:
         super().__init__()
@@ -174,7 +176,7 @@ def concatenation_mixing(num_heads: int, shared_key_dim: int) -> torch.Tensor:
 class CooBertPreTrainedModel(PreTrainedModel):
     config_class = CooBertConfig
     base_model_prefix = "coobert"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["CooBertLayer"]
 

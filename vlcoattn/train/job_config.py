@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TASKS = ("vqa", "ground", "vqa+ground", "cls", "lm")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -23,7 +23,9 @@ class RunConfig:
     log_every: int = 10  # steps between metrics.jsonl / TensorBoard lines
     progress: bool = True  # tqdm bar on rank 0
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (autocast, CPU or CUDA) | fp16 (autocast + a
+    # gradient scaler, for GPUs without bf16)
+    precision: str = "auto"
 
 
 @dataclass
@@ -96,6 +98,7 @@ class ModelConfig:
     backbone_pretrained_file: str | None = None  # default: the known local file (EfficientNet-Lite0)
     image_size: int = 128
     tokenizer: str | None = None  # tokenizer dir (default: the text dir's); lm from scratch needs one
+    gradient_checkpointing: bool = False  # recompute each text / fusion layer (and timm block) in the backward
     config: dict[str, Any] = field(default_factory=dict)  # extra model config fields
 
 

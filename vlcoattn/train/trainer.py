@@ -60,6 +60,16 @@ from .report import write_report
 
 log = logging.getLogger(__name__)
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute every layer in the backward pass (non-reentrant ``torch.utils.checkpoint``), through the
+    installed transformers' name for it (``activation_checkpointing_enable`` since 5.2x)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 class TrainingError(RuntimeError):
     """The run cannot go on (e.g. too many non-finite losses in a row); the message says why."""
 
@@ -159,6 +169,8 @@ class Trainer:
             self.label_vocab = [config.id2label[i] for i in range(len(config.id2label))]
         self.model = model.to(dist.device)
         self.model.train()
+        if job.model.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         self.counts_items = "num_items_in_batch" in inspect.signature(model.forward).parameters
         # what is logged: the loss and the parts a task model reports (loss_vqa, loss_l1, loss_giou)
         output_class = getattr(model, "output_class", None)
@@ -186,9 +198,12 @@ class Trainer:
         self.step = 0
         self.step_rows: dict[str, int] = {}  # rows of each task in the last step, all ranks
         self.bad_in_row = self.bad_total = 0
-        use_bf16 = job.run.precision == "bf16" or (job.run.precision == "auto" and dist.device.type == "cuda")
-        self.autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if use_bf16 \
-            else contextlib.nullcontext
+        precision = job.run.precision if job.run.precision != "auto" else \
+            ("bf16" if dist.device.type == "cuda" else "fp32")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.autocast = (lambda: torch.autocast(dist.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+        # fp16 needs loss scaling: its gradients underflow where bf16's (fp32's exponent) do not
+        self.scaler = torch.amp.GradScaler(dist.device.type) if precision == "fp16" else None
         self.logger: MetricsLogger | None = None
 
     # ------------------------------------------------------------------------------ checkpoints
@@ -202,6 +217,7 @@ class Trainer:
             "bad_total": self.bad_total,
             "bad_in_row": self.bad_in_row,
             "world_size": self.dist.world_size,
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
         rank_state = {"rng": rng_state(), "loader": self.loader.state_dict()}
         return save_checkpoint(
@@ -227,6 +243,8 @@ class Trainer:
         self.model.load_state_dict(saved.state_dict())
         self.optimizer.load_state_dict(trainer_state["optimizer"])
         self.scheduler.load_state_dict(trainer_state["scheduler"])
+        if self.scaler is not None and "scaler" in trainer_state:
+            self.scaler.load_state_dict(trainer_state["scaler"])
         self.step = int(trainer_state["step"])
         self.bad_total, self.bad_in_row = int(trainer_state["bad_total"]), int(trainer_state["bad_in_row"])
         self.loader.load_state_dict(rank_state["loader"], elastic=elastic)
@@ -274,7 +292,7 @@ class Trainer:
                     out = module(**inputs)
                     weight = 1.0 / (len(micro) * dist.world_size)
                     loss = out.loss / len(micro)
-                loss.backward()
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
             for j, name in enumerate(self.loss_names):  # a part is None when the batch has no rows of it
                 value = getattr(out, name, None)
                 if value is not None:
@@ -283,11 +301,17 @@ class Trainer:
         grad_norm = None
         if math.isfinite(losses["loss"]):  # the same on every rank, so all skip together
             clip = job.optim.grad_clip if job.optim.grad_clip is not None else float("inf")
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
             if math.isfinite(grad_norm):
                 self.optimizer.step()
+            elif self.scaler is not None:  # fp16 overflow: the scaler lowers its scale, nothing is wrong
+                grad_norm = float("nan")
             else:
                 grad_norm, losses["loss"] = None, float("nan")
+            if self.scaler is not None:
+                self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
@@ -387,7 +411,7 @@ class Trainer:
                               "samples_per_s": window_samples / max(elapsed, 1e-9), "skipped_steps": self.bad_total,
                               "epoch": self.loader.epoch, "bad_samples": sum(self.loader.bad_samples().values()),
                               **{f"rows/{t}": n / window_steps for t, n in window_rows.items()}}  # per step
-                    if grad_norm is not None:
+                    if grad_norm is not None and math.isfinite(grad_norm):  # nan: an fp16 overflow step
                         record["grad_norm"] = grad_norm
                     self.logger.log(self.step, "train", record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",

@@ -182,6 +182,13 @@ class VisionBackbone(nn.Module):
             p.requires_grad_(True)
         self.train(self.training)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's activation checkpointing of the backbone's blocks (recomputed in the backward pass)."""
+        target = self.model if hasattr(self.model, "set_grad_checkpointing") else getattr(self.model, "model", None)
+        if not hasattr(target, "set_grad_checkpointing"):
+            raise ValueError(f"timm model {self.name!r} does not support gradient checkpointing")
+        target.set_grad_checkpointing(enable)
+
     def train(self, mode: bool = True) -> VisionBackbone:
         super().train(mode)
         if self.frozen:
