@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import pickle
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from vlcoattn.assets import minilm_dir
+from vlcoattn.cli.make_shards import main as make_shards_main
 from vlcoattn.data import (
     DatasetInfo,
     build_loader,
@@ -28,18 +27,6 @@ from vlcoattn.data import (
     invert_boxes,
 )
 from vlcoattn.utils.cli import run_cli
-
-
-def _load_cli():
-    """tools/ is not a package: load tools/make_shards.py by path."""
-    path = Path(__file__).resolve().parents[1] / "tools" / "make_shards.py"
-    spec = importlib.util.spec_from_file_location("make_shards", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_shards_main = _load_cli().main
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def test_valid_records_pass(record):
     [
         ([1, 2], {}, "bad_json", "must be an object"),
         ({"text": "x"}, {}, "bad_field", "'task' must be one of"),
-        ({"task": "lm", "text": "x", "answer": "y"}, {}, "bad_field", "unknown field(s) ['answer']"),
+        ({"task": "vqa", "text": "q", "answer": "y"}, {}, "bad_field", "needs a non-empty 'answers'"),
         ({"task": "lm", "text": "   "}, {}, "empty_text", "'text' is empty"),
         ({"task": "lm", "text": 5}, {}, "bad_field", "'text' must be a string"),
         ({"task": "vqa", "text": "q"}, {}, "bad_field", "needs a non-empty 'answers'"),
@@ -71,7 +71,7 @@ def test_box_tolerance_and_problem_count():
         sample_problems({"task": "ground", "text": "t", "boxes": [[-0.5, 0, 64.9, 48]]}, image_size=(64, 48))
         == []
     )
-    record = {"task": "ground", "text": "", "boxes": [[3, 3, 1, 1]], "extra": 1}
+    record = {"task": "ground", "text": "", "boxes": [[3, 3, 1, 1]], "label": 5}
     with pytest.raises(SampleError, match=r"\(\+2 more problem\(s\)\)"):
         check_record(record)
 
@@ -135,3 +135,19 @@ def test_answer_scores_equal_the_official_metric():
     assert majority_answer(["a", "b", "b", "a", "b"]) == "b"
     assert build_vocab(Counter({"b": 2, "a": 2, "c": 1}), min_count=2) == ["a", "b"]
     assert build_vocab(Counter({"b": 2, "a": 2, "c": 5}), max_size=2) == ["c", "a"]
+
+
+def test_unknown_fields_from_the_wild_are_kept_under_meta_with_one_warning_per_name(caplog):
+    """img2dataset writes url / caption / width / similarity beside the sample: kept, warned once, never bad."""
+    import logging
+
+    from vlcoattn.data import schema
+
+    schema._warned_fields.discard("similarity")
+    record = {"task": "lm", "text": "a dog", "url": "http://x/1.jpg", "similarity": 0.31, "meta": {"id": 7}}
+    with caplog.at_level(logging.WARNING, logger="vlcoattn.data.schema"):
+        kept = check_record(record)
+        check_record({**record, "similarity": 0.5})
+    assert kept == {"task": "lm", "text": "a dog", "meta": {"id": 7, "url": "http://x/1.jpg", "similarity": 0.31}}
+    assert sum("'similarity'" in r.message for r in caplog.records) == 1
+    assert sample_problems(record) == []

@@ -4,7 +4,6 @@ tokenizer, real MiniLM weights)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -18,6 +17,7 @@ from transformers import BertModel
 import vlcoattn  # noqa: F401  (registers the Auto classes)
 from vlcoattn import CooBertConfig, CooBertForCausalLM
 from vlcoattn.assets import bbc_news_dir
+from vlcoattn.cli.make_shards import main as make_shards_main
 from vlcoattn.data import (
     DatasetInfo,
     build_loader,
@@ -40,15 +40,6 @@ from helpers import assert_cached_generation_exact
 BBC_COUNTS = {"business": 510, "entertainment": 386, "politics": 417, "sports": 511, "tech": 401}
 
 
-def _load_cli():
-    path = Path(__file__).resolve().parents[1] / "tools" / "make_shards.py"
-    spec = importlib.util.spec_from_file_location("make_shards", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
-make_shards_main = _load_cli()
 
 
 def _labels_by_key(folder: Path) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import unicodedata
@@ -13,20 +12,10 @@ import torch
 from transformers import AutoTokenizer
 
 from vlcoattn.assets import bbc_news_dir
+from vlcoattn.cli.train_tokenizer import main as train_tokenizer_main
 from vlcoattn.data import build_loader, convert_text
 from vlcoattn.text.tokenizer import TRAINING_FILE, train_tokenizer
 from vlcoattn.utils.cli import run_cli
-
-
-def _load_cli():
-    path = Path(__file__).resolve().parents[1] / "tools" / "train_tokenizer.py"
-    spec = importlib.util.spec_from_file_location("train_tokenizer", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
-train_tokenizer_main = _load_cli()
 
 
 @pytest.fixture(scope="module")

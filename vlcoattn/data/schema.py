@@ -15,6 +15,7 @@ A sample is ``__key__`` + an image member (``jpg``/``png``/..., absent for text-
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,8 @@ from typing import Any
 TASKS = ("vqa", "ground", "cls", "lm")
 IMAGE_TASKS = frozenset({"vqa", "ground"})
 FIELDS = frozenset({"text", "task", "answers", "boxes", "label", "meta"})
+log = logging.getLogger(__name__)
+_warned_fields: set[str] = set()  # unknown field names already warned about in this process
 BOX_TOLERANCE = 1.0  # pixels a box may stick out of the image (rounding in annotation tools)
 
 FORMAT = "vlcoattn-shards"
@@ -35,7 +38,7 @@ INFO_FILE = "dataset.json"
 BAD_REASONS = (
     "missing_json",  # no .json member
     "bad_json",  # not UTF-8 JSON object
-    "bad_field",  # missing/unknown/mistyped field
+    "bad_field",  # missing or mistyped field
     "empty_text",  # text empty or whitespace
     "missing_image",  # task needs an image and there is none
     "bad_image",  # image member does not decode (corrupt, truncated, not an image, too large)
@@ -87,9 +90,6 @@ def sample_problems(
     if not isinstance(record, Mapping):
         return [("bad_json", f"sample json must be an object, got {type(record).__name__}")]
     problems: list[tuple[str, str]] = []
-    unknown = sorted(set(record) - FIELDS)
-    if unknown:
-        problems.append(("bad_field", f"unknown field(s) {unknown}; allowed: {sorted(FIELDS)}"))
     task = record.get("task")
     if task not in TASKS:
         problems.append(("bad_field", f"'task' must be one of {list(TASKS)}, got {task!r}"))
@@ -121,17 +121,32 @@ def sample_problems(
     return problems
 
 
+def keep_unknown_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """Fields the schema does not know move under ``meta``, where nothing reads them but nothing is lost.
+    Shards from the wild carry such fields (img2dataset writes ``url``, ``caption``, ``width``,
+    ``similarity``, ...): one warning per field name and process, never a bad sample."""
+    unknown = sorted(set(record) - FIELDS)
+    if not unknown or ("meta" in record and not isinstance(record["meta"], Mapping)):
+        return record
+    for name in (n for n in unknown if n not in _warned_fields):
+        _warned_fields.add(name)
+        log.warning("sample field %r is not in the schema %s: kept under 'meta'", name, sorted(FIELDS))
+    kept = {k: v for k, v in record.items() if k in FIELDS}
+    kept["meta"] = {**{k: record[k] for k in unknown}, **record.get("meta", {})}
+    return kept
+
+
 def check_record(
     record: Any, *, has_image: bool | None = None, image_size: tuple[int, int] | None = None
 ) -> dict[str, Any]:
-    """Return ``record`` if valid, else raise :class:`SampleError` naming its first problem (and the
-    number of further ones)."""
+    """Return ``record`` (unknown fields moved under ``meta``, see :func:`keep_unknown_fields`) if
+    valid, else raise :class:`SampleError` naming its first problem (and the number of further ones)."""
     problems = sample_problems(record, has_image=has_image, image_size=image_size)
     if problems:
         reason, message = problems[0]
         more = f" (+{len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise SampleError(reason, message + more)
-    return dict(record)
+    return keep_unknown_fields(dict(record))
 
 
 @dataclass

@@ -111,7 +111,7 @@ class VLCoAttnGroundingOutput(ModelOutput):
     """pred_boxes (B, 4) normalized (cx, cy, w, h); loss = w_l1 * loss_l1 + w_giou * loss_giou.
 
     heatmaps: (B, T, H, W) every token's head-averaged spatial prior on the last level of the last
-    fusion layer (each map sums to 1); None with ``spatial_prior="none"``.
+    fusion layer (each map sums to 1); computed in eval mode only, None with ``spatial_prior="none"``.
     """
 
     loss: torch.Tensor | None = None
@@ -645,7 +645,8 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
             k = self.config.grounding_token_index
             ref = out.base_centers[:, k] if out.base_centers is not None else None  # (B, 2)
             result["pred_boxes"] = pred = self.box_head(out.last_hidden_state[:, k], ref)
-            result["heatmaps"] = self.vlcoattn.token_heatmaps(out)
+            if not self.training:  # read by evaluation and inference; a training step has no use for them
+                result["heatmaps"] = self.vlcoattn.token_heatmaps(out)
             if boxes is not None:
                 total, result["loss_l1"], result["loss_giou"] = grounding_loss(
                     pred, boxes.to(pred.dtype), float(self.config.box_l1_weight),
