@@ -116,7 +116,7 @@ def test_jsonl_cls_and_lm_batches_are_text_only(tmp_path, tokenizer):
     src.write_text(
         "\n".join(json.dumps({"text": f"text {i}", "task": "cls", "label": "ab"[i % 2]}) for i in range(6))
     )
-    convert_jsonl(src, None, tmp_path / "out", progress=False)
+    convert_jsonl(src, None, tmp_path / "out", progress=False, shuffle=False)
     (batch,) = list(build_loader(str(tmp_path / "out"), tokenizer, batch_size=6, shuffle=False))
     assert "pixel_values" not in batch and batch["labels"].tolist() == [0, 1, 0, 1, 0, 1]
     (tmp_path / "lm.jsonl").write_text(json.dumps({"text": "free text", "task": "lm"}))
@@ -326,7 +326,7 @@ def test_textcls_folder_and_csv(tmp_path, tokenizer):
 
 def test_text_paragraphs_for_lm(tmp_path, tokenizer):
     (tmp_path / "a.txt").write_text("First para\nstill first.\n\n  \nSecond.\n\nx\n")
-    info = convert_text([tmp_path / "a.txt"], tmp_path / "out", min_chars=2, progress=False)
+    info = convert_text([tmp_path / "a.txt"], tmp_path / "out", min_chars=2, progress=False, shuffle=False)
     assert info.num_samples == 2 and info.skipped == {"too_short": 1} and info.tasks == {"lm": 2}
     texts = [json.loads(s["json"])["text"] for s in _wds_samples(tmp_path / "out")]
     assert texts == ["First para still first.", "Second."]
@@ -467,3 +467,26 @@ def test_real_photo_roundtrip(tmp_path, tokenizer):
         [w * 0.2, h * 0.1, w * 0.6, h * 0.5],
         atol=1.0,
     )
+
+
+def test_converters_write_a_label_sorted_input_in_a_seeded_shuffled_order(tmp_path):
+    """A CSV sorted by label (as many public ones are) must not become single-class shards: the default
+    write order is a seeded shuffle (the same on every run); ``shuffle=False`` keeps the input order."""
+    src = tmp_path / "sorted.csv"
+    src.write_text("text,label\n" + "".join(f"item {i},{'ab'[i >= 50]}\n" for i in range(100)))
+
+    def labels(out):
+        shards = [str(x) for x in sorted(out.glob("shard-*.tar"))]
+        return [json.loads(s["json"])["label"] for s in wds.WebDataset(shards, shardshuffle=False)]
+
+    convert_textcls(src, tmp_path / "kept", progress=False, shuffle=False)
+    assert labels(tmp_path / "kept") == ["a"] * 50 + ["b"] * 50
+    convert_textcls(src, tmp_path / "mixed", progress=False)
+    mixed = labels(tmp_path / "mixed")
+    assert sorted(mixed) == labels(tmp_path / "kept") and 10 < mixed[:50].count("a") < 40
+    convert_textcls(src, tmp_path / "again", progress=False)
+    assert labels(tmp_path / "again") == mixed  # seeded
+    with pytest.raises(SystemExit) as info:
+        run_cli(make_shards_main, ["textcls", "--input", str(src), "--out", str(tmp_path / "cli"), "--no-progress",
+                                   "--no-shuffle"])
+    assert info.value.code == 0 and labels(tmp_path / "cli") == labels(tmp_path / "kept")

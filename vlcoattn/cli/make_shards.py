@@ -42,6 +42,10 @@ def build_parser() -> ArgumentParser:
         p.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default 10000)")
         p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        if name != "synthetic":
+            p.add_argument("--no-shuffle", action="store_true",
+                           help="write samples in the input order (default: a seeded shuffle, so sorted inputs "
+                                "do not give single-class shards)")
         if images:
             p.add_argument(
                 "--max-side",
@@ -136,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     common = {"shard_size": args.shard_size, "overwrite": args.overwrite, "progress": not args.no_progress}
+    if args.command != "synthetic":
+        common["shuffle"] = not args.no_shuffle
     if args.command == "jsonl":
         info = convert_jsonl(
             args.input,

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 from tqdm import tqdm
@@ -97,6 +97,20 @@ def _write_image_sample(
     sink.add(key, record, data, ext, size)
 
 
+T = TypeVar("T")
+
+
+def write_order(items: Iterable[T], shuffle: bool) -> list[T]:
+    """The order samples are written in: a seeded shuffle by default, as shards are usually written.
+    A label- or task-sorted source (many public CSVs are) would otherwise give single-class shards and,
+    through a shuffle buffer smaller than a class, single-class batches that train a useless model.
+    ``shuffle=False`` keeps the input order."""
+    items = list(items)
+    if shuffle:
+        random.Random("write-order").shuffle(items)
+    return items
+
+
 def _read_json(path: str | Path, what: str) -> Any:
     path = Path(path)
     if not path.is_file():
@@ -125,6 +139,7 @@ def convert_jsonl(
     shard_size: int = 10_000,
     overwrite: bool = False,
     progress: bool = True,
+    shuffle: bool = True,
 ) -> DatasetInfo:
     """Generic JSONL: one object per line with ``text``, ``task`` and, as the task needs, ``image``
     (path relative to ``images``), ``answers`` (list) or ``answer`` (str), ``boxes`` (``box_format``
@@ -138,7 +153,7 @@ def convert_jsonl(
     store = ImageStore(images, max_side) if images is not None else None
     options = {"input": str(input_path), "box_format": box_format, "max_side": max_side}
     with ShardSink(out_dir, "jsonl", shard_size=shard_size, overwrite=overwrite, options=options) as sink:
-        for lineno, line in _progress(enumerate(lines, 1), "jsonl", len(lines), progress):
+        for lineno, line in _progress(write_order(enumerate(lines, 1), shuffle), "jsonl", len(lines), progress):
             if not line.strip():
                 continue
             try:
@@ -199,6 +214,7 @@ def convert_vqa2(
     shard_size: int = 10_000,
     overwrite: bool = False,
     progress: bool = True,
+    shuffle: bool = True,
 ) -> DatasetInfo:
     """The official VQA v2 pair (``v2_OpenEnded_mscoco_*_questions.json`` + ``v2_mscoco_*_annotations.json``).
 
@@ -215,7 +231,7 @@ def convert_vqa2(
     subtype = qdata.get("data_subtype", "")
     by_qid = {a["question_id"]: a for a in adata["annotations"]}
     store = ImageStore(images, max_side)
-    qs = sorted(qdata["questions"], key=lambda q: (q["image_id"], q["question_id"]))
+    qs = write_order(sorted(qdata["questions"], key=lambda q: (q["image_id"], q["question_id"])), shuffle)
     options = {
         "questions": str(questions),
         "annotations": str(annotations),
@@ -282,6 +298,7 @@ def convert_refcoco(
     shard_size: int = 10_000,
     overwrite: bool = False,
     progress: bool = True,
+    shuffle: bool = True,
 ) -> DatasetInfo:
     """RefCOCO / RefCOCO+ / RefCOCOg in the refer layout: one grounding sample per sentence of
     every ref in ``split``; the box is the referred annotation's COCO ``bbox`` (xywh -> xyxy)."""
@@ -297,11 +314,10 @@ def convert_refcoco(
     image_files = {im["id"]: im["file_name"] for im in inst["images"]}
     categories = {c["id"]: c["name"] for c in inst.get("categories", [])}
     store = ImageStore(images, max_side)
-    sentences = [
-        (ref, sent)
-        for ref in sorted(chosen, key=lambda r: (r["image_id"], r["ref_id"]))
-        for sent in ref["sentences"]
-    ]
+    sentences = write_order(
+        [(ref, sent) for ref in sorted(chosen, key=lambda r: (r["image_id"], r["ref_id"])) for sent in ref["sentences"]],
+        shuffle,
+    )
     options = {"refs": str(refs), "instances": str(instances), "split": split, "max_side": max_side}
     with ShardSink(out_dir, "refcoco", shard_size=shard_size, overwrite=overwrite, options=options) as sink:
         for ref, sent in _progress(sentences, f"refcoco {split}", len(sentences), progress):
@@ -485,11 +501,12 @@ def _write_records(
     shard_size: int,
     overwrite: bool,
     progress: bool,
+    shuffle: bool,
 ) -> DatasetInfo:
     with ShardSink(out_dir, source, shard_size=shard_size, overwrite=overwrite, options=options) as sink:
         for reason, message in skipped:
             sink.skip(reason, message)
-        for key, record in _progress(records, source, len(records), progress):
+        for key, record in _progress(write_order(records, shuffle), source, len(records), progress):
             sink.add(key, record)
     return sink.info
 
@@ -503,6 +520,7 @@ def convert_textcls(
     shard_size: int = 10_000,
     overwrite: bool = False,
     progress: bool = True,
+    shuffle: bool = True,
 ) -> DatasetInfo:
     """Labelled text for sequence classification: ``DIR/<class>/*`` (as BBC News; at least two class
     folders) or the ``text_column`` / ``label_column`` of a CSV or JSONL file (ValueError naming the
@@ -519,6 +537,7 @@ def convert_textcls(
         shard_size=shard_size,
         overwrite=overwrite,
         progress=progress,
+        shuffle=shuffle,
     )
 
 
@@ -558,6 +577,7 @@ def convert_textcls_split(
     shard_size: int = 10_000,
     overwrite: bool = False,
     progress: bool = True,
+    shuffle: bool = True,
 ) -> dict[str, DatasetInfo]:
     """:func:`convert_textcls` into ``out_dir/train`` and ``out_dir/test`` through
     :func:`stratified_split` (fixed by ``seed``). Each ``dataset.json`` records in its options the
@@ -591,6 +611,7 @@ def convert_textcls_split(
             shard_size=shard_size,
             overwrite=overwrite,
             progress=progress,
+            shuffle=shuffle,
         )
     return infos
 
@@ -663,9 +684,10 @@ def _write_units(
     shard_size: int,
     overwrite: bool,
     progress: bool,
+    shuffle: bool,
 ) -> DatasetInfo:
     with ShardSink(out_dir, "text", shard_size=shard_size, overwrite=overwrite, options=options) as sink:
-        for key, record, skip in _progress(units, "text", None, progress):
+        for key, record, skip in _progress(write_order(units, shuffle), "text", None, progress):
             if skip is not None:
                 sink.skip(*skip)
             else:
@@ -682,6 +704,7 @@ def convert_text(
     shard_size: int = 10_000,
     overwrite: bool = False,
     progress: bool = True,
+    shuffle: bool = True,
 ) -> DatasetInfo:
     """Plain text for language modelling, one sample per ``unit`` (line, paragraph or file) of the
     given files (folders: their ``*.txt`` files, recursively), whitespace collapsed. Units shorter than
@@ -690,7 +713,8 @@ def convert_text(
     units = _nonempty_units(list(enumerate(files)), unit, min_chars, "the input")
     options = {"inputs": [str(f) for f in files], "unit": unit, "min_chars": min_chars}
     return _write_units(
-        Path(out_dir), units, options, shard_size=shard_size, overwrite=overwrite, progress=progress
+        Path(out_dir), units, options, shard_size=shard_size, overwrite=overwrite, progress=progress,
+        shuffle=shuffle,
     )
 
 
@@ -705,6 +729,7 @@ def convert_text_split(
     shard_size: int = 10_000,
     overwrite: bool = False,
     progress: bool = True,
+    shuffle: bool = True,
 ) -> dict[str, DatasetInfo]:
     """:func:`convert_text` into ``out_dir/train`` and ``out_dir/test`` with whole documents held out:
     ``random.Random(seed)`` picks round(n_files * test_fraction) files (at least 1, at most n - 1) for
@@ -738,6 +763,7 @@ def convert_text_split(
             shard_size=shard_size,
             overwrite=overwrite,
             progress=progress,
+            shuffle=shuffle,
         )
     return infos
 
