@@ -364,10 +364,11 @@ def _read_text(path: Path) -> str:
         return data.decode("latin-1")
 
 
-def text_records(source: str | Path) -> Iterator[dict[str, Any]]:
-    """The JSON records of a shard directory (or its ``dataset.json``, or a shard pattern) in shard
-    order; samples without a readable JSON object are left out."""
-    shards, _ = resolve_shards(str(source))
+def text_records(sources: str | Path | Sequence[str | Path]) -> Iterator[dict[str, Any]]:
+    """The JSON records of shard directories (or their ``dataset.json``, or shard patterns) in shard
+    order, images not decoded; samples without a readable JSON object are left out. For statistics and
+    baselines that need only the texts and the targets."""
+    shards, _ = resolve_shards(str(sources) if isinstance(sources, Path) else sources)
     for sample in tarfile_samples([{"url": s.url} for s in shards]):
         try:
             record = json.loads(sample["json"])

@@ -13,7 +13,7 @@ import os
 import re
 import tarfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,16 +259,3 @@ def resolve_shards(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> 
         raise ValueError(f"no samples found in {items}")
     return [s for s in shards if s.samples > 0], infos
 
-
-def iter_records(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> Iterator[dict[str, Any]]:
-    """The JSON record of every sample of ``sources`` (images are not decoded; unreadable records are
-    skipped): for statistics and baselines that need only the text and the targets."""
-    shards, _ = resolve_shards(sources)
-    for shard in shards:
-        for sample in tarfile_samples([{"url": shard.url}], handler=lambda exn: False):
-            try:
-                record = json.loads(sample["json"])
-            except (KeyError, ValueError):
-                continue
-            if isinstance(record, dict):
-                yield record

@@ -33,8 +33,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..data import build_eval_loader, build_loader, resolve_shards, write_synthetic
-from ..data.shards import iter_records
+from ..data import build_eval_loader, build_loader, resolve_shards, text_records, write_synthetic
 from ..data.synthetic import SyntheticConfig, parse_holdout
 from ..eval.baselines import AnswerPriorBaseline, CenterBoxBaseline, mean_box_size
 from ..eval.runner import EvalResult, evaluate
@@ -346,7 +345,7 @@ class Trainer:
                                                    limit=2048, **self.loader_kwargs))
             parts.append(lambda: CenterBoxBaseline(size))
         if job.task in ("vqa", "vqa+ground"):
-            priors = [AnswerPriorBaseline(iter_records(job.data.train_sources), by) for by in ("answer", "question")]
+            priors = [AnswerPriorBaseline(text_records(job.data.train_sources), by) for by in ("answer", "question")]
             parts += [lambda p=p: copy.deepcopy(p) for p in priors]
         return lambda: [make() for make in parts]
 
