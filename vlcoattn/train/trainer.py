@@ -340,11 +340,11 @@ class Trainer:
         (each split is scored by its own): the center box (grounding) and the image-blind answer priors
         (VQA), so every report shows how much the image adds."""
         job, parts = self.job, []
-        if job.task in ("ground", "vqa+ground"):  # the mean training box, centred
+        if job.task in ("ground", "vqa+ground") and "ground" in self.row_tasks:  # the mean training box, centred
             size = mean_box_size(build_eval_loader(job.data.train_sources, self.tokenizer, batch_size=64,
                                                    limit=2048, **self.loader_kwargs))
             parts.append(lambda: CenterBoxBaseline(size))
-        if job.task in ("vqa", "vqa+ground"):
+        if job.task in ("vqa", "vqa+ground") and "vqa" in self.row_tasks:
             priors = [AnswerPriorBaseline(text_records(job.data.train_sources), by) for by in ("answer", "question")]
             parts += [lambda p=p: copy.deepcopy(p) for p in priors]
         return lambda: [make() for make in parts]
