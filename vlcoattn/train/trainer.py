@@ -345,7 +345,8 @@ class Trainer:
                                                    limit=2048, **self.loader_kwargs))
             parts.append(lambda: CenterBoxBaseline(size))
         if job.task in ("vqa", "vqa+ground") and "vqa" in self.row_tasks:
-            priors = [AnswerPriorBaseline(text_records(job.data.train_sources), by) for by in ("answer", "question")]
+            records = [r for r in text_records(job.data.train_sources) if r.get("task") == "vqa"]  # one read
+            priors = [AnswerPriorBaseline(records, by) for by in ("answer", "question")]
             parts += [lambda p=p: copy.deepcopy(p) for p in priors]
         return lambda: [make() for make in parts]
 
