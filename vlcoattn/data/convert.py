@@ -368,7 +368,7 @@ def text_records(sources: str | Path | Sequence[str | Path]) -> Iterator[dict[st
     """The JSON records of shard directories (or their ``dataset.json``, or shard patterns) in shard
     order, images not decoded; samples without a readable JSON object are left out. For statistics and
     baselines that need only the texts and the targets."""
-    shards, _ = resolve_shards(str(sources) if isinstance(sources, Path) else sources)
+    shards, _ = resolve_shards(sources)
     for sample in tarfile_samples([{"url": s.url} for s in shards]):
         try:
             record = json.loads(sample["json"])
