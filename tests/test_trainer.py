@@ -215,6 +215,33 @@ def test_torchrun_over_two_single_task_sources_mixes_them_resumes_exactly_and_eq
 
 
 @pytest.mark.slow
+def test_fsdp_equals_ddp_evaluates_in_lockstep_and_resumes_exactly_from_its_sharded_checkpoint(assets, tmp_path):
+    """run.parallel=fsdp (FSDP2 fully_shard, 2 gloo ranks): after 3 steps the parameters and the val metrics
+    equal DDP's (the eval batch size gives rank 0 one batch more than rank 1, so the sharded forwards must
+    run in lockstep); step 2's sharded (DCP) checkpoint resumes to the uninterrupted run's weights."""
+    val = sum(s.samples for s in resolve_shards([str(assets["data"] / "val")])[0])
+    common = {"data.shuffle": False, "data.eval_batch_size": val // 2 - (val % 2 == 0), "train.steps": 3,
+              "model.config": {"fusion_num_layers": 1, "backbone_out_indices": [-2], "fusion_dropout": 0.0,
+                               "fusion_attention_dropout": 0.0}}
+    fsdp_only = {"run.parallel": "fsdp", "train.save_every": 2}
+    for name, over in (("ddp", {}), ("fsdp", fsdp_only)):
+        cfg = base_config(assets, tmp_path / name, **common, **over)
+        proc = torchrun(["--config", str(write_config(cfg, tmp_path / f"{name}.yaml"))])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_weights(weights(tmp_path / "ddp"), weights(tmp_path / "fsdp"), atol=2e-5)
+    final = {name: json.loads((tmp_path / name / "final_metrics.json").read_text())["val"] for name in ("ddp", "fsdp")}
+    assert final["fsdp"] == pytest.approx(final["ddp"], rel=1e-4, abs=1e-5)
+
+    step2 = tmp_path / "fsdp" / "checkpoints" / "step-00000002"
+    assert (step2 / "sharded").is_dir() and (step2 / "model" / "model.safetensors").is_file()
+    assert "optimizer" not in torch.load(step2 / "trainer.pt", weights_only=True)  # it is in the shards
+    resumed = base_config(assets, tmp_path / "resumed", **common, **fsdp_only)
+    proc = torchrun(["--config", str(write_config(resumed, tmp_path / "resumed.yaml")), "--resume", str(step2)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_weights(weights(tmp_path / "fsdp"), weights(tmp_path / "resumed"), atol=1e-6)
+
+
+@pytest.mark.slow
 def test_a_one_rank_checkpoint_continues_on_two_ranks(assets, tmp_path):
     """torchrun elastic: a job checkpointed by one process resumes on two (model, optimizer, schedule and
     step restored; the data stream continues from the global sample count)."""
@@ -416,6 +443,17 @@ def test_gradient_checkpointing_in_the_trainer_changes_no_weight(assets, tmp_pat
     recomputed = _first_losses(assets, tmp_path, "ckpt", **{"model.gradient_checkpointing": True})
     assert recomputed == pytest.approx(plain, rel=1e-6)
     assert_same_weights(weights(tmp_path / "plain"), weights(tmp_path / "ckpt"), atol=1e-6)
+
+
+def test_compiled_layers_train_like_eager(assets, tmp_path):
+    """run.compile: every transformer layer and backbone stage through torch.compile (inductor, on the CPU
+    too); the losses match eager's to float rounding and the saved weights keep their names."""
+    no_dropout = {"model.config": {"fusion_num_layers": 1, "backbone_out_indices": [-2], "fusion_dropout": 0.0,
+                                   "fusion_attention_dropout": 0.0}}  # compiled dropout draws other masks
+    eager = _first_losses(assets, tmp_path, "eager", **no_dropout)
+    compiled = _first_losses(assets, tmp_path, "compiled", **no_dropout, **{"run.compile": True})
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    assert_same_weights(weights(tmp_path / "eager"), weights(tmp_path / "compiled"), atol=1e-4)
 
 
 def test_data_samples_per_epoch_sets_the_epoch_length(assets, tmp_path):

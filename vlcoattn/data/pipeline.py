@@ -100,6 +100,11 @@ class SampleDecoder:
         return sample
 
 
+# batches pad their text to a multiple of 8 tokens (as transformers' collators do for tensor cores): a
+# handful of distinct shapes, so a compiled model (run.compile) compiles a few graphs, not one per length
+TEXT_PAD_MULTIPLE = 8
+
+
 @dataclass
 class Collator:
     """Decoded samples -> padded batch dict (tokenization happens here, once per batch)."""
@@ -130,6 +135,7 @@ class Collator:
         enc = self.tokenizer(
             texts,
             padding="longest",
+            pad_to_multiple_of=TEXT_PAD_MULTIPLE,
             truncation=True,
             max_length=self.max_text_len,
             return_tensors="pt",

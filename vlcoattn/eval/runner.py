@@ -7,7 +7,7 @@ report the same numbers for the same model and data.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,26 @@ def _keep_examples(out, batch, examples: list[dict], limit: int, mean, std, answ
         examples.append(ex)
 
 
+def in_lockstep(batches: Iterable[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], bool]]:
+    """(batch, real) pairs, the same number on every rank: a rank whose share has run out repeats its
+    last batch (real = False, to be discarded) while another rank still has one. A sharded (FSDP) model's
+    forward all-gathers its weights, a collective, so every rank must run as many forwards as the others."""
+    it, last = iter(batches), None
+    while True:
+        batch = next(it, None)
+        more = torch.tensor([float(batch is not None)])
+        if _distributed():
+            dist.all_reduce(more, op=dist.ReduceOp.MAX)
+        if not more.item():
+            return
+        if batch is None and last is None:
+            raise ValueError("a sharded model's evaluation needs at least one sample per rank; "
+                             "this split has fewer samples than there are ranks")
+        if batch is not None:
+            last = batch
+        yield last, batch is not None
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -93,11 +113,13 @@ def evaluate(
     image_mean: tuple[float, ...] = (0.5, 0.5, 0.5),
     image_std: tuple[float, ...] = (0.5, 0.5, 0.5),
     progress: Iterable | None = None,
+    lockstep: bool = False,
 ) -> EvalResult:
     """Run ``model`` over ``batches`` (an :class:`~vlcoattn.data.EvalLoader`) and compute the task's
     metrics: VQA accuracy (+ per question type), Acc@0.5 / mean IoU in original-image pixels
     (+ per expression type), accuracy / macro-F1, perplexity; plus the mean loss. Every rank calls
-    it on its share; metrics and predictions are gathered (predictions on rank 0)."""
+    it on its share; metrics and predictions are gathered (predictions on rank 0). ``lockstep``: every
+    rank runs the same number of forwards (a sharded model, see :func:`in_lockstep`)."""
     was_training = model.training
     model.eval()
     num_classes = getattr(getattr(model, "config", None), "num_labels", None) if task == "cls" else None
@@ -105,10 +127,13 @@ def evaluate(
     loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of batch loss x rows, rows)
     preds: list[dict[str, Any]] = []
     examples: list[dict[str, Any]] = []
-    for batch in progress if progress is not None else batches:
+    batches = progress if progress is not None else batches
+    for batch, real in in_lockstep(batches) if lockstep else ((b, True) for b in batches):
         inputs = model_inputs(task, batch, device)
         with autocast or contextlib.nullcontext():
             out = model(**inputs)
+        if not real:
+            continue
         n = len(batch["keys"])
         if out.loss is not None and torch.isfinite(out.loss):
             loss_sum += torch.tensor([float(out.loss) * n, n], dtype=torch.float64)

@@ -3,7 +3,8 @@
 Layout of ``<run>/checkpoints/step-00001234/``::
 
     model/          save_pretrained dir (config.json, model.safetensors, tokenizer, vocabularies)
-    trainer.pt      optimizer, scheduler, step, ... (rank 0)
+    trainer.pt      optimizer (DDP), scheduler, step, ... (rank 0)
+    sharded/        FSDP runs: every rank's shards of the weights and optimizer state (torch DCP)
     rank{r}.pt      per-rank state: RNG of every generator, data position
     COMPLETE        written last
 
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 COMPLETE = "COMPLETE"
 PREFIX = "step-"
@@ -79,12 +81,14 @@ def save_checkpoint(
     rank: int = 0,
     keep_last: int = 3,
     barrier: Callable[[], None] = lambda: None,
+    save_shards: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically; every rank calls this (rank 0 writes the shared parts).
 
     save_model(dir): writes the save_pretrained dir (model, tokenizer, vocabularies).
     keep_last: complete checkpoints kept (older ones are deleted after the new one is in place).
     barrier: the process group's barrier in DDP, so rank 0 renames only after all ranks wrote.
+    save_shards(dir): called on every rank (FSDP: each writes its shards; needs a filesystem all ranks share).
     """
     root = Path(root)
     tmp, final = root / (TMP_PREFIX + checkpoint_name(step)), root / checkpoint_name(step)
@@ -93,6 +97,8 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     barrier()
     torch.save(rank_state, tmp / f"rank{rank}.pt")
+    if save_shards is not None:
+        save_shards(tmp)
     if rank == 0:
         save_model(tmp / "model")
         torch.save(trainer_state, tmp / "trainer.pt")
@@ -108,6 +114,20 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
+
+
+def load_model_weights(model: torch.nn.Module, model_dir: str | Path) -> None:
+    """Load a save_pretrained dir's ``model.safetensors`` into the live ``model`` (no second model built).
+    Tied weights (saved once) may be missing from the file; anything else missing or unexpected is an error."""
+    state = load_file(str(Path(model_dir) / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    tied = {n for group in names.values() if len(group) > 1 for n in group}
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"{model_dir} does not match the model: missing {sorted(set(missing) - tied)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
 
 
 def load_trainer_state(path: str | Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 TASKS = ("vqa", "ground", "vqa+ground", "cls", "lm")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PARALLEL_MODES = ("ddp", "fsdp")  # see vlcoattn.train.parallel
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -26,6 +27,10 @@ class RunConfig:
     # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (autocast, CPU or CUDA) | fp16 (autocast + a
     # gradient scaler, for GPUs without bf16)
     precision: str = "auto"
+    # ddp (every rank a full replica) | fsdp (FSDP2 fully_shard: weights, gradients and optimizer state
+    # sharded over the ranks; sharded DCP checkpoints). One process trains unsharded either way.
+    parallel: str = "ddp"
+    compile: bool = False  # torch.compile every transformer layer and backbone stage
 
 
 @dataclass
@@ -143,6 +148,10 @@ class JobConfig:
             (self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}"),
             (self.run.precision in PRECISIONS, f"run.precision must be one of {PRECISIONS}"),
             (self.run.device in ("auto", "cpu", "cuda"), "run.device must be auto, cpu or cuda"),
+            (self.run.parallel in PARALLEL_MODES, f"run.parallel must be one of {PARALLEL_MODES}"),
+            (not (self.run.parallel == "fsdp" and self.run.precision == "fp16"),
+             "run.precision=fp16 is not supported with run.parallel=fsdp (its gradient scaler would see "
+             "only this rank's shards); use bf16"),
             (self.optim.schedule in SCHEDULES, f"optim.schedule must be one of {SCHEDULES}"),
             (self.train.steps > 0, "train.steps must be > 0"),
             (self.data.batch_size > 0 and self.data.eval_batch_size > 0, "data batch sizes must be > 0"),

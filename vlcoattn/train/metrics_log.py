@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import json
 import math
+import resource
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 METRICS_FILE = "metrics.jsonl"
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """This process's peak memory so far, in GiB: allocated CUDA memory on a GPU (what activations and
+    optimizer state cost), the peak resident set size on the CPU (everything the process holds)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -43,6 +43,7 @@ from .build import build_model, needs_text_dir, resolve_text_dir
 from .checkpoint import (
     checkpoint_name,
     latest_checkpoint,
+    load_model_weights,
     load_rank_state,
     load_trainer_state,
     resolve_resume,
@@ -53,8 +54,17 @@ from .checkpoint import (
 from .config import save_config
 from .distributed import build_once_per_node, destroy_distributed, init_distributed
 from .job_config import JobConfig
-from .metrics_log import MetricsLogger
+from .metrics_log import MetricsLogger, peak_memory_gib
 from .optim import build_optimizer, build_scheduler
+from .parallel import (
+    apply_fsdp,
+    compile_units,
+    full_state_dict,
+    grad_norm_value,
+    has_sharded,
+    load_sharded,
+    save_sharded,
+)
 from .report import write_report
 
 log = logging.getLogger(__name__)
@@ -109,9 +119,11 @@ def data_vocabularies(sources: list[str]) -> tuple[list[str], list[str], list[st
     return answers, labels, sorted({task for info in infos for task in info.tasks})
 
 
-def save_model_dir(model: torch.nn.Module, tokenizer: Any, out: Path, task: str, max_text_len: int) -> None:
-    """save_pretrained dir: config + safetensors weights + tokenizer + the task file."""
-    model.save_pretrained(out)
+def save_model_dir(model: torch.nn.Module, tokenizer: Any, out: Path, task: str, max_text_len: int,
+                   state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """save_pretrained dir: config + safetensors weights + tokenizer + the task file. ``state_dict``: the
+    weights to write instead of the model's own (a sharded model's, gathered by ``full_state_dict``)."""
+    model.save_pretrained(out, state_dict=state_dict)
     tokenizer.save_pretrained(out)
     write_task_file(out, task, max_text_len)
 
@@ -175,8 +187,13 @@ class Trainer:
         output_class = getattr(model, "output_class", None)
         self.loss_names = ["loss", *(f.name for f in dataclasses.fields(output_class) if f.name.startswith("loss_"))] \
             if output_class is not None else ["loss"]
+        if job.run.compile:
+            compile_units(self.model)
+        self.sharded = job.run.parallel == "fsdp" and dist.distributed  # one process has nothing to shard
+        if self.sharded:
+            apply_fsdp(self.model)  # before the optimizer: its parameters become DTensor shards
         self.ddp = DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None) \
-            if dist.distributed else None
+            if dist.distributed and not self.sharded else None
         self.optimizer = build_optimizer(self.model, job.optim)
         self.scheduler = build_scheduler(self.optimizer, job.train.steps, job.optim)
         prep = model.preprocessing() if hasattr(model, "preprocessing") else {}
@@ -209,9 +226,10 @@ class Trainer:
 
     def _save(self) -> Path:
         model = self.model
+        full = full_state_dict(model) if self.sharded else None  # a collective: every rank gathers
         trainer_state = {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            **({} if self.sharded else {"optimizer": self.optimizer.state_dict()}),  # sharded: in sharded/
             "scheduler": self.scheduler.state_dict(),
             "bad_total": self.bad_total,
             "bad_in_row": self.bad_in_row,
@@ -221,8 +239,9 @@ class Trainer:
         rank_state = {"rng": rng_state(), "loader": self.loader.state_dict()}
         return save_checkpoint(
             self.ckpt_dir, self.step,
-            lambda d: save_model_dir(model, self.tokenizer, d, self.job.task, self.job.data.max_text_len),
+            lambda d: save_model_dir(model, self.tokenizer, d, self.job.task, self.job.data.max_text_len, full),
             trainer_state, rank_state, self.dist.rank, self.job.train.keep_last, self.dist.barrier,
+            save_shards=(lambda d: save_sharded(d, model, self.optimizer)) if self.sharded else None,
         )
 
     def resume(self, path: str | Path) -> None:
@@ -238,9 +257,14 @@ class Trainer:
         saved_world = trainer_state["world_size"]
         elastic = saved_world != self.dist.world_size
         rank_state = load_rank_state(path, 0 if elastic else self.dist.rank)  # rank 0's knows the global count
-        saved = type(self.model).from_pretrained(path / "model")
-        self.model.load_state_dict(saved.state_dict())
-        self.optimizer.load_state_dict(trainer_state["optimizer"])
+        if has_sharded(path):  # an FSDP checkpoint: DCP places its shards however this run holds the model
+            load_sharded(path, self.model, self.optimizer)
+        elif self.sharded:
+            raise ValueError(f"{path} was written with run.parallel=ddp (its optimizer state is not sharded); "
+                             "resume it with run.parallel=ddp")
+        else:
+            load_model_weights(self.model, path / "model")
+            self.optimizer.load_state_dict(trainer_state["optimizer"])
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         if self.scaler is not None and "scaler" in trainer_state:
             self.scaler.load_state_dict(trainer_state["scaler"])
@@ -280,8 +304,10 @@ class Trainer:
         module = self.ddp or self.model
         sums = torch.zeros(len(self.loss_names), dtype=torch.float64, device=dist.device)
         for i, b in enumerate(micro):
-            sync = self.ddp is None or i == len(micro) - 1
-            with contextlib.nullcontext() if sync else self.ddp.no_sync(), self.autocast():
+            sync = i == len(micro) - 1  # reduce the gradients after the last micro-batch only
+            if self.sharded:
+                self.model.set_requires_gradient_sync(sync)
+            with contextlib.nullcontext() if sync or self.ddp is None else self.ddp.no_sync(), self.autocast():
                 inputs = model_inputs(job.task, b, dist.device)
                 if self.counts_items:
                     out = module(**inputs, num_items_in_batch=num_items)
@@ -302,7 +328,7 @@ class Trainer:
             clip = job.optim.grad_clip if job.optim.grad_clip is not None else float("inf")
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+            grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
             if math.isfinite(grad_norm):
                 self.optimizer.step()
             elif self.scaler is not None:  # fp16 overflow: the scaler lowers its scale, nothing is wrong
@@ -330,7 +356,7 @@ class Trainer:
             batches = baseline.observe(batches)
         result = evaluate(self.model, batches, self.job.task,
                           device=self.dist.device, autocast=self.autocast(), keep_examples=keep_examples,
-                          image_mean=self.image_mean, image_std=self.image_std)
+                          image_mean=self.image_mean, image_std=self.image_std, lockstep=self.sharded)
         for baseline in fresh:
             result.metrics.update(baseline.compute())
         return result
@@ -410,6 +436,7 @@ class Trainer:
                     record = {**{k: v / max(window_n, 1) for k, v in window.items()}, "lr": lr,
                               "samples_per_s": window_samples / max(elapsed, 1e-9), "skipped_steps": self.bad_total,
                               "epoch": self.loader.epoch, "bad_samples": sum(self.loader.bad_samples().values()),
+                              "peak_mem_gib": peak_memory_gib(dist.device),
                               **{f"rows/{t}": n / window_steps for t, n in window_rows.items()}}  # per step
                     if grad_norm is not None and math.isfinite(grad_norm):  # nan: an fp16 overflow step
                         record["grad_norm"] = grad_norm
@@ -448,10 +475,11 @@ class Trainer:
                 pred_dir.mkdir(exist_ok=True)
                 with (pred_dir / f"{split}.jsonl").open("w") as f:
                     f.writelines(json.dumps(p) + "\n" for p in result.predictions)
+        full = full_state_dict(self.model) if self.sharded else None  # a collective: every rank gathers
         if dist.is_main:
             out, tmp = self.run_dir / "final", self.run_dir / ".tmp-final"
             shutil.rmtree(tmp, ignore_errors=True)
-            save_model_dir(self.model, self.tokenizer, tmp, job.task, job.data.max_text_len)
+            save_model_dir(self.model, self.tokenizer, tmp, job.task, job.data.max_text_len, full)
             shutil.rmtree(out, ignore_errors=True)
             os.replace(tmp, out)
             (self.run_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
