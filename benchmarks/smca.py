@@ -36,7 +36,8 @@ def setup(batch: int, grid: int, device: str = "cpu", seed: int = 0):
 
 def step(attn, q, feats, pos, ref, grid: int, impl: str) -> None:
     q.grad = feats.grad = None
-    out = attn(q, [feats + pos], [feats], [(grid, grid)], ref, attn_impl=impl)
+    out = attn(q, [feats + pos], values=[feats], grid_sizes=[(grid, grid)], reference_centers=ref,
+               output_attentions=impl == "eager")
     out.output.square().mean().backward()
 
 
@@ -70,8 +71,8 @@ def main() -> None:
         )
         # sanity: both paths give the same output
         with torch.no_grad():
-            o1 = a[0](a[1], [a[2] + a[3]], [a[2]], [(grid, grid)], a[4], attn_impl="eager").output
-            o2 = a[0](a[1], [a[2] + a[3]], [a[2]], [(grid, grid)], a[4], attn_impl="sdpa").output
+            run = partial(a[0], a[1], [a[2] + a[3]], values=[a[2]], grid_sizes=[(grid, grid)], reference_centers=a[4])
+            o1, o2 = run(output_attentions=True).output, run(output_attentions=False).output
         err = (o1 - o2).abs().max().item()
         m_ref, m_fused = peak_bytes(args.batch, grid, "eager", device), peak_bytes(args.batch, grid, "sdpa", device)
         rows.append([

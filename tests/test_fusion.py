@@ -13,6 +13,7 @@ from vlcoattn.fusion import (
     SMCAFusionEncoder,
     SpatialPriorHead,
     attention_reference,
+    fusion_block_config,
     gaussian_log_prior,
     grid_coordinates,
     merge_masks,
@@ -30,10 +31,9 @@ def _levels(B, grids, d=D, seed=0):
 
 
 def _encoder(**kw):
-    args = dict(d_model=D, num_heads=NH, intermediate_size=64, shared_key_dim=16, dropout=0.0, attention_dropout=0.0)
-    args.update(kw)
+    block = fusion_block_config(D, NH, intermediate_size=64, shared_key_dim=16, dropout=0.0, attention_dropout=0.0)
     torch.manual_seed(0)
-    enc = SMCAFusionEncoder(kw.pop("num_layers", 2), **{k: v for k, v in args.items() if k != "num_layers"})
+    enc = SMCAFusionEncoder(kw.pop("num_layers", 2), block, **kw)
     # move scales off their init (s = 1) and centers apart, so the tests see a non-trivial prior
     for layer in enc.layers:
         if layer.cross_attn.prior is not None:
@@ -131,8 +131,9 @@ def test_sdpa_path_equals_reference_softmax_path():
     ref = torch.rand(B, T, 2)
     valid = [torch.ones(B, 24, dtype=torch.bool), torch.ones(B, 6, dtype=torch.bool)]
     valid[0][1, -5:] = False  # some padded image cells in sample 1
-    fused = attn(q, keys, feats, grids, ref, valid)
-    eager = attn(q, keys, feats, grids, ref, valid, output_attentions=True)
+    kw = dict(values=feats, grid_sizes=grids, reference_centers=ref, key_valid=valid)
+    fused = attn(q, keys, **kw)
+    eager = attn(q, keys, **kw, output_attentions=True)
     torch.testing.assert_close(fused.output, eager.output, atol=1e-5, rtol=1e-5)
     p0 = eager.attentions[0]  # (B, N_h, T, 24)
     assert p0.shape == (B, NH, T, 24)
@@ -166,7 +167,7 @@ def test_attended_center_is_the_cell_a_peaked_attention_picks():
     H, W = 4, 5
     feats, pos = _levels(1, [(H, W)])
     ref = torch.tensor([[[0.7, 0.4]]])  # x = 3.5 cells -> col 3, y = 1.6 cells -> row 1
-    out = attn(torch.randn(1, 1, D), [feats[0] + pos[0]], feats, [(H, W)], ref)
+    out = attn(torch.randn(1, 1, D), [feats[0] + pos[0]], values=feats, grid_sizes=[(H, W)], reference_centers=ref)
     torch.testing.assert_close(out.attended[0, 0], torch.tensor([[3.5 / W, 1.5 / H]]).expand(NH, 2))
 
 
@@ -193,7 +194,8 @@ def test_gaussian_prior_alone_peaks_at_the_center():
     H, W = 5, 8
     feats, pos = _levels(1, [(H, W)])
     ref = torch.tensor([[[0.8, 0.3]]])  # x = 0.8 * 8 = 6.4 -> col 6; y = 0.3 * 5 = 1.5 -> row 1
-    out = attn(torch.randn(1, 1, D), [feats[0] + pos[0]], feats, [(H, W)], ref, output_attentions=True)
+    out = attn(torch.randn(1, 1, D), [feats[0] + pos[0]], values=feats, grid_sizes=[(H, W)], reference_centers=ref,
+               output_attentions=True)
     probs = out.attentions[0][0, :, 0]  # (N_h, H*W)
     assert torch.all(probs.argmax(-1) == 1 * W + 6)
     torch.testing.assert_close(probs, out.log_priors[0][0, :, 0].softmax(-1))
@@ -216,10 +218,10 @@ def test_spatial_prior_none_equals_plain_multihead_cross_attention():
     q, kv = torch.randn(B, T, D), torch.randn(B, S, D)
     valid = torch.ones(B, S, dtype=torch.bool)
     valid[0, 15:] = False
-    ours = smca(q, [kv], [kv], key_valid=[valid])
+    ours = smca(q, [kv], key_valid=[valid])
     theirs, weights = mha(q, kv, kv, key_padding_mask=~valid, average_attn_weights=False)
     torch.testing.assert_close(ours.output, theirs, atol=1e-5, rtol=1e-5)
-    eager = smca(q, [kv], [kv], key_valid=[valid], output_attentions=True)
+    eager = smca(q, [kv], key_valid=[valid], output_attentions=True)
     torch.testing.assert_close(eager.attentions[0], weights, atol=1e-5, rtol=1e-5)
     assert ours.centers is None and ours.scales is None
 
@@ -231,7 +233,7 @@ def test_none_ablation_runs_the_same_layer_code():
     assert names_n < names_g  # same modules, minus the prior heads
     assert all(("prior" in n or "reference_head" in n) for n in names_g - names_n)
     feats, pos = _levels(2, [(3, 4)])
-    out = enc_n(torch.randn(2, 5, D), None, feats, pos, [(3, 4)])
+    out = enc_n(torch.randn(2, 5, D), feats, pos, [(3, 4)])
     assert out.reference_centers is None and out.centers == ()
 
 
@@ -246,10 +248,10 @@ def test_padded_text_tokens_change_no_output_of_real_tokens(two_way):
     text = torch.randn(2, 8, D)
     mask = torch.ones(2, 8)
     mask[1, 5:] = 0
-    a = enc(text, mask, feats, pos, grids)
+    a = enc(text, feats, pos, grids, text_mask=mask)
     text2 = text.clone()
     text2[1, 5:] = 100 * torch.randn(3, D)  # garbage in the padding
-    b = enc(text2, mask, feats, pos, grids)
+    b = enc(text2, feats, pos, grids, text_mask=mask)
     torch.testing.assert_close(a.text_hidden_state[:, :5], b.text_hidden_state[:, :5])
     torch.testing.assert_close(a.text_hidden_state[0], b.text_hidden_state[0])
     for x, y in zip(a.image_hidden_states, b.image_hidden_states):
@@ -265,8 +267,8 @@ def test_batch_of_one_equals_same_sample_in_padded_batch(two_way):
     text = torch.randn(2, 9, D)
     mask = torch.ones(2, 9)
     mask[0, 4:] = 0  # sample 0 has 4 real tokens
-    batch = enc(text, mask, feats, pos, grids)
-    alone = enc(text[:1, :4], None, [f[:1] for f in feats], pos, grids)
+    batch = enc(text, feats, pos, grids, text_mask=mask)
+    alone = enc(text[:1, :4], [f[:1] for f in feats], pos, grids)
     torch.testing.assert_close(batch.text_hidden_state[0, :4], alone.text_hidden_state[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(batch.image_hidden_states[0][0], alone.image_hidden_states[0][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(batch.reference_centers[0, :4], alone.reference_centers[0], atol=1e-6, rtol=1e-6)
@@ -276,7 +278,7 @@ def test_gradients_reach_center_offset_and_scale_parameters():
     enc = _encoder(num_layers=2, num_levels=2).train()
     grids = [(4, 4), (2, 2)]
     feats, pos = _levels(2, grids)
-    out = enc(torch.randn(2, 5, D), None, feats, pos, grids)
+    out = enc(torch.randn(2, 5, D), feats, pos, grids)
     out.text_hidden_state.square().mean().backward()
     ref = enc.layers[0].reference_head
     assert enc.layers[1].reference_head is None  # centers come from the first layer only
@@ -293,7 +295,7 @@ def test_center_from_text_reuses_the_first_layers_reference_centers():
     for layer in enc.layers:  # no offsets: every layer's per-head centers are exactly c_t
         nn.init.zeros_(layer.cross_attn.prior.offsets.weight)
     feats, pos = _levels(1, [(3, 3)])
-    out = enc(torch.randn(1, 4, D), None, feats, pos, [(3, 3)])
+    out = enc(torch.randn(1, 4, D), feats, pos, [(3, 3)])
     want = out.reference_centers[:, :, None, :].expand(1, 4, NH, 2)
     assert len(out.centers) == 3
     for c in out.centers:
@@ -307,7 +309,7 @@ def test_center_from_attention_centers_layer_l_where_layer_l_minus_1_looked():
     for layer in enc.layers:
         nn.init.zeros_(layer.cross_attn.prior.offsets.weight)
     feats, pos = _levels(1, [(3, 3)])
-    out = enc(torch.randn(1, 4, D), None, feats, pos, [(3, 3)])
+    out = enc(torch.randn(1, 4, D), feats, pos, [(3, 3)])
     torch.testing.assert_close(out.centers[0], out.reference_centers[:, :, None, :].expand(1, 4, NH, 2))
     for prev, c in zip(out.attended[:-1], out.centers[1:]):
         torch.testing.assert_close(c, prev.mean(dim=2, keepdim=True).expand(1, 4, NH, 2), atol=1e-6, rtol=1e-5)

@@ -1,6 +1,13 @@
 """Spatially modulated co-attention (SMCA) between text tokens and image feature grids."""
 
-from .layers import FeedForward, FusionOutput, SMCAFusionEncoder, SMCAFusionLayer
+from .layers import (
+    FeedForward,
+    FusionLayerOutput,
+    FusionOutput,
+    SMCAFusionEncoder,
+    SMCAFusionLayer,
+    fusion_block_config,
+)
 from .position import PositionEmbeddingSine2D, sine_position_encoding_2d
 from .smca import (
     CENTER_SOURCES,
@@ -24,6 +31,7 @@ __all__ = [
     "SPATIAL_PRIORS",
     "CrossAttentionOutput",
     "FeedForward",
+    "FusionLayerOutput",
     "FusionOutput",
     "PositionEmbeddingSine2D",
     "ReferenceCenterHead",
@@ -32,6 +40,7 @@ __all__ = [
     "SMCAFusionLayer",
     "SpatialPriorHead",
     "attention_reference",
+    "fusion_block_config",
     "gaussian_log_prior",
     "grid_coordinates",
     "merge_masks",

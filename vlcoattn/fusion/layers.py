@@ -22,6 +22,10 @@ later layer reuses it; with ``"attention"`` (default) layer l > 0 centers its Ga
 token looked in layer l - 1, the head-mean centroid m_t = mean_k sum_j p_{t,k,j} (x_j, y_j) of its
 attention -- the words alone cannot know where "the red cube" is in this image, the attention can.
 Each layer has its own offsets and scales.
+
+The text self-attention and both FFNs are CooBERT's own blocks (``CooBertAttention``, ``CooBertIntermediate``
++ ``CooBertOutput``) at the fusion's width; the attention implementation (SDPA or the explicit softmax that
+returns the maps) is the model config's ``_attn_implementation``, as in transformers.
 """
 
 from __future__ import annotations
@@ -31,32 +35,57 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ..text.attention import (
-    CollaborativeSelfAttention,
-    build_attention_mask,
-    collaborative_attention_reference,
-)
-from ..text.modeling_coobert import concatenation_mixing
+from ..text.attention import build_attention_mask, collaborative_attention_reference
+from ..text.configuration_coobert import CooBertConfig
+from ..text.modeling_coobert import CooBertAttention, CooBertIntermediate, CooBertOutput
 from .smca import CENTER_SOURCES, CrossAttentionOutput, ReferenceCenterHead, SMCACrossAttention
 
-__all__ = ["FeedForward", "FusionOutput", "SMCAFusionEncoder", "SMCAFusionLayer"]
+__all__ = ["FeedForward", "FusionLayerOutput", "FusionOutput", "SMCAFusionEncoder", "SMCAFusionLayer",
+           "fusion_block_config"]
+
+
+def fusion_block_config(
+    d_model: int,
+    num_heads: int,
+    intermediate_size: int,
+    shared_key_dim: int | None = None,
+    dropout: float = 0.1,
+    attention_dropout: float = 0.1,
+    hidden_act: str = "gelu",
+    layer_norm_eps: float = 1e-12,
+) -> CooBertConfig:
+    """The CooBERT block config of a fusion layer: its width, heads, D~k, FFN size, dropout and norm."""
+    return CooBertConfig(
+        hidden_size=d_model, num_attention_heads=num_heads, intermediate_size=intermediate_size,
+        shared_key_dim=shared_key_dim, hidden_dropout_prob=dropout, attention_probs_dropout_prob=attention_dropout,
+        hidden_act=hidden_act, layer_norm_eps=layer_norm_eps,
+    )
 
 
 class FeedForward(nn.Module):
-    """dense d -> intermediate, activation, dense -> d, dropout."""
+    """CooBERT's FFN with its residual and LayerNorm: LN(x + dropout(W_2 act(W_1 x)))."""
 
-    def __init__(self, d_model: int, intermediate_size: int, act: str = "gelu", dropout: float = 0.0) -> None:
+    def __init__(self, config: CooBertConfig) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(d_model, intermediate_size)
-        self.act = ACT2FN[act]
-        self.fc2 = nn.Linear(intermediate_size, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.intermediate = CooBertIntermediate(config)
+        self.output = CooBertOutput(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.fc2(self.act(self.fc1(x))))
+        return self.output(self.intermediate(x), x)
+
+
+@dataclass
+class FusionLayerOutput:
+    """What one fusion layer returns: both streams and the records of its attentions."""
+
+    text: torch.Tensor  # (B, T, d)
+    image: list[torch.Tensor]  # per level (B, S_l, d)
+    reference_centers: torch.Tensor | None  # (B, T, 2) layer 0's text reference, passed on
+    cross: CrossAttentionOutput  # the SMCA text -> image attention
+    self_attention: torch.Tensor | None = None  # (B, N_h, T, T), when maps are requested
+    image_attention: torch.Tensor | None = None  # (B, N_h, S, T), two-way, when maps are requested
 
 
 @dataclass
@@ -81,14 +110,15 @@ class FusionOutput:
 
 class SMCAFusionLayer(GradientCheckpointingLayer):
     """Text self-attention (collaborative) -> SMCA text->image -> [image->text] -> FFNs (recomputed in the
-    backward pass under ``gradient_checkpointing_enable()``)."""
+    backward pass under ``gradient_checkpointing_enable()``).
+
+    block: the CooBERT block config (:func:`fusion_block_config`); the SMCA arguments as
+    :class:`SMCACrossAttention`'s. ``update_image=False`` (the last layer) leaves the image stream as it is.
+    """
 
     def __init__(
         self,
-        d_model: int,
-        num_heads: int,
-        intermediate_size: int,
-        shared_key_dim: int | None = None,
+        block: CooBertConfig,
         spatial_prior: str = "gaussian",
         beta: float = 8.0,
         prior_sharing: str = "per_head",
@@ -99,78 +129,64 @@ class SMCAFusionLayer(GradientCheckpointingLayer):
         offset_mode: str = "logit",
         has_reference_head: bool = False,
         update_image: bool = True,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.1,
-        hidden_act: str = "gelu",
-        layer_norm_eps: float = 1e-12,
     ) -> None:
         super().__init__()
+        d, heads, p_attn = block.hidden_size, block.num_attention_heads, block.attention_probs_dropout_prob
         self.position_in_values = position_in_values
-        self.self_attn = CollaborativeSelfAttention(d_model, num_heads, shared_key_dim, dropout=attention_dropout)
-        with torch.no_grad():
-            self.self_attn.mixing.copy_(concatenation_mixing(num_heads, self.self_attn.shared_key_dim))
-        self.self_out = nn.Linear(d_model, d_model)
-        self.self_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.self_attention = CooBertAttention(block)  # LN(t + W_O CollabSelfAttn(t))
         use_ref = has_reference_head and spatial_prior == "gaussian"
-        self.reference_head = ReferenceCenterHead(d_model) if use_ref else None
+        self.reference_head = ReferenceCenterHead(d) if use_ref else None
         self.cross_attn = SMCACrossAttention(
-            d_model, num_heads, spatial_prior, beta, prior_sharing, num_levels, level_scale_multipliers,
-            attention_dropout, offset_mode,
+            d, heads, spatial_prior, beta=beta, prior_sharing=prior_sharing, num_levels=num_levels,
+            level_scale_multipliers=level_scale_multipliers, dropout=p_attn, offset_mode=offset_mode,
         )
-        self.cross_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.cross_norm = nn.LayerNorm(d, eps=block.layer_norm_eps)
         if two_way and update_image:
-            self.image_attn = SMCACrossAttention(d_model, num_heads, "none", dropout=attention_dropout)
-            self.image_attn_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+            self.image_attn = SMCACrossAttention(d, heads, "none", dropout=p_attn)
+            self.image_attn_norm = nn.LayerNorm(d, eps=block.layer_norm_eps)
         else:
             self.image_attn = self.image_attn_norm = None
-        self.text_ffn = FeedForward(d_model, intermediate_size, hidden_act, dropout)
-        self.text_ffn_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        if update_image:
-            self.image_ffn = FeedForward(d_model, intermediate_size, hidden_act, dropout)
-            self.image_ffn_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        else:  # the last layer: nothing reads an updated image stream
-            self.image_ffn = self.image_ffn_norm = None
-        self.dropout = nn.Dropout(dropout)
+        self.text_ffn = FeedForward(block)
+        self.image_ffn = FeedForward(block) if update_image else None  # the last layer: nothing reads it
+        self.dropout = nn.Dropout(block.hidden_dropout_prob)
 
     def forward(
         self,
         text: torch.Tensor,
-        text_mask: torch.Tensor | None,
         image: Sequence[torch.Tensor],
         image_pos: Sequence[torch.Tensor],
         grid_sizes: Sequence[tuple[int, int]],
+        *,
+        text_mask: torch.Tensor | None = None,
         image_valid: Sequence[torch.Tensor | None] | None = None,
         extents: Sequence[torch.Tensor | None] | None = None,
         reference_centers: torch.Tensor | None = None,
         output_attentions: bool = False,
-        attn_impl: str = "sdpa",
-    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None, CrossAttentionOutput, dict]:
-        """text (B, T, d) with text_mask (B, T) 1 = real; image/image_pos per level (B|1, S_l, d).
-
-        Returns (text, image levels, reference centers, the SMCA output record, other attentions).
-        """
+        attn_implementation: str = "sdpa",
+    ) -> FusionLayerOutput:
+        """text (B, T, d) with text_mask (B, T) 1 = real; image / image_pos per level (B|1, S_l, d).
+        ``output_attentions`` or ``attn_implementation="eager"``: the explicit-softmax paths, with maps."""
         B, T, _ = text.shape
-        eager = output_attentions or attn_impl == "eager"
-        maps: dict = {}
+        eager = output_attentions or attn_implementation == "eager"
+        self_probs = image_probs = None
 
         # 1. text self-attention, collaborative (shared W~_Q, W~_K, mixing, content bias)
         self_mask, _ = build_attention_mask(text_mask, T, 0, False, text.dtype)  # (B, 1, T, T) or None
         if eager:
-            ctx, maps["self"] = collaborative_attention_reference(self.self_attn, text, self_mask)
+            ctx, self_probs = collaborative_attention_reference(self.self_attention.self, text, self_mask)
+            text = self.self_attention.output(ctx, text)
         else:
-            ctx = self.self_attn(text, self_mask)  # (B, T, d)
-        text = self.self_norm(text + self.dropout(self.self_out(ctx)))
+            text = self.self_attention(text, self_mask)  # (B, T, d)
 
         # 2. text -> image, SMCA: every token a query with its own Gaussian per head
         if self.reference_head is not None:
             reference_centers = self.reference_head(text)  # (B, T, 2), reused by later layers
         keys = [v + p for v, p in zip(image, image_pos)]  # (B, S_l, d)
-        ca = self.cross_attn(
-            text, keys, keys if self.position_in_values else list(image), grid_sizes, reference_centers,
-            image_valid, extents,
-            output_attentions=output_attentions, attn_impl=attn_impl,
+        cross = self.cross_attn(
+            text, keys, values=keys if self.position_in_values else list(image), grid_sizes=grid_sizes,
+            reference_centers=reference_centers, key_valid=image_valid, extents=extents, output_attentions=eager,
         )
-        text = self.cross_norm(text + self.dropout(ca.output))
+        text = self.cross_norm(text + self.dropout(cross.output))
 
         # 3. image -> text (two-way co-attention): image cells attend to the real text tokens
         image = list(image)
@@ -178,21 +194,17 @@ class SMCAFusionLayer(GradientCheckpointingLayer):
             sizes = [v.shape[1] for v in image]
             flat = torch.cat(image, dim=1)  # (B, S, d)
             flat_pos = torch.cat([p.expand(B, -1, -1) for p in image_pos], dim=1)
-            valid = text_mask.bool() if text_mask is not None else None
-            ia = self.image_attn(
-                flat + flat_pos, [text], [text], key_valid=[valid],
-                output_attentions=output_attentions, attn_impl=attn_impl,
-            )
-            if output_attentions:
-                maps["image"] = ia.attentions[0]  # (B, N_h, S, T)
+            valid = [text_mask.bool()] if text_mask is not None else None
+            ia = self.image_attn(flat + flat_pos, [text], values=[text], key_valid=valid, output_attentions=eager)
+            image_probs = ia.attentions[0] if eager else None  # (B, N_h, S, T)
             flat = self.image_attn_norm(flat + self.dropout(ia.output))
             image = list(flat.split(sizes, dim=1))
 
         # 4. FFN on both streams
-        text = self.text_ffn_norm(text + self.text_ffn(text))
+        text = self.text_ffn(text)
         if self.image_ffn is not None:
-            image = [self.image_ffn_norm(v + self.image_ffn(v)) for v in image]
-        return text, image, reference_centers, ca, maps
+            image = [self.image_ffn(v) for v in image]
+        return FusionLayerOutput(text, image, reference_centers, cross, self_probs, image_probs)
 
 
 class SMCAFusionEncoder(nn.Module):
@@ -201,7 +213,7 @@ class SMCAFusionEncoder(nn.Module):
     stream as it is (no image FFN / image->text attention): only the text tokens leave the stack, so
     those parameters would get no gradient."""
 
-    def __init__(self, num_layers: int, center_from: str = "attention", **layer_kwargs) -> None:
+    def __init__(self, num_layers: int, block: CooBertConfig, center_from: str = "attention", **smca_kwargs) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"the fusion stack needs at least one layer, got {num_layers}")
@@ -209,59 +221,45 @@ class SMCAFusionEncoder(nn.Module):
             raise ValueError(f"center_from must be one of {CENTER_SOURCES}, got {center_from!r}")
         self.center_from = center_from
         self.layers = nn.ModuleList(
-            SMCAFusionLayer(**layer_kwargs, has_reference_head=(i == 0), update_image=(i < num_layers - 1))
+            SMCAFusionLayer(block, **smca_kwargs, has_reference_head=(i == 0), update_image=(i < num_layers - 1))
             for i in range(num_layers)
         )
 
     def forward(
         self,
         text: torch.Tensor,
-        text_mask: torch.Tensor | None,
         image: Sequence[torch.Tensor],
         image_pos: Sequence[torch.Tensor],
         grid_sizes: Sequence[tuple[int, int]],
-        image_valid: Sequence[torch.Tensor | None] | None = None,
-        extents: Sequence[torch.Tensor | None] | None = None,
-        output_attentions: bool = False,
-        attn_impl: str = "sdpa",
+        **layer_kwargs,
     ) -> FusionOutput:
-        """See :meth:`SMCAFusionLayer.forward`; returns the last layer's streams and per-layer records."""
+        """See :meth:`SMCAFusionLayer.forward` (the keyword arguments go to every layer); returns the last
+        layer's streams and per-layer records."""
+        maps = layer_kwargs.get("output_attentions", False)
         reference = first_reference = None
-        centers, scales, attended, alphas, cross, priors, selfs, imgs = [], [], [], [], [], [], [], []
+        layers = []
         for i, layer in enumerate(self.layers):
-            text, image, reference, ca, maps = layer(
-                text, text_mask, image, image_pos, grid_sizes, image_valid, extents, reference,
-                output_attentions, attn_impl,
-            )
+            out = layer(text, image, image_pos, grid_sizes, reference_centers=reference, **layer_kwargs)
+            text, image, reference = out.text, out.image, out.reference_centers
             if i == 0:
                 first_reference = reference
-            attended.append(ca.attended)
             if self.center_from == "attention" and reference is not None:
-                reference = ca.attended.mean(dim=2)  # (B, T, 2): where the token looked, head mean
-            if ca.centers is not None:
-                centers.append(ca.centers)
-                scales.append(ca.scales)
-            if ca.level_weights is not None:
-                alphas.append(ca.level_weights)
-            if output_attentions:
-                cross.append(ca.attentions)
-                priors.append(ca.log_priors)
-                selfs.append(maps["self"])
-                if "image" in maps:
-                    imgs.append(maps["image"])
-        last = attended[-1]  # None when the keys are not on a grid
+                reference = out.cross.attended.mean(dim=2)  # (B, T, 2): where the token looked, head mean
+            layers.append(out)
+        cross = [o.cross for o in layers]
+        last = cross[-1].attended  # None when the keys are not on a grid
         base = last.mean(dim=2) if self.center_from == "attention" and last is not None else first_reference
         return FusionOutput(
             text_hidden_state=text,
             image_hidden_states=image,
             reference_centers=first_reference,
-            attended=tuple(attended),
+            attended=tuple(c.attended for c in cross),
             base_centers=base,
-            centers=tuple(centers),
-            scales=tuple(scales),
-            level_weights=tuple(alphas),
-            cross_attentions=tuple(cross),
-            log_priors=tuple(priors),
-            self_attentions=tuple(selfs),
-            image_attentions=tuple(imgs),
+            centers=tuple(c.centers for c in cross if c.centers is not None),
+            scales=tuple(c.scales for c in cross if c.scales is not None),
+            level_weights=tuple(c.level_weights for c in cross if c.level_weights is not None),
+            cross_attentions=tuple(c.attentions for c in cross) if maps else (),
+            log_priors=tuple(c.log_priors for c in cross) if maps else (),
+            self_attentions=tuple(o.self_attention for o in layers) if maps else (),
+            image_attentions=tuple(o.image_attention for o in layers if o.image_attention is not None) if maps else (),
         )

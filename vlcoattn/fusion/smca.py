@@ -18,7 +18,7 @@ a Gaussian of std sqrt(β/2) = 2 cells.
 
 log G is passed as the float ``attn_mask`` of ``F.scaled_dot_product_attention`` (merged with the
 key padding mask); :func:`attention_reference` is the explicit-softmax version used by tests and
-whenever attention maps are requested. ``spatial_prior="none"`` drops the mask and leaves plain
+whenever attention maps are requested (``output_attentions``). ``spatial_prior="none"`` drops the mask and leaves plain
 multi-head cross-attention on the same code. Multi-scale: one Gaussian per feature level (its
 precision times a per-level multiplier), one attention per level, outputs mixed by a per-token
 scale-selection softmax α = softmax(Linear(h_t)).
@@ -124,17 +124,18 @@ def merge_masks(
 
 
 def attention_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(q k^T / sqrt(d_h) + mask) v, spelled out. q (B,N,T,d), k/v (B,N,S,d).
+    """softmax(q k^T / sqrt(d_h) + mask) v, spelled out. q (B,N,T,d), k/v (B,N,S,d). ``dropout_p``: dropout
+    on the probabilities before they weigh v, as SDPA's.
 
-    Returns (output (B, N, T, d), probabilities (B, N, T, S)).
+    Returns (output (B, N, T, d), probabilities (B, N, T, S), before dropout).
     """
     scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, N, T, S)
     if attn_mask is not None:
         scores = scores + attn_mask
     probs = scores.softmax(dim=-1)
-    return probs @ v, probs
+    return F.dropout(probs, dropout_p) @ v if dropout_p > 0 else probs @ v, probs
 
 
 class ReferenceCenterHead(nn.Module):
@@ -257,78 +258,78 @@ class SMCACrossAttention(nn.Module):
         B, S, _ = x.shape
         return x.view(B, S, self.num_heads, self.head_dim).transpose(1, 2)  # (B, N_h, S, d_h)
 
+    def _attend_level(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+        xy: torch.Tensor | None, output_attentions: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """One level: o = softmax(q k^T / sqrt(d_h) + log G + padding) v, and where each head looked,
+        m = sum_j p_j (x_j, y_j). q (B, N_h, T, d_h), k / v (B, N_h, S, d_h), mask (B, N_h|1, T, S),
+        xy (B, 1, S, 2) cell centers. Returns (o (B, N_h, T, d_h), m (B, T, N_h, 2), p (B, N_h, T, S))."""
+        p_drop = self.dropout if self.training else 0.0
+        if output_attentions:  # the explicit softmax, whose probabilities are returned
+            o, p = attention_reference(q, k, v, mask, p_drop)
+            looked = (p @ xy).transpose(1, 2) if xy is not None else None
+            return o, looked, p
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)
+        looked = None
+        if xy is not None:  # the same centroid, by SDPA with the coordinates as values (no dropout)
+            looked = F.scaled_dot_product_attention(q, k, xy.expand(-1, self.num_heads, -1, -1), attn_mask=mask)
+            looked = looked.transpose(1, 2)
+        return o, looked, None
+
     def forward(
         self,
         query: torch.Tensor,
         keys: Sequence[torch.Tensor],
+        *,
         values: Sequence[torch.Tensor] | None = None,
         grid_sizes: Sequence[tuple[int, int]] | None = None,
         reference_centers: torch.Tensor | None = None,
         key_valid: Sequence[torch.Tensor | None] | None = None,
         extents: Sequence[torch.Tensor | None] | None = None,
         output_attentions: bool = False,
-        attn_impl: str = "sdpa",
     ) -> CrossAttentionOutput:
-        """Attend from ``query`` (B, T, d) to each level's keys.
+        """Attend from ``query`` (B, T, d) to each level's keys, then mix the levels.
 
         keys / values: per level (B, S_l, d); keys usually carry the position encoding, values not
             (values default to keys). grid_sizes: per level (H_l, W_l) with H_l * W_l = S_l (needed
             by the Gaussian prior). reference_centers: (B, T, 2) normalized (needed by the prior).
         key_valid: per level (B, S_l) bool, True for real keys, or None. extents: per level (B, 2)
             real (W, H) in cells, or None (see :func:`gaussian_log_prior`).
-        output_attentions / attn_impl="eager": use :func:`attention_reference` and return the maps.
+        output_attentions: use :func:`attention_reference` and return the maps and log-priors.
         """
-        if attn_impl not in ("sdpa", "eager"):
-            raise ValueError(f"attn_impl must be 'sdpa' or 'eager', got {attn_impl!r}")
         if len(keys) != self.num_levels:
             raise ValueError(f"expected {self.num_levels} key levels, got {len(keys)}")
+        if self.prior is not None and (reference_centers is None or grid_sizes is None):
+            raise ValueError("the gaussian spatial prior needs reference_centers and grid_sizes")
         values = keys if values is None else values
         B, T, _ = query.shape
         q = self._heads(self.q_proj(query))  # (B, N_h, T, d_h)
+        centers, scales = self.prior(query, reference_centers) if self.prior is not None else (None, None)
 
-        centers = scales = None
-        if self.prior is not None:
-            if reference_centers is None or grid_sizes is None:
-                raise ValueError("the gaussian spatial prior needs reference_centers and grid_sizes")
-            centers, scales = self.prior(query, reference_centers)  # (B, T, N_h, 2) each
-
-        eager = output_attentions or attn_impl == "eager"
         outs, looked, attns, priors = [], [], [], []
         for lvl in range(self.num_levels):
-            k = self._heads(self.k_proj(keys[lvl]))  # (B, N_h, S, d_h)
-            v = self._heads(self.v_proj(values[lvl]))
             extent = extents[lvl] if extents is not None else None
             log_g = None
-            if self.prior is not None:
+            if self.prior is not None:  # (B, N_h, T, S): this level's Gaussian, precision x its multiplier
                 s = scales * self.level_scale_multipliers[lvl]
-                log_g = gaussian_log_prior(centers, s, tuple(grid_sizes[lvl]), self.beta, extent)  # (B,N_h,T,S)
+                log_g = gaussian_log_prior(centers, s, tuple(grid_sizes[lvl]), self.beta, extent)
             mask = merge_masks(log_g, key_valid[lvl] if key_valid is not None else None, q.dtype)
-            # normalized cell centers (B, 1, S, 2), to locate where each head looked (keys on a grid only)
             xy = grid_coordinates(tuple(grid_sizes[lvl]), B, extent, q.dtype, q.device) if grid_sizes else None
-            if eager:
-                o, p = attention_reference(q, k, v, mask)
-                if self.training and self.dropout > 0:  # dropout on the probabilities, as SDPA
-                    o = F.dropout(p, self.dropout, training=True) @ v
-                if xy is not None:
-                    looked.append((p @ xy).transpose(1, 2))  # (B, T, N_h, 2): sum_j p_j (x_j, y_j)
-                attns.append(p)
-                priors.append(log_g)
-            else:
-                o = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-                )  # (B, N_h, T, d_h)
-                if xy is not None:  # the same centroid, by SDPA with the coordinates as values
-                    m = F.scaled_dot_product_attention(q, k, xy.expand(-1, self.num_heads, -1, -1), attn_mask=mask)
-                    looked.append(m.transpose(1, 2))
+            k, v = self._heads(self.k_proj(keys[lvl])), self._heads(self.v_proj(values[lvl]))  # (B, N_h, S, d_h)
+            o, m, p = self._attend_level(q, k, v, mask, xy, output_attentions)
             outs.append(o.transpose(1, 2).reshape(B, T, self.d_model))  # (B, T, d)
+            looked.append(m)
+            attns.append(p)
+            priors.append(log_g)
 
-        alpha = None
-        if self.level_select is not None:
-            alpha = self.level_select(query).softmax(dim=-1)  # (B, T, L)
-            out = sum(alpha[..., lvl : lvl + 1] * outs[lvl] for lvl in range(self.num_levels))
-            attended = sum(alpha[..., lvl, None, None] * m for lvl, m in enumerate(looked)) if looked else None
+        # scale selection: out = sum_l alpha_l out_l, alpha = softmax(Linear(h_t)) (one level: alpha = 1)
+        alpha = self.level_select(query).softmax(dim=-1) if self.level_select is not None else None  # (B, T, L)
+        if alpha is None:
+            out, attended = outs[0], looked[0]
         else:
-            out, attended = outs[0], (looked[0] if looked else None)
+            out = sum(alpha[..., lvl : lvl + 1] * o for lvl, o in enumerate(outs))
+            attended = sum(alpha[..., lvl, None, None] * m for lvl, m in enumerate(looked)) if grid_sizes else None
         return CrossAttentionOutput(
             output=self.out_proj(out),
             centers=centers,

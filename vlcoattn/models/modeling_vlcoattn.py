@@ -27,11 +27,11 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from ..fusion.layers import SMCAFusionEncoder
+from ..fusion.layers import SMCAFusionEncoder, fusion_block_config
 from ..fusion.position import PositionEmbeddingSine2D
 from ..fusion.smca import gaussian_log_prior
-from ..text.attention import CollaborativeSelfAttention
-from ..text.modeling_coobert import CooBertModel, concatenation_mixing
+from ..text.attention import CollaborativeSelfAttention, concatenation_mixing
+from ..text.modeling_coobert import CooBertModel
 from ..vision.backbone import VisionBackbone
 from .configuration_vlcoattn import VLCoAttnConfig
 
@@ -346,13 +346,15 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         self.position = PositionEmbeddingSine2D(d)
         strides = self.backbone.strides
         mult = config.level_scale_multipliers or [s / max(strides) for s in strides]
+        block = fusion_block_config(
+            d, config.fusion_num_heads, config.fusion_intermediate_size, config.fusion_shared_key_dim,
+            float(config.fusion_dropout), float(config.fusion_attention_dropout), config.hidden_act,
+            config.layer_norm_eps,
+        )
         self.fusion = SMCAFusionEncoder(
             config.fusion_num_layers,
+            block,
             center_from=config.center_from,
-            d_model=d,
-            num_heads=config.fusion_num_heads,
-            intermediate_size=config.fusion_intermediate_size,
-            shared_key_dim=config.fusion_shared_key_dim,
             spatial_prior=config.spatial_prior,
             beta=float(config.smca_beta),
             prior_sharing=config.prior_sharing,
@@ -361,10 +363,6 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
             level_scale_multipliers=mult,
             two_way=config.two_way,
             position_in_values=config.fusion_position_in_values,
-            dropout=float(config.fusion_dropout),
-            attention_dropout=float(config.fusion_attention_dropout),
-            hidden_act=config.hidden_act,
-            layer_norm_eps=config.layer_norm_eps,
         )
         self.post_init()
         self.frozen_text = self._frozen_text_modules()
@@ -404,7 +402,6 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         pixel_mask: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        attn_impl: str = "sdpa",
         **kwargs,
     ) -> VLCoAttnModelOutput | tuple:
         """input_ids (B, T), attention_mask (B, T) 1 = real token; pixel_values (B, 3, H, W).
@@ -412,7 +409,8 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         pixel_mask: (B, H, W) 1 on real pixels, for images of different sizes padded bottom/right
             into one batch (centers and boxes then refer to each real image). None: all real.
         output_attentions: also return attention maps and log-priors (computed by the explicit
-            softmax path; same numbers as the SDPA path).
+            softmax path; same numbers as the SDPA path, which ``config._attn_implementation`` "sdpa" runs
+            otherwise; "eager" always takes the explicit path).
         """
         if input_ids is None or pixel_values is None:
             raise ValueError("VLCoAttnModel needs both input_ids and pixel_values")
@@ -438,9 +436,8 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
             grid.append((H, W))
 
         fused = self.fusion(
-            text, attention_mask, tokens, pos, grid,
-            image_valid=valid or None, extents=extents or None,
-            output_attentions=output_attentions, attn_impl=attn_impl,
+            text, tokens, pos, grid, text_mask=attention_mask, image_valid=valid or None, extents=extents or None,
+            output_attentions=output_attentions, attn_implementation=self.config._attn_implementation,
         )
         hidden = fused.text_hidden_state
         out = VLCoAttnModelOutput(

@@ -30,6 +30,16 @@ from torch import nn
 from transformers.cache_utils import Cache
 
 
+def concatenation_mixing(num_heads: int, shared_key_dim: int) -> torch.Tensor:
+    """M for 'concatenated heads': head i owns a contiguous block of the D~k shared dimensions.
+
+    With D~k = D this makes collaborative attention equal to standard multi-head attention;
+    it is also the initialisation of a CooBERT trained from scratch.
+    """
+    owner = torch.arange(shared_key_dim) * num_heads // shared_key_dim  # head owning each dimension
+    return (owner[None, :] == torch.arange(num_heads)[:, None]).float()  # (N_h, D~k)
+
+
 class CollaborativeSelfAttention(nn.Module):
     """Collaborative self-attention: shared query/key projection, per-head mixing and values.
 
@@ -58,6 +68,8 @@ class CollaborativeSelfAttention(nn.Module):
         self.query = nn.Linear(hidden_size, self.shared_key_dim, bias=False)  # W~_Q
         self.key = nn.Linear(hidden_size, self.shared_key_dim, bias=False)  # W~_K
         self.mixing = nn.Parameter(torch.empty(num_heads, self.shared_key_dim))  # M, row m_i per head
+        with torch.no_grad():  # from scratch: standard multi-head attention's mixing (in the default dtype)
+            self.mixing.copy_(concatenation_mixing(num_heads, self.shared_key_dim))
         self.content_bias = nn.Linear(hidden_size, num_heads, bias=False)  # C
         self.value = nn.Linear(hidden_size, hidden_size)  # per-head W_V^i, b_V (concatenated)
 

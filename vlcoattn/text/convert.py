@@ -33,13 +33,13 @@ from transformers import (
     BertLMHeadModel as _BertLMHeadModel,
 )
 
+from .attention import concatenation_mixing
 from .configuration_coobert import CooBertConfig
 from .modeling_coobert import (
     CooBertForCausalLM,
     CooBertForMaskedLM,
     CooBertForSequenceClassification,
     CooBertModel,
-    concatenation_mixing,
 )
 
 logger = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
 )
 
-from .attention import CollaborativeSelfAttention, build_attention_mask
+from .attention import CollaborativeSelfAttention, build_attention_mask, concatenation_mixing
 from .configuration_coobert import CooBertConfig
 
 # transformers renamed the KV cache from ``past_key_values`` to ``cache`` (5.24: ``generate()`` passes
@@ -161,16 +161,6 @@ class CooBertPooler(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dense(hidden[:, 0]))
-
-
-def concatenation_mixing(num_heads: int, shared_key_dim: int) -> torch.Tensor:
-    """M for 'concatenated heads': head i owns a contiguous block of the D~k shared dimensions.
-
-    With D~k = D this makes collaborative attention equal to standard multi-head attention;
-    it is also the initialisation of a CooBERT trained from scratch.
-    """
-    owner = torch.arange(shared_key_dim) * num_heads // shared_key_dim  # head owning each dimension
-    return (owner[None, :] == torch.arange(num_heads)[:, None]).float()  # (N_h, D~k)
 
 
 class CooBertPreTrainedModel(PreTrainedModel):
