@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import MLP
 
 __all__ = [
     "CENTER_SOURCES",
@@ -138,16 +139,14 @@ def attention_reference(
     return F.dropout(probs, dropout_p) @ v if dropout_p > 0 else probs @ v, probs
 
 
-class ReferenceCenterHead(nn.Module):
-    """c_t = sigmoid(MLP(h_t)): a 2-layer MLP d -> d -> 2, normalized (x, y)."""
+class ReferenceCenterHead(MLP):
+    """c_t = sigmoid(MLP(h_t)): torchvision's 2-layer MLP d -> d -> 2 (ReLU), normalized (x, y)."""
 
     def __init__(self, d_model: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(d_model, d_model)
-        self.fc2 = nn.Linear(d_model, 2)
+        super().__init__(d_model, [d_model, 2], activation_layer=nn.ReLU)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.fc2(F.relu(self.fc1(h))))  # (B, T, 2)
+        return torch.sigmoid(super().forward(h))  # (B, T, 2)
 
 
 class SpatialPriorHead(nn.Module):

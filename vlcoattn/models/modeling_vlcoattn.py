@@ -14,7 +14,6 @@ Boxes are normalized (cx, cy, w, h) in [0, 1] relative to the (unpadded) image, 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import box_convert, generalized_box_iou
+from torchvision.ops import MLP, box_convert, generalized_box_iou
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
@@ -225,20 +224,6 @@ def answer_loss(
         target = labels.to(logits.dtype) if soft else F.one_hot(labels, A).to(logits.dtype)
         per_row = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
     return _reduce_rows(per_row, mask, num_items)
-
-
-class MLP(nn.Module):
-    """Linear -> ReLU -> ... -> Linear (DETR's box MLP)."""
-
-    def __init__(self, d_in: int, d_hidden: int, d_out: int, num_layers: int) -> None:
-        super().__init__()
-        dims = [d_in] + [d_hidden] * (num_layers - 1) + [d_out]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
-        return x
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -516,7 +501,7 @@ class GatedImagePooling(nn.Module):
         return torch.cat([pooled, counts], dim=-1)
 
 
-class BoxHead(MLP):
+class BoxHead(MLP):  # torchvision's MLP: Linear -> ReLU -> ... -> Linear
     """One box from a token's base center c (B, 2) and its fused state h (B, d).
 
     center = sigmoid(logit(c) + Δ(h)), (w, h) = sigmoid(size logits); Δ and the size logits come from
@@ -527,7 +512,7 @@ class BoxHead(MLP):
     """
 
     def __init__(self, d: int) -> None:
-        super().__init__(d, d, 4, num_layers=3)
+        super().__init__(d, [d, d, 4], activation_layer=nn.ReLU)
 
     def raw(self, h: torch.Tensor) -> torch.Tensor:
         """(B, 4): center offsets Δ (2) and size logits (2)."""
