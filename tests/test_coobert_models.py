@@ -199,9 +199,9 @@ def test_sequence_classification_losses():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(hidden_size=50, num_attention_heads=4), "not a multiple"),
-        (dict(shared_key_dim=-3), "shared_key_dim must be positive"),
-        (dict(num_hidden_layers=0), "num_hidden_layers must be positive"),
+        (dict(hidden_size=50, num_attention_heads=4), "must be a multiple"),
+        (dict(shared_key_dim=-3), "shared_key_dim must be > 0"),
+        (dict(num_hidden_layers=0), "num_hidden_layers must be > 0"),
     ],
 )
 def test_bad_config_raises_value_error_with_reason(kwargs, message):

@@ -302,7 +302,7 @@ def test_spatial_prior_none_model_has_no_prior_and_boxes_from_where_it_attended(
         (dict(backbone_out_indices=[]), "at least one"),
         (dict(backbone_out_indices=[1, 1]), "duplicates"),
         (dict(level_scale_multipliers=[1.0, 2.0]), "level_scale_multipliers"),
-        (dict(fusion_hidden_size=30, fusion_num_heads=3), "divisible by 4"),
+        (dict(fusion_hidden_size=30, fusion_num_heads=3), "multiple of 4"),
         (dict(image_size=[64]), "image_size"),
         (dict(freeze_text_layers=2), "freeze_text_layers"),
     ],

@@ -40,6 +40,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from ..text.attention import build_attention_mask, collaborative_attention_reference
 from ..text.configuration_coobert import CooBertConfig
 from ..text.modeling_coobert import CooBertAttention, CooBertIntermediate, CooBertOutput
+from ..utils.checks import check_choice, check_positive
 from .smca import CENTER_SOURCES, CrossAttentionOutput, ReferenceCenterHead, SMCACrossAttention
 
 __all__ = ["FeedForward", "FusionLayerOutput", "FusionOutput", "SMCAFusionEncoder", "SMCAFusionLayer",
@@ -215,10 +216,8 @@ class SMCAFusionEncoder(nn.Module):
 
     def __init__(self, num_layers: int, block: CooBertConfig, center_from: str = "attention", **smca_kwargs) -> None:
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"the fusion stack needs at least one layer, got {num_layers}")
-        if center_from not in CENTER_SOURCES:
-            raise ValueError(f"center_from must be one of {CENTER_SOURCES}, got {center_from!r}")
+        check_positive("num_layers", num_layers)
+        check_choice("center_from", center_from, CENTER_SOURCES)
         self.center_from = center_from
         self.layers = nn.ModuleList(
             SMCAFusionLayer(block, **smca_kwargs, has_reference_head=(i == 0), update_image=(i < num_layers - 1))

@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import MLP
 
+from ..utils.checks import check_choice, check_multiple, check_positive
+
 __all__ = [
     "CENTER_SOURCES",
     "OFFSET_MODES",
@@ -79,8 +81,7 @@ def gaussian_log_prior(
     extent: (B, 2) real grid width and height in cells (default (W, H)).
     Returns (B, N_h, T, H*W), row-major over the grid (index i*W + j), ready for SDPA.
     """
-    if beta <= 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
+    check_positive("beta", beta)
     H, W = grid_size
     B, T, N, _ = centers.shape
     dev, dt = centers.device, centers.dtype
@@ -159,10 +160,8 @@ class SpatialPriorHead(nn.Module):
 
     def __init__(self, d_model: int, num_heads: int, sharing: str = "per_head", offset_mode: str = "logit") -> None:
         super().__init__()
-        if sharing not in PRIOR_SHARING:
-            raise ValueError(f"prior_sharing must be one of {PRIOR_SHARING}, got {sharing!r}")
-        if offset_mode not in OFFSET_MODES:
-            raise ValueError(f"prior_offset_mode must be one of {OFFSET_MODES}, got {offset_mode!r}")
+        check_choice("prior_sharing", sharing, PRIOR_SHARING)
+        check_choice("prior_offset_mode", offset_mode, OFFSET_MODES)
         self.num_heads, self.sharing, self.offset_mode = num_heads, sharing, offset_mode
         self.n_offsets = 1 if sharing == "shared" else num_heads
         self.n_scales = num_heads if sharing == "per_head" else 1
@@ -231,17 +230,13 @@ class SMCACrossAttention(nn.Module):
         offset_mode: str = "logit",
     ) -> None:
         super().__init__()
-        if d_model % num_heads:
-            raise ValueError(f"d_model ({d_model}) is not a multiple of num_heads ({num_heads})")
-        if spatial_prior not in SPATIAL_PRIORS:
-            raise ValueError(f"spatial_prior must be one of {SPATIAL_PRIORS}, got {spatial_prior!r}")
-        if not beta > 0:
-            raise ValueError(f"beta must be > 0, got {beta}")
-        if num_levels < 1:
-            raise ValueError(f"num_levels must be >= 1, got {num_levels}")
+        check_multiple("d_model", d_model, num_heads, "one slice per head")
+        check_choice("spatial_prior", spatial_prior, SPATIAL_PRIORS)
+        check_positive("beta", beta)
+        check_positive("num_levels", num_levels)
         mult = [1.0] * num_levels if level_scale_multipliers is None else [float(m) for m in level_scale_multipliers]
         if len(mult) != num_levels or min(mult) <= 0:
-            raise ValueError(f"level_scale_multipliers must be {num_levels} positive numbers, got {mult}")
+            raise ValueError(f"level_scale_multipliers must be {num_levels} numbers > 0 (one per level), got {mult}")
         self.d_model, self.num_heads, self.head_dim = d_model, num_heads, d_model // num_heads
         self.spatial_prior, self.beta, self.num_levels = spatial_prior, float(beta), num_levels
         self.level_scale_multipliers = mult

@@ -8,6 +8,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 from ..fusion.smca import CENTER_SOURCES, OFFSET_MODES, PRIOR_SHARING, SPATIAL_PRIORS
 from ..text.configuration_coobert import CooBertConfig
+from ..utils.checks import check_choice, check_multiple, check_positive
 from ..vision.backbone import check_backbone_name
 
 __all__ = ["VQA_LOSSES", "VQA_POOLINGS", "VLCoAttnConfig"]
@@ -117,36 +118,24 @@ class VLCoAttnConfig(PreTrainedConfig):
             self.fusion_intermediate_size = 4 * self.fusion_hidden_size
         d, h = self.fusion_hidden_size, self.fusion_num_heads
         for name in ("fusion_hidden_size", "fusion_num_layers", "fusion_num_heads", "fusion_intermediate_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if d % h:
-            raise ValueError(f"fusion_hidden_size ({d}) is not a multiple of fusion_num_heads ({h})")
-        if d % 4:
-            raise ValueError(f"fusion_hidden_size ({d}) must be divisible by 4 (2D sine position encoding)")
-        if self.fusion_shared_key_dim is not None and self.fusion_shared_key_dim <= 0:
-            raise ValueError(f"fusion_shared_key_dim must be positive, got {self.fusion_shared_key_dim}")
-        if self.spatial_prior not in SPATIAL_PRIORS:
-            raise ValueError(f"spatial_prior must be one of {SPATIAL_PRIORS}, got {self.spatial_prior!r}")
-        if not self.smca_beta > 0:
-            raise ValueError(f"smca_beta must be > 0, got {self.smca_beta}")
-        if self.prior_sharing not in PRIOR_SHARING:
-            raise ValueError(f"prior_sharing must be one of {PRIOR_SHARING}, got {self.prior_sharing!r}")
-        if self.prior_offset_mode not in OFFSET_MODES:
-            raise ValueError(f"prior_offset_mode must be one of {OFFSET_MODES}, got {self.prior_offset_mode!r}")
-        if self.center_from not in CENTER_SOURCES:
-            raise ValueError(f"center_from must be one of {CENTER_SOURCES}, got {self.center_from!r}")
+            check_positive(name, getattr(self, name))
+        check_multiple("fusion_hidden_size", d, h, "one slice per fusion_num_heads head")
+        check_multiple("fusion_hidden_size", d, 4, "2D sine position encoding")
+        if self.fusion_shared_key_dim is not None:
+            check_positive("fusion_shared_key_dim", self.fusion_shared_key_dim)
+        check_choice("spatial_prior", self.spatial_prior, SPATIAL_PRIORS)
+        check_positive("smca_beta", self.smca_beta)
+        check_choice("prior_sharing", self.prior_sharing, PRIOR_SHARING)
+        check_choice("prior_offset_mode", self.prior_offset_mode, OFFSET_MODES)
+        check_choice("center_from", self.center_from, CENTER_SOURCES)
         if self.level_scale_multipliers is not None:
             m = [float(x) for x in self.level_scale_multipliers]
             if len(m) != len(self.backbone_out_indices) or min(m) <= 0:
-                raise ValueError(
-                    f"level_scale_multipliers needs {len(self.backbone_out_indices)} positive numbers "
-                    f"(one per backbone level), got {m}"
-                )
+                raise ValueError(f"level_scale_multipliers must be {len(self.backbone_out_indices)} numbers > 0 "
+                                 f"(one per backbone level), got {m}")
             self.level_scale_multipliers = m
-        if self.vqa_loss not in VQA_LOSSES:
-            raise ValueError(f"vqa_loss must be one of {VQA_LOSSES}, got {self.vqa_loss!r}")
-        if self.vqa_pooling not in VQA_POOLINGS:
-            raise ValueError(f"vqa_pooling must be one of {VQA_POOLINGS}, got {self.vqa_pooling!r}")
+        check_choice("vqa_loss", self.vqa_loss, VQA_LOSSES)
+        check_choice("vqa_pooling", self.vqa_pooling, VQA_POOLINGS)
         if self.answer_vocab is not None:
             vocab = [str(a) for a in self.answer_vocab]
             if len(set(vocab)) != len(vocab):
@@ -154,8 +143,8 @@ class VLCoAttnConfig(PreTrainedConfig):
             self.answer_vocab = vocab
             self.id2label = dict(enumerate(vocab))
             self.label2id = {a: i for i, a in enumerate(vocab)}
-        if self.box_l1_weight < 0 or self.box_giou_weight < 0:
-            raise ValueError("box loss weights must be >= 0")
+        check_positive("box_l1_weight", self.box_l1_weight, allow_zero=True)
+        check_positive("box_giou_weight", self.box_giou_weight, allow_zero=True)
         if not 0 <= self.grounding_token_index < text.max_position_embeddings:
             raise ValueError(f"grounding_token_index out of range: {self.grounding_token_index}")
 

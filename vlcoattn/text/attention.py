@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache
 
+from ..utils.checks import check_multiple
+
 
 def concatenation_mixing(num_heads: int, shared_key_dim: int) -> torch.Tensor:
     """M for 'concatenated heads': head i owns a contiguous block of the D~k shared dimensions.
@@ -56,8 +58,7 @@ class CollaborativeSelfAttention(nn.Module):
         layer_idx: int | None = None,
     ) -> None:
         super().__init__()
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size ({hidden_size}) is not a multiple of num_heads ({num_heads})")
+        check_multiple("hidden_size", hidden_size, num_heads, "one slice per head")
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
         self.shared_key_dim = shared_key_dim or hidden_size

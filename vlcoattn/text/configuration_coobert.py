@@ -5,6 +5,8 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from ..utils.checks import check_multiple, check_positive
+
 
 @strict
 class CooBertConfig(PreTrainedConfig):
@@ -46,13 +48,9 @@ class CooBertConfig(PreTrainedConfig):
             self.shared_key_dim = self.hidden_size
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "shared_key_dim", "max_position_embeddings"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"CooBertConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"CooBertConfig: hidden_size ({self.hidden_size}) is not a multiple of "
-                f"num_attention_heads ({self.num_attention_heads})"
-            )
+            check_positive(f"CooBertConfig.{name}", getattr(self, name))
+        check_multiple("CooBertConfig.hidden_size", self.hidden_size, self.num_attention_heads,
+                       "one slice per num_attention_heads head")
         super().__post_init__(**kwargs)
 
     @property
