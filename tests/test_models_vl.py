@@ -10,6 +10,7 @@ import torch
 from torchvision.ops import box_convert, box_iou
 from transformers import AutoConfig, AutoModel, AutoModelForVisualQuestionAnswering, AutoTokenizer
 
+import vlcoattn.fusion.smca as smca_module
 from vlcoattn.assets import efficientnet_lite0_weights, minilm_dir, sample_photo
 from vlcoattn.models import (
     VLCoAttnConfig,
@@ -62,7 +63,7 @@ def _one_thread():
 # ---------------------------------------------------------------------------------- forward
 
 
-def test_forward_outputs_centers_heatmaps_on_non_square_images():
+def test_forward_outputs_centers_heatmaps_on_non_square_images(monkeypatch):
     torch.manual_seed(0)
     cfg = tiny_config(backbone_out_indices=[1, 2], two_way=True)
     model = VLCoAttnModel(cfg).eval()
@@ -83,6 +84,16 @@ def test_forward_outputs_centers_heatmaps_on_non_square_images():
     fast = model(ids, px)
     torch.testing.assert_close(fast.last_hidden_state, out.last_hidden_state, atol=1e-5, rtol=1e-5)
     assert fast.cross_attentions is None
+    # the path comes from the config, as in transformers: "eager" takes the explicit softmax (no maps asked)
+    assert model.config._attn_implementation == "sdpa"
+    calls = []
+    reference = smca_module.attention_reference
+    monkeypatch.setattr(smca_module, "attention_reference", lambda *a, **k: calls.append(1) or reference(*a, **k))
+    model(ids, px)
+    assert not calls
+    model.set_attn_implementation("eager")
+    torch.testing.assert_close(model(ids, px).last_hidden_state, fast.last_hidden_state, atol=1e-5, rtol=1e-5)
+    assert len(calls) == 2 * 2 + 1  # per layer: SMCA's 2 levels; the first layer's image -> text attention
 
 
 @pytest.mark.parametrize("backbone, kwargs", [("test_vit", {}), ("test_convnext", {}), ("test_efficientnet", {})])
