@@ -64,16 +64,6 @@ def test_log_prior_equals_hand_computed_gaussian(beta):
     assert got[0, 0, 0].view(H, W).max(dim=1).values.argmax().item() == 1
 
 
-def test_log_prior_with_extent_follows_the_real_image():
-    """A padded grid with extent = the real size gives the unpadded prior on the real cells."""
-    centers = torch.rand(2, 3, NH, 2)
-    scales = torch.rand(2, 3, NH, 2) + 0.5
-    small = gaussian_log_prior(centers, scales, (3, 5), 8.0)
-    big = gaussian_log_prior(centers, scales, (4, 7), 8.0, extent=torch.tensor([[5.0, 3.0]] * 2))
-    big = big.view(2, NH, 3, 4, 7)[..., :3, :5].reshape(2, NH, 3, 15)
-    torch.testing.assert_close(big, small)
-
-
 def test_prior_head_init_and_sharing():
     torch.manual_seed(0)
     h, ref = torch.randn(2, 5, D), torch.rand(2, 5, 2)
@@ -143,19 +133,16 @@ def test_sdpa_path_equals_reference_softmax_path():
     # where each head looked: SDPA with coordinates as values == sum_l alpha_l sum_j p_j (x_j, y_j)
     want = sum(
         eager.level_weights[..., lvl, None, None]
-        * (p @ grid_coordinates(g, B, None, torch.float32, p.device)).transpose(1, 2)
+        * (p @ grid_coordinates(g, B, torch.float32, p.device)).transpose(1, 2)
         for lvl, (p, g) in enumerate(zip(eager.attentions, grids))
     )
     torch.testing.assert_close(fused.attended, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(eager.attended, want, atol=1e-5, rtol=1e-5)
 
 
-def test_grid_coordinates_are_normalized_cell_centers_of_the_real_image():
-    xy = grid_coordinates((2, 4), 1, None, torch.float32, torch.device("cpu"))  # (1, 1, 8, 2)
+def test_grid_coordinates_are_normalized_cell_centers():
+    xy = grid_coordinates((2, 4), 1, torch.float32, torch.device("cpu"))  # (1, 1, 8, 2)
     torch.testing.assert_close(xy[0, 0, 5], torch.tensor([1.5 / 4, 1.5 / 2]))  # row 1, col 1
-    # a padded image whose real part is 2 x 3 cells: coordinates relative to the real part
-    xy = grid_coordinates((2, 4), 1, torch.tensor([[3.0, 2.0]]), torch.float32, torch.device("cpu"))
-    torch.testing.assert_close(xy[0, 0, 2], torch.tensor([2.5 / 3, 0.5 / 2]))
 
 
 def test_attended_center_is_the_cell_a_peaked_attention_picks():
@@ -348,13 +335,9 @@ def test_merge_masks_sets_padding_to_dtype_min_without_overflow():
 # ------------------------------------------------------------------------------- sine positions
 
 
-def test_sine_position_encoding_shape_range_and_padding_invariance():
+def test_sine_position_encoding_shape_and_range():
     pe = sine_position_encoding_2d(3, 5, 16)
     assert pe.shape == (1, 15, 16) and pe.abs().max() <= 1
     assert not torch.allclose(pe[0, 0], pe[0, 1]) and not torch.allclose(pe[0, 0], pe[0, 5])
-    mask = torch.zeros(1, 4, 7, dtype=torch.bool)
-    mask[:, :3, :5] = True  # real image occupies the top-left 3 x 5 cells
-    padded = sine_position_encoding_2d(4, 7, 16, mask=mask).view(1, 4, 7, 16)[:, :3, :5].reshape(1, 15, 16)
-    torch.testing.assert_close(padded, pe)
     with pytest.raises(ValueError, match="divisible by 4"):
         sine_position_encoding_2d(2, 2, 10)

@@ -159,8 +159,6 @@ class SMCAFusionLayer(GradientCheckpointingLayer):
         grid_sizes: Sequence[tuple[int, int]],
         *,
         text_mask: torch.Tensor | None = None,
-        image_valid: Sequence[torch.Tensor | None] | None = None,
-        extents: Sequence[torch.Tensor | None] | None = None,
         reference_centers: torch.Tensor | None = None,
         output_attentions: bool = False,
         attn_implementation: str = "sdpa",
@@ -185,7 +183,7 @@ class SMCAFusionLayer(GradientCheckpointingLayer):
         keys = [v + p for v, p in zip(image, image_pos)]  # (B, S_l, d)
         cross = self.cross_attn(
             text, keys, values=keys if self.position_in_values else list(image), grid_sizes=grid_sizes,
-            reference_centers=reference_centers, key_valid=image_valid, extents=extents, output_attentions=eager,
+            reference_centers=reference_centers, output_attentions=eager,
         )
         text = self.cross_norm(text + self.dropout(cross.output))
 

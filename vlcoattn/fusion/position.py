@@ -14,7 +14,6 @@ def sine_position_encoding_2d(
     height: int,
     width: int,
     dim: int,
-    mask: torch.Tensor | None = None,
     temperature: float = 10000.0,
     normalize: bool = True,
     scale: float = 2 * math.pi,
@@ -23,18 +22,14 @@ def sine_position_encoding_2d(
 ) -> torch.Tensor:
     """Sine/cosine encoding of cell (i, j): first dim/2 channels encode y, the rest x.
 
-    mask: (B, H, W) bool, True on real (non-padding) cells; positions count real cells only, so a
-        padded image gets the same encoding as the unpadded one. None: every cell is real.
-    normalize: map positions to (0, scale] over the real extent (resolution independent), as DETR.
-    Returns (B, H*W, dim), or (1, H*W, dim) without a mask.
+    normalize: map positions to (0, scale] over the grid (resolution independent), as DETR.
+    Returns (1, H*W, dim).
     """
     if dim % 4:
         raise ValueError(f"sine position encoding needs dim divisible by 4, got {dim}")
-    if mask is None:
-        mask = torch.ones(1, height, width, dtype=torch.bool, device=device)
-    m = mask.to(torch.float32)
-    y = m.cumsum(1)  # (B, H, W): 1..H_real down each column
-    x = m.cumsum(2)  # (B, H, W): 1..W_real along each row
+    m = torch.ones(1, height, width, dtype=torch.float32, device=device)
+    y = m.cumsum(1)  # (1, H, W): 1..H down each column
+    x = m.cumsum(2)  # (1, H, W): 1..W along each row
     if normalize:
         eps = 1e-6
         y = (y - 0.5) / (y[:, -1:, :] + eps) * scale
@@ -42,11 +37,11 @@ def sine_position_encoding_2d(
     n = dim // 2  # channels per axis
     dim_t = torch.arange(n, dtype=torch.float32, device=m.device)
     dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / n)  # (n,)
-    px, py = x[..., None] / dim_t, y[..., None] / dim_t  # (B, H, W, n)
+    px, py = x[..., None] / dim_t, y[..., None] / dim_t  # (1, H, W, n)
     px = torch.stack((px[..., 0::2].sin(), px[..., 1::2].cos()), dim=4).flatten(3)  # interleave sin/cos
     py = torch.stack((py[..., 0::2].sin(), py[..., 1::2].cos()), dim=4).flatten(3)
-    pos = torch.cat((py, px), dim=3)  # (B, H, W, dim)
-    return pos.flatten(1, 2).to(dtype)  # (B, H*W, dim)
+    pos = torch.cat((py, px), dim=3)  # (1, H, W, dim)
+    return pos.flatten(1, 2).to(dtype)  # (1, H*W, dim)
 
 
 class PositionEmbeddingSine2D(nn.Module):
@@ -58,9 +53,9 @@ class PositionEmbeddingSine2D(nn.Module):
             raise ValueError(f"sine position encoding needs dim divisible by 4, got {dim}")
         self.dim, self.temperature, self.normalize = dim, temperature, normalize
 
-    def forward(self, feature: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """feature (B, C, H, W) [mask (B, H, W)] -> (B or 1, H*W, dim) in feature's dtype."""
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        """feature (B, C, H, W) -> (1, H*W, dim) in feature's dtype."""
         H, W = feature.shape[-2:]
         return sine_position_encoding_2d(
-            H, W, self.dim, mask, self.temperature, self.normalize, device=feature.device, dtype=feature.dtype
+            H, W, self.dim, self.temperature, self.normalize, device=feature.device, dtype=feature.dtype
         )

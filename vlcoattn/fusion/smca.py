@@ -12,8 +12,7 @@ the cross-attention logits (docs/design.md §3):
 Coordinates are in feature-cell units: cell (i, j) of an H x W grid has its center at
 (x_j, y_i) = (j + 0.5, i + 0.5), and a normalized center c in [0,1] maps to (W c_x, H c_y), so c = 0
 is the image's left/top edge and c = 1 its right/bottom edge -- the same normalized frame as
-(cx, cy, w, h) boxes. With a pixel mask (images padded in a batch) W and H are the REAL extent of
-each image in cells, so c stays relative to the unpadded image. Precision s is per cell: s = 1 is
+(cx, cy, w, h) boxes. Precision s is per cell: s = 1 is
 a Gaussian of std sqrt(β/2) = 2 cells.
 
 log G is passed as the float ``attn_mask`` of ``F.scaled_dot_product_attention`` (merged with the
@@ -73,22 +72,17 @@ def gaussian_log_prior(
     scales: torch.Tensor,
     grid_size: tuple[int, int],
     beta: float = 8.0,
-    extent: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """log G over an H x W grid for every token and head.
 
     centers: (B, T, N_h, 2) normalized (x, y); scales: (B, T, N_h, 2) precisions (s_x, s_y).
-    extent: (B, 2) real grid width and height in cells (default (W, H)).
     Returns (B, N_h, T, H*W), row-major over the grid (index i*W + j), ready for SDPA.
     """
     check_positive("beta", beta)
     H, W = grid_size
     B, T, N, _ = centers.shape
     dev, dt = centers.device, centers.dtype
-    if extent is None:
-        extent = torch.tensor([W, H], device=dev, dtype=dt).expand(B, 2)
-    extent = extent.to(dt)[:, None, None, :]  # (B, 1, 1, 2)
-    c = centers * extent  # (B, T, N, 2) in cell units
+    c = centers * torch.tensor([W, H], device=dev, dtype=dt)  # (B, T, N, 2) in cell units
     x = torch.arange(W, device=dev, dtype=dt) + 0.5  # (W,) cell centers x_j
     y = torch.arange(H, device=dev, dtype=dt) + 0.5  # (H,) cell centers y_i
     dx2 = (x - c[..., 0:1]).square() * scales[..., 0:1].square()  # (B, T, N, W)
@@ -98,17 +92,14 @@ def gaussian_log_prior(
 
 
 def grid_coordinates(
-    grid_size: tuple[int, int], batch: int, extent: torch.Tensor | None, dtype: torch.dtype, device: torch.device
+    grid_size: tuple[int, int], batch: int, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
-    """Normalized (x, y) of every cell center, (B, 1, H*W, 2) row-major: ((j + 0.5) / W, (i + 0.5) / H),
-    with W, H the real extent of each image (``extent`` (B, 2), see :func:`gaussian_log_prior`)."""
+    """Normalized (x, y) of every cell center, (B, 1, H*W, 2) row-major: ((j + 0.5) / W, (i + 0.5) / H)."""
     H, W = grid_size
     x = (torch.arange(W, device=device, dtype=dtype) + 0.5).expand(H, W)
     y = (torch.arange(H, device=device, dtype=dtype) + 0.5)[:, None].expand(H, W)
     cells = torch.stack([x, y], dim=-1).reshape(1, 1, H * W, 2)  # (1, 1, S, 2) in cell units
-    if extent is None:
-        return (cells / torch.tensor([W, H], device=device, dtype=dtype)).expand(batch, 1, H * W, 2)
-    return cells / extent.to(dtype)[:, None, None, :]  # (B, 1, S, 2)
+    return (cells / torch.tensor([W, H], device=device, dtype=dtype)).expand(batch, 1, H * W, 2)
 
 
 def merge_masks(
@@ -280,7 +271,6 @@ class SMCACrossAttention(nn.Module):
         grid_sizes: Sequence[tuple[int, int]] | None = None,
         reference_centers: torch.Tensor | None = None,
         key_valid: Sequence[torch.Tensor | None] | None = None,
-        extents: Sequence[torch.Tensor | None] | None = None,
         output_attentions: bool = False,
     ) -> CrossAttentionOutput:
         """Attend from ``query`` (B, T, d) to each level's keys, then mix the levels.
@@ -288,8 +278,7 @@ class SMCACrossAttention(nn.Module):
         keys / values: per level (B, S_l, d); keys usually carry the position encoding, values not
             (values default to keys). grid_sizes: per level (H_l, W_l) with H_l * W_l = S_l (needed
             by the Gaussian prior). reference_centers: (B, T, 2) normalized (needed by the prior).
-        key_valid: per level (B, S_l) bool, True for real keys, or None. extents: per level (B, 2)
-            real (W, H) in cells, or None (see :func:`gaussian_log_prior`).
+        key_valid: per level (B, S_l) bool, True for real keys (e.g. text padding), or None.
         output_attentions: use :func:`attention_reference` and return the maps and log-priors.
         """
         if len(keys) != self.num_levels:
@@ -303,13 +292,12 @@ class SMCACrossAttention(nn.Module):
 
         outs, looked, attns, priors = [], [], [], []
         for lvl in range(self.num_levels):
-            extent = extents[lvl] if extents is not None else None
             log_g = None
             if self.prior is not None:  # (B, N_h, T, S): this level's Gaussian, precision x its multiplier
                 s = scales * self.level_scale_multipliers[lvl]
-                log_g = gaussian_log_prior(centers, s, tuple(grid_sizes[lvl]), self.beta, extent)
+                log_g = gaussian_log_prior(centers, s, tuple(grid_sizes[lvl]), self.beta)
             mask = merge_masks(log_g, key_valid[lvl] if key_valid is not None else None, q.dtype)
-            xy = grid_coordinates(tuple(grid_sizes[lvl]), B, extent, q.dtype, q.device) if grid_sizes else None
+            xy = grid_coordinates(tuple(grid_sizes[lvl]), B, q.dtype, q.device) if grid_sizes else None
             k, v = self._heads(self.k_proj(keys[lvl])), self._heads(self.v_proj(values[lvl]))  # (B, N_h, S, d_h)
             o, m, p = self._attend_level(q, k, v, mask, xy, output_attentions)
             outs.append(o.transpose(1, 2).reshape(B, T, self.d_model))  # (B, T, d)

@@ -61,14 +61,13 @@ class VLCoAttnModelOutput(ModelOutput):
     """last_hidden_state: fused text tokens (B, T, d); pooler_output: fused [CLS] (B, d).
 
     image_hidden_states: per level (B, H_l*W_l, d); image_positions: their 2D sine positions (B|1, H_l*W_l, d);
-    image_valid: per level (B, H_l*W_l) real cells (only with a pixel_mask); grid_sizes: per level (H_l, W_l).
+    grid_sizes: per level (H_l, W_l).
     reference_centers: (B, T, 2) normalized (x, y) from the first fusion layer (None without prior).
     attended_centers: per fusion layer (B, T, N_h, 2) normalized centroid of each head's attention.
     base_centers: (B, T, 2) where each token's box starts (``center_from``: the last layer's head-mean
         attended center, or the reference center).
     centers / scales: per fusion layer (B, T, N_h, 2); level_weights: per layer (B, T, L) (multi-scale).
     cross_attentions / log_priors: per layer, per level (B, N_h, T, S_l) (``output_attentions=True``).
-    image_extents: per level (B, 2) real (W, H) in cells, or None when there is no pixel_mask.
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -76,9 +75,7 @@ class VLCoAttnModelOutput(ModelOutput):
     text_encoder_hidden_state: torch.Tensor | None = None
     image_hidden_states: tuple[torch.Tensor, ...] | None = None
     image_positions: tuple[torch.Tensor, ...] | None = None
-    image_valid: tuple[torch.Tensor, ...] | None = None
     grid_sizes: tuple[tuple[int, int], ...] | None = None
-    image_extents: tuple[torch.Tensor, ...] | None = None
     reference_centers: torch.Tensor | None = None
     attended_centers: tuple[torch.Tensor, ...] | None = None
     base_centers: torch.Tensor | None = None
@@ -153,7 +150,6 @@ def prior_heatmaps(
     scales: torch.Tensor,
     grid_size: tuple[int, int],
     beta: float = 8.0,
-    extent: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Each token's Gaussian prior as a map: softmax of log G over the grid, averaged over heads.
 
@@ -161,7 +157,7 @@ def prior_heatmaps(
     Returns (B, T, H, W); every map sums to 1.
     """
     H, W = grid_size
-    log_g = gaussian_log_prior(centers, scales, grid_size, beta, extent)  # (B, N_h, T, H*W)
+    log_g = gaussian_log_prior(centers, scales, grid_size, beta)  # (B, N_h, T, H*W)
     return log_g.softmax(-1).mean(1).unflatten(-1, (H, W))  # (B, T, H, W)
 
 
@@ -384,15 +380,12 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        pixel_mask: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> VLCoAttnModelOutput | tuple:
         """input_ids (B, T), attention_mask (B, T) 1 = real token; pixel_values (B, 3, H, W).
 
-        pixel_mask: (B, H, W) 1 on real pixels, for images of different sizes padded bottom/right
-            into one batch (centers and boxes then refer to each real image). None: all real.
         output_attentions: also return attention maps and log-priors (computed by the explicit
             softmax path; same numbers as the SDPA path, which ``config._attn_implementation`` "sdpa" runs
             otherwise; "eager" always takes the explicit path).
@@ -404,25 +397,19 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         text = self.text_proj(text_out.last_hidden_state)  # (B, T, d)
 
         feats = self.backbone(pixel_values)  # per level (B, C_l, H_l, W_l)
-        tokens, pos, grid, valid, extents = [], [], [], [], []
+        tokens, pos, grid = [], [], []
         for lvl, f in enumerate(feats):
             x = self.input_proj[lvl](f)  # (B, d, H_l, W_l)
             H, W = x.shape[-2:]
-            m = None
-            if pixel_mask is not None:
-                m = F.interpolate(pixel_mask[:, None].float(), size=(H, W)).to(torch.bool)[:, 0]  # (B, H, W)
-                extents.append(torch.stack([m[:, 0, :].sum(-1), m[:, :, 0].sum(-1)], dim=-1).to(x.dtype))
-                valid.append(m.flatten(1))  # (B, H*W)
             t = x.flatten(2).transpose(1, 2)  # (B, H*W, d)
             if self.level_embed is not None:
                 t = t + self.level_embed.weight[lvl]
             tokens.append(t)
-            pos.append(self.position(x, m))  # (B|1, H*W, d)
+            pos.append(self.position(x))  # (1, H*W, d)
             grid.append((H, W))
 
         fused = self.fusion(
-            text, tokens, pos, grid, text_mask=attention_mask, image_valid=valid or None, extents=extents or None,
-            output_attentions=output_attentions, attn_implementation=self.config._attn_implementation,
+            text, tokens, pos, grid, text_mask=attention_mask, output_attentions=output_attentions, attn_implementation=self.config._attn_implementation,
         )
         hidden = fused.text_hidden_state
         out = VLCoAttnModelOutput(
@@ -431,9 +418,7 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
             text_encoder_hidden_state=text,
             image_hidden_states=tuple(fused.image_hidden_states),
             image_positions=tuple(pos),
-            image_valid=tuple(valid) if valid else None,
             grid_sizes=tuple(grid),
-            image_extents=tuple(extents) if extents else None,
             reference_centers=fused.reference_centers,
             attended_centers=fused.attended,
             base_centers=fused.base_centers,
@@ -452,10 +437,8 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         if not outputs.centers:
             return None
         mult = self.level_scale_multipliers[level]
-        extent = outputs.image_extents[level] if outputs.image_extents is not None else None
         return prior_heatmaps(
-            outputs.centers[layer], outputs.scales[layer] * mult, outputs.grid_sizes[level],
-            float(self.config.smca_beta), extent,
+            outputs.centers[layer], outputs.scales[layer] * mult, outputs.grid_sizes[level], float(self.config.smca_beta)
         )
 
 
@@ -486,16 +469,14 @@ class GatedImagePooling(nn.Module):
         self.num_heads, self.head_dim = num_heads, d // num_heads
         self.query, self.key, self.value, self.out = (nn.Linear(d, d) for _ in range(4))
 
-    def forward(self, query: torch.Tensor, image: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """query (B, d), image (B, S, d) with positions added, valid (B, S) -> (B, d + N_h)."""
+    def forward(self, query: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """query (B, d), image (B, S, d) with positions added -> (B, d + N_h)."""
         B, S, d = image.shape
         H, dh = self.num_heads, self.head_dim
         q = self.query(query).view(B, H, 1, dh)  # (B, H, 1, dh)
         k = self.key(image).view(B, S, H, dh).transpose(1, 2)  # (B, H, S, dh)
         v = self.value(image).view(B, S, H, dh).transpose(1, 2)  # (B, H, S, dh)
         gate = torch.sigmoid(q @ k.transpose(-1, -2) / math.sqrt(dh))  # (B, H, 1, S)
-        if valid is not None:
-            gate = gate * valid[:, None, None, :].to(gate.dtype)
         pooled = self.out((gate @ v / S).reshape(B, d))  # (B, d)
         counts = torch.log1p(gate.sum(-1)).reshape(B, H)  # (B, H)
         return torch.cat([pooled, counts], dim=-1)
@@ -561,8 +542,7 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         if self.image_pooling is None:
             return out.pooler_output
         image = torch.cat([v + p for v, p in zip(out.image_hidden_states, out.image_positions)], dim=1)
-        valid = torch.cat(out.image_valid, dim=1) if out.image_valid is not None else None
-        return torch.cat([out.pooler_output, self.image_pooling(out.pooler_output, image, valid)], dim=-1)
+        return torch.cat([out.pooler_output, self.image_pooling(out.pooler_output, image)], dim=-1)
 
     def vqa_loss(self, logits: torch.Tensor, labels: torch.Tensor, mask=None, num_items=None) -> torch.Tensor:
         """:func:`answer_loss` with ``config.vqa_loss``."""
@@ -582,7 +562,6 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        pixel_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         answer_mask: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
@@ -592,7 +571,7 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> ModelOutput | tuple:
-        """input_ids (B, T), attention_mask (B, T), pixel_values (B, 3, H, W), pixel_mask (B, H, W).
+        """input_ids (B, T), attention_mask (B, T), pixel_values (B, 3, H, W) (letterboxed canvases).
 
         labels: (B,) answer indices (-100 = none) or (B, num_answers) soft scores in [0, 1] (VQA v2);
         answer_mask (B,): rows that are VQA samples (default all). boxes (B, 4) target boxes, normalized
@@ -603,8 +582,8 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         gradient accumulation and DDP give the gradient of the full batch. Default: per-batch means.
         """
         out = self.vlcoattn(
-            input_ids, pixel_values, attention_mask, token_type_ids, pixel_mask,
-            output_attentions=output_attentions, return_dict=True,
+            input_ids, pixel_values, attention_mask, token_type_ids, output_attentions=output_attentions,
+            return_dict=True,
         )
         result = dict(
             last_hidden_state=out.last_hidden_state, reference_centers=out.reference_centers,
