@@ -37,7 +37,7 @@ key                 type / shape         present
 """
 
 from .answers import answer_scores, build_vocab, majority_answer, normalize_answer
-from .convert import (
+from .converters import (
     convert_jsonl,
     convert_refcoco,
     convert_text,

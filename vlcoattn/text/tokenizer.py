@@ -28,7 +28,7 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from vlcoattn.data.convert import _read_text, text_records
+from vlcoattn.data.converters.text import read_text_file, text_records
 from vlcoattn.data.schema import INFO_FILE
 
 TOKENIZER_KINDS = ("bpe", "wordpiece")
@@ -70,7 +70,7 @@ def iter_corpus(sources: Sequence[Path]) -> Iterator[str]:
         if _is_shards(path):
             yield from (r.get("text") or "" for r in text_records(path))
         else:
-            yield _read_text(path)
+            yield read_text_file(path)
 
 
 def _build(kind: str, lowercase: bool) -> tuple[Tokenizer, list[str], dict[str, str]]:

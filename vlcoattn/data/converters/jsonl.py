@@ -1,0 +1,76 @@
+"""Our own JSONL layout (one record per line: text, task, image, answers / boxes / label) to shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..answers import normalize_answer
+from ..schema import DatasetInfo, SampleError
+from ..shards import ShardSink
+from .common import (
+    BOX_FORMATS,
+    ImageStore,
+    progress_bar,
+    write_image_sample,
+    write_order,
+    xywh_to_xyxy,
+)
+
+
+def convert_jsonl(
+    input_path: str | Path,
+    images: str | Path | None,
+    out_dir: str | Path,
+    *,
+    box_format: str = "xyxy",
+    normalize_answers: bool = False,
+    max_side: int | None = None,
+    shard_size: int = 10_000,
+    overwrite: bool = False,
+    progress: bool = True,
+    shuffle: bool = True,
+) -> DatasetInfo:
+    """Generic JSONL: one object per line with ``text``, ``task`` and, as the task needs, ``image``
+    (path relative to ``images``), ``answers`` (list) or ``answer`` (str), ``boxes`` (``box_format``
+    pixels), ``label``, ``meta`` and an optional ``id`` (the sample key; else the line number)."""
+    if box_format not in BOX_FORMATS:
+        raise ValueError(f"box format must be one of {BOX_FORMATS}, got {box_format!r}")
+    input_path = Path(input_path)
+    if not input_path.is_file():
+        raise FileNotFoundError(f"input file {input_path} does not exist")
+    lines = input_path.read_text(encoding="utf-8").splitlines()
+    store = ImageStore(images, max_side) if images is not None else None
+    options = {"input": str(input_path), "box_format": box_format, "max_side": max_side}
+    with ShardSink(out_dir, "jsonl", shard_size=shard_size, overwrite=overwrite, options=options) as sink:
+        for lineno, line in progress_bar(write_order(enumerate(lines, 1), shuffle), "jsonl", len(lines), progress):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as e:
+                sink.skip("bad_json", f"line {lineno}: {e}")
+                continue
+            if not isinstance(raw, dict):
+                sink.skip("bad_json", f"line {lineno}: not a JSON object")
+                continue
+            key = str(raw.pop("id", f"{lineno:09d}"))
+            relpath = raw.pop("image", None)
+            if "answer" in raw:
+                answer = raw.pop("answer")
+                raw.setdefault("answers", [answer] if isinstance(answer, str) else answer)
+            if normalize_answers and isinstance(raw.get("answers"), list):
+                raw["answers"] = [normalize_answer(a) if isinstance(a, str) else a for a in raw["answers"]]
+            if box_format == "xywh" and isinstance(raw.get("boxes"), list):
+                try:
+                    raw["boxes"] = [xywh_to_xyxy(b) for b in raw["boxes"]]
+                except (SampleError, TypeError) as e:
+                    sink.skip("bad_box", f"line {lineno}: {e}")
+                    continue
+            if relpath is None:
+                sink.add(key, raw)
+            elif store is None:
+                sink.skip("missing_image", f"line {lineno}: has an image but no --images directory was given")
+            else:
+                write_image_sample(sink, store, key, str(relpath), raw)
+    return sink.info

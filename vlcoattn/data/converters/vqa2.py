@@ -1,0 +1,90 @@
+"""The official VQA v2 questions + annotations pair to shards (all 10 answers per question)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..answers import normalize_answer
+from ..schema import DatasetInfo
+from ..shards import ShardSink
+from .common import (
+    ImageStore,
+    progress_bar,
+    read_json,
+    write_image_sample,
+    write_order,
+)
+
+
+def _vqa_image_path(store: ImageStore, subtype: str, image_id: int, pattern: str | None) -> str:
+    """Relative path of a COCO image: ``pattern`` or the 2014 / 2017 naming, flat or in a subtype dir."""
+    names = (
+        [pattern.format(image_id=image_id, subtype=subtype)]
+        if pattern
+        else [
+            f"COCO_{subtype}_{image_id:012d}.jpg",
+            f"{image_id:012d}.jpg",
+        ]
+    )
+    candidates = [n for name in names for n in (name, f"{subtype}/{name}")]
+    return next((c for c in candidates if (store.root / c).is_file()), candidates[0])
+
+
+def convert_vqa2(
+    questions: str | Path,
+    annotations: str | Path,
+    images: str | Path,
+    out_dir: str | Path,
+    *,
+    image_pattern: str | None = None,
+    max_side: int | None = None,
+    shard_size: int = 10_000,
+    overwrite: bool = False,
+    progress: bool = True,
+    shuffle: bool = True,
+) -> DatasetInfo:
+    """The official VQA v2 pair (``v2_OpenEnded_mscoco_*_questions.json`` + ``v2_mscoco_*_annotations.json``).
+
+    One sample per question with all 10 annotator answers, normalized as the official evaluation
+    does (the metric needs all 10). ``image_pattern`` such as ``"COCO_val2014_{image_id:012d}.jpg"``
+    overrides the image file naming.
+    """
+    qdata = read_json(questions, "questions")
+    adata = read_json(annotations, "annotations")
+    if not isinstance(qdata, dict) or "questions" not in qdata:
+        raise ValueError(f"{questions}: not a VQA questions file (no 'questions' list)")
+    if not isinstance(adata, dict) or "annotations" not in adata:
+        raise ValueError(f"{annotations}: not a VQA annotations file (no 'annotations' list)")
+    subtype = qdata.get("data_subtype", "")
+    by_qid = {a["question_id"]: a for a in adata["annotations"]}
+    store = ImageStore(images, max_side)
+    qs = write_order(sorted(qdata["questions"], key=lambda q: (q["image_id"], q["question_id"])), shuffle)
+    options = {
+        "questions": str(questions),
+        "annotations": str(annotations),
+        "data_subtype": subtype,
+        "max_side": max_side,
+    }
+    with ShardSink(out_dir, "vqa2", shard_size=shard_size, overwrite=overwrite, options=options) as sink:
+        for q in progress_bar(qs, "vqa2", len(qs), progress):
+            key = f"vqa-{q['question_id']}"
+            ann = by_qid.get(q["question_id"])
+            if ann is None:
+                sink.skip("no_annotation", f"{key}: question has no annotation")
+                continue
+            answers = [normalize_answer(a["answer"]) for a in ann.get("answers", [])]
+            record = {
+                "task": "vqa",
+                "text": q["question"],
+                "answers": [a for a in answers if a],
+                "meta": {
+                    "question_id": q["question_id"],
+                    "image_id": q["image_id"],
+                    "question_type": ann.get("question_type"),
+                    "answer_type": ann.get("answer_type"),
+                    "multiple_choice_answer": normalize_answer(ann.get("multiple_choice_answer", "")),
+                },
+            }
+            relpath = _vqa_image_path(store, subtype, q["image_id"], image_pattern)
+            write_image_sample(sink, store, key, relpath, record)
+    return sink.info
