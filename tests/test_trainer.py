@@ -301,7 +301,9 @@ def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: flo
 @pytest.mark.parametrize("workers", [0, 2])
 def test_sigterm_then_resume_latest_equals_the_uninterrupted_run(assets, tmp_path, workers):
     """Dropout on, shuffling on, several loader workers: only an exact restore of the model, optimizer,
-    scheduler, RNG and every worker's data position can reproduce the straight run."""
+    scheduler, RNG and every worker's data position can reproduce the straight run. With workers the
+    signal goes to the whole process group, as a Ctrl-C or a scheduler sends it: the workers must leave
+    it to the trainer."""
     steps = 8
     over = {"data.num_workers": workers, "data.val": [], "train.steps": steps, "train.save_every": 0}
     straight = base_config(assets, tmp_path / "straight", **over)
@@ -311,9 +313,12 @@ def test_sigterm_then_resume_latest_equals_the_uninterrupted_run(assets, tmp_pat
     cfg_path = tmp_path / "cut.yaml"
     cfg_path.write_text(yaml.safe_dump(cut))
     proc = subprocess.Popen([sys.executable, "tools/train.py", "--config", str(cfg_path)], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     wait_for_step(tmp_path / "cut", 2, proc)
-    proc.send_signal(signal.SIGTERM)
+    if workers:
+        os.killpg(proc.pid, signal.SIGTERM)  # the trainer and its loader workers
+    else:
+        proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     assert "stopped by a signal at step" in err

@@ -41,6 +41,7 @@ import logging
 import math
 import os
 import random
+import signal
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -312,6 +313,14 @@ class _RankStream(IterableDataset):
 # ---------------------------------------------------------------------------------------------- loader
 
 
+def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """Loader workers ignore SIGINT / SIGTERM. A Ctrl-C in a terminal or a scheduler's SIGTERM reaches the
+    whole process group; the trainer (the main process) then checkpoints at the next step boundary and
+    shuts its workers down itself, which it could not do if they had died under it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _dist_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -476,6 +485,7 @@ class ShardLoader:
                     # its own generator: starting workers must not draw from the global torch RNG, or a
                     # resumed run (which starts them at another step) would see other dropout masks
                     generator=torch.Generator().manual_seed(self.seed),
+                    worker_init_fn=leave_stop_signals_to_the_main_process,
                 )
             )
         for batch in batches:
