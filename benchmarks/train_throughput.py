@@ -7,9 +7,10 @@
 ``--size demo`` (default) runs ``tools/train.py`` with ``configs/demo.yaml`` (CLEVR-lite, converted MiniLM
 CooBERT, EfficientNet-Lite0, 128 px): one process with ``--batch`` vs ``--nproc`` torchrun processes with
 ``--batch / nproc`` each (gloo on CPU, nccl + bf16 on a GPU), or, with ``--variant k=v ...``, one process
-as configured vs one process with those overrides. ``--size large`` is a size where activations dominate
-and nothing is frozen: a ViT-B/16 backbone at 384 px (random weights: only the shapes matter here) and a
-BERT-base-sized CooBERT (12 layers, d 768, D~k 384, random), one process in fp32 against the same with
+as configured vs one process with those overrides. ``--size large`` trains everything (nothing frozen): a
+ViT-B/16 backbone at 384 px (``--backbone`` / ``--image-size`` choose another; random weights: only the
+shapes matter here) and a BERT-base-sized CooBERT (12 layers, d 768, D~k 384, random), one process in fp32
+against the same with
 each option: gradient checkpointing, bf16 autocast, ``run.compile``, and ``--nproc`` processes with DDP
 and with FSDP (``run.parallel=fsdp``) at the same global batch.
 
@@ -80,9 +81,9 @@ def large_text_dir(out: Path) -> Path:
     return out
 
 
-def large_overrides(text_dir: Path) -> list[str]:
-    return [f"model.text={text_dir}", "model.convert_from=null", "model.backbone=vit_base_patch16_384",
-            "model.pretrained_backbone=false", "model.image_size=384",
+def large_overrides(text_dir: Path, backbone: str, image_size: int) -> list[str]:
+    return [f"model.text={text_dir}", "model.convert_from=null", f"model.backbone={backbone}",
+            "model.pretrained_backbone=false", f"model.image_size={image_size}",
             "model.config.freeze_backbone=false", "model.config.freeze_text_layers=0",
             "model.config.backbone_out_indices=[-1]"]
 
@@ -126,6 +127,8 @@ def setups(args, base: list[str]) -> dict[str, tuple[int, int, list[str]]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=["demo", "large"], default="demo")
+    parser.add_argument("--backbone", default="vit_base_patch16_384", help="--size large: the timm backbone")
+    parser.add_argument("--image-size", type=int, default=384, help="--size large: the image side")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16, help="global batch per step")
@@ -137,11 +140,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         # training samples only: no split to evaluate, so a run is its steps (and its final checkpoint)
-        size = 384 if args.size == "large" else 128
+        size = args.image_size if args.size == "large" else 128
         write_synthetic(tmp / "clevr", max(8 * args.batch, 64), config=SyntheticConfig(image_size=size), progress=False)
         base = [f"data.train=[{tmp / 'clevr' / 'train'}]", *args.extra]
         if args.size == "large":
-            base = [*large_overrides(large_text_dir(tmp / "coobert-base")), *base]
+            base = [*large_overrides(large_text_dir(tmp / "coobert-base"), args.backbone, args.image_size), *base]
         todo = setups(args, base)
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in todo}
         for r in range(args.rounds):
@@ -159,7 +162,8 @@ def main() -> None:
             row.append(f"{100 * sps * flops / (args.peak_tflops * 1e12 * todo[name][0]):.1f}%")
         rows.append(row)
     print(f"Machine: {machine()}")
-    model = "ViT-B/16 384 px + BERT-base-sized CooBERT, nothing frozen" if args.size == "large" else "Demo model"
+    model = f"{args.backbone} at {args.image_size} px + BERT-base-sized CooBERT, nothing frozen" \
+        if args.size == "large" else "Demo model"
     print(f"{model}, global batch {args.batch}, {args.steps} steps, median samples/s of steps 3..{args.steps}, "
           f"{args.rounds} alternating round(s); peak memory of rank 0 "
           f"({'CUDA allocated' if torch.cuda.is_available() else 'resident set size'})")
