@@ -85,10 +85,10 @@ def main() -> None:
         fwd = statistics.median(r["timing_ms"]["model"] for r in results[name])
         rows.append([name, f"{per_pair * 1e3:.1f}", f"{1 / per_pair:.1f}", f"{pre:.1f}", f"{fwd:.1f}",
                      f"{t['batch 1'] / seconds:.2f}"])
-    pre = predictor.model.preprocessing()
+    size = predictor.processor.image_processor.canvas_size
     print(f"Machine: {machine()}")
     print(f"Model: {type(predictor.model).__name__} from {args.model or 'the demo build'}, "
-          f"input {pre['image_size'][0]}x{pre['image_size'][1]}, {B} pairs (5 photos), "
+          f"input {size[0]}x{size[1]}, {B} pairs (5 photos), "
           f"{sum(p.numel() for p in predictor.model.parameters()) / 1e6:.1f}M params, median of {args.repeats}")
     print(markdown_table(
         ["setup", "ms / pair", "pairs / s", "preprocess ms / pair", "model ms / pair", "throughput vs batch 1"], rows

@@ -30,6 +30,7 @@ from pathlib import Path
 from PIL import Image
 from transformers import AutoTokenizer
 
+from vlcoattn import VLCoAttnImageProcessor, VLCoAttnProcessor
 from vlcoattn.assets import minilm_dir, sample_photo
 from vlcoattn.data import ShardSink, build_loader, encode_image
 
@@ -84,9 +85,8 @@ def raw_rate(images: list[bytes], size: int, processes: int) -> float:
 
 def loader_rate(out_dir: Path, tokenizer, size: int, batch_size: int, workers: int, fast: bool) -> float:
     """Samples per second over one epoch, worker start-up included."""
-    loader = build_loader(
-        str(out_dir), tokenizer, image_size=size, batch_size=batch_size, num_workers=workers, fast_decode=fast
-    )
+    processor = VLCoAttnProcessor(VLCoAttnImageProcessor(size=size, fast_decode=fast), tokenizer)
+    loader = build_loader(str(out_dir), processor, batch_size=batch_size, num_workers=workers)
     start = time.perf_counter()
     n = sum(len(batch["keys"]) for batch in loader)
     return n / (time.perf_counter() - start)

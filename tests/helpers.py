@@ -5,6 +5,18 @@ from __future__ import annotations
 import torch
 
 
+def processor_for(tokenizer, size=32, max_text_len: int = 40, **kwargs):
+    """A VLCoAttnProcessor with a ``size`` canvas (mean = std = 0.5 unless given) around a copy of
+    ``tokenizer`` truncating at ``max_text_len``, for loader tests."""
+    import copy
+
+    from vlcoattn import VLCoAttnImageProcessor, VLCoAttnProcessor
+
+    tokenizer = copy.copy(tokenizer)
+    tokenizer.model_max_length = max_text_len
+    return VLCoAttnProcessor(VLCoAttnImageProcessor(size=size, **kwargs), tokenizer)
+
+
 def assert_cached_generation_exact(lm, input_ids, attention_mask, max_new_tokens: int, atol: float = 1e-5) -> None:
     """Greedy ``generate()`` with the KV cache == without it (tokens), and every step's logits == a full
     forward over the sequence so far (to ``atol``): a cache that ``generate()`` fails to hand back

@@ -28,6 +28,8 @@ from vlcoattn.data import (
 )
 from vlcoattn.utils.cli import run_cli
 
+from helpers import processor_for
+
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -100,7 +102,7 @@ def test_jsonl_roundtrip_with_skips(tmp_path, tokenizer):
     assert json.loads(samples["g_1"]["json"])["boxes"] == [[10, 20, 40, 60]]
     assert samples["q1"]["jpg"] == (tmp_path / "img/a.jpg").read_bytes()  # copied, not re-encoded
 
-    loader = build_loader(str(tmp_path / "out"), tokenizer, image_size=32, batch_size=3, shuffle=False)
+    loader = build_loader(str(tmp_path / "out"), processor_for(tokenizer, 32), batch_size=3, shuffle=False)
     (batch,) = list(loader)
     assert sorted(batch["tasks"]) == ["cls", "ground", "vqa"]
     assert batch["image_mask"].tolist() == [k != "000000003" for k in batch["keys"]]
@@ -188,7 +190,7 @@ def test_vqa2_roundtrip_keeps_ten_normalized_answers(tmp_path, tokenizer):
     samples = {s["__key__"]: json.loads(s["json"]) for s in _wds_samples(tmp_path / "out")}
     assert samples["vqa-420"]["answers"] == ["2"] * 8 + ["3", "3 dogs"]
     assert samples["vqa-420"]["meta"]["question_type"] == "how many"
-    loader = build_loader(str(tmp_path / "out"), tokenizer, image_size=32, batch_size=3, shuffle=False)
+    loader = build_loader(str(tmp_path / "out"), processor_for(tokenizer, 32), batch_size=3, shuffle=False)
     (batch,) = list(loader)
     vocab = info.answer_vocab
     i = batch["keys"].index("vqa-420")
@@ -274,7 +276,7 @@ def test_refcoco_roundtrip_one_sample_per_sentence(tmp_path, tokenizer):
     }
     assert samples["ref-1-101"]["text"] == "left guy"
     (batch,) = list(
-        build_loader(str(tmp_path / "out"), tokenizer, image_size=40, batch_size=2, shuffle=False)
+        build_loader(str(tmp_path / "out"), processor_for(tokenizer, 40), batch_size=2, shuffle=False)
     )
     assert torch.allclose(
         invert_boxes(batch["boxes"][0], batch["letterbox"][0]), torch.tensor([10.0, 5, 30, 35]), atol=0.5
@@ -460,7 +462,7 @@ def test_real_photo_roundtrip(tmp_path, tokenizer):
         )
     )
     convert_jsonl(tmp_path / "d.jsonl", tmp_path / "img", tmp_path / "out", progress=False)
-    (batch,) = list(build_loader(str(tmp_path / "out"), tokenizer, image_size=64, batch_size=1))
+    (batch,) = list(build_loader(str(tmp_path / "out"), processor_for(tokenizer, 64), batch_size=1))
     assert batch["pixel_values"].shape == (1, 3, 64, 64)
     assert np.allclose(
         invert_boxes(batch["boxes"][0], batch["letterbox"][0]).numpy(),

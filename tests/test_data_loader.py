@@ -18,6 +18,8 @@ from transformers import AutoTokenizer
 from vlcoattn.assets import minilm_dir
 from vlcoattn.data import SyntheticConfig, build_loader, write_synthetic
 
+from helpers import processor_for
+
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -64,7 +66,7 @@ def test_plain_webdataset_shards_with_images_load(tmp_path, tokenizer):
             record = {"task": "ground", "text": f"the box {i}", "boxes": [[4, 3, 20, 15]]}
             sink.write({"__key__": f"img{i}", "jpg": _jpeg(), "json": json.dumps(record).encode()})
     loader = build_loader(
-        str(tmp_path / "plain-{000000..000002}.tar"), tokenizer, image_size=32, batch_size=7, shuffle=False
+        str(tmp_path / "plain-{000000..000002}.tar"), processor_for(tokenizer, 32), batch_size=7, shuffle=False
     )
     (batch,) = list(loader)
     assert batch["keys"] == [f"img{i}" for i in range(7)]
@@ -168,8 +170,7 @@ def test_resume_gives_the_same_remaining_stream(synthetic_dir, tokenizer, worker
     def make():
         return build_loader(
             str(synthetic_dir / "train"),
-            tokenizer,
-            image_size=32,
+            processor_for(tokenizer, 32),
             batch_size=5,
             num_workers=workers,
             seed=3,
@@ -245,8 +246,7 @@ def test_planted_corrupt_samples_are_skipped_counted_and_nothing_valid_is_droppe
     pattern, valid = _planted_shards(tmp_path / "bad")
     loader = build_loader(
         pattern,
-        tokenizer,
-        image_size=32,
+        processor_for(tokenizer, 32),
         batch_size=1,
         shuffle=False,
         answer_vocab=["green"],
@@ -275,8 +275,7 @@ def test_planted_corrupt_shards_train_on_with_workers(tmp_path, tokenizer):
     pattern, valid = _planted_shards(tmp_path / "bad")
     loader = build_loader(
         pattern,
-        tokenizer,
-        image_size=32,
+        processor_for(tokenizer, 32),
         batch_size=1,
         num_workers=2,
         shuffle=False,
@@ -297,8 +296,7 @@ def test_bad_fraction_limit_fails_with_a_clear_message(tmp_path, tokenizer):
     pattern, _ = _planted_shards(tmp_path / "bad")
     loader = build_loader(
         pattern,
-        tokenizer,
-        image_size=32,
+        processor_for(tokenizer, 32),
         batch_size=1,
         shuffle=False,
         answer_vocab=["green"],

@@ -25,7 +25,6 @@ from transformers import AutoTokenizer
 from vlcoattn.assets import minilm_dir, sample_photo
 from vlcoattn.data import build_loader, convert_jsonl, invert_boxes
 from vlcoattn.infer import Predictor, draw_prediction, predict_jsonl, select_words
-from vlcoattn.loading import write_task_file
 from vlcoattn.models import (
     VLCoAttnConfig,
     VLCoAttnForGrounding,
@@ -194,7 +193,7 @@ def test_preprocessing_and_outputs_match_the_training_loader(models, predictors,
     """The training loader's batch (shards -> build_loader at the model's preprocessing) through the
     model gives the predictor's boxes and centers."""
     predictor = predictors("ground")
-    model, pre = predictor.model, predictor.model.preprocessing()
+    model = predictor.model
     (tmp_path / "img").mkdir()
     records = []
     for i, name in enumerate(("astronaut", "coffee", "china")):
@@ -204,9 +203,7 @@ def test_preprocessing_and_outputs_match_the_training_loader(models, predictors,
                         "boxes": [[1, 1, 9, 9]]})
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     convert_jsonl(tmp_path / "in.jsonl", tmp_path / "img", tmp_path / "shards", progress=False)
-    tok = AutoTokenizer.from_pretrained(models["ground"])
-    loader = build_loader(str(tmp_path / "shards"), tok, image_size=pre["image_size"], mean=pre["mean"], std=pre["std"],
-                          max_text_len=MAX_TOKENS, batch_size=3, shuffle=False)
+    loader = build_loader(str(tmp_path / "shards"), predictor.processor, batch_size=3, shuffle=False)
     batch = next(iter(loader))
     with torch.no_grad():
         out = model(batch["input_ids"], batch["pixel_values"], attention_mask=batch["attention_mask"],
@@ -231,8 +228,7 @@ def test_vqa_probabilities_sigmoid_for_bce_softmax_for_ce(predictors):
         if total is not None:
             assert sum(probs) == pytest.approx(total, abs=1e-4)
         # against the raw logits of the same preprocessed input
-        sample = predictor._prepare(photo, "what is in the cup?")
-        batch = predictor._collator([sample])
+        batch = predictor.processor(images=photo, text="what is in the cup?")
         with torch.no_grad():
             logits = predictor.model(batch["input_ids"], batch["pixel_values"],
                                      attention_mask=batch["attention_mask"]).logits[0]
@@ -258,8 +254,7 @@ def test_multitask_model_gives_answers_and_a_box_or_either_on_request(predictors
 def test_token_centers_are_in_original_image_pixels(predictors):
     predictor = predictors("ground")  # 64 x 96 canvas, two levels
     photo = sample_photo("chelsea")  # 451 x 300: letterboxed with padding
-    sample = predictor._prepare(photo, "the cat")
-    batch = predictor._collator([sample])
+    batch = predictor.processor(images=photo, text="the cat")
     with torch.no_grad():
         out = predictor.model.vlcoattn(batch["input_ids"], batch["pixel_values"], attention_mask=batch["attention_mask"])
     pred = predictor.predict(photo, "the cat")
@@ -350,9 +345,11 @@ def test_long_text_is_truncated_with_a_warning(models, predictors, caplog, tmp_p
     assert pred["truncated"] is True and len(pred["tokens"]) == MAX_TOKENS
     assert pred["tokens"][-1]["token"] == "[SEP]"
     assert f"more than the model maximum of {MAX_TOKENS}: truncated" in caplog.text
-    # a trainer-written dir: texts are cut at the length training used
+    # a trainer-written dir: texts are cut at the length training used (the tokenizer's model_max_length)
     shutil.copytree(models["ground"], tmp_path / "trained")
-    write_task_file(tmp_path / "trained", "ground", 8)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "trained")
+    tok.model_max_length = 8
+    tok.save_pretrained(tmp_path / "trained")
     short = Predictor.from_pretrained(tmp_path / "trained").predict(sample_photo("chelsea"), text)
     assert short["truncated"] is True and len(short["tokens"]) == 8
     # the model saw the shorter text: [SEP] sits at another position, so its state and prior differ

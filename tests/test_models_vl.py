@@ -186,6 +186,7 @@ def test_real_minilm_coobert_and_efficientnet_on_a_real_photo(tmp_path):
     """The full path: MiniLM -> CooBERT dir (exact conversion), EfficientNet-Lite0 weights, a real photo."""
     from PIL import Image
 
+    from vlcoattn import VLCoAttnProcessor
     from vlcoattn.text.convert import convert_bert_dir
 
     convert_bert_dir(minilm_dir(), tmp_path / "coobert")
@@ -194,13 +195,12 @@ def test_real_minilm_coobert_and_efficientnet_on_a_real_photo(tmp_path):
         image_size=[192, 256],
     ).eval()
     assert model.config.fusion_hidden_size == 384 and model.config.fusion_num_heads == 12
-    tok = AutoTokenizer.from_pretrained(tmp_path / "coobert")
-    enc = tok(["is there a cup of coffee?", "what is on the plate?"], padding=True, return_tensors="pt")
-    image = Image.open(sample_photo("coffee"))
-    px = model.image_transform()(image)
-    assert px.shape == (3, 192, 256)
+    processor = VLCoAttnProcessor.for_model(model, AutoTokenizer.from_pretrained(tmp_path / "coobert"), max_text_len=32)
+    image = Image.open(sample_photo("coffee"))  # 600 x 400: letterboxed into 256 x 192, 10 px bands above and below
+    enc = processor(images=[image, image], text=["is there a cup of coffee?", "what is on the plate?"])
+    assert enc["pixel_values"].shape == (2, 3, 192, 256) and enc["letterbox"][0, 2:4].tolist() == [0, 10]
     with torch.no_grad():
-        out = model(enc["input_ids"], px[None].expand(2, -1, -1, -1), attention_mask=enc["attention_mask"])
+        out = model(enc["input_ids"], enc["pixel_values"], attention_mask=enc["attention_mask"])
     assert out.logits.shape == (2, 2) and torch.isfinite(out.logits).all()
     assert out.reference_centers.shape == (2, enc["input_ids"].shape[1], 2)
 

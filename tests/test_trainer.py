@@ -18,11 +18,15 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from transformers import AutoImageProcessor, AutoProcessor, pipeline
 
-from vlcoattn.data import ShardSink, build_loader, write_synthetic
+from vlcoattn import VLCoAttnForMultitask, VLCoAttnImageProcessor, VLCoAttnProcessor
+from vlcoattn.data import ShardSink, build_eval_loader, build_loader, write_synthetic
 from vlcoattn.data.loader import read_shard
 from vlcoattn.data.shards import resolve_shards
 from vlcoattn.data.synthetic import SyntheticConfig
+from vlcoattn.eval.runner import evaluate
+from vlcoattn.infer import Predictor
 from vlcoattn.loading import TASK_MODELS
 from vlcoattn.text import CooBertConfig, CooBertModel
 from vlcoattn.train.build import build_model
@@ -30,6 +34,8 @@ from vlcoattn.train.config import load_config
 from vlcoattn.train.job_config import JobConfig
 from vlcoattn.train.metrics_log import read_metrics
 from vlcoattn.train.trainer import Trainer, TrainingError, train
+
+from helpers import processor_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -201,9 +207,9 @@ def test_torchrun_over_two_single_task_sources_mixes_them_resumes_exactly_and_eq
     assert_same_weights(weights(tmp_path / "ddp"), weights(tmp_path / "resumed"), atol=1e-6)
 
     # one process, batch 8 = rank 0's batch g + rank 1's batch g, in shard order
-    loaders = [build_loader([str(single_task_dirs[t]) for t in ("vqa", "ground")], minilm_tokenizer,
-                            weights=[1.0, 1.0], batch_size=4, rank=r, world_size=2, seed=0, shuffle_buffer=16,
-                            image_size=64, max_text_len=24) for r in range(2)]
+    loaders = [build_loader([str(single_task_dirs[t]) for t in ("vqa", "ground")], processor_for(minilm_tokenizer, 64, 24),
+                            weights=[1.0, 1.0], batch_size=4, rank=r, world_size=2, seed=0, shuffle_buffer=16)
+               for r in range(2)]
     streams = [iter(loader) for loader in loaders]
     by_key = {r["__key__"]: r for t in ("vqa", "ground") for r in raw_samples(single_task_dirs[t])[0]}
     order = [key for _ in range(steps) for stream in streams for key in next(stream)["keys"]]
@@ -425,6 +431,49 @@ def test_evaluate_cli_reproduces_the_end_of_training_metrics_and_the_report_is_w
     for png in ("curves.png", "predictions.png"):
         assert (tmp_path / "run" / png).stat().st_size > 5000
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_the_saved_processor_gives_the_evaluation_inputs_bit_for_bit_and_the_same_outputs_everywhere(assets, tmp_path):
+    """final/ reloaded with AutoProcessor + the model class: the evaluation loader's inputs exactly, and the
+    same answers and boxes from the evaluation pass, Predictor and the two pipelines."""
+    train(job_of(base_config(assets, tmp_path / "run", **{"train.steps": 2, "data.val": []}), tmp_path))
+    final = tmp_path / "run" / "final"
+    processor = AutoProcessor.from_pretrained(final)
+    assert isinstance(processor, VLCoAttnProcessor) and processor.max_text_len == 24
+    assert isinstance(AutoImageProcessor.from_pretrained(final), VLCoAttnImageProcessor)
+    model = VLCoAttnForMultitask.from_pretrained(final).eval()
+    vocab = model.config.answer_vocab
+    raws = raw_samples(assets["data"] / "val")[0][:6]
+    loader = build_eval_loader(str(assets["data"] / "val"), processor, batch_size=1, limit=len(raws))
+    result = evaluate(model, loader, "vqa+ground")
+    predictor = Predictor.from_pretrained(final)
+    vqa, ground = (pipeline(task, model=str(final)) for task in ("vlcoattn-vqa", "vlcoattn-grounding"))
+    for raw, batch, row in zip(raws, loader, result.predictions, strict=True):
+        assert batch["keys"][0] == raw["__key__"] == row["key"]
+        text = batch["texts"][0]
+        inputs = processor(images=raw["png"], text=text)
+        for key in ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "letterbox"):
+            assert torch.equal(inputs[key], batch[key]), key
+        with torch.no_grad():
+            out = model(**{k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")})
+        probs = out.logits[0].sigmoid()
+        box = processor.post_process_grounding(out, letterbox=inputs["letterbox"])[0]["box"]
+        pred = predictor.predict(raw["png"], text, top_k=len(vocab))
+        assert pred["answers"] == [{"answer": vocab[i], "probability": round(float(probs[i]), 6)}
+                                   for i in probs.argsort(descending=True, stable=True).tolist()]
+        assert pred["box"] == [round(v, 2) for v in box.tolist()]
+        assert vqa(raw["png"], text, top_k=3) == [{"answer": a["answer"], "score": a["probability"]}
+                                                  for a in pred["answers"][:3]]
+        assert ground(raw["png"], text)["box"] == pred["box"]
+        if batch["tasks"][0] == "vqa":
+            assert row["answer"] == pred["answers"][0]["answer"]
+        else:
+            assert row["box"] == pred["box"]
+    # the pipelines' own batching gives what one input at a time gives
+    items = [{"image": raw["png"], "text": json.loads(raw["json"])["text"]} for raw in raws]
+    assert vqa(items, batch_size=4, top_k=2) == [vqa(item, top_k=2) for item in items]
+    heatmaps = ground(items[0])["heatmaps"]
+    assert heatmaps and all(abs(float(h["heatmap"].sum()) - 1) < 1e-4 for h in heatmaps)
 
 
 def _first_losses(assets, tmp_path, name, **over) -> list[float]:

@@ -1,16 +1,20 @@
 """vlcoattn: CooBERT text encoder, timm backbones and spatially modulated co-attention (SMCA).
 
-``import vlcoattn`` registers the CooBERT and VLCoAttn classes with transformers' Auto classes.
+``import vlcoattn`` registers the CooBERT and VLCoAttn classes with transformers' Auto classes (models,
+``AutoProcessor``, ``AutoImageProcessor``) and the ``vlcoattn-vqa`` / ``vlcoattn-grounding`` pipelines.
 """
 
 from .fusion import SMCACrossAttention, SMCAFusionEncoder, gaussian_log_prior
+from .infer import pipelines  # noqa: F401  (registers the vlcoattn-vqa / vlcoattn-grounding pipelines)
 from .models import (
     VLCoAttnConfig,
     VLCoAttnForGrounding,
     VLCoAttnForMultitask,
     VLCoAttnForQuestionAnswering,
+    VLCoAttnImageProcessor,
     VLCoAttnModel,
     VLCoAttnPreTrainedModel,
+    VLCoAttnProcessor,
     grounding_loss,
     prior_heatmaps,
 )
@@ -39,8 +43,10 @@ __all__ = [
     "VLCoAttnForGrounding",
     "VLCoAttnForMultitask",
     "VLCoAttnForQuestionAnswering",
+    "VLCoAttnImageProcessor",
     "VLCoAttnModel",
     "VLCoAttnPreTrainedModel",
+    "VLCoAttnProcessor",
     "VisionBackbone",
     "__version__",
     "efficientnet_lite0_timm_file",

@@ -8,13 +8,20 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoProcessor, AutoTokenizer, PreTrainedModel
 
 from . import models, text
-from .models import VLCoAttnForGrounding, VLCoAttnForMultitask, VLCoAttnForQuestionAnswering
+from .models import (
+    VLCoAttnForGrounding,
+    VLCoAttnForMultitask,
+    VLCoAttnForQuestionAnswering,
+    VLCoAttnPreTrainedModel,
+    VLCoAttnProcessor,
+)
 from .text import CooBertForCausalLM, CooBertForSequenceClassification
 
-TASK_FILE = "vlcoattn_task.json"  # written next to the weights: the task and text length of training
+TASK_FILE = "vlcoattn_task.json"  # written next to the weights: the task of training
+PROCESSOR_FILE = "processor_config.json"
 TASK_MODELS: dict[str, type[PreTrainedModel]] = {  # the class each training task builds
     "vqa": VLCoAttnForQuestionAnswering,
     "ground": VLCoAttnForGrounding,
@@ -45,25 +52,37 @@ def model_class(model_dir: str | Path) -> type[PreTrainedModel]:
 
 
 def read_task_file(model_dir: str | Path) -> dict[str, Any]:
-    """{"task", "max_text_len"} written by the trainer ({} for dirs saved otherwise)."""
+    """{"task"} written by the trainer ({} for dirs saved otherwise)."""
     path = Path(model_dir) / TASK_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def write_task_file(model_dir: str | Path, task: str, max_text_len: int) -> None:
-    (Path(model_dir) / TASK_FILE).write_text(json.dumps({"task": task, "max_text_len": max_text_len}))
+def write_task_file(model_dir: str | Path, task: str) -> None:
+    (Path(model_dir) / TASK_FILE).write_text(json.dumps({"task": task}))
+
+
+def load_processor(model_dir: str | Path, model: PreTrainedModel) -> Any:
+    """What prepares the model's inputs: the saved :class:`VLCoAttnProcessor` of a VLCoAttn model (built
+    from the model's preprocessing + the dir's tokenizer when the dir has none), else the tokenizer."""
+    if isinstance(model, VLCoAttnPreTrainedModel) and (Path(model_dir) / PROCESSOR_FILE).is_file():
+        processor = AutoProcessor.from_pretrained(model_dir)
+        if not isinstance(processor, VLCoAttnProcessor):
+            raise ValueError(f"model dir {model_dir}: {PROCESSOR_FILE} holds a {type(processor).__name__}")
+        return processor
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return VLCoAttnProcessor.for_model(model, tokenizer) if isinstance(model, VLCoAttnPreTrainedModel) else tokenizer
 
 
 def load_model_dir(
     model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> tuple[PreTrainedModel, Any, str]:
-    """(model in eval mode, tokenizer, task) from a save_pretrained dir."""
+    """(model in eval mode, processor (see :func:`load_processor`), task) from a save_pretrained dir."""
     cls = model_class(model_dir)
     model = cls.from_pretrained(model_dir, dtype=dtype) if dtype is not None else cls.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+    processor = load_processor(model_dir, model)
     task = read_task_file(model_dir).get("task") or TASK_OF_CLASS.get(cls.__name__)
     if task is None:
         raise ValueError(f"model dir {model_dir}: cannot tell the task of {cls.__name__}")
-    return model.to(device).eval(), tokenizer, task
+    return model.to(device).eval(), processor, task

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import transformers
 
-from vlcoattn.data import DEFAULT_MAX_PIXELS
 from vlcoattn.infer import DTYPES, TASKS, Predictor, draw_prediction, predict_jsonl
 from vlcoattn.utils.cli import ArgumentParser, run_cli
 
@@ -76,7 +75,7 @@ def build_parser() -> ArgumentParser:
     run.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     run.add_argument("--dtype", choices=list(DTYPES), default="float32")
     run.add_argument("--max-pixels", type=positive, default=None,
-                     help="refuse images with more pixels (decompression bombs; default 64M)")
+                     help="refuse images with more pixels (decompression bombs; default: the saved processor's, 64M)")
     return parser
 
 
@@ -102,8 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     transformers.utils.logging.disable_progress_bar()
 
     predictor = Predictor.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS
-    )
+        args.model, device=args.device, dtype=args.dtype, max_pixels=args.max_pixels)
     task = predictor.resolve_task(args.task)
     top_k = args.top_k or 5
     gen_kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,

@@ -3,7 +3,8 @@
 Typical use::
 
     from vlcoattn.data import build_loader
-    loader = build_loader("data/clevr/train", tokenizer, image_size=128, batch_size=32, num_workers=2)
+    processor = VLCoAttnProcessor.for_model(model, tokenizer)   # image preparation + tokenizer
+    loader = build_loader("data/clevr/train", processor, batch_size=32, num_workers=2)
     for batch in loader:            # one epoch; len(loader) batches, the same on every rank
         ...
     ckpt["loader"] = loader.state_dict()      # later: loader.load_state_dict(ckpt["loader"])
@@ -50,9 +51,9 @@ from .converters import (
     text_records,
     write_synthetic,
 )
-from .image import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, encode_image, image_size
+from .image import DEFAULT_MAX_PIXELS, ImageDecodeError, as_rgb_image, decode_image, encode_image, image_size
 from .loader import EvalLoader, ShardLoader, build_eval_loader, build_loader
-from .pipeline import IGNORE_INDEX, Collator, SampleDecoder, build_decoder_and_collator
+from .pipeline import IGNORE_INDEX, Collator, SampleDecoder, decoder_and_collator, letterbox_image, normalize_pixels, tokenize
 from .schema import BAD_REASONS, TASKS, DatasetInfo, SampleError, check_record, sample_problems
 from .shards import ShardRef, ShardSink, count_samples, resolve_shards
 from .synthetic import ANSWERS as SYNTHETIC_ANSWERS
@@ -87,7 +88,11 @@ __all__ = [
     "ShardSink",
     "SyntheticConfig",
     "answer_scores",
-    "build_decoder_and_collator",
+    "decoder_and_collator",
+    "letterbox_image",
+    "normalize_pixels",
+    "tokenize",
+    "as_rgb_image",
     "build_eval_loader",
     "build_loader",
     "build_vocab",

@@ -134,6 +134,28 @@ def decode_image_and_size(
         raise ImageDecodeError(f"{name}: cannot decode image: {e}") from e
 
 
+def as_rgb_image(image: Image.Image | np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """A decoded image (PIL, or an (H, W) / (H, W, 3|4) uint8 array) -> RGB, as :func:`decode_image`
+    converts decoded files (alpha on ``background``; ``max_pixels`` applies too)."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+            raise ImageDecodeError(
+                f"an image array must be uint8 (H, W), (H, W, 3) or (H, W, 4), got {image.dtype} {tuple(image.shape)}"
+            )
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise ImageDecodeError(
+            f"an image must be a PIL image, a uint8 array, a path or encoded bytes, got {type(image).__name__}"
+        )
+    w, h = image.size
+    if w <= 0 or h <= 0:
+        raise ImageDecodeError(f"empty image ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageDecodeError(f"{w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}")
+    return _to_rgb(image, background)
+
+
 def encode_image(image: Image.Image, fmt: str = "JPEG", quality: int = 90) -> bytes:
     """Encode an RGB image (JPEG or PNG) to bytes."""
     buffer = io.BytesIO()

@@ -51,8 +51,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
-from .image import DEFAULT_MAX_PIXELS
-from .pipeline import Collator, SampleDecoder, build_decoder_and_collator
+from .pipeline import Collator, SampleDecoder, decoder_and_collator
 from .schema import BAD_REASONS, DatasetInfo, SampleError
 from .shards import ShardRef, resolve_shards
 
@@ -587,28 +586,19 @@ def _check_weights(weights: Sequence[float] | None, sizes: Sequence[int]) -> tup
 
 def _decoder_and_collator(
     infos: Sequence[DatasetInfo],
-    tokenizer: Any,
-    image_size: int | tuple[int, int],
-    max_text_len: int,
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
-    seed: int,
-    augment: bool,
-    crop_min_scale: float | None,
+    processor: Any,
     answer_vocab: Sequence[str] | None,
     label_vocab: Sequence[str] | None,
-    max_pixels: int,
-    fast_decode: bool,
+    **kwargs: Any,
 ) -> tuple[SampleDecoder, Collator]:
-    """:func:`build_decoder_and_collator` for these sources: vocabularies default to their dataset.json."""
+    """:func:`decoder_and_collator` for these sources: vocabularies default to their dataset.json."""
     tasks = {t for info in infos for t in info.tasks}
     if {"cls", "lm"} <= tasks:
         raise ValueError(
             "the sources mix 'cls' and 'lm' samples, whose 'labels' differ in shape: use two loaders"
         )
-    return build_decoder_and_collator(
-        tokenizer, image_size=image_size, max_text_len=max_text_len, mean=mean, std=std, seed=seed,
-        augment=augment, crop_min_scale=crop_min_scale, max_pixels=max_pixels, fast_decode=fast_decode,
+    return decoder_and_collator(
+        processor, **kwargs,
         answer_vocab=list(answer_vocab) if answer_vocab is not None else _merged_vocab(infos, "answer_vocab"),
         label_vocab=list(label_vocab) if label_vocab is not None else sorted(_merged_vocab(infos, "label_vocab")),
     )
@@ -616,14 +606,10 @@ def _decoder_and_collator(
 
 def build_loader(
     sources: str | Sequence[str],
-    tokenizer: Any,
+    processor: Any,
     *,
-    image_size: int | tuple[int, int] = 224,
     batch_size: int = 32,
     weights: Sequence[float] | None = None,
-    max_text_len: int = 40,
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5),
     num_workers: int = 0,
     rank: int | None = None,
     world_size: int | None = None,
@@ -637,22 +623,21 @@ def build_loader(
     label_vocab: Sequence[str] | None = None,
     max_bad_fraction: float = 0.01,
     bad_check_after: int = 200,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    fast_decode: bool = True,
     prefetch_factor: int = 2,
     pin_memory: bool = False,
 ) -> ShardLoader:
     """A resumable, distributed-aware loader over shard directories / patterns (see module doc).
 
+    ``processor``: the model's :class:`~vlcoattn.models.VLCoAttnProcessor` (image preparation and
+    tokenizer, the one used at evaluation and inference too), or a tokenizer for text-only models.
+    Texts are truncated at the tokenizer's ``model_max_length``.
+
     ``sources``: shard dirs, ``dataset.json`` paths or URL patterns (brace-expanded, ``::``-joined,
     ``pipe:`` allowed); each entry is one source, and every batch mixes the sources at random in
     proportion to ``weights`` (one per source, finite and > 0; default: their sample counts).
     ``rank`` / ``world_size`` default to torch.distributed when initialized. ``answer_vocab`` /
-    ``label_vocab`` default to the union of the sources' ``dataset.json`` vocabularies. ``mean`` /
-    ``std`` normalize pixels in [0, 1] (0.5 suits EfficientNet-Lite0). ``samples_per_epoch`` is
-    global (all ranks); default all sources' samples. ``fast_decode`` lets JPEGs decode at 1/2-1/8
-    scale when still larger than the input and resizes with PIL's ``reducing_gap=3`` (both visually
-    lossless at the model's input size).
+    ``label_vocab`` default to the union of the sources' ``dataset.json`` vocabularies.
+    ``samples_per_epoch`` is global (all ranks); default all sources' samples.
     """
     items = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     if not items:
@@ -661,8 +646,8 @@ def build_loader(
     if rank is None or world_size is None:
         rank, world_size = _dist_rank_world()
     decoder, collator = _decoder_and_collator(
-        [info for _, infos in resolved for info in infos], tokenizer, image_size, max_text_len, mean, std,
-        seed, augment, crop_min_scale, answer_vocab, label_vocab, max_pixels, fast_decode,
+        [info for _, infos in resolved for info in infos], processor, answer_vocab, label_vocab,
+        seed=seed, augment=augment, crop_min_scale=crop_min_scale,
     )
     return ShardLoader(
         [shards for shards, _ in resolved],
@@ -741,19 +726,13 @@ class EvalLoader:
 
 def build_eval_loader(
     sources: str | Sequence[str],
-    tokenizer: Any,
+    processor: Any,
     *,
-    image_size: int | tuple[int, int] = 224,
     batch_size: int = 32,
-    max_text_len: int = 40,
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5),
     rank: int | None = None,
     world_size: int | None = None,
     answer_vocab: Sequence[str] | None = None,
     label_vocab: Sequence[str] | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    fast_decode: bool = True,
     limit: int | None = None,
 ) -> EvalLoader:
     """An :class:`EvalLoader`: the first ``limit`` (default all) samples, each exactly once over all
@@ -761,8 +740,5 @@ def build_eval_loader(
     shards, infos = resolve_shards(sources)
     if rank is None or world_size is None:
         rank, world_size = _dist_rank_world()
-    decoder, collator = _decoder_and_collator(
-        infos, tokenizer, image_size, max_text_len, mean, std, 0, False, None,
-        answer_vocab, label_vocab, max_pixels, fast_decode,
-    )
+    decoder, collator = _decoder_and_collator(infos, processor, answer_vocab, label_vocab)
     return EvalLoader(shards, decoder, collator, batch_size=batch_size, rank=rank, world_size=world_size, limit=limit)

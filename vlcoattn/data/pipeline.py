@@ -12,18 +12,20 @@ sample or raises :class:`SampleError` naming why it is bad. Its stages, in order
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from .answers import answer_scores, majority_answer
-from .image import DEFAULT_MAX_PIXELS, IMAGE_EXTS, ImageDecodeError, decode_image_and_size
+from .image import DEFAULT_MAX_PIXELS, IMAGE_EXTS, ImageDecodeError, as_rgb_image, decode_image_and_size, image_size
 from .schema import SampleError, check_record
-from .transforms import ImageTransform, as_size, normalize_boxes
+from .transforms import ImageTransform, Letterbox, normalize_boxes
 
 IGNORE_INDEX = -100
 
@@ -47,19 +49,51 @@ def _image_member(raw: dict[str, Any]) -> bytes | None:
     return raw[found[0]] if found else None
 
 
+def letterbox_image(
+    image: Any,
+    transform: ImageTransform,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    fast_decode: bool = True,
+    boxes: np.ndarray | None = None,
+    texts: Sequence[str] = (),
+    rng: random.Random | None = None,
+) -> tuple[torch.Tensor, np.ndarray, list[str], Letterbox]:
+    """The one image preparation of training, evaluation and inference: decode (encoded bytes or a path
+    through :func:`decode_image_and_size`, with its limits; a PIL image or an HxW[x3|4] uint8 array as
+    it is, converted to RGB), then ``transform`` (letterbox, augmentation). ``boxes`` (N, 4) xyxy pixels
+    of the original image and ``texts`` follow the transform. Returns (uint8 (3, H, W) canvas, boxes
+    on the canvas, texts, the letterbox mapping original pixels to the canvas). Raises
+    :class:`~vlcoattn.data.ImageDecodeError` for anything that is not a usable image."""
+    boxes = np.zeros((0, 4)) if boxes is None else boxes
+    if isinstance(image, (bytes, str, os.PathLike)):
+        cropping = transform.augment and transform.crop_min_scale is not None
+        fit = (transform.size[1], transform.size[0]) if fast_decode and not cropping else None
+        data = image if isinstance(image, bytes) else Path(image)
+        image, (orig_w, orig_h) = decode_image_and_size(data, max_pixels=max_pixels, fit_within=fit)
+    else:
+        image = as_rgb_image(image, max_pixels)
+        orig_w, orig_h = image.size
+    draft = (image.size[0] / orig_w, image.size[1] / orig_h)  # < 1 where a JPEG decoded at reduced scale
+    pixels, boxes, texts, params = transform(image, boxes * np.array([*draft, *draft]), list(texts), rng)
+    params = replace(params, scale_x=params.scale_x * draft[0], scale_y=params.scale_y * draft[1],
+                     orig_w=orig_w, orig_h=orig_h)
+    return pixels, boxes, texts, params
+
+
 @dataclass(frozen=True)
 class SampleDecoder:
     """Raw sample -> dict with ``key``, ``task``, ``text``, ``meta`` and, as present, ``pixels`` (uint8
-    3xHxW), ``letterbox`` (8,), ``box`` (4,) normalized cxcywh, ``answers``, ``label``."""
+    3xHxW), ``letterbox`` (8,), ``box`` (4,) normalized cxcywh, ``answers``, ``label``. Without a
+    ``transform`` (text-only models) image members are ignored."""
 
-    transform: ImageTransform
-    max_pixels: int
+    transform: ImageTransform | None
+    max_pixels: int = DEFAULT_MAX_PIXELS
     fast_decode: bool = True  # JPEG DCT-domain downscale when the image is >= 2x the input size
     seed: int = 0
 
     def __call__(self, raw: dict[str, Any], pass_index: int = 0) -> dict[str, Any]:
         record = _parse_json(raw)
-        image_bytes = _image_member(raw)
+        image_bytes = _image_member(raw) if self.transform is not None else None
         record = check_record(record, has_image=image_bytes is not None)
         sample = {
             "key": raw["__key__"],
@@ -73,27 +107,19 @@ class SampleDecoder:
         if image_bytes is None:
             sample["answers"] = answers
             return sample
-        cropping = self.transform.augment and self.transform.crop_min_scale is not None
-        fit = (self.transform.size[1], self.transform.size[0]) if self.fast_decode and not cropping else None
         try:
-            image, (orig_w, orig_h) = decode_image_and_size(
-                image_bytes, max_pixels=self.max_pixels, fit_within=fit
-            )
+            orig_w, orig_h = image_size(image_bytes, self.max_pixels)
         except ImageDecodeError as e:
             raise SampleError("bad_image", str(e)) from e
         check_record(record, image_size=(orig_w, orig_h))  # boxes inside the image
         boxes = np.asarray(record.get("boxes", []), dtype=np.float64).reshape(-1, 4)
-        draft = (image.size[0] / orig_w, image.size[1] / orig_h)
-        boxes = boxes * np.array([*draft, *draft])
         rng = random.Random(f"{self.seed}:{pass_index}:{sample['key']}") if self.transform.augment else None
-        pixels, boxes, texts, params = self.transform(image, boxes, [record["text"], *answers], rng)
-        params = replace(
-            params,
-            scale_x=params.scale_x * draft[0],
-            scale_y=params.scale_y * draft[1],
-            orig_w=orig_w,
-            orig_h=orig_h,
-        )
+        try:
+            pixels, boxes, texts, params = letterbox_image(
+                image_bytes, self.transform, self.max_pixels, self.fast_decode, boxes, [record["text"], *answers], rng
+            )
+        except ImageDecodeError as e:
+            raise SampleError("bad_image", str(e)) from e
         sample.update(text=texts[0], answers=texts[1:], pixels=pixels, letterbox=params.as_tensor().float())
         if len(boxes):
             sample["box"] = normalize_boxes(boxes[:1], params.out_w, params.out_h)[0]
@@ -105,22 +131,41 @@ class SampleDecoder:
 TEXT_PAD_MULTIPLE = 8
 
 
+def tokenize(tokenizer: Any, texts: list[str]) -> dict[str, torch.Tensor]:
+    """The one text preparation: pad to the longest (a multiple of :data:`TEXT_PAD_MULTIPLE`), truncate at
+    ``tokenizer.model_max_length`` (the length the model trains with)."""
+    enc = tokenizer(
+        texts,
+        padding="longest",
+        pad_to_multiple_of=TEXT_PAD_MULTIPLE,
+        truncation=True,
+        max_length=int(tokenizer.model_max_length),
+        return_tensors="pt",
+        return_token_type_ids=True,
+    )
+    return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def normalize_pixels(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float ``(x / 255 - mean) / std``."""
+    m = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std).view(1, 3, 1, 1) * 255.0
+    return torch.sub(pixels, m, out=torch.empty(pixels.shape)).div_(s)
+
+
 @dataclass
 class Collator:
-    """Decoded samples -> padded batch dict (tokenization happens here, once per batch)."""
+    """Decoded samples -> padded batch dict (tokenization happens here, once per batch). ``image_processor``
+    (a :class:`~vlcoattn.models.VLCoAttnImageProcessor`) normalises the pixels; text-only models have none."""
 
     tokenizer: Any
-    max_text_len: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    image_processor: Any = None
     answer_vocab: Sequence[str] = ()
     label_vocab: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         self._answer_index = {a: i for i, a in enumerate(self.answer_vocab)}
         self._label_index = {a: i for i, a in enumerate(self.label_vocab)}
-        self._mean = torch.tensor(self.mean).view(1, 3, 1, 1) * 255.0
-        self._std = torch.tensor(self.std).view(1, 3, 1, 1) * 255.0
 
     def check(self, sample: dict[str, Any]) -> None:
         """Raise SampleError for a sample whose targets cannot be encoded (unknown label)."""
@@ -132,23 +177,13 @@ class Collator:
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         tasks = [s["task"] for s in samples]
         texts = [s["text"] for s in samples]
-        enc = self.tokenizer(
-            texts,
-            padding="longest",
-            pad_to_multiple_of=TEXT_PAD_MULTIPLE,
-            truncation=True,
-            max_length=self.max_text_len,
-            return_tensors="pt",
-            return_token_type_ids=True,
-        )
+        enc = tokenize(self.tokenizer, texts)
         batch: dict[str, Any] = {
             "keys": [s["key"] for s in samples],
             "tasks": tasks,
             "texts": texts,
             "meta": [s["meta"] for s in samples],
-            "input_ids": enc["input_ids"],
-            "attention_mask": enc["attention_mask"],
-            "token_type_ids": enc["token_type_ids"],
+            **enc,
         }
         if any("pixels" in s for s in samples):
             batch.update(self._images(samples))
@@ -176,7 +211,7 @@ class Collator:
         shape = next(s["pixels"].shape for s in samples if "pixels" in s)
         pixels = torch.stack([s.get("pixels", torch.zeros(shape, dtype=torch.uint8)) for s in samples])
         return {
-            "pixel_values": torch.sub(pixels, self._mean, out=torch.empty(pixels.shape)).div_(self._std),
+            "pixel_values": self.image_processor.normalize(pixels),
             "image_mask": torch.tensor(["pixels" in s for s in samples]),
             "letterbox": torch.stack([s.get("letterbox", torch.zeros(8)) for s in samples]),
         }
@@ -198,31 +233,24 @@ class Collator:
         }
 
 
-def build_decoder_and_collator(
-    tokenizer: Any,
+def decoder_and_collator(
+    processor: Any,
     *,
-    image_size: int | tuple[int, int],
-    max_text_len: int,
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
     seed: int = 0,
     augment: bool = False,
     crop_min_scale: float | None = None,
     answer_vocab: Sequence[str] = (),
     label_vocab: Sequence[str] = (),
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    fast_decode: bool = True,
 ) -> tuple[SampleDecoder, Collator]:
-    """The one way samples are prepared, for training, evaluation and inference alike: letterbox at
-    ``image_size`` filled with the mean colour, ``fast_decode`` = JPEG draft decoding + PIL's
-    ``reducing_gap=3``, ``(x/255 - mean) / std``, tokenization to ``max_text_len``."""
+    """The sample decoder and collator of ``processor``: a :class:`~vlcoattn.models.VLCoAttnProcessor`
+    (image processor + tokenizer) or, for text-only models, a tokenizer. ``augment`` / ``crop_min_scale``
+    / ``seed``: training augmentation (see :class:`ImageTransform`)."""
+    image_processor = getattr(processor, "image_processor", None)
+    tokenizer = getattr(processor, "tokenizer", processor) if image_processor is not None else processor
     if getattr(tokenizer, "pad_token", None) is None:
         raise ValueError("the tokenizer has no pad token (set tokenizer.pad_token, e.g. to its eos token)")
-    fill = tuple(round(255 * m) for m in mean)
-    transform = ImageTransform(
-        as_size(image_size), fill, augment=augment, crop_min_scale=crop_min_scale,
-        reducing_gap=3.0 if fast_decode else None,
-    )
-    decoder = SampleDecoder(transform, max_pixels, fast_decode=fast_decode, seed=seed)
-    collator = Collator(tokenizer, max_text_len, tuple(mean), tuple(std), list(answer_vocab), list(label_vocab))
-    return decoder, collator
+    if image_processor is None:
+        decoder = SampleDecoder(None, seed=seed)
+    else:
+        decoder = image_processor.sample_decoder(seed, augment, crop_min_scale)
+    return decoder, Collator(tokenizer, image_processor, list(answer_vocab), list(label_vocab))

@@ -57,8 +57,9 @@ def _vision_rows(model, out, batch, acc: MetricAccumulator, preds: list[dict]) -
                        true_box=[round(v, 2) for v in true_px.tolist()], iou=round(float(iou[0]), 4))
 
 
-def _keep_examples(out, batch, examples: list[dict], limit: int, mean, std, answer_vocab) -> None:
+def _keep_examples(out, batch, examples: list[dict], limit: int, image_processor, answer_vocab) -> None:
     """Copy up to ``limit`` samples (letterboxed image as uint8, boxes in its pixels, answers)."""
+    mean, std = image_processor.image_mean, image_processor.image_std
     boxes = getattr(out, "pred_boxes", None)
     logits = getattr(out, "logits", None)
     for i in range(len(batch["keys"])):
@@ -110,8 +111,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     autocast: contextlib.AbstractContextManager | None = None,
     keep_examples: int = 0,
-    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-    image_std: tuple[float, ...] = (0.5, 0.5, 0.5),
+    image_processor: Any = None,
     progress: Iterable | None = None,
     lockstep: bool = False,
 ) -> EvalResult:
@@ -155,7 +155,7 @@ def evaluate(
         else:
             _vision_rows(model, out, batch, acc, preds)
             if len(examples) < keep_examples:
-                _keep_examples(out, batch, examples, keep_examples, image_mean, image_std,
+                _keep_examples(out, batch, examples, keep_examples, image_processor,
                                getattr(model.config, "answer_vocab", None))
     acc.all_reduce()
     if _distributed():
@@ -180,22 +180,22 @@ def evaluate_model_dir(
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> EvalResult:
-    """Load a saved model and evaluate it on shard ``sources`` with the preprocessing it was trained
-    with (image size / normalisation from the model, text length from its task file)."""
+    """Load a saved model and evaluate it on shard ``sources`` with the processor it was trained with
+    (``max_text_len`` overrides the text length it saved)."""
     from tqdm.auto import tqdm
 
     from ..data import build_eval_loader
-    from ..loading import load_model_dir, read_task_file
+    from ..loading import load_model_dir
 
-    model, tokenizer, task = load_model_dir(model_dir, device)
-    prep = model.preprocessing() if hasattr(model, "preprocessing") else {}
+    model, processor, task = load_model_dir(model_dir, device)
+    if max_text_len is not None:
+        getattr(processor, "tokenizer", processor).model_max_length = max_text_len
     config = model.config
     loader = build_eval_loader(
-        sources, tokenizer, batch_size=batch_size, limit=limit,
-        max_text_len=max_text_len or read_task_file(model_dir).get("max_text_len", 40),
-        image_size=prep.get("image_size", 224), mean=prep.get("mean", (0.5,) * 3), std=prep.get("std", (0.5,) * 3),
+        sources, processor, batch_size=batch_size, limit=limit,
         answer_vocab=getattr(config, "answer_vocab", None) or [],
         label_vocab=[config.id2label[i] for i in range(len(config.id2label))] if task == "cls" else [],
     )
     bar = tqdm(loader, desc="evaluate", disable=not progress)
-    return evaluate(model, loader, task, device=device, progress=bar)
+    return evaluate(model, loader, task, device=device, progress=bar,
+                    image_processor=getattr(processor, "image_processor", None))

@@ -9,16 +9,30 @@
 """
 
 from .batch import predict_jsonl
-from .predictor import DTYPES, TASKS, ImageInput, Predictor, canvas_to_pixels
+from .predictor import (
+    DTYPES,
+    TASKS,
+    ClassifierPredictor,
+    GeneratorPredictor,
+    ImageInput,
+    Predictor,
+    VisionPredictor,
+    canvas_to_pixels,
+    top_answers,
+)
 from .viz import draw_prediction, select_words
 
 __all__ = [
     "DTYPES",
     "TASKS",
+    "ClassifierPredictor",
+    "GeneratorPredictor",
     "ImageInput",
     "Predictor",
+    "VisionPredictor",
     "canvas_to_pixels",
     "draw_prediction",
     "predict_jsonl",
     "select_words",
+    "top_answers",
 ]

@@ -1,17 +1,17 @@
 """Load a saved model once, then predict many image-text pairs (or texts).
 
-Preprocessing is the training pipeline's own, not a copy of it: images go through the loader's
-:class:`~vlcoattn.data.SampleDecoder` (``decode_image``: EXIF orientation, CMYK / 16-bit / palette /
-alpha / grayscale to RGB, ``max_pixels`` bomb check; then the letterbox :class:`ImageTransform` at
-``model.preprocessing()["image_size"]``, fill = round(255 * mean)) and the batch through its
-:class:`~vlcoattn.data.Collator` (tokenizer saved with the model, ``max_position_embeddings`` tokens,
-``(x / 255 - mean) / std``). Outputs are mapped back to pixels of the original image (after EXIF
-orientation) with the letterbox parameters the decoder recorded.
+:meth:`Predictor.from_pretrained` is the factory: it loads a ``save_pretrained`` dir and returns the
+predictor of its task, a :class:`VisionPredictor` (VQA / grounding / both), a
+:class:`ClassifierPredictor` or a :class:`GeneratorPredictor`. Preprocessing is the model's saved
+:class:`~vlcoattn.models.VLCoAttnProcessor`, the one training and evaluation used (``decode_image``
+with its limits, letterbox at the model's size, ``(x / 255 - mean) / std``, the trained text length),
+and boxes go back to pixels of the original image (after EXIF orientation) through its
+``post_process_grounding``. The ``vlcoattn-vqa`` / ``vlcoattn-grounding`` pipelines
+(:mod:`vlcoattn.infer.pipelines`) use the same processor and the same answer and box post-processing.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,15 +24,16 @@ import torch
 from safetensors import SafetensorError
 from transformers import PreTrainedModel
 
-from ..data.image import DEFAULT_MAX_PIXELS
-from ..data.pipeline import build_decoder_and_collator
-from ..data.schema import SampleError
-from ..data.transforms import invert_boxes
-from ..loading import TASK_OF_CLASS, load_model_dir, model_class, read_task_file
-from ..models import VLCoAttnPreTrainedModel
+from ..data.image import ImageDecodeError
+from ..data.pipeline import tokenize
+from ..loading import TASK_OF_CLASS, load_model_dir, model_class
+from ..models import VLCoAttnPreTrainedModel, VLCoAttnProcessor
 from ..utils.cli import USER_ERRORS
 
-__all__ = ["DTYPES", "TASKS", "ImageInput", "Predictor", "canvas_to_pixels"]
+__all__ = [
+    "DTYPES", "TASKS", "ClassifierPredictor", "GeneratorPredictor", "ImageInput", "Predictor", "VisionPredictor",
+    "canvas_to_pixels", "top_answers",
+]
 
 LOG = logging.getLogger(__name__)
 
@@ -72,50 +73,127 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1e3, 3)
 
 
-class Predictor:
-    """One loaded model (VLCoAttn VQA / grounding / multitask, CooBERT classifier or causal LM) + its
-    tokenizer and preprocessing.
+def top_answers(probs: torch.Tensor, k: int, names: Sequence[str] | dict, key: str = "answer",
+                score: str = "probability") -> list[dict[str, Any]]:
+    """The ``k`` most probable entries of ``probs`` (N,) as ``[{key: name, score: p}, ...]``."""
+    if k < 1:
+        raise ValueError(f"top_k must be >= 1, got {k}")
+    values, indices = probs.float().topk(min(k, probs.numel()))
+    return [{key: names[i], score: round(v, 6)} for v, i in zip(values.tolist(), indices.tolist())]
 
-    ``predict`` / ``predict_batch`` (image + text), ``classify`` / ``classify_batch`` (text) and
-    ``generate`` (prompt) return JSON-ready dicts. Build with :meth:`from_pretrained`.
+
+def token_words(tokenizer: Any, text: str, max_len: int) -> dict[str, Any]:
+    """Token count (before truncation; a warning when over ``max_len``) and each kept token's word."""
+    enc = tokenizer(text, return_offsets_mapping=tokenizer.is_fast)
+    num_tokens = len(enc["input_ids"])
+    truncated = num_tokens > max_len
+    if truncated:
+        LOG.warning("text has %d tokens, more than the model maximum of %d: truncated", num_tokens, max_len)
+        enc = tokenizer(text, truncation=True, max_length=max_len, return_offsets_mapping=tokenizer.is_fast)
+    if not tokenizer.is_fast:  # no offsets: tokens are not mapped to words
+        word_ids: list[int | None] = [None] * len(enc["input_ids"])
+        return {"word_ids": word_ids, "words": word_ids, "truncated": truncated, "num_tokens": num_tokens}
+    word_ids = enc.word_ids()
+    spans: dict[int, tuple[int, int]] = {}  # word -> (first, last) character of its pieces
+    for w, (a, b) in zip(word_ids, enc["offset_mapping"]):
+        if w is not None:
+            lo, hi = spans.get(w, (a, b))
+            spans[w] = (min(lo, a), max(hi, b))
+    words = [text[spans[w][0] : spans[w][1]] if w is not None else None for w in word_ids]
+    return {"word_ids": word_ids, "words": words, "truncated": truncated, "num_tokens": num_tokens}
+
+
+def read_image_input(image: ImageInput) -> tuple[bytes, str]:
+    """(encoded bytes, a name for messages) of a path or bytes; one clear error for a missing, empty or
+    directory path."""
+    if isinstance(image, bytes):
+        data, name = image, "<image bytes>"
+    else:
+        path = Path(image)
+        name = str(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: is a directory, not an image file")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image not found: {path}") from None
+    if not data:
+        raise ValueError(f"{name}: empty file (0 bytes), not an image")
+    return data, name
+
+
+def prior_summary(model: VLCoAttnPreTrainedModel, base: Any, letterbox: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """Reference / per-head / attended centers and Gaussian widths in original-image pixels (None
+    without a prior), from the base model's output ``base``.
+
+    Centers are normalized to the letterboxed canvas; on the last feature level (H x W cells) the
+    prior is exp(-((x - c_x)^2 s_x^2 + (y - c_y)^2 s_y^2) / β) in cell units (s times the level's
+    scale multiplier), a Gaussian of standard deviation sqrt(β / 2) / |s| cells, here in pixels.
     """
+    if base.reference_centers is None or not base.centers:
+        return None
+    H, W = base.grid_sizes[-1]
+    mult = float(model.base_model.level_scale_multipliers[-1])
+    beta = float(model.config.smca_beta)
+    scales = base.scales[-1].detach().to("cpu", torch.float64)  # (B, T, N_h, 2)
+    sigma_cells = math.sqrt(beta / 2) / (scales * mult).abs().clamp_min(1e-6)
+    lb = letterbox.to(torch.float64)[:, None, None, :]  # (B, 1, 1, 8)
+    sx, sy, _, _, _, _, cw, ch = lb.unbind(-1)
+    pixels_per_cell = torch.stack([cw / W / sx, ch / H / sy], dim=-1)  # (B, 1, 1, 2)
+    return {
+        "center": canvas_to_pixels(base.reference_centers, letterbox),  # (B, T, 2)
+        "attended": canvas_to_pixels(base.attended_centers[-1].mean(dim=2), letterbox),  # (B, T, 2)
+        "head_centers": canvas_to_pixels(base.centers[-1], letterbox),  # (B, T, N_h, 2)
+        "scales": scales,
+        "sigma": sigma_cells * pixels_per_cell,  # (B, T, N_h, 2)
+    }
 
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        tokenizer: Any,
-        *,
-        task: str | None = None,
-        max_text_len: int | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        fast_decode: bool = True,
-        name: str = "model",
-    ) -> None:
-        """``task``: the training task (``vqa``, ``ground``, ``vqa+ground``, ``cls``, ``lm``; default from
-        the model class). ``max_text_len``: tokens per text (default ``max_position_embeddings``).
-        ``fast_decode`` must be what the training loader used (``build_loader``'s default: True)."""
+
+def forward_with_base(model: VLCoAttnPreTrainedModel, inputs: dict[str, torch.Tensor]) -> tuple[Any, Any]:
+    """(task output, the base model's full output: grid sizes, centers, scales) of one forward."""
+    captured: list[Any] = []
+    hook = model.base_model.register_forward_hook(lambda _m, _a, out: captured.append(out))
+    try:
+        out = model(**inputs, return_dict=True)
+    finally:
+        hook.remove()
+    return out, captured[-1]
+
+
+class Predictor:
+    """A loaded model + its processor (or tokenizer); :meth:`from_pretrained` returns the subclass of
+    its task. Every prediction is a JSON-ready dict."""
+
+    def __init__(self, model: PreTrainedModel, processor: Any, *, task: str | None = None,
+                 name: str = "model") -> None:
+        """``processor``: a :class:`VLCoAttnProcessor` for VLCoAttn models, the tokenizer for text-only
+        ones (its ``model_max_length`` is the text length). ``task``: the training task (``vqa``,
+        ``ground``, ``vqa+ground``, ``cls``, ``lm``; default from the model class)."""
         self.model = model.eval()
-        self.tokenizer = tokenizer
+        self.processor = processor
+        self.tokenizer = processor.tokenizer if isinstance(processor, VLCoAttnProcessor) else processor
         self.name = name
-        self.max_pixels = max_pixels
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         task = task or TASK_OF_CLASS.get(type(model).__name__)
         if task is None:
             raise ValueError(
-                f"{name}: a {type(model).__name__} has no inference task (supported: "
-                f"{', '.join(TASK_OF_CLASS)})"
+                f"{name}: a {type(model).__name__} has no inference task (supported: {', '.join(TASK_OF_CLASS)})"
             )
         self.tasks = tuple(INFER_TASK[t] for t in task.split("+"))
-        config = model.config
-        self.max_text_len = int(max_text_len or getattr(config, "text_config", config).max_position_embeddings)
-        self.is_vision = isinstance(model, VLCoAttnPreTrainedModel)
-        if self.is_vision:
-            pre = model.preprocessing()
-            self._decoder, self._collator = build_decoder_and_collator(
-                tokenizer, image_size=pre["image_size"], max_text_len=self.max_text_len, mean=pre["mean"],
-                std=pre["std"], max_pixels=max_pixels, fast_decode=fast_decode,
-            )
+        config = getattr(model.config, "text_config", model.config)
+        self.max_text_len = min(int(self.tokenizer.model_max_length), int(config.max_position_embeddings))
+        self.tokenizer.model_max_length = self.max_text_len  # never past the model's positions
+
+    is_vision = False
+
+    @staticmethod
+    def for_model(model: PreTrainedModel, processor: Any, **kwargs: Any) -> Predictor:
+        """The predictor of ``model``'s task."""
+        if isinstance(model, VLCoAttnPreTrainedModel):
+            return VisionPredictor(model, processor, **kwargs)
+        task = kwargs.get("task") or TASK_OF_CLASS.get(type(model).__name__)
+        return (GeneratorPredictor if task == "lm" else ClassifierPredictor)(model, processor, **kwargs)
 
     @classmethod
     def from_pretrained(
@@ -124,15 +202,15 @@ class Predictor:
         *,
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = "float32",
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        fast_decode: bool = True,
+        max_pixels: int | None = None,
+        fast_decode: bool | None = None,
     ) -> Predictor:
-        """Load a ``save_pretrained`` directory (model + tokenizer) of any model class we ship.
+        """Load a ``save_pretrained`` directory (model + processor or tokenizer) of any model class we ship
+        and return the predictor of its task.
 
-        The text length is the one training used (``vlcoattn_task.json``, written by the trainer), else
-        the model's ``max_position_embeddings``. dtype: ``float32`` | ``bfloat16`` | ``float16`` (or a
-        torch dtype). A missing, incomplete or unreadable directory raises one clear
-        FileNotFoundError / ValueError.
+        dtype: ``float32`` | ``bfloat16`` | ``float16`` (or a torch dtype). ``max_pixels`` /
+        ``fast_decode`` override the saved image processor's. A missing, incomplete or unreadable
+        directory raises one clear FileNotFoundError / ValueError.
         """
         model_dir = Path(model_dir)
         if isinstance(dtype, str):
@@ -145,17 +223,16 @@ class Predictor:
         try:
             model_class(model_dir)  # config and weights present, architecture known
             _check_tokenizer_files(model_dir)
-            model, tokenizer, task = load_model_dir(model_dir, device, dtype)
+            model, processor, task = load_model_dir(model_dir, device, dtype)
         except (FileNotFoundError, NotADirectoryError):
             raise
         except (OSError, RuntimeError, SafetensorError) as e:
             raise ValueError(f"model dir {model_dir}: cannot load the model: {e}") from e
-        return cls(
-            model, tokenizer, task=task, max_text_len=read_task_file(model_dir).get("max_text_len"),
-            max_pixels=max_pixels, fast_decode=fast_decode, name=str(model_dir),
-        )
-
-    # ------------------------------------------------------------------------------------- tasks
+        image_processor = getattr(processor, "image_processor", None)
+        for key, value in (("max_pixels", max_pixels), ("fast_decode", fast_decode)):
+            if value is not None and image_processor is not None:
+                setattr(image_processor, key, value)
+        return cls.for_model(model, processor, task=task, name=str(model_dir))
 
     def resolve_task(self, task: str = "auto") -> str:
         """``auto`` -> what the model does (``vqa``, ``ground``, ``vqa+ground``, ``classify``, ``generate``);
@@ -171,114 +248,93 @@ class Predictor:
             )
         return task
 
-    # ------------------------------------------------------------------------- image + text (VL)
+    # what a predictor of another task was asked: one clear error naming what this model does
+    def predict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise ValueError(f"{self.name} is a text-only {type(self.model).__name__}: it takes no image")
+
+    predict_batch = predict
+
+    def classify(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.resolve_task("classify")
+        raise NotImplementedError
+
+    classify_batch = classify
+
+    def generate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.resolve_task("generate")
+        raise NotImplementedError
+
+    def _each(self, items: Sequence[Any], prepare, run) -> list[dict[str, Any]]:
+        """``run`` over the items ``prepare`` accepts, in one batch; a rejected item gives
+        ``{"error": ...}`` in its place."""
+        results: list[dict[str, Any] | None] = []
+        good = []
+        for i, item in enumerate(items):
+            try:
+                good.append(prepare(item, i))
+                results.append(None)
+            except USER_ERRORS as e:
+                results.append({"error": str(e)})
+        done = iter(run(good) if good else ())
+        return [r if r is not None else next(done) for r in results]
+
+
+class VisionPredictor(Predictor):
+    """VQA (top-k answers), grounding (a box in original pixels) or both, with every token's prior."""
+
+    is_vision = True
+
+    @property
+    def max_pixels(self) -> int:
+        return self.processor.image_processor.max_pixels
 
     def predict(self, image: ImageInput, text: str, *, task: str = "auto", top_k: int = 5) -> dict[str, Any]:
-        """One image (path or encoded bytes) + text -> answers / box / per-token priors (see README).
+        """One image (path or encoded bytes) + text -> answers / box / per-token priors (see docs/inference.md).
 
         Raises ValueError / FileNotFoundError (one clear line) for an unusable image or text.
         """
-        task = self._vision_task(task)
-        return self._run_vision([self._prepare(image, text)], task, top_k)[0]
+        task = self.resolve_task(task)
+        return self._run([self._prepare((image, text), 0)], task, top_k)[0]
 
     def predict_batch(
         self, pairs: Sequence[tuple[ImageInput, str]], *, task: str = "auto", top_k: int = 5
     ) -> list[dict[str, Any]]:
         """Many pairs in one forward pass; a pair that cannot be read gives ``{"error": ...}`` in its
         place. Equal (to float tolerance) to calling :meth:`predict` on each pair."""
-        task = self._vision_task(task)
-        results: list[dict[str, Any] | None] = []
-        samples = []
-        for i, (image, text) in enumerate(pairs):
-            try:
-                samples.append(self._prepare(image, text, key=str(i)))
-                results.append(None)
-            except USER_ERRORS as e:
-                results.append({"error": str(e)})
-        done = iter(self._run_vision(samples, task, top_k) if samples else ())
-        return [r if r is not None else next(done) for r in results]
-
-    def _vision_task(self, task: str) -> str:
         task = self.resolve_task(task)
-        if not self.is_vision:
-            raise ValueError(f"{self.name} is a text-only {type(self.model).__name__}: it takes no image")
-        return task
+        return self._each(pairs, self._prepare, lambda samples: self._run(samples, task, top_k))
 
-    def _prepare(self, image: ImageInput, text: str, key: str = "0") -> dict[str, Any]:
-        """Decode + letterbox the image and check the text, exactly as the training loader does."""
+    def _prepare(self, pair: tuple[ImageInput, str], index: int) -> dict[str, Any]:
+        """Decode + letterbox the image with the processor and check the text."""
+        image, text = pair
         start = time.perf_counter()
         _check_text(text)
-        if isinstance(image, bytes):
-            data, name = image, "<image bytes>"
-        else:
-            path = Path(image)
-            name = str(path)
-            if path.is_dir():
-                raise IsADirectoryError(f"{path}: is a directory, not an image file")
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                raise FileNotFoundError(f"image not found: {path}") from None
-        if not data:
-            raise ValueError(f"{name}: empty file (0 bytes), not an image")
-        raw = {"__key__": key, "json": json.dumps({"text": text, "task": "lm"}).encode(), "jpg": data}
+        data, name = read_image_input(image)
         try:
-            sample = self._decoder(raw)
-        except SampleError as e:  # decode_image names the bytes "<N bytes>": name the file instead
+            pixels, letterbox = self.processor.image_processor.prepare(data)
+        except ImageDecodeError as e:  # decode_image names the bytes "<N bytes>": name the file instead
             raise ValueError(str(e).replace(f"<{len(data)} bytes>", name, 1)) from None
-        sample.update(self._text_info(text), image=name, _preprocess_s=time.perf_counter() - start)
-        return sample
-
-    def _text_info(self, text: str) -> dict[str, Any]:
-        """Token count (before truncation; a warning when over the maximum) and each token's word."""
-        tok = self.tokenizer
-        enc = tok(text, return_offsets_mapping=tok.is_fast)
-        num_tokens = len(enc["input_ids"])
-        truncated = num_tokens > self.max_text_len
-        if truncated:
-            LOG.warning(
-                "text has %d tokens, more than the model maximum of %d: truncated",
-                num_tokens, self.max_text_len,
-            )
-            enc = tok(text, truncation=True, max_length=self.max_text_len, return_offsets_mapping=tok.is_fast)
-        if not tok.is_fast:  # no offsets: tokens are not mapped to words
-            word_ids: list[int | None] = [None] * len(enc["input_ids"])
-            return {"word_ids": word_ids, "words": word_ids, "truncated": truncated, "num_tokens": num_tokens}
-        word_ids = enc.word_ids()
-        spans: dict[int, tuple[int, int]] = {}  # word -> (first, last) character of its pieces
-        for w, (a, b) in zip(word_ids, enc["offset_mapping"]):
-            if w is not None:
-                lo, hi = spans.get(w, (a, b))
-                spans[w] = (min(lo, a), max(hi, b))
-        words = [text[spans[w][0] : spans[w][1]] if w is not None else None for w in word_ids]
-        return {"word_ids": word_ids, "words": words, "truncated": truncated, "num_tokens": num_tokens}
+        return {"text": text, "image": name, "pixels": pixels, "letterbox": letterbox,
+                **token_words(self.tokenizer, text, self.max_text_len), "_preprocess_s": time.perf_counter() - start}
 
     @torch.inference_mode()
-    def _run_vision(self, samples: list[dict[str, Any]], task: str, top_k: int) -> list[dict[str, Any]]:
+    def _run(self, samples: list[dict[str, Any]], task: str, top_k: int) -> list[dict[str, Any]]:
         start = time.perf_counter()
-        batch = self._collator(samples)  # tokenize, pad, normalise
+        image_processor = self.processor.image_processor
+        enc = tokenize(self.tokenizer, [s["text"] for s in samples])  # what processor(text=...) does
+        pixels = image_processor.normalize(torch.stack([s["pixels"] for s in samples]))
+        letterbox = torch.stack([s["letterbox"] for s in samples])
         collate_s = (time.perf_counter() - start) / len(samples)
         start = time.perf_counter()
-        inputs = {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids")}
-        pixels = batch["pixel_values"].to(self.device, self.dtype)
-        captured: list[Any] = []  # the base model's full output (grid sizes, centers, scales)
-        hook = self.model.base_model.register_forward_hook(lambda _m, _a, out: captured.append(out))
-        try:
-            out = self.model(**inputs, pixel_values=pixels, return_dict=True)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-        finally:
-            hook.remove()
-        base = captured[-1]
+        inputs = {k: v.to(self.device) for k, v in enc.items()}
+        out, base = forward_with_base(self.model, {**inputs, "pixel_values": pixels.to(self.device, self.dtype)})
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         forward_s = (time.perf_counter() - start) / len(samples)
         want = set(task.split("+"))
-        probs = None
-        if "vqa" in want:  # sigmoid for a model trained with vqa_loss="bce", softmax for "ce"
-            probs = self.model.answer_probabilities(out.logits.float())
-        boxes = None
-        if "ground" in want:
-            boxes = invert_boxes(out.pred_boxes.float().cpu(), batch["letterbox"])
-        priors = self._priors(base, batch["letterbox"])
+        probs = self.model.answer_probabilities(out.logits.float()) if "vqa" in want else None
+        boxes = image_processor.post_process_grounding(out.pred_boxes, letterbox) if "ground" in want else None
+        priors = prior_summary(self.model, base, letterbox)
         results = []
         for b, sample in enumerate(samples):
             post_start = time.perf_counter()
@@ -287,10 +343,10 @@ class Predictor:
                 "task": task, "image": sample["image"], "image_size": [int(lb[4]), int(lb[5])], "text": sample["text"],
             }
             if probs is not None:
-                res["answers"] = self._top_k(probs[b], top_k, self.model.config.answer_vocab)
+                res["answers"] = top_answers(probs[b], top_k, self.model.config.answer_vocab)
             if boxes is not None:
                 res["box"] = [round(v, 2) for v in boxes[b].tolist()]
-            res["tokens"] = self._tokens(b, sample, batch, priors)
+            res["tokens"] = self._tokens(b, sample, enc, priors)
             res["truncated"] = sample["truncated"]
             pre = sample["_preprocess_s"] + collate_s
             post = time.perf_counter() - post_start
@@ -301,37 +357,11 @@ class Predictor:
             results.append(res)
         return results
 
-    def _priors(self, base: Any, letterbox: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        """Reference / per-head / attended centers and Gaussian widths in original-image pixels (None
-        without a prior).
-
-        Centers are normalized to the letterboxed canvas; on the last feature level (H x W cells) the
-        prior is exp(-((x - c_x)^2 s_x^2 + (y - c_y)^2 s_y^2) / β) in cell units (s times the level's
-        scale multiplier), a Gaussian of standard deviation sqrt(β / 2) / |s| cells, here in pixels.
-        """
-        if base.reference_centers is None or not base.centers:
-            return None
-        H, W = base.grid_sizes[-1]
-        mult = float(self.model.base_model.level_scale_multipliers[-1])
-        beta = float(self.model.config.smca_beta)
-        scales = base.scales[-1].detach().to("cpu", torch.float64)  # (B, T, N_h, 2)
-        sigma_cells = math.sqrt(beta / 2) / (scales * mult).abs().clamp_min(1e-6)
-        lb = letterbox.to(torch.float64)[:, None, None, :]  # (B, 1, 1, 8)
-        sx, sy, _, _, _, _, cw, ch = lb.unbind(-1)
-        pixels_per_cell = torch.stack([cw / W / sx, ch / H / sy], dim=-1)  # (B, 1, 1, 2)
-        return {
-            "center": canvas_to_pixels(base.reference_centers, letterbox),  # (B, T, 2)
-            "attended": canvas_to_pixels(base.attended_centers[-1].mean(dim=2), letterbox),  # (B, T, 2)
-            "head_centers": canvas_to_pixels(base.centers[-1], letterbox),  # (B, T, N_h, 2)
-            "scales": scales,
-            "sigma": sigma_cells * pixels_per_cell,  # (B, T, N_h, 2)
-        }
-
     def _tokens(
-        self, b: int, sample: dict[str, Any], batch: dict[str, Any], priors: dict[str, torch.Tensor] | None
+        self, b: int, sample: dict[str, Any], enc: dict[str, torch.Tensor], priors: dict[str, torch.Tensor] | None
     ) -> list[dict[str, Any]]:
-        n = int(batch["attention_mask"][b].sum())
-        ids = batch["input_ids"][b, :n].tolist()
+        n = int(enc["attention_mask"][b].sum())
+        ids = enc["input_ids"][b, :n].tolist()
         special = set(self.tokenizer.all_special_ids)
         tokens = []
         for t, (i, piece) in enumerate(zip(ids, self.tokenizer.convert_ids_to_tokens(ids))):
@@ -348,38 +378,22 @@ class Predictor:
             tokens.append(item)
         return tokens
 
-    @staticmethod
-    def _top_k(probs: torch.Tensor, k: int, names: Sequence[str] | dict, key: str = "answer") -> list[dict[str, Any]]:
-        if k < 1:
-            raise ValueError(f"top_k must be >= 1, got {k}")
-        values, indices = probs.topk(min(k, probs.numel()))
-        return [{key: names[i], "probability": round(v, 6)} for v, i in zip(values.tolist(), indices.tolist())]
 
-    # --------------------------------------------------------------------------------- text only
+class ClassifierPredictor(Predictor):
+    """A CooBERT (or any) sequence classifier: label + probabilities (``config.id2label``)."""
 
     def classify(self, text: str, *, top_k: int = 5) -> dict[str, Any]:
-        """Label + probabilities (config.id2label) of a sequence classifier; raises on empty text."""
-        self.resolve_task("classify")
-        return self._run_classify([_check_text(text)], top_k)[0]
+        """Label + probabilities of one text; raises on an empty text."""
+        return self._run([_check_text(text)], top_k)[0]
 
     def classify_batch(self, texts: Sequence[str], *, top_k: int = 5) -> list[dict[str, Any]]:
         """:meth:`classify` for many texts in one forward pass; a bad text gives ``{"error": ...}``."""
-        self.resolve_task("classify")
-        results: list[dict[str, Any] | None] = []
-        good = []
-        for text in texts:
-            try:
-                good.append(_check_text(text))
-                results.append(None)
-            except ValueError as e:
-                results.append({"error": str(e)})
-        done = iter(self._run_classify(good, top_k) if good else ())
-        return [r if r is not None else next(done) for r in results]
+        return self._each(texts, lambda text, _i: _check_text(text), lambda good: self._run(good, top_k))
 
     @torch.inference_mode()
-    def _run_classify(self, texts: list[str], top_k: int) -> list[dict[str, Any]]:
+    def _run(self, texts: list[str], top_k: int) -> list[dict[str, Any]]:
         start = time.perf_counter()
-        infos = [self._text_info(t) for t in texts]
+        infos = [token_words(self.tokenizer, t, self.max_text_len) for t in texts]
         enc = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_text_len,
                              return_tensors="pt").to(self.device)
         logits = self.model(**enc, return_dict=True).logits.float().cpu()
@@ -394,10 +408,14 @@ class Predictor:
                 multi = config.problem_type == "multi_label_classification"
                 probs = row.sigmoid() if multi else row.softmax(-1)
                 res["label"] = config.id2label[int(probs.argmax())]
-                res["probabilities"] = self._top_k(probs, top_k, config.id2label, key="label")
+                res["probabilities"] = top_answers(probs, top_k, config.id2label, key="label")
             res.update(truncated=info["truncated"], timing_ms={"total": _ms(per_item)})
             results.append(res)
         return results
+
+
+class GeneratorPredictor(Predictor):
+    """A causal LM (CooBERT or any): continue a prompt with HF ``generate()``."""
 
     @torch.inference_mode()
     def generate(
@@ -413,7 +431,6 @@ class Predictor:
     ) -> dict[str, Any]:
         """Continue ``prompt`` with HF ``generate()``: greedy by default, beam search with ``num_beams``,
         sampling when ``temperature`` (> 0), ``top_p`` or ``top_k`` is given (``seed`` fixes it)."""
-        self.resolve_task("generate")
         _check_text(prompt, "prompt")
         if max_new_tokens < 1 or num_beams < 1:
             raise ValueError("max_new_tokens and num_beams must be >= 1")

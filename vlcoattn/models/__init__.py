@@ -1,6 +1,12 @@
 """VLCoAttn vision-language models (config, base model, VQA and grounding heads), Auto-registered."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForVisualQuestionAnswering
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForVisualQuestionAnswering,
+    AutoProcessor,
+)
 
 from .configuration_vlcoattn import VQA_LOSSES, VLCoAttnConfig
 from .modeling_vlcoattn import (
@@ -19,10 +25,17 @@ from .modeling_vlcoattn import (
     grounding_loss,
     prior_heatmaps,
 )
+from .processing_vlcoattn import VLCoAttnImageProcessor, VLCoAttnProcessor
 
 AutoConfig.register(VLCoAttnConfig.model_type, VLCoAttnConfig, exist_ok=True)
 AutoModel.register(VLCoAttnConfig, VLCoAttnModel, exist_ok=True)
 AutoModelForVisualQuestionAnswering.register(VLCoAttnConfig, VLCoAttnForQuestionAnswering, exist_ok=True)
+# one class for both of transformers' image backends: it letterboxes with PIL, as the training loader does
+AutoImageProcessor.register(
+    VLCoAttnConfig, image_processor_classes={"pil": VLCoAttnImageProcessor, "torchvision": VLCoAttnImageProcessor},
+    exist_ok=True,
+)
+AutoProcessor.register(VLCoAttnConfig, VLCoAttnProcessor, exist_ok=True)
 
 __all__ = [
     "VQA_LOSSES",
@@ -33,10 +46,12 @@ __all__ = [
     "VLCoAttnForMultitask",
     "VLCoAttnForQuestionAnswering",
     "VLCoAttnGroundingOutput",
+    "VLCoAttnImageProcessor",
     "VLCoAttnModel",
     "VLCoAttnModelOutput",
     "VLCoAttnMultitaskOutput",
     "VLCoAttnPreTrainedModel",
+    "VLCoAttnProcessor",
     "VLCoAttnQuestionAnsweringOutput",
     "answer_loss",
     "grounding_loss",

@@ -292,16 +292,12 @@ class VLCoAttnPreTrainedModel(PreTrainedModel):
         return model
 
     def preprocessing(self) -> dict[str, tuple]:
-        """How images must be prepared for this model, the one source for training, evaluation and
-        inference: ``image_size`` (H, W) = ``config.image_size`` or the backbone's native size, and the
-        backbone's normalisation ``mean`` / ``std`` (pixels in [0, 1])."""
+        """What :class:`VLCoAttnImageProcessor` needs to know of this model (``VLCoAttnProcessor.for_model``):
+        ``image_size`` (H, W) = ``config.image_size`` or the backbone's native size, and the backbone's
+        normalisation ``mean`` / ``std`` (pixels in [0, 1])."""
         data = self.base_model.backbone.data_config
         size = tuple(self.config.image_size) if self.config.image_size else tuple(data["input_size"][1:])
         return {"image_size": size, "mean": tuple(data["mean"]), "std": tuple(data["std"])}
-
-    def image_transform(self, crop: bool = False):
-        """Preprocessing for this model's backbone at ``config.image_size`` (see VisionBackbone.transform)."""
-        return self.base_model.backbone.transform(self.config.image_size, crop=crop)
 
 
 class VLCoAttnModel(VLCoAttnPreTrainedModel):

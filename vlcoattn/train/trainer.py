@@ -38,6 +38,7 @@ from ..data.synthetic import SyntheticConfig, parse_holdout
 from ..eval.baselines import AnswerPriorBaseline, CenterBoxBaseline, mean_box_size
 from ..eval.runner import EvalResult, evaluate
 from ..loading import write_task_file
+from ..models import VLCoAttnPreTrainedModel, VLCoAttnProcessor
 from ..tasks import count_items, model_inputs, num_items_argument
 from .build import build_model, needs_text_dir, resolve_text_dir
 from .checkpoint import (
@@ -119,13 +120,14 @@ def data_vocabularies(sources: list[str]) -> tuple[list[str], list[str], list[st
     return answers, labels, sorted({task for info in infos for task in info.tasks})
 
 
-def save_model_dir(model: torch.nn.Module, tokenizer: Any, out: Path, task: str, max_text_len: int,
+def save_model_dir(model: torch.nn.Module, processor: Any, out: Path, task: str,
                    state_dict: dict[str, torch.Tensor] | None = None) -> None:
-    """save_pretrained dir: config + safetensors weights + tokenizer + the task file. ``state_dict``: the
-    weights to write instead of the model's own (a sharded model's, gathered by ``full_state_dict``)."""
+    """save_pretrained dir: config + safetensors weights + processor (or tokenizer) + the task file.
+    ``state_dict``: the weights to write instead of the model's own (a sharded model's, gathered by
+    ``full_state_dict``)."""
     model.save_pretrained(out, state_dict=state_dict)
-    tokenizer.save_pretrained(out)
-    write_task_file(out, task, max_text_len)
+    processor.save_pretrained(out)
+    write_task_file(out, task)
 
 
 class _StopSignal:
@@ -173,7 +175,11 @@ class Trainer:
             model, tokenizer = build_model(job, self.answer_vocab, self.label_vocab)
         elif tokenizer is None:
             raise ValueError("a pre-built model needs its tokenizer")
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer = copy.copy(tokenizer)  # the caller's tokenizer keeps its own length
+        tokenizer.model_max_length = job.data.max_text_len  # the length this model trains with, saved with it
+        # all preparation of samples, saved into every model dir: image processor + tokenizer (text-only: the tokenizer)
+        self.processor = VLCoAttnProcessor.for_model(model, tokenizer) \
+            if isinstance(model, VLCoAttnPreTrainedModel) else tokenizer
         config = getattr(model, "config", None)
         self.answer_vocab = list(getattr(config, "answer_vocab", None) or self.answer_vocab)
         if job.task == "cls" and getattr(config, "id2label", None):
@@ -196,15 +202,11 @@ class Trainer:
             if dist.distributed and not self.sharded else None
         self.optimizer = build_optimizer(self.model, job.optim)
         self.scheduler = build_scheduler(self.optimizer, job.train.steps, job.optim)
-        prep = model.preprocessing() if hasattr(model, "preprocessing") else {}
-        self.image_mean, self.image_std = prep.get("mean", (0.5,) * 3), prep.get("std", (0.5,) * 3)
         self.loader_kwargs = dict(
-            image_size=prep.get("image_size", job.model.image_size), max_text_len=job.data.max_text_len,
-            mean=self.image_mean, std=self.image_std, answer_vocab=self.answer_vocab,
-            label_vocab=self.label_vocab, rank=dist.rank, world_size=dist.world_size,
+            answer_vocab=self.answer_vocab, label_vocab=self.label_vocab, rank=dist.rank, world_size=dist.world_size,
         )
         self.loader = build_loader(
-            job.data.train_sources, tokenizer, weights=job.data.train_weights,
+            job.data.train_sources, self.processor, weights=job.data.train_weights,
             batch_size=job.data.batch_size, num_workers=job.data.num_workers,
             seed=job.run.seed, shuffle=job.data.shuffle, shuffle_buffer=job.data.shuffle_buffer, augment=job.data.augment,
             samples_per_epoch=job.data.samples_per_epoch,
@@ -239,7 +241,7 @@ class Trainer:
         rank_state = {"rng": rng_state(), "loader": self.loader.state_dict()}
         return save_checkpoint(
             self.ckpt_dir, self.step,
-            lambda d: save_model_dir(model, self.tokenizer, d, self.job.task, self.job.data.max_text_len, full),
+            lambda d: save_model_dir(model, self.processor, d, self.job.task, full),
             trainer_state, rank_state, self.dist.rank, self.job.train.keep_last, self.dist.barrier,
             save_shards=(lambda d: save_sharded(d, model, self.optimizer)) if self.sharded else None,
         )
@@ -343,7 +345,7 @@ class Trainer:
         return losses, grad_norm, sum(len(b["keys"]) for b in micro)
 
     def _eval_loader(self, sources: list[str]):
-        return build_eval_loader(sources, self.tokenizer, batch_size=self.job.data.eval_batch_size,
+        return build_eval_loader(sources, self.processor, batch_size=self.job.data.eval_batch_size,
                                  limit=self.job.data.eval_limit, **self.loader_kwargs)
 
     def evaluate_split(self, sources: list[str], keep_examples: int = 0,
@@ -354,9 +356,10 @@ class Trainer:
         fresh = baselines()
         for baseline in fresh:
             batches = baseline.observe(batches)
+        image_processor = getattr(self.processor, "image_processor", None)
         result = evaluate(self.model, batches, self.job.task,
                           device=self.dist.device, autocast=self.autocast(), keep_examples=keep_examples,
-                          image_mean=self.image_mean, image_std=self.image_std, lockstep=self.sharded)
+                          image_processor=image_processor, lockstep=self.sharded)
         for baseline in fresh:
             result.metrics.update(baseline.compute())
         return result
@@ -367,7 +370,7 @@ class Trainer:
         (VQA), so every report shows how much the image adds."""
         job, parts = self.job, []
         if job.task in ("ground", "vqa+ground") and "ground" in self.row_tasks:  # the mean training box, centred
-            size = mean_box_size(build_eval_loader(job.data.train_sources, self.tokenizer, batch_size=64,
+            size = mean_box_size(build_eval_loader(job.data.train_sources, self.processor, batch_size=64,
                                                    limit=2048, **self.loader_kwargs))
             parts.append(lambda: CenterBoxBaseline(size))
         if job.task in ("vqa", "vqa+ground") and "vqa" in self.row_tasks:
@@ -479,7 +482,7 @@ class Trainer:
         if dist.is_main:
             out, tmp = self.run_dir / "final", self.run_dir / ".tmp-final"
             shutil.rmtree(tmp, ignore_errors=True)
-            save_model_dir(self.model, self.tokenizer, tmp, job.task, job.data.max_text_len, full)
+            save_model_dir(self.model, self.processor, tmp, job.task, full)
             shutil.rmtree(out, ignore_errors=True)
             os.replace(tmp, out)
             (self.run_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
