@@ -16,7 +16,8 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from vlcoattn.assets import minilm_dir
-from vlcoattn.data import SyntheticConfig, build_loader, write_synthetic
+from vlcoattn.data import SyntheticConfig, build_loader, resolve_shards, write_synthetic
+from vlcoattn.data.inspection import inspect_shards
 
 from helpers import processor_for
 
@@ -77,6 +78,35 @@ def test_plain_webdataset_shards_with_images_load(tmp_path, tokenizer):
     assert torch.allclose(batch["boxes"][0], torch.tensor([12 * 0.8 / 32, (9 * 0.8 + 4) / 32, 0.4, 0.3]))
     mean_green = batch["pixel_values"][0, 1, 16, 16].item()
     assert mean_green == pytest.approx((200 / 255 - 0.5) / 0.5, abs=0.05)
+
+
+def test_remote_shards_are_read_once_for_their_count_and_vocabularies(synthetic_dir, tmp_path):
+    """A pipe: source has no dataset.json: one read gives its sample count, tasks and answers (cached),
+    so VQA training on it has an answer vocabulary; data.answer_vocab files and min counts override."""
+    from vlcoattn.data import DatasetInfo, read_answer_vocab, scan_shard
+    from vlcoattn.train.trainer import data_vocabularies
+
+    info = DatasetInfo.load(synthetic_dir / "train")
+    shard = synthetic_dir / "train" / info.shards[0]["file"]
+    pipe = f"pipe:cat {shard}"
+    scan_shard.cache_clear()
+    shards, infos = resolve_shards([pipe])
+    assert shards[0].samples == info.shards[0]["samples"] and sum(infos[0].tasks.values()) == shards[0].samples
+    seen = {a for a, c in zip(info.answer_vocab, info.answer_counts) if c}
+    answers, _, tasks = data_vocabularies([pipe])
+    assert seen >= set(answers) and answers and {"vqa", "ground"} <= set(tasks)
+    resolve_shards([pipe])
+    assert scan_shard.cache_info().misses == 1  # read once, whatever asks
+    # a vocabulary file (one answer per line or a JSON list) or a shard dir, with a minimum count
+    (tmp_path / "answers.txt").write_text("red\nblue\n\nred\n")
+    (tmp_path / "answers.json").write_text('["yes", "no"]')
+    assert data_vocabularies([pipe], str(tmp_path / "answers.txt"))[0] == ["red", "blue"]
+    assert read_answer_vocab(tmp_path / "answers.json") == ["yes", "no"]
+    top = max(info.answer_counts)
+    assert read_answer_vocab(synthetic_dir / "train", min_count=top) == \
+        [a for a, c in zip(info.answer_vocab, info.answer_counts) if c >= top]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_answer_vocab(tmp_path / "missing.txt")
 
 
 def test_pipe_urls_and_joined_sources(tmp_path, tokenizer):
@@ -238,6 +268,26 @@ def _planted_shards(folder):
     data = (folder / "shard-000001.tar").read_bytes()
     (folder / "shard-000001.tar").write_bytes(data[:cut])
     return str(folder / "shard-{000000..000001}.tar"), ["v0", "v1", "v2", "v3", "t0", "t1"]
+
+
+def test_inspect_lists_what_the_loader_would_reject_by_reason_and_draws_previews(tmp_path):
+    """make-shards inspect: one pass through the loader's decoder; the same bad samples by the same reasons."""
+    from vlcoattn.cli.make_shards import main as make_shards
+
+    pattern, valid = _planted_shards(tmp_path / "bad")
+    found = inspect_shards(pattern, show=3, image_size=64, progress=False)
+    assert found.samples == 10 + 3 and found.usable == len(valid) and found.tasks == {"vqa": len(valid)}
+    assert found.bad == {"missing_json": 1, "empty_text": 1, "missing_image": 1, "bad_image": 2, "bad_box": 1,
+                         "unreadable_shard": 1}
+    assert any(e.startswith("textjpg: ") and "not an image" in e for e in found.bad_examples["bad_image"])
+    assert found.answers == {"green": len(valid)} and found.answer_vocab() == ["green"]
+    assert [p["text"] for p in found.previews] == ["what color?"] * 3 and found.previews[0]["image"].shape == (64, 64, 3)
+    report = found.report()
+    assert "13 read, 6 usable, 7 bad" in report and "bad (bad_image): 2" in report and "no dataset.json" in report
+    out = tmp_path / "preview.png"
+    assert make_shards(["inspect", pattern, "--show", "2", "--show-out", str(out), "--no-progress",
+                        "--answer-vocab-out", str(tmp_path / "answers.txt")]) == 0
+    assert Image.open(out).size[0] > 200 and (tmp_path / "answers.txt").read_text() == "green\n"
 
 
 def test_planted_corrupt_samples_are_skipped_counted_and_nothing_valid_is_dropped(

@@ -9,12 +9,15 @@
     python tools/make_shards.py text --input a.txt b.txt --out shards/lm [--test-fraction 0.1 --seed 0]
     python tools/make_shards.py synthetic --out shards/clevr --num 2000 --seed 0 --size 128 \\
         --split-holdout cogent
+    python tools/make_shards.py inspect shards/clevr/train --show 8 --show-out preview.png
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from vlcoattn.data import (
     DatasetInfo,
@@ -29,6 +32,8 @@ from vlcoattn.data import (
     parse_holdout,
     write_synthetic,
 )
+from vlcoattn.data.converters.vqa2 import VQA2_MIN_ANSWER_COUNT
+from vlcoattn.data.inspection import inspect_shards
 from vlcoattn.utils.cli import ArgumentParser, run_cli
 
 
@@ -73,6 +78,11 @@ def build_parser() -> ArgumentParser:
         "--image-pattern",
         default=None,
         help="file name pattern, e.g. 'COCO_val2014_{image_id:012d}.jpg' (default: 2014 or 2017 naming)",
+    )
+    p.add_argument(
+        "--min-answer-count", type=int, default=VQA2_MIN_ANSWER_COUNT,
+        help=f"answer vocabulary: multiple-choice answers of at least this many questions (default "
+             f"{VQA2_MIN_ANSWER_COUNT}, the usual 3,129 answers on train2014; 1 keeps all)",
     )
 
     p = command("refcoco", "RefCOCO/+/g refs + COCO instances json (refer layout)", images=True)
@@ -127,6 +137,18 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--questions-per-scene", type=int, default=3)
     p.add_argument("--refs-per-scene", type=int, default=2)
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image encoding")
+
+    p = sub.add_parser("inspect", help="what shards hold and what the loader would reject",
+                       description="Read every sample once through the training loader's decoder: sample and "
+                                   "task counts, answer / label vocabulary, bad samples by reason.")
+    p.add_argument("source", help="shard dir, dataset.json or URL pattern (pipe: / brace-expanded)")
+    p.add_argument("--show", type=int, default=0, help="draw the first N usable samples (text, answers, boxes)")
+    p.add_argument("--show-out", default="inspect.png", help="PNG for --show (default inspect.png)")
+    p.add_argument("--answer-vocab-out", default=None,
+                   help="write the answers given at least --min-answer-count times, one per line (for "
+                        "data.answer_vocab, e.g. of remote shards)")
+    p.add_argument("--min-answer-count", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -136,9 +158,30 @@ def _report(name: str, info: DatasetInfo) -> None:
     print(f"{name}: {info.num_samples} samples in {len(info.shards)} shard(s) ({tasks}); skipped: {skipped}")
 
 
+def inspect(args: Any) -> int:
+    """``make-shards inspect``: the report on stdout, previews into a PNG, the answer vocabulary to a file."""
+    if args.show < 0 or args.min_answer_count < 1:
+        raise ValueError("--show must be >= 0 and --min-answer-count >= 1")
+    if args.show and not Path(args.show_out).parent.is_dir():
+        raise FileNotFoundError(f"--show-out: folder {Path(args.show_out).parent} does not exist")
+    found = inspect_shards(args.source, show=args.show, progress=not args.no_progress)
+    print(found.report())
+    if found.previews:
+        from vlcoattn.train.report import plot_examples
+
+        print(f"previews: {plot_examples(found.previews, args.show_out)} ({len(found.previews)} samples)")
+    if args.answer_vocab_out:
+        vocab = found.answer_vocab(args.min_answer_count)
+        Path(args.answer_vocab_out).write_text("".join(a + "\n" for a in vocab), encoding="utf-8")
+        print(f"answer vocabulary: {len(vocab)} answers -> {args.answer_vocab_out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "inspect":
+        return inspect(args)
     common = {"shard_size": args.shard_size, "overwrite": args.overwrite, "progress": not args.no_progress}
     if args.command != "synthetic":
         common["shuffle"] = not args.no_shuffle
@@ -160,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out,
             image_pattern=args.image_pattern,
             max_side=args.max_side,
+            min_answer_count=args.min_answer_count,
             **common,
         )
     elif args.command == "refcoco":

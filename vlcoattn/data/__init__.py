@@ -55,7 +55,15 @@ from .image import DEFAULT_MAX_PIXELS, ImageDecodeError, as_rgb_image, decode_im
 from .loader import EvalLoader, ShardLoader, build_eval_loader, build_loader
 from .pipeline import IGNORE_INDEX, Collator, SampleDecoder, decoder_and_collator, letterbox_image, normalize_pixels, tokenize
 from .schema import BAD_REASONS, TASKS, DatasetInfo, SampleError, check_record, sample_problems
-from .shards import ShardRef, ShardSink, count_samples, resolve_shards
+from .shards import (
+    ShardRef,
+    ShardSink,
+    answer_vocab_of,
+    count_samples,
+    read_answer_vocab,
+    resolve_shards,
+    scan_shard,
+)
 from .synthetic import ANSWERS as SYNTHETIC_ANSWERS
 from .synthetic import (
     COGENT_HOLDOUT,
@@ -104,7 +112,10 @@ __all__ = [
     "convert_textcls",
     "convert_textcls_split",
     "convert_vqa2",
+    "answer_vocab_of",
     "count_samples",
+    "read_answer_vocab",
+    "scan_shard",
     "decode_image",
     "encode_image",
     "generate_scene",

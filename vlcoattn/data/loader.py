@@ -53,7 +53,7 @@ from webdataset.tariterators import tarfile_samples
 
 from .pipeline import Collator, SampleDecoder, decoder_and_collator
 from .schema import BAD_REASONS, DatasetInfo, SampleError
-from .shards import ShardRef, resolve_shards
+from .shards import ShardRef, answer_vocab_of, resolve_shards
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +333,63 @@ def _merged_vocab(infos: Sequence[DatasetInfo], attr: str) -> list[str]:
     return list(seen)
 
 
+def declared_mix(infos_per_source: Sequence[Sequence[DatasetInfo]], weights: Sequence[float],
+                 field_names: tuple[str, str]) -> dict[str, float] | None:
+    """The share of each task (``("tasks", "")``) or label (``("label_vocab", "label_counts")``) that
+    mixing the sources by ``weights`` should give, from their dataset.json; None where one is missing."""
+    mix: Counter[str] = Counter()
+    for infos, weight in zip(infos_per_source, weights):
+        counts: Counter[str] = Counter()
+        for info in infos:
+            if field_names[0] == "tasks":
+                counts.update(info.tasks)
+            elif len(info.label_counts) == len(info.label_vocab):
+                counts.update(dict(zip(info.label_vocab, info.label_counts)))
+        total = sum(counts.values())
+        if not infos or (field_names[0] == "tasks" and not total):
+            return None
+        for key, n in counts.items():
+            mix[key] += weight * n / total
+    norm = sum(mix.values())
+    return {k: v / norm for k, v in mix.items()} if norm else None
+
+
+class MixMonitor:
+    """Warns (once per kind) when the tasks or labels of a window of ``window`` samples are far from
+    the sources' declared mix (total variation distance > ``tolerance``): shards written in sorted
+    order give batches of one class, and a model fit on them predicts one class."""
+
+    def __init__(self, expected: dict[str, dict[str, float] | None], label_names: Sequence[str],
+                 window: int = 512, tolerance: float = 0.3) -> None:
+        self.expected = {kind: mix for kind, mix in expected.items() if mix and len(mix) > 1}
+        self.label_names, self.window, self.tolerance = list(label_names), window, tolerance
+        self.seen: dict[str, Counter[str]] = {kind: Counter() for kind in self.expected}
+        self.warned: set[str] = set()
+
+    def observe(self, batch: dict[str, Any]) -> None:
+        if "tasks" in self.seen:
+            self.seen["tasks"].update(batch["tasks"])
+        if "labels" in self.seen and "cls" in batch["tasks"] and batch["labels"].dim() == 1:
+            self.seen["labels"].update(self.label_names[i] for i in batch["labels"].tolist() if i >= 0)
+        for kind, seen in self.seen.items():
+            total = sum(seen.values())
+            if total < self.window:
+                continue
+            want = self.expected[kind]
+            distance = 0.5 * sum(abs(seen[k] / total - want.get(k, 0.0)) for k in set(seen) | set(want))
+            if distance > self.tolerance and kind not in self.warned:
+                self.warned.add(kind)
+                got = ", ".join(f"{k} {seen[k] / total:.0%}" for k, _ in seen.most_common(5))
+                declared = ", ".join(f"{k} {v:.0%}" for k, v in sorted(want.items(), key=lambda kv: -kv[1])[:5])
+                log.warning(
+                    "the last %d samples hold %s %s, but the sources' dataset.json declare %s: the shards look "
+                    "sorted, and a model fit on such batches learns one %s at a time. Rewrite them shuffled "
+                    "(vlcoattn-make-shards shuffles by default) or raise data.shuffle_buffer.",
+                    total, kind, got, declared, kind.rstrip("s"),
+                )
+            seen.clear()
+
+
 class ShardLoader:
     """Iterable over one epoch of batches per ``for`` loop, resumable mid-epoch.
 
@@ -362,6 +419,7 @@ class ShardLoader:
         bad_check_after: int = 200,
         prefetch_factor: int = 2,
         pin_memory: bool = False,
+        mix_monitor: MixMonitor | None = None,
     ):
         if batch_size < 1 or num_workers < 0 or not 0 <= rank < world_size:
             raise ValueError(
@@ -383,6 +441,7 @@ class ShardLoader:
             bad_check_after,
         )
         self.prefetch_factor, self.pin_memory = prefetch_factor, pin_memory
+        self.mix_monitor = mix_monitor
         unit = batch_size if len(self.sources) == 1 else 1
         self.plans = tuple(
             Plan(tuple(s.samples for s in shards), seed, shuffle, world_size, self.workers, unit)
@@ -497,6 +556,8 @@ class ShardLoader:
             check_bad_fraction(
                 self.samples_seen(), Counter(self.bad_samples()), self.max_bad_fraction, self.bad_check_after
             )
+            if self.mix_monitor is not None:
+                self.mix_monitor.observe(batch)
             yield batch
         if self.batches_done != self.batches_per_epoch:
             raise RuntimeError(
@@ -599,7 +660,7 @@ def _decoder_and_collator(
         )
     return decoder_and_collator(
         processor, **kwargs,
-        answer_vocab=list(answer_vocab) if answer_vocab is not None else _merged_vocab(infos, "answer_vocab"),
+        answer_vocab=list(answer_vocab) if answer_vocab is not None else answer_vocab_of(infos),
         label_vocab=list(label_vocab) if label_vocab is not None else sorted(_merged_vocab(infos, "label_vocab")),
     )
 
@@ -649,10 +710,19 @@ def build_loader(
         [info for _, infos in resolved for info in infos], processor, answer_vocab, label_vocab,
         seed=seed, augment=augment, crop_min_scale=crop_min_scale,
     )
+    sizes = [sum(s.samples for s in shards) for shards, _ in resolved]
+    mix_weights = _check_weights(weights, sizes)
+    infos_per_source = [infos for _, infos in resolved]
+    monitor = MixMonitor(
+        {kind: declared_mix(infos_per_source, mix_weights, fields)
+         for kind, fields in (("tasks", ("tasks", "")), ("labels", ("label_vocab", "label_counts")))},
+        collator.label_vocab,
+    )
     return ShardLoader(
         [shards for shards, _ in resolved],
         decoder,
         collator,
+        mix_monitor=monitor,
         batch_size=batch_size,
         weights=weights,
         num_workers=num_workers,

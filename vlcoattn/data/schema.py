@@ -160,6 +160,7 @@ class DatasetInfo:
     answer_vocab: list[str] = field(default_factory=list)  # by decreasing frequency (vqa)
     answer_counts: list[int] = field(default_factory=list)  # annotator answers per vocab entry
     label_vocab: list[str] = field(default_factory=list)  # sorted labels (cls)
+    label_counts: list[int] = field(default_factory=list)  # samples per label_vocab entry (empty: not recorded)
     skipped: dict[str, int] = field(default_factory=dict)  # input records skipped, by reason
     options: dict[str, Any] = field(default_factory=dict)  # converter options (split, seed, ...)
     format: str = FORMAT

@@ -7,13 +7,14 @@ that records every shard's sample count, so readers can plan an epoch without op
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
 import tarfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext, tarfile_samples
 
 from .answers import build_vocab
+from ..utils.checks import check_positive
 from .schema import INFO_FILE, SHARD_PATTERN, DatasetInfo, SampleError, check_record
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,9 @@ def sanitize_key(key: str) -> str:
 class ShardSink:
     """Write schema-checked samples to ``out_dir/shard-%06d.tar``; :meth:`close` writes dataset.json.
 
-    ``answer_vocab`` fixes the answer vocabulary (else it is built from the answers, by frequency).
+    ``answer_vocab`` fixes the answer vocabulary; else it is built by frequency from the answers that
+    ``count_answers(record)`` names (default: all of the record's answers), keeping those counted at least
+    ``min_answer_count`` times. Answers outside it score 0 in training, as in VQA v2's soft scores.
     Records that cannot be converted are reported with :meth:`skip` and counted by reason. Used as
     a context manager it closes itself on success; the written :class:`DatasetInfo` is then ``.info``.
     """
@@ -56,8 +60,13 @@ class ShardSink:
         overwrite: bool = False,
         options: dict[str, Any] | None = None,
         answer_vocab: Sequence[str] | None = None,
+        count_answers: Callable[[dict[str, Any]], Iterable[str]] | None = None,
+        min_answer_count: int = 1,
     ):
         self.out_dir = Path(out_dir)
+        self.count_answers = count_answers or (lambda record: record.get("answers", ()))
+        check_positive("min_answer_count", min_answer_count)
+        self.min_answer_count = int(min_answer_count)
         self.source = source
         self.options = dict(options or {})
         self.fixed_answers = list(answer_vocab) if answer_vocab is not None else None
@@ -65,7 +74,7 @@ class ShardSink:
         self.shards: list[dict[str, Any]] = []
         self.tasks: Counter[str] = Counter()
         self.answers: Counter[str] = Counter()
-        self.labels: set[str] = set()
+        self.labels: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self._keys: set[str] = set()
         self.info: DatasetInfo | None = None
@@ -112,9 +121,10 @@ class ShardSink:
         self._writer.write(sample)
         self._keys.add(key)
         self.tasks[record["task"]] += 1
-        self.answers.update(record.get("answers", ()))
+        if record["task"] == "vqa":
+            self.answers.update(self.count_answers(record))
         if "label" in record:
-            self.labels.add(record["label"])
+            self.labels[record["label"]] += 1
 
     def add(
         self,
@@ -144,7 +154,7 @@ class ShardSink:
         for empty in [s for s in self.shards if s["samples"] == 0]:
             (self.out_dir / empty["file"]).unlink()
         self.shards = [s for s in self.shards if s["samples"] > 0]
-        vocab = self.fixed_answers if self.fixed_answers is not None else build_vocab(self.answers)
+        vocab = self.fixed_answers if self.fixed_answers is not None else build_vocab(self.answers, self.min_answer_count)
         info = DatasetInfo(
             source=self.source,
             num_samples=sum(s["samples"] for s in self.shards),
@@ -153,6 +163,7 @@ class ShardSink:
             answer_vocab=vocab,
             answer_counts=[self.answers[a] for a in vocab],
             label_vocab=sorted(self.labels),
+            label_counts=[self.labels[label] for label in sorted(self.labels)],
             skipped=dict(sorted(self.skipped.items())),
             options=self.options,
         )
@@ -205,8 +216,40 @@ def count_samples(url: str) -> int:
                 raise ValueError(f"{url}: not a readable tar file: {e}") from e
             log.warning("%s is damaged (%s): counting the %d members before the damage", url, e, len(names))
         return _count_keys(names)
-    log.warning("counting the samples of %s by reading it (write a dataset.json to avoid this)", url)
-    return sum(1 for _ in tarfile_samples([{"url": url}]))
+    return scan_shard(url).num_samples
+
+
+SCANNED = "scan"  # DatasetInfo.source of what scan_shard read from a shard without a dataset.json
+
+
+@functools.lru_cache(maxsize=1024)
+def scan_shard(url: str) -> DatasetInfo:
+    """What a dataset.json would say of one shard that has none (a remote ``pipe:`` / URL shard): its
+    samples, tasks, answer vocabulary with counts and labels, from one streaming read of its members.
+    Cached for the process, so a remote shard is read once for all of this, not once per question."""
+    log.warning("reading %s for its sample count and vocabularies (write a dataset.json to avoid this)", url)
+    tasks: Counter[str] = Counter()
+    answers: Counter[str] = Counter()
+    labels: Counter[str] = Counter()
+    count = 0
+    for sample in tarfile_samples([{"url": url}]):
+        count += 1
+        try:
+            record = json.loads(sample["json"]) if "json" in sample else None
+        except (ValueError, UnicodeDecodeError):
+            continue  # the loader counts it as a bad sample
+        if isinstance(record, dict) and isinstance(record.get("task"), str):
+            tasks[record["task"]] += 1
+            if record["task"] == "vqa" and isinstance(record.get("answers"), list):
+                answers.update(str(a) for a in record["answers"])
+            if isinstance(record.get("label"), str):
+                labels[record["label"]] += 1
+    vocab = build_vocab(answers)
+    return DatasetInfo(
+        source=SCANNED, num_samples=count, shards=[{"file": url, "samples": count}],
+        tasks=dict(sorted(tasks.items())), answer_vocab=vocab, answer_counts=[answers[a] for a in vocab],
+        label_vocab=sorted(labels), label_counts=[labels[label] for label in sorted(labels)],
+    )
 
 
 def _dir_info(path: Path) -> DatasetInfo | None:
@@ -219,7 +262,8 @@ def resolve_shards(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> 
 
     A source is a shard directory (with dataset.json), a dataset.json path, or a webdataset URL
     pattern: brace-expanded (``data/shard-{000000..000009}.tar``), ``::``-joined, local or ``pipe:``.
-    Local shards take their counts from a dataset.json beside them, else from their tar headers.
+    Local shards take their counts from a dataset.json beside them, else from their tar headers; a
+    remote shard is read once (:func:`scan_shard`) for its count and vocabularies.
     """
     items = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     if not items:
@@ -244,7 +288,9 @@ def resolve_shards(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> 
         for url in expand_urls(str(source)):
             local = Path(url)
             if url.startswith("pipe:") or "://" in url:
-                shards.append(ShardRef(url, count_samples(url)))
+                scanned = scan_shard(url)
+                infos.append(scanned)
+                shards.append(ShardRef(url, scanned.num_samples))
                 continue
             if not local.is_file():
                 raise FileNotFoundError(f"shard {url} does not exist (from source {source!r})")
@@ -259,3 +305,35 @@ def resolve_shards(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> 
         raise ValueError(f"no samples found in {items}")
     return [s for s in shards if s.samples > 0], infos
 
+
+
+def answer_vocab_of(infos: Sequence[DatasetInfo], min_count: int = 1) -> list[str]:
+    """The sources' answer vocabulary: every dataset.json entry in order of first appearance, keeping,
+    with ``min_count`` > 1, those counted at least that often over all sources (VQA v2's usual
+    vocabulary is the answers given at least 9 times). Answers left out score 0 in training."""
+    totals: Counter[str] = Counter()
+    for info in infos:
+        totals.update(dict.fromkeys(info.answer_vocab, 0))
+        totals.update(dict(zip(info.answer_vocab, info.answer_counts)))
+    return [a for a, c in totals.items() if min_count <= 1 or c >= min_count]
+
+
+def read_answer_vocab(path: str | os.PathLike, min_count: int = 1) -> list[str]:
+    """An answer vocabulary from a file (a JSON list, or one answer per line) or from a shard dir /
+    its dataset.json (then filtered by ``min_count``, as :func:`answer_vocab_of`)."""
+    path = Path(path)
+    if path.is_dir() or path.name == INFO_FILE:
+        return answer_vocab_of([DatasetInfo.load(path)], min_count)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"answer vocabulary {path} does not exist") from None
+    if path.suffix == ".json":
+        vocab = json.loads(text)
+        if not isinstance(vocab, list) or not all(isinstance(a, str) for a in vocab):
+            raise ValueError(f"{path}: an answer vocabulary .json must hold a list of strings")
+    else:
+        vocab = [line.strip() for line in text.splitlines() if line.strip()]
+    if not vocab:
+        raise ValueError(f"{path}: empty answer vocabulary")
+    return list(dict.fromkeys(vocab))

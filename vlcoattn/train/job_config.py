@@ -64,6 +64,11 @@ class DataConfig:
     eval_batch_size: int = 64
     num_workers: int = 0
     max_text_len: int = 40
+    # VQA answers: a vocabulary file (JSON list or one per line) or a shard dir to take it from; default
+    # the training sources' (their dataset.json, or one read of remote shards). With min_answer_count > 1
+    # only answers counted that often are kept (VQA v2's usual 3,129: >= 9); the rest score 0.
+    answer_vocab: str | None = None
+    min_answer_count: int = 1
     augment: bool = False
     shuffle: bool = True  # shard order and a sample buffer, reseeded every pass (False: file order)
     shuffle_buffer: int = 1000
@@ -165,6 +170,7 @@ class JobConfig:
             (self.data.train or self.data.synthetic.dir is not None, "data.train names no shards"),
             (all(w > 0 for w in self.data.train_weights or ()), "data.train weights must be > 0"),
             (self.data.samples_per_epoch is None or self.data.samples_per_epoch > 0, "data.samples_per_epoch must be > 0"),
+            (self.data.min_answer_count >= 1, "data.min_answer_count must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -43,13 +43,17 @@ def plot_curves(metrics: Sequence[dict[str, Any]], out: str | Path) -> Path:
 
 def plot_examples(examples: Sequence[dict[str, Any]], out: str | Path, cols: int = 4) -> Path:
     """Grid of validation images: true box green, predicted box red, the [CLS] prior as a faint
-    heatmap; the title holds the text and the predicted vs true answer."""
+    heatmap; the title holds the text and the predicted vs true answer (or the answer / label alone,
+    for shard previews). A text-only sample gets a blank panel with its title."""
     rows = max(1, -(-len(examples) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.7 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, ex in zip(axes.flat, examples):
-        image = ex["image"]
+        image = ex.get("image")
+        if image is None:  # a text-only sample: its title alone
+            ax.set_title(textwrap.fill(ex["text"], 34) + (f"\nlabel: {ex['label']}" if "label" in ex else ""), fontsize=8)
+            continue
         H, W = image.shape[:2]
         ax.imshow(image)
         if "heatmap" in ex and ex["task"] == "ground":  # the prior as a red glow, transparent where low
@@ -62,9 +66,13 @@ def plot_examples(examples: Sequence[dict[str, Any]], out: str | Path, cols: int
                 x0, y0, x1, y1 = ex[key]
                 ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color=color, lw=2))
         title = textwrap.fill(ex["text"], 34)
+        truth = max(set(ex["answers"]), key=ex["answers"].count) if ex.get("answers") else "?"
         if "pred_answer" in ex:
-            truth = max(set(ex["answers"]), key=ex["answers"].count) if ex["answers"] else "?"
             title += f"\npred: {ex['pred_answer']}  true: {truth}"
+        elif "answers" in ex:
+            title += f"\nanswer: {truth}"
+        if "label" in ex:
+            title += f"\nlabel: {ex['label']}"
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

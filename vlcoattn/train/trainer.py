@@ -33,7 +33,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..data import build_eval_loader, build_loader, resolve_shards, text_records, write_synthetic
+from ..data import (
+    answer_vocab_of,
+    build_eval_loader,
+    build_loader,
+    read_answer_vocab,
+    resolve_shards,
+    text_records,
+    write_synthetic,
+)
 from ..data.synthetic import SyntheticConfig, parse_holdout
 from ..eval.baselines import AnswerPriorBaseline, CenterBoxBaseline, mean_box_size
 from ..eval.runner import EvalResult, evaluate
@@ -112,10 +120,13 @@ def resolve_data(job: JobConfig) -> None:
     job.data.test = job.data.test or {s: [str(root / s)] for s in ("test", "holdout") if (root / s).is_dir()}
 
 
-def data_vocabularies(sources: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """(answer vocabulary, sorted label vocabulary, sorted tasks) of the sources' dataset.json files."""
+def data_vocabularies(sources: list[str], answer_vocab: str | None = None,
+                      min_answer_count: int = 1) -> tuple[list[str], list[str], list[str]]:
+    """(answer vocabulary, sorted label vocabulary, sorted tasks) of the sources' dataset.json files;
+    ``answer_vocab``: a file or shard dir that gives the answers instead (see ``DataConfig``)."""
     _, infos = resolve_shards(sources)
-    answers = list(dict.fromkeys(a for info in infos for a in info.answer_vocab))
+    answers = read_answer_vocab(answer_vocab, min_answer_count) if answer_vocab \
+        else answer_vocab_of(infos, min_answer_count)
     labels = sorted({label for info in infos for label in info.label_vocab})
     return answers, labels, sorted({task for info in infos for task in info.tasks})
 
@@ -170,7 +181,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         dist.barrier()
         torch.manual_seed(job.run.seed)  # the same initial weights on every rank
-        self.answer_vocab, self.label_vocab, self.row_tasks = data_vocabularies(job.data.train_sources)
+        self.answer_vocab, self.label_vocab, self.row_tasks = data_vocabularies(
+            job.data.train_sources, job.data.answer_vocab, job.data.min_answer_count)
         if model is None:
             model, tokenizer = build_model(job, self.answer_vocab, self.label_vocab)
         elif tokenizer is None:

@@ -30,6 +30,11 @@ def _vqa_image_path(store: ImageStore, subtype: str, image_id: int, pattern: str
     return next((c for c in candidates if (store.root / c).is_file()), candidates[0])
 
 
+# the answer vocabulary of the VQA v2 literature (bottom-up top-down attention and its successors): the
+# multiple-choice answers of at least 9 questions, 3,129 answers on train2014
+VQA2_MIN_ANSWER_COUNT = 9
+
+
 def convert_vqa2(
     questions: str | Path,
     annotations: str | Path,
@@ -42,12 +47,16 @@ def convert_vqa2(
     overwrite: bool = False,
     progress: bool = True,
     shuffle: bool = True,
+    min_answer_count: int = VQA2_MIN_ANSWER_COUNT,
 ) -> DatasetInfo:
     """The official VQA v2 pair (``v2_OpenEnded_mscoco_*_questions.json`` + ``v2_mscoco_*_annotations.json``).
 
     One sample per question with all 10 annotator answers, normalized as the official evaluation
     does (the metric needs all 10). ``image_pattern`` such as ``"COCO_val2014_{image_id:012d}.jpg"``
-    overrides the image file naming.
+    overrides the image file naming. The answer vocabulary counts each question's
+    ``multiple_choice_answer`` and keeps those of at least ``min_answer_count`` questions (default 9,
+    as the literature does); other answers stay in the samples and score 0 in training, as in the
+    official soft scores.
     """
     qdata = read_json(questions, "questions")
     adata = read_json(annotations, "annotations")
@@ -64,8 +73,11 @@ def convert_vqa2(
         "annotations": str(annotations),
         "data_subtype": subtype,
         "max_side": max_side,
+        "min_answer_count": min_answer_count,
     }
-    with ShardSink(out_dir, "vqa2", shard_size=shard_size, overwrite=overwrite, options=options) as sink:
+    with ShardSink(out_dir, "vqa2", shard_size=shard_size, overwrite=overwrite, options=options,
+                   count_answers=lambda record: [record["meta"]["multiple_choice_answer"]],
+                   min_answer_count=min_answer_count) as sink:
         for q in progress_bar(qs, "vqa2", len(qs), progress):
             key = f"vqa-{q['question_id']}"
             ann = by_qid.get(q["question_id"])
