@@ -160,6 +160,40 @@ class _StopSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    def on_any_rank(self, dist: Any) -> bool:
+        """Whether any rank got a signal (a collective: every rank stops at the same step)."""
+        flag = torch.tensor([float(self.received is not None)])
+        return bool(dist.all_reduce(flag, torch.distributed.ReduceOp.MAX).item())
+
+
+@dataclass
+class LogWindow:
+    """What the train log line averages over: the steps since the last line."""
+
+    loss_names: list[str]
+    losses: dict[str, float] = field(default_factory=dict)
+    finite_steps: int = 0  # steps whose losses count (a skipped step's do not)
+    steps: int = 0
+    samples: int = 0  # all ranks
+    rows: Counter[str] = field(default_factory=Counter)  # rows of each task, all ranks
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, losses: dict[str, float] | None, samples: int, rows: dict[str, int]) -> None:
+        if losses is not None:
+            self.losses = {k: self.losses.get(k, 0.0) + losses[k] for k in self.loss_names}
+            self.finite_steps += 1
+        self.steps += 1
+        self.samples += samples
+        self.rows.update(rows)
+
+    def record(self) -> dict[str, float]:
+        """Mean losses, samples/s and rows per step of the window."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        record = {**{k: self.losses.get(k, 0.0) / max(self.finite_steps, 1) for k in self.loss_names},
+                  "samples_per_s": self.samples / elapsed,
+                  **{f"rows/{t}": n / max(self.steps, 1) for t, n in self.rows.items()}}
+        return record
+
 
 class Trainer:
     """Builds everything a job needs from its config and runs :meth:`fit`.
@@ -401,6 +435,39 @@ class Trainer:
             tqdm.write(f"step {self.step} {split}: {shown}")
         return result
 
+    # when things happen (torchtitan's should_*): every rule in one place
+    def should_log(self) -> bool:
+        return self.step % self.job.run.log_every == 0 or self.step == self.job.train.steps
+
+    def should_validate(self) -> bool:
+        every = self.job.train.eval_every
+        return bool(every and self.step % every == 0 and self.job.data.val and self.step < self.job.train.steps)
+
+    def should_save(self) -> bool:
+        every = self.job.train.save_every
+        return bool(every and self.step % every == 0 and self.step < self.job.train.steps)
+
+    def _count_bad_step(self) -> None:
+        """A non-finite loss or gradient: the update was skipped; too many in a row stop the run."""
+        self.bad_in_row += 1
+        self.bad_total += 1
+        log.warning("step %d: non-finite loss/gradients, update skipped (%d in a row)", self.step, self.bad_in_row)
+        if self.bad_in_row >= self.job.train.max_bad_steps:
+            raise TrainingError(
+                f"{self.bad_in_row} steps in a row had a non-finite loss or gradient (last at step "
+                f"{self.step}); lower optim.lr, enable optim.grad_clip or check the data"
+            )
+
+    def _log_train(self, window: LogWindow, grad_norm: float | None, bar: Any) -> None:
+        lr = self.scheduler.get_last_lr()[0]
+        record = {**window.record(), "lr": lr, "skipped_steps": self.bad_total, "epoch": self.loader.epoch,
+                  "bad_samples": sum(self.loader.bad_samples().values()),
+                  "peak_mem_gib": peak_memory_gib(self.dist.device)}
+        if grad_norm is not None and math.isfinite(grad_norm):  # nan: an fp16 overflow step
+            record["grad_norm"] = grad_norm
+        self.logger.log(self.step, "train", record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", sps=f"{record['samples_per_s']:.1f}")
+
     def fit(self, resume: str | None = None) -> TrainResult:
         """Train to ``train.steps`` (from a checkpoint with ``resume`` = 'latest' or a path), evaluate,
         save ``final/`` and the report. Returns early, after a checkpoint, on SIGTERM / SIGINT."""
@@ -413,62 +480,32 @@ class Trainer:
         self.logger = MetricsLogger(self.run_dir, dist.is_main, resume_step=self.step if ckpt else None)
         bar = tqdm(total=job.train.steps, initial=self.step, disable=not (dist.is_main and job.run.progress),
                    desc="train", dynamic_ncols=True)
-        batches = self._batches()
-        window, window_n, window_samples, t0 = dict.fromkeys(self.loss_names, 0.0), 0, 0, time.perf_counter()
-        window_steps, window_rows = 0, Counter()  # steps in the log window, rows of each task over them
-        interrupted = False
+        batches, window = self._batches(), LogWindow(self.loss_names)
         with _StopSignal() as stop:
             while self.step < job.train.steps:
-                flag = dist.all_reduce(torch.tensor([float(stop.received is not None)]), torch.distributed.ReduceOp.MAX)
-                if flag.item():
+                if stop.on_any_rank(dist):
                     path = self._save()
                     if dist.is_main:
                         log.warning("stopped by a signal at step %d; checkpoint %s (continue with --resume latest)",
                                     self.step, path)
-                    interrupted = True
-                    break
+                    bar.close()
+                    self.logger.close()
+                    return TrainResult(self.run_dir, self.step, interrupted=True, skipped_steps=self.bad_total)
                 losses, grad_norm, samples = self._train_step(batches)
                 if grad_norm is None:
-                    self.bad_in_row += 1
-                    self.bad_total += 1
-                    log.warning("step %d: non-finite loss/gradients, update skipped (%d in a row)",
-                                self.step, self.bad_in_row)
-                    if self.bad_in_row >= job.train.max_bad_steps:
-                        raise TrainingError(
-                            f"{self.bad_in_row} steps in a row had a non-finite loss or gradient (last at step "
-                            f"{self.step}); lower optim.lr, enable optim.grad_clip or check the data"
-                        )
+                    self._count_bad_step()
                 else:
                     self.bad_in_row = 0
-                    window, window_n = {k: v + losses[k] for k, v in window.items()}, window_n + 1
-                window_samples += samples * dist.world_size
-                window_steps += 1
-                window_rows.update(self.step_rows)
+                window.add(losses if grad_norm is not None else None, samples * dist.world_size, self.step_rows)
                 bar.update(1)
-                if self.step % job.run.log_every == 0 or self.step == job.train.steps:
-                    elapsed = time.perf_counter() - t0
-                    lr = self.scheduler.get_last_lr()[0]
-                    record = {**{k: v / max(window_n, 1) for k, v in window.items()}, "lr": lr,
-                              "samples_per_s": window_samples / max(elapsed, 1e-9), "skipped_steps": self.bad_total,
-                              "epoch": self.loader.epoch, "bad_samples": sum(self.loader.bad_samples().values()),
-                              "peak_mem_gib": peak_memory_gib(dist.device),
-                              **{f"rows/{t}": n / window_steps for t, n in window_rows.items()}}  # per step
-                    if grad_norm is not None and math.isfinite(grad_norm):  # nan: an fp16 overflow step
-                        record["grad_norm"] = grad_norm
-                    self.logger.log(self.step, "train", record)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
-                                    sps=f"{record['samples_per_s']:.1f}")
-                    window, window_n, window_samples = dict.fromkeys(self.loss_names, 0.0), 0, 0
-                    window_steps, window_rows, t0 = 0, Counter(), time.perf_counter()
-                if job.train.eval_every and self.step % job.train.eval_every == 0 and job.data.val \
-                        and self.step < job.train.steps:
+                if self.should_log():
+                    self._log_train(window, grad_norm, bar)
+                    window = LogWindow(self.loss_names)
+                if self.should_validate():
                     self._log_eval("val", job.data.val)
-                if job.train.save_every and self.step % job.train.save_every == 0 and self.step < job.train.steps:
+                if self.should_save():
                     self._save()
         bar.close()
-        if interrupted:
-            self.logger.close()
-            return TrainResult(self.run_dir, self.step, interrupted=True, skipped_steps=self.bad_total)
         latest = latest_checkpoint(self.ckpt_dir)
         if latest is None or latest.name != checkpoint_name(self.step):
             self._save()
