@@ -1,0 +1,153 @@
+"""The docs stay true: every Python block of README.md and docs/ runs, tables come from their one
+source, and relative links point at files that exist."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from vlcoattn import VLCoAttnConfig, VLCoAttnForMultitask, VLCoAttnProcessor
+from vlcoattn.assets import minilm_dir, sample_photo
+from vlcoattn.data import SyntheticConfig, write_synthetic
+from vlcoattn.loading import write_task_file
+from vlcoattn.text import CooBertConfig, CooBertForCausalLM, CooBertForSequenceClassification
+from vlcoattn.text.convert import convert_bert_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import include_tables  # noqa: E402
+
+
+def _tiny_text(tok, **kw) -> CooBertConfig:
+    return CooBertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, shared_key_dim=16, max_position_embeddings=64, **kw)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """What the doc examples name, built small: runs/demo/final (and runs/ground, a model dir as the trainer
+    writes it), runs/coobert-minilm-k192 (a real conversion), runs/bbc-cls, runs/lm, shards, photo.jpg."""
+    root = tmp_path_factory.mktemp("docs")
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    torch.manual_seed(0)
+    answers = ["red", "blue", "yes", "no", "2"]
+    config = VLCoAttnConfig(text_config=_tiny_text(tok), backbone="test_resnet", fusion_num_layers=1,
+                            image_size=[64, 64], answer_vocab=answers)
+    model = VLCoAttnForMultitask(config)
+    for name in ("demo/final", "ground"):
+        out = root / "runs" / name
+        model.save_pretrained(out)
+        VLCoAttnProcessor.for_model(model, tok, max_text_len=32).save_pretrained(out)
+        write_task_file(out, "vqa+ground")
+    for name, lm in (("bbc-cls", CooBertForSequenceClassification(_tiny_text(tok, num_labels=2,
+                                                                           id2label={0: "business", 1: "sport"}))),
+                     ("lm", CooBertForCausalLM(_tiny_text(tok)))):
+        lm.save_pretrained(root / "runs" / name)
+        tok.save_pretrained(root / "runs" / name)
+    convert_bert_dir(minilm_dir(), root / "runs" / "coobert-minilm-k192", shared_key_dim=192)
+    write_synthetic(root / "shards" / "clevr", 40, seed=0, config=SyntheticConfig(image_size=64), progress=False)
+    for name in ("vqav2", "refcoco"):
+        shutil.copytree(root / "shards" / "clevr" / "train", root / "shards" / name / "train")
+    shutil.copy(sample_photo("coffee"), root / "photo.jpg")
+    shutil.copy(sample_photo("chelsea"), root / "b.png")
+    (root / "pairs.jsonl").write_text(json.dumps({"image": "photo.jpg", "text": "the cup"}) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("doc", [d for d in DOCS if PYTHON_BLOCK.search(d.read_text())], ids=lambda d: d.name)
+def test_every_python_block_of_the_docs_runs(doc, workspace, monkeypatch):
+    """A doc's blocks run in order in one namespace (a later block may use an earlier one's names), in a
+    folder holding the files they name."""
+    monkeypatch.chdir(workspace)
+    namespace: dict = {"__name__": f"doc_{doc.stem}"}
+    for i, block in enumerate(PYTHON_BLOCK.findall(doc.read_text())):
+        exec(compile(block, f"{doc.name} python block {i + 1}", "exec"), namespace)
+
+
+def test_every_included_table_matches_its_source():
+    stale = [p for p in include_tables.docs() if include_tables.included(p.read_text()) != p.read_text()]
+    assert not stale, f"run python benchmarks/include_tables.py: {stale}"
+
+
+def test_relative_links_point_at_files_that_exist():
+    missing = []
+    for doc in [*DOCS, ROOT / "benchmarks" / "RESULTS.md"]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if "://" not in target and not (doc.parent / target).exists():
+                missing.append(f"{doc.relative_to(ROOT)} -> {target}")
+    assert not missing, missing
+
+
+def test_no_reference_to_notes_that_do_not_ship():
+    """The design notes the code relies on live in docs/design.md, not in an unshipped DESIGN.md."""
+    found = []
+    for path in [*ROOT.glob("vlcoattn/**/*.py"), *DOCS]:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"DESIGN(\.md| §)|#8 investigation", line):
+                found.append(f"{path.relative_to(ROOT)}:{n}")
+    assert not found, found
+    assert os.path.isfile(ROOT / "docs" / "design.md")
+
+
+class _Parsed(Exception):
+    """Raised by the patched parse_args: the command line parsed, stop before running anything."""
+
+    def __init__(self, parsed):
+        super().__init__()
+        self.parsed = parsed
+
+
+def _documented_commands() -> list[tuple[str, str, list[str]]]:
+    """(doc, tool, argv) of every vlcoattn tool invoked in a bash block: ``python tools/X.py``,
+    ``vlcoattn-X`` or ``torchrun ... tools/X.py``; continuation lines joined, comments dropped."""
+    found = []
+    for doc in [*DOCS, ROOT / "benchmarks" / "RESULTS.md"]:
+        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                for part in line.split("&&"):
+                    words = shlex.split(part, comments=True)
+                    for i, word in enumerate(words):
+                        m = re.fullmatch(r"tools/(\w+)\.py|vlcoattn-([\w-]+)", word)
+                        if m:
+                            found.append((doc.name, (m[1] or m[2]).replace("-", "_"), words[i + 1:]))
+                            break
+    return found
+
+
+COMMANDS = _documented_commands()
+
+
+@pytest.mark.parametrize("doc,tool,argv", COMMANDS, ids=[f"{d}:{t}:{i}" for i, (d, t, _) in enumerate(COMMANDS)])
+def test_every_documented_command_line_parses_with_the_cli_of_today(doc, tool, argv, monkeypatch):
+    """Each tool call in a doc's bash blocks is accepted by that tool's parser (a flag that went away fails
+    here), and a training call's config + overrides load (unknown keys and bad values fail)."""
+    import argparse
+    import importlib
+
+    from vlcoattn.train.config import load_config
+    from vlcoattn.train.job_config import JobConfig
+
+    real = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(real(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(_Parsed) as parsed:
+        importlib.import_module(f"vlcoattn.cli.{tool}").main(argv)
+    args = parsed.value.parsed
+    if tool == "train" and Path(args.config).is_file():  # "--config C" is a placeholder in the multi-node example
+        load_config(JobConfig, args.config, args.overrides)
