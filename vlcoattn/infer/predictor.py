@@ -256,13 +256,13 @@ class Predictor:
 
     def classify(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         self.resolve_task("classify")
-        raise NotImplementedError
+        raise ValueError(f"a {type(self).__name__} cannot classify: build predictors with Predictor.from_pretrained")
 
     classify_batch = classify
 
     def generate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         self.resolve_task("generate")
-        raise NotImplementedError
+        raise ValueError(f"a {type(self).__name__} cannot generate: build predictors with Predictor.from_pretrained")
 
     def _each(self, items: Sequence[Any], prepare, run) -> list[dict[str, Any]]:
         """``run`` over the items ``prepare`` accepts, in one batch; a rejected item gives
