@@ -334,19 +334,19 @@ def _merged_vocab(infos: Sequence[DatasetInfo], attr: str) -> list[str]:
 
 
 def declared_mix(infos_per_source: Sequence[Sequence[DatasetInfo]], weights: Sequence[float],
-                 field_names: tuple[str, str]) -> dict[str, float] | None:
-    """The share of each task (``("tasks", "")``) or label (``("label_vocab", "label_counts")``) that
-    mixing the sources by ``weights`` should give, from their dataset.json; None where one is missing."""
+                 kind: str) -> dict[str, float] | None:
+    """The share of each task (``kind="tasks"``) or label (``"labels"``) that mixing the sources by
+    ``weights`` should give, from their dataset.json; None where a source has no counts."""
     mix: Counter[str] = Counter()
     for infos, weight in zip(infos_per_source, weights):
         counts: Counter[str] = Counter()
         for info in infos:
-            if field_names[0] == "tasks":
+            if kind == "tasks":
                 counts.update(info.tasks)
             elif len(info.label_counts) == len(info.label_vocab):
                 counts.update(dict(zip(info.label_vocab, info.label_counts)))
         total = sum(counts.values())
-        if not infos or (field_names[0] == "tasks" and not total):
+        if not infos or (kind == "tasks" and not total):
             return None
         for key, n in counts.items():
             mix[key] += weight * n / total
@@ -714,8 +714,7 @@ def build_loader(
     mix_weights = _check_weights(weights, sizes)
     infos_per_source = [infos for _, infos in resolved]
     monitor = MixMonitor(
-        {kind: declared_mix(infos_per_source, mix_weights, fields)
-         for kind, fields in (("tasks", ("tasks", "")), ("labels", ("label_vocab", "label_counts")))},
+        {kind: declared_mix(infos_per_source, mix_weights, kind) for kind in ("tasks", "labels")},
         collator.label_vocab,
     )
     return ShardLoader(
