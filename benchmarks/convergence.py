@@ -1,6 +1,7 @@
 """Prove the prior: SMCA vs plain co-attention on CLEVR-lite VQA + grounding, several seeds.
 
-    python benchmarks/convergence.py                 # the default study (24 runs, < 60 min on 2 CPU cores)
+    python benchmarks/convergence.py                 # the study: 4 arms x 3 seeds at the CLEVR-lite recipe
+    python benchmarks/convergence.py --arms A B --seeds 0   # a part of it (finished runs are kept and skipped)
     python benchmarks/convergence.py --quick         # a ~2 minute smoke version (numbers mean nothing),
                                                      # written to a new temp dir, never over the results
     python benchmarks/convergence.py --steps 600 data.batch_size=64 model.image_size=256   # a GPU size
@@ -13,8 +14,8 @@ budget, schedule and seed for every arm); only the fusion differs:
 - C: gaussian with head-shared scales (SMCA's "head-shared" ablation: ``prior_sharing: shared_scales``)
 - D: gaussian, multi-scale: stride 16 and 32 levels with per-token scale selection
 
-each from the pretrained parts (converted MiniLM, ImageNet EfficientNet-Lite0, frozen) and from scratch
-(both random, the backbone trained). Validation Acc@0.5 / mean IoU / VQA accuracy are logged every
+from the pretrained parts (converted MiniLM, ImageNet EfficientNet-Lite0, both frozen: the recipe), and
+with ``--inits scratch`` from scratch (both random and trained). Validation Acc@0.5 / mean IoU / VQA accuracy are logged every
 ``eval_every`` steps, test and hold-out at the end. Written to ``--out`` (default
 ``benchmarks/results/convergence``): ``runs.jsonl`` (one line per finished run, keyed by a hash of the
 config file and every override; a rerun skips the runs it already holds, a changed config reruns all),
@@ -78,7 +79,8 @@ ARMS = {
 }
 INITS = {
     "pretrained": (),
-    "scratch": ("model.pretrained_text=false", "model.pretrained_backbone=false", "model.config.freeze_backbone=false"),
+    "scratch": ("model.pretrained_text=false", "model.pretrained_backbone=false", "model.config.freeze_backbone=false",
+                "model.config.freeze_text_layers=0"),
 }
 # --quick: a tiny data set and budget, only to prove the study runs end to end
 QUICK = ("data.synthetic.dir=data/clevr-lite-quick", "data.synthetic.num_scenes=40", "data.batch_size=8",
@@ -239,7 +241,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a ~2 minute smoke run (tiny data, 1 seed)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--inits", nargs="+", default=list(INITS), choices=list(INITS))
+    parser.add_argument("--inits", nargs="+", default=["pretrained"], choices=list(INITS),
+                        help="default pretrained (the recipe); scratch: random text encoder and backbone, trained")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2 (--quick: 0)")
     parser.add_argument("--steps", type=int, default=None, help="default: the config's (--quick: 12)")
     parser.add_argument("--eval-every", type=int, default=None, help="default: the config's (--quick: 4)")

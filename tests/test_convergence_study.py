@@ -15,12 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_quick_study_trains_every_arm_and_writes_the_table_and_figures(tmp_path):
-    """Every arm (A-D) from the pretrained parts and from scratch, one seed, a tiny budget: the runs
+    """Every arm (A-D) from the pretrained parts (the default) and from scratch, one seed, a tiny budget: the runs
     finish, the table has a row per arm and init, the curves and the prior figures are drawn. Numbers
     at this size mean nothing, so none are asserted."""
     out, figures = tmp_path / "out", tmp_path / "figures"
     proc = subprocess.run(
-        [sys.executable, "benchmarks/convergence.py", "--quick", "--out", str(out), "--figures", str(figures),
+        [sys.executable, "benchmarks/convergence.py", "--quick", "--inits", "pretrained", "scratch",
+         "--out", str(out), "--figures", str(figures),
          "--runs", str(tmp_path / "runs"), f"data.synthetic.dir={tmp_path / 'clevr'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )

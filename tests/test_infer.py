@@ -25,6 +25,7 @@ from transformers import AutoTokenizer
 from vlcoattn.assets import minilm_dir, sample_photo
 from vlcoattn.data import build_loader, convert_jsonl, invert_boxes
 from vlcoattn.infer import Predictor, draw_prediction, predict_jsonl, select_words
+from vlcoattn.loading import write_task_file
 from vlcoattn.models import (
     VLCoAttnConfig,
     VLCoAttnForGrounding,
@@ -408,6 +409,28 @@ def test_bad_model_dirs_are_clear_errors(models, tmp_path):
     (broken / "model.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(ValueError, match="cannot load the model"):
         Predictor.from_pretrained(broken)
+
+
+def test_a_task_file_left_by_an_earlier_model_gives_way_to_the_model_s_heads(models, tmp_path, caplog):
+    """A grounding model saved into a dir that held a multitask model keeps the old task file ("vqa+ground");
+    the Predictor serves the heads the model has (grounding), with a warning naming the file. A multitask model
+    whose file says "vqa" (trained on VQA alone) keeps that task."""
+    reused = tmp_path / "reused"
+    shutil.copytree(models["multi"], reused)
+    write_task_file(reused, "vqa+ground")
+    shutil.copytree(models["ground"], reused, dirs_exist_ok=True)
+    with caplog.at_level(logging.WARNING, logger="vlcoattn.loading"):
+        predictor = Predictor.from_pretrained(reused)
+    assert predictor.resolve_task() == "ground"
+    assert "vlcoattn_task.json says task 'vqa+ground'" in caplog.text
+    assert "box" in predictor.predict(sample_photo("chelsea"), "the cat")
+    write_task_file(reused, "ground")
+    caplog.clear()
+    assert Predictor.from_pretrained(reused).resolve_task() == "ground" and not caplog.text
+    vqa_only = tmp_path / "vqa_only"
+    shutil.copytree(models["multi"], vqa_only)
+    write_task_file(vqa_only, "vqa")
+    assert Predictor.from_pretrained(vqa_only).resolve_task() == "vqa"
 
 
 # ------------------------------------------------------------------------------------------ batch

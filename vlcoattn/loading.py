@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from .models import (
     VLCoAttnProcessor,
 )
 from .text import CooBertForCausalLM, CooBertForSequenceClassification
+
+log = logging.getLogger(__name__)
 
 TASK_FILE = "vlcoattn_task.json"  # written next to the weights: the task of training
 PROCESSOR_FILE = "processor_config.json"
@@ -82,7 +85,19 @@ def load_model_dir(
     cls = model_class(model_dir)
     model = cls.from_pretrained(model_dir, dtype=dtype) if dtype is not None else cls.from_pretrained(model_dir)
     processor = load_processor(model_dir, model)
-    task = read_task_file(model_dir).get("task") or TASK_OF_CLASS.get(cls.__name__)
-    if task is None:
+    return model.to(device).eval(), processor, saved_task(model_dir, cls)
+
+
+def saved_task(model_dir: str | Path, cls: type[PreTrainedModel]) -> str:
+    """The task the dir's task file names, when the class has its heads (a multitask model trained on VQA
+    alone says ``vqa``); else the class's own task. A task file the class cannot serve is one left by an
+    earlier model saved into the same dir: the weights are the truth, and a warning names the file."""
+    saved = read_task_file(model_dir).get("task")
+    own = TASK_OF_CLASS.get(cls.__name__)
+    if saved and own and not set(saved.split("+")) <= set(own.split("+")):
+        log.warning("model dir %s: %s says task %r, which %s cannot do (left by an earlier model?); using %r",
+                    model_dir, TASK_FILE, saved, cls.__name__, own)
+        saved = None
+    if not (saved or own):
         raise ValueError(f"model dir {model_dir}: cannot tell the task of {cls.__name__}")
-    return model.to(device).eval(), processor, task
+    return saved or own
