@@ -24,6 +24,7 @@ from vlcoattn.text.convert import convert_bert_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+COMMAND_DOCS = [*DOCS, ROOT / "benchmarks" / "RESULTS.md"]  # the docs whose bash blocks name tool calls
 PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -138,7 +139,7 @@ def _tool_calls(block: str) -> list[tuple[str, list[str]]]:
 
 def _documented_commands() -> list[tuple[str, str, list[str]]]:
     """(doc, tool, argv) of every tool call in the bash blocks of README, docs/ and RESULTS.md."""
-    return [(doc.name, tool, argv) for doc in [*DOCS, ROOT / "benchmarks" / "RESULTS.md"]
+    return [(doc.name, tool, argv) for doc in COMMAND_DOCS
             for block in _bash_blocks(doc) for tool, argv in _tool_calls(block)]
 
 
@@ -205,7 +206,7 @@ def _runs(tool: str, argv: list[str]) -> bool:
     return tool not in NOT_RUN and not any(word in NOT_RUN for word in argv)
 
 
-DOCS_WITH_COMMANDS = [d for d in [*DOCS, ROOT / "benchmarks" / "RESULTS.md"]
+DOCS_WITH_COMMANDS = [d for d in COMMAND_DOCS
                       if any(_runs(*call) for b in _bash_blocks(d) for call in _tool_calls(b))]
 
 
