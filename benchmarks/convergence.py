@@ -19,8 +19,11 @@ with ``--inits scratch`` from scratch (both random and trained). Validation Acc@
 ``eval_every`` steps, test and hold-out at the end. Written to ``--out`` (default
 ``benchmarks/results/convergence``): ``runs.jsonl`` (one line per finished run, keyed by a hash of the
 config file and every override; a rerun skips the runs it already holds, a changed config reruns all),
-``table.md``, and figures under ``benchmarks/figures/``: ``convergence.png`` (metric vs step, mean and
-min-max over seeds) and ``prior_words_*.png`` (what arm A's prior learned: each word's Gaussian).
+``table.md``, ``prior_attention.md`` and figures under ``benchmarks/figures/``: ``convergence.png`` (metric
+vs step, mean and min-max over seeds), ``prior_words_*.png`` (what arm A's prior learned: each word's
+Gaussian) and ``prior_attention.png``. An invocation keeps the final models of its first seed, and
+``prior_attention.py`` scores where their grounding token looks (prior and attention against the true
+box, per expression type), for the seed with the most arms' models.
 
 Steps to target: for val Acc@0.5 0.5 and 0.8, each seed's first evaluated step at or above it (mean ±
 std over the seeds that got there, their count, the samples it took), and the ratio of the mean to
@@ -54,6 +57,7 @@ from vlcoattn.train.job_config import JobConfig
 from vlcoattn.train.metrics_log import read_metrics
 from vlcoattn.train.trainer import train
 
+import prior_attention
 from timing import machine, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +65,7 @@ CONFIG = ROOT / "configs" / "convergence.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "convergence"
 FIGURES = ROOT / "benchmarks" / "figures"
 METRICS = ("acc@0.5", "mean_iou", "vqa_acc")
+ANALYSIS_LIMIT = 1000  # val samples (~400 boxes) the prior-vs-attention analysis scores
 
 
 @dataclass(frozen=True)
@@ -272,7 +277,7 @@ def main() -> None:
                 planned.add(key)
                 if args.report_only or any(r.get("key") == key for r in records):
                     continue  # finished in an earlier invocation
-                keep = name == "A" and init == "pretrained" and seed == seeds[0]
+                keep = init == "pretrained" and seed == seeds[0]  # for the prior-vs-attention figures
                 record = run_one(ARMS[name], init, seed, base.task, overrides, key, runs_dir, keep)
                 records.append(record)
                 with log.open("a") as f:
@@ -288,10 +293,16 @@ def main() -> None:
     if args.out.resolve() == RESULTS.resolve():  # the published table: the docs that include it follow
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "include_tables.py")], check=True)
     print(f"figure: {plot(records, args.figures / 'convergence.png')}")
-    model_dir = runs_dir / f"{base.task}-pretrained-A-s{seeds[0]}" / "final"
-    if model_dir.is_dir():
-        for path in draw_priors(model_dir, Path(base.data.synthetic.dir) / "val", args.figures):
+    val_dir = Path(base.data.synthetic.dir) / "val"
+    kept = {seed: {a: d for a in args.arms if (d := runs_dir / f"{base.task}-pretrained-{a}-s{seed}" / "final").is_dir()}
+            for seed in seeds}  # an invocation keeps the final models of its first seed
+    models = max(kept.values(), key=len)  # the seed with the most arms' models (the earliest of equals)
+    if "A" in models:
+        for path in draw_priors(models["A"], val_dir, args.figures):
             print(f"figure: {path}")
+    if models:  # where each arm's grounding token looks: its prior and attention against the true box
+        limit = base.data.eval_limit if args.quick else ANALYSIS_LIMIT
+        print(prior_attention.run(models, str(val_dir), limit, args.out, args.figures / "prior_attention.png"))
 
 
 if __name__ == "__main__":

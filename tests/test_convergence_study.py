@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_quick_study_trains_every_arm_and_writes_the_table_and_figures(tmp_path):
     """Every arm (A-D) from the pretrained parts (the default) and from scratch, one seed, a tiny budget: the runs
-    finish, the table has a row per arm and init, the curves and the prior figures are drawn. Numbers
-    at this size mean nothing, so none are asserted."""
+    finish, the table has a row per arm and init, the curves, the prior figures and the prior-vs-attention
+    analysis are written. Numbers at this size mean nothing, so none are asserted."""
     out, figures = tmp_path / "out", tmp_path / "figures"
     proc = subprocess.run(
         [sys.executable, "benchmarks/convergence.py", "--quick", "--inits", "pretrained", "scratch",
@@ -36,6 +36,12 @@ def test_quick_study_trains_every_arm_and_writes_the_table_and_figures(tmp_path)
     assert all(f"| {init} | {arm}:" in table for init in ("pretrained", "scratch") for arm in "ABCD")
     assert (figures / "convergence.png").stat().st_size > 10_000
     assert [p.name for p in sorted(figures.glob("prior_words_*.png"))] == [f"prior_words_{i}.png" for i in range(3)]
+    # where each arm's grounding token looks: the prior rows for the SMCA arms only, the attention for all
+    analysis = (out / "prior_attention.md").read_text()
+    for arm in "ABCD":
+        assert f"| {arm} | Acc@0.5 |" in analysis and f"| {arm} | attention L2 |" in analysis
+        assert (f"| {arm} | prior L1 |" in analysis) == (arm != "B")
+    assert (figures / "prior_attention.png").stat().st_size > 10_000
 
 
 def test_a_quick_run_never_writes_over_the_published_results(monkeypatch):

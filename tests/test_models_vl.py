@@ -21,34 +21,9 @@ from vlcoattn.models import (
     answer_loss,
     grounding_loss,
 )
-from vlcoattn.text import CooBertConfig, CooBertModel
+from vlcoattn.text import CooBertModel
 
-VOCAB = 32
-
-
-def text_config(d: int = 32, **kw) -> CooBertConfig:
-    args = dict(
-        vocab_size=VOCAB, hidden_size=d, num_hidden_layers=1, num_attention_heads=4, intermediate_size=2 * d,
-        shared_key_dim=d // 2, max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    args.update(kw)
-    return CooBertConfig(**args)
-
-
-def tiny_config(**kw) -> VLCoAttnConfig:
-    args = dict(
-        text_config=text_config(), backbone="test_resnet", backbone_out_indices=[2], fusion_num_layers=2,
-        fusion_dropout=0.0, fusion_attention_dropout=0.0,
-    )
-    args.update(kw)
-    return VLCoAttnConfig(**args)
-
-
-def batch(B=2, T=6, H=64, W=96, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, VOCAB, (B, T), generator=g)
-    ids[:, 0] = 1  # [CLS]
-    return ids, torch.randn(B, 3, H, W, generator=g)
+from helpers import batch, text_config, tiny_config
 
 
 @pytest.fixture(autouse=True)
