@@ -138,6 +138,12 @@ def draw(examples_by_arm: dict[str, list[dict]], out: Path) -> Path:
     return out
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def run(models: dict[str, Path], sources: str, limit: int, out_dir: Path, figure: Path, examples: int = 2) -> str:
     """Analyse every model, write the table (``out_dir/prior_attention.md``) and the figure; returns the table."""
     rows_by_arm, examples_by_arm = {}, {}
@@ -145,8 +151,11 @@ def run(models: dict[str, Path], sources: str, limit: int, out_dir: Path, figure
         rows_by_arm[arm], examples_by_arm[arm] = analyse(model_dir, sources, limit, examples)
     text = table(rows_by_arm)
     out_dir.mkdir(parents=True, exist_ok=True)
+    names = ", ".join(f"{a} = {_shown(p)}" for a, p in models.items())
     (out_dir / "prior_attention.md").write_text(
-        f"Val, first {limit} samples; the models: {', '.join(f'{a} = {p}' for a, p in models.items())}.\n\n{text}\n")
+        f"{Path(sources).name}, the grounding samples among its first {limit}; models: {names}. Each cell: mass in the "
+        "true box / share of centroids in the box / spread (RMS distance from the centroid, in image sides) of "
+        f"the [CLS] token's head-mean map.\n\n{text}\n")
     draw(examples_by_arm, figure)
     return text
 
