@@ -444,6 +444,56 @@ def test_freeze_text_layers_stops_gradients_and_dropout_in_the_frozen_part():
     assert not any(p.requires_grad for p in everything.text_encoder.parameters())
 
 
+def test_feature_cache_serves_frozen_outputs_equal_to_recomputing_and_trains_the_same():
+    """Cached text rows (any padding) and images give the uncached model's outputs; duplicates are encoded
+    once; a training step with the cache gives the same gradients; a model that trains both is refused."""
+    torch.manual_seed(0)
+    config = tiny_config(text_config=text_config(num_hidden_layers=2), freeze_text_layers=-1, freeze_backbone=True,
+                         two_way=True)
+    model = VLCoAttnForGrounding(config).eval()
+    ids, px = batch(B=4, T=8)
+    px[3] = px[1]  # the same image twice
+    mask = torch.ones(4, 8, dtype=torch.long)
+    mask[0, 5:] = 0
+    reference = model(ids, px, attention_mask=mask)
+    cache = model.vlcoattn.enable_feature_cache(max_gib=0.01)
+    assert cache.parts == {"text", "image"}
+    first = model(ids[:2, :5], px[:2], attention_mask=mask[:2, :5])  # row 0 shorter-padded, row 1 cut to 5
+    assert cache.stats()["misses"] == 4  # 2 texts + 2 images
+    cached = model(ids, px, attention_mask=mask)
+    assert cache.stats()["misses"] == 4 + 3 + 1  # texts 1-3 (row 1 is longer now), image 2 (3 = 1)
+    torch.testing.assert_close(cached.pred_boxes, reference.pred_boxes, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cached.last_hidden_state[mask.bool()], reference.last_hidden_state[mask.bool()],
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(first.pred_boxes[0], reference.pred_boxes[0], atol=1e-5, rtol=1e-5)
+    again = model(ids, px, attention_mask=mask)
+    assert cache.stats()["misses"] == 8  # all hits
+    torch.testing.assert_close(again.pred_boxes, cached.pred_boxes)
+
+    boxes = torch.tensor([[0.3, 0.4, 0.2, 0.2]] * 4)
+    grads = []
+    for use_cache in (False, True):
+        model.vlcoattn.disable_feature_cache()
+        if use_cache:
+            model.vlcoattn.enable_feature_cache()
+            model(ids, px, attention_mask=mask)  # fill it
+        model.zero_grad()
+        model.train()
+        torch.manual_seed(1)
+        model(ids, px, attention_mask=mask, boxes=boxes).loss.backward()
+        model.eval()
+        grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+    small = model.vlcoattn.enable_feature_cache(max_gib=1e-9)  # full at once: computes, stores nothing
+    model(ids, px, attention_mask=mask)
+    assert small.stats()["entries"] == 0 and small.stats()["misses"] == 7
+    with pytest.raises(ValueError, match="frozen"):
+        VLCoAttnModel(tiny_config()).enable_feature_cache()
+    assert VLCoAttnModel(tiny_config(freeze_backbone=True)).enable_feature_cache().parts == {"image"}
+
+
 def test_gated_image_pooling_counts_matching_cells_where_softmax_attention_averages():
     from vlcoattn.models.modeling_vlcoattn import GatedImagePooling
 

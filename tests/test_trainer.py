@@ -499,6 +499,22 @@ def test_gradient_checkpointing_in_the_trainer_changes_no_weight(assets, tmp_pat
     assert_same_weights(weights(tmp_path / "plain"), weights(tmp_path / "ckpt"), atol=1e-6)
 
 
+def test_the_feature_cache_trains_like_recomputing_and_logs_its_use(assets, tmp_path):
+    """model.feature_cache_gib with the text encoder and the backbone frozen: the same losses to float
+    rounding, and the cache's hits and misses in metrics.jsonl."""
+    frozen = {"model.config": {"fusion_num_layers": 1, "backbone_out_indices": [-2], "freeze_text_layers": -1,
+                               "freeze_backbone": True}}
+    plain = _first_losses(assets, tmp_path, "plain", **frozen)
+    cached = _first_losses(assets, tmp_path, "cached", **frozen, **{"model.feature_cache_gib": 0.5})
+    assert cached == pytest.approx(plain, rel=1e-4)
+    last = [m for m in read_metrics(tmp_path / "cached" / "metrics.jsonl") if m["split"] == "train"][-1]
+    assert last["feature_cache_misses"] > 0 and last["feature_cache_hits"] + last["feature_cache_misses"] == 2 * 2 * 4  # 2 steps of 4 texts + 4 images
+    for over, message in [({"model.feature_cache_gib": -1}, "feature_cache_gib must be >= 0"),
+                          ({"model.feature_cache_gib": 1, "run.parallel": "fsdp"}, "run.parallel=fsdp")]:
+        with pytest.raises(ValueError, match=message):
+            job_of(base_config(assets, tmp_path / "bad", **over), tmp_path)
+
+
 def test_compiled_layers_train_like_eager(assets, tmp_path):
     """run.compile: every transformer layer and backbone stage through torch.compile (inductor, on the CPU
     too); the losses match eager's to float rounding and the saved weights keep their names."""

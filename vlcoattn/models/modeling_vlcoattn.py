@@ -33,6 +33,7 @@ from ..text.attention import CollaborativeSelfAttention, concatenation_mixing
 from ..text.modeling_coobert import CooBertModel
 from ..vision.backbone import VisionBackbone
 from .configuration_vlcoattn import VLCoAttnConfig
+from .feature_cache import FeatureCache, image_keys, text_keys
 
 __all__ = [
     "AnswerHead",
@@ -346,6 +347,63 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         for p in (p for m in self.frozen_text for p in m.parameters()):
             p.requires_grad_(False)
         self.train(self.training)
+        self.feature_cache: FeatureCache | None = None
+
+    def enable_feature_cache(self, max_gib: float = 4.0) -> FeatureCache:
+        """Memoise the frozen encoders' per-sample outputs (text encoder and/or backbone) in up to
+        ``max_gib`` GiB (see :mod:`vlcoattn.models.feature_cache`); only frozen parts, whose outputs never
+        change, are cached. Raises ``ValueError`` when neither is frozen."""
+        parts = [name for name, module in (("text", self.text_encoder), ("image", self.backbone))
+                 if not any(p.requires_grad for p in module.parameters())]
+        if not parts:
+            raise ValueError("the feature cache needs a frozen text encoder (freeze_text_layers: -1) or a frozen "
+                             "backbone (freeze_backbone: true); this model trains both")
+        self.feature_cache = FeatureCache(int(max_gib * 2**30), parts)
+        return self.feature_cache
+
+    def disable_feature_cache(self) -> None:
+        self.feature_cache = None
+
+    def _cached(self, part: str) -> FeatureCache | None:
+        cache = self.feature_cache
+        return cache if cache is not None and part in cache.parts else None
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, d_text) the text encoder's last hidden state; rows the feature cache holds are not recomputed
+        (their padding positions are then zeros, which the fusion masks out)."""
+        def run(rows: torch.Tensor | slice) -> torch.Tensor:
+            mask, types = (x[rows] if x is not None else None for x in (attention_mask, token_type_ids))
+            return self.text_encoder(input_ids[rows], attention_mask=mask, token_type_ids=types).last_hidden_state
+
+        cache = self._cached("text")
+        if cache is None:
+            return run(slice(None))
+        real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+
+        def compute(rows: list[int]) -> list[tuple[torch.Tensor]]:
+            hidden = run(torch.tensor(rows, device=input_ids.device))  # (R, T, d)
+            return [(h[real[i]],) for h, i in zip(hidden, rows)]
+
+        found = cache(text_keys(input_ids, real, token_type_ids), compute)
+        out = found[0][0].new_zeros(*input_ids.shape, found[0][0].shape[-1])  # (B, T, d)
+        for i, (row,) in enumerate(found):
+            out[i][real[i]] = row
+        return out
+
+    def encode_image(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's feature maps, per level (B, C_l, H_l, W_l); images the feature cache holds are
+        not recomputed."""
+        cache = self._cached("image")
+        if cache is None:
+            return self.backbone(pixel_values)
+
+        def compute(rows: list[int]) -> list[tuple[torch.Tensor, ...]]:
+            feats = self.backbone(pixel_values[torch.tensor(rows, device=pixel_values.device)])
+            return [tuple(f[j] for f in feats) for j in range(len(rows))]
+
+        found = cache(image_keys(pixel_values), compute)
+        return [torch.stack([row[lvl] for row in found]) for lvl in range(len(found[0]))]
 
     def _frozen_text_modules(self) -> list[nn.Module]:
         """The text encoder's parts ``config.freeze_text_layers`` freezes: embeddings + the first N layers."""
@@ -389,10 +447,9 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         if input_ids is None or pixel_values is None:
             raise ValueError("VLCoAttnModel needs both input_ids and pixel_values")
         output_attentions = bool(output_attentions)
-        text_out = self.text_encoder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        text = self.text_proj(text_out.last_hidden_state)  # (B, T, d)
+        text = self.text_proj(self.encode_text(input_ids, attention_mask, token_type_ids))  # (B, T, d)
 
-        feats = self.backbone(pixel_values)  # per level (B, C_l, H_l, W_l)
+        feats = self.encode_image(pixel_values)  # per level (B, C_l, H_l, W_l)
         tokens, pos, grid = [], [], []
         for lvl, f in enumerate(feats):
             x = self.input_proj[lvl](f)  # (B, d, H_l, W_l)

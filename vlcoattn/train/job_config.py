@@ -109,6 +109,9 @@ class ModelConfig:
     image_size: int = 128
     tokenizer: str | None = None  # tokenizer dir (default: the text dir's); lm from scratch needs one
     gradient_checkpointing: bool = False  # recompute each text / fusion layer (and timm block) in the backward
+    # > 0: keep the frozen text encoder's / backbone's output per sample, up to this many GiB, and skip
+    # their forward on samples seen before (vision-language models; vlcoattn.models.feature_cache)
+    feature_cache_gib: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)  # extra model config fields
 
 
@@ -171,6 +174,12 @@ class JobConfig:
             (all(w > 0 for w in self.data.train_weights or ()), "data.train weights must be > 0"),
             (self.data.samples_per_epoch is None or self.data.samples_per_epoch > 0, "data.samples_per_epoch must be > 0"),
             (self.data.min_answer_count >= 1, "data.min_answer_count must be >= 1"),
+            (self.model.feature_cache_gib >= 0, "model.feature_cache_gib must be >= 0"),
+            (self.model.feature_cache_gib == 0 or self.is_vision,
+             "model.feature_cache_gib is for the vision-language tasks (vqa, ground, vqa+ground)"),
+            (self.model.feature_cache_gib == 0 or self.run.parallel != "fsdp",
+             "model.feature_cache_gib does not work with run.parallel=fsdp (it skips sharded modules' forward); "
+             "use run.parallel=ddp"),
         ]
         for ok, message in checks:
             if not ok:

@@ -234,6 +234,8 @@ class Trainer:
         self.model.train()
         if job.model.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
+        self.feature_cache = model.base_model.enable_feature_cache(job.model.feature_cache_gib) \
+            if job.model.feature_cache_gib > 0 else None
         self.counts_items = "num_items_in_batch" in inspect.signature(model.forward).parameters
         # what is logged: the loss and the parts a task model reports (loss_vqa, loss_l1, loss_giou)
         output_class = getattr(model, "output_class", None)
@@ -463,6 +465,8 @@ class Trainer:
         record = {**window.record(), "lr": lr, "skipped_steps": self.bad_total, "epoch": self.loader.epoch,
                   "bad_samples": sum(self.loader.bad_samples().values()),
                   "peak_mem_gib": peak_memory_gib(self.dist.device)}
+        if self.feature_cache is not None:  # this rank's
+            record.update({f"feature_cache_{k}": v for k, v in self.feature_cache.stats().items()})
         if grad_norm is not None and math.isfinite(grad_norm):  # nan: an fp16 overflow step
             record["grad_norm"] = grad_norm
         self.logger.log(self.step, "train", record)
