@@ -56,3 +56,16 @@ def test_a_quick_run_never_writes_over_the_published_results(monkeypatch):
         with pytest.raises(SystemExit, match="elsewhere than the published"):
             convergence.output_dirs(True, published.get("out"), published.get("figures"), None)
     out.rmdir()
+
+
+def test_the_feature_cache_keeps_a_finished_run_s_key_and_other_overrides_change_it(monkeypatch):
+    """model.feature_cache_gib changes a run's speed, not what it learns: finished runs stay finished."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import convergence
+
+    plain = convergence.run_overrides(convergence.ARMS["C"], "pretrained", 1, 1600, 100, [])
+    cached = convergence.run_overrides(convergence.ARMS["C"], "pretrained", 1, 1600, 100, ["model.feature_cache_gib=4"])
+    assert convergence.run_key(cached) == convergence.run_key(plain)
+    assert convergence.run_key([*plain, "optim.lr=1e-4"]) != convergence.run_key(plain)
+    assert convergence.run_key(convergence.run_overrides(convergence.ARMS["C"], "pretrained", 2, 1600, 100, [])) \
+        != convergence.run_key(plain)

@@ -40,7 +40,7 @@ def _tiny_text(tok, **kw) -> CooBertConfig:
 def workspace(tmp_path_factory):
     """What the doc examples name, built small: runs/demo/final (and runs/ground, runs/vqa: model dirs as the
     trainer writes them), runs/coobert-minilm-k192 (a real conversion), runs/bbc-cls, runs/lm, shards (and
-    shards/vqa2 in place of a VQA v2 conversion), data/clevr-lite, corpus/*.txt, photo.jpg."""
+    shards/vqa2 in place of a VQA v2 conversion), data/clevr-lite-4000, corpus/*.txt, photo.jpg."""
     root = tmp_path_factory.mktemp("docs")
     tok = AutoTokenizer.from_pretrained(minilm_dir())
     torch.manual_seed(0)
@@ -61,7 +61,7 @@ def workspace(tmp_path_factory):
     convert_bert_dir(minilm_dir(), root / "runs" / "coobert-minilm-k192", shared_key_dim=192)
     write_synthetic(root / "shards" / "clevr", 40, seed=0, progress=False,
                     config=SyntheticConfig(image_size=64, holdout=parse_holdout("cogent")))
-    shutil.copytree(root / "shards" / "clevr", root / "data" / "clevr-lite")
+    shutil.copytree(root / "shards" / "clevr", root / "data" / "clevr-lite-4000")
     for name in ("vqav2", "refcoco"):
         shutil.copytree(root / "shards" / "clevr" / "train", root / "shards" / name / "train")
     shutil.copytree(root / "shards" / "clevr" / "val", root / "shards" / "vqa2")  # README: what vqa2 --out wrote

@@ -1,6 +1,6 @@
 """Evaluate a saved model (a ``final/`` or checkpoint ``model/`` dir) on shard dirs.
 
-    python tools/evaluate.py --model runs/demo/final --data data/clevr-lite/test [--predictions out.jsonl]
+    python tools/evaluate.py --model runs/demo/final --data data/clevr-lite-4000/test [--predictions out.jsonl]
 
 Prints the metrics as JSON: VQA accuracy (+ per question type), grounding Acc@0.5 and mean IoU
 (+ per expression type), classification accuracy and macro-F1, or LM perplexity, as the task has them.
