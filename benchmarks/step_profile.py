@@ -47,7 +47,8 @@ def main() -> None:
             t1 = time.perf_counter()
             out.loss.backward()
             t2 = time.perf_counter()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), job.optim.grad_clip or float("inf"))
+            clip = job.optim.grad_clip if job.optim.grad_clip is not None else float("inf")  # as the trainer
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return t1 - t0, t2 - t1, time.perf_counter() - t2
@@ -61,7 +62,7 @@ def main() -> None:
                 step(next(cycle))
     total = sum(phases)
     batch = job.data.batch_size
-    print(f"{machine()}; {args.config} {' '.join(args.overrides)}; batch {batch}, text length "
+    print(f"{machine()}; {Path(args.config).name} {' '.join(args.overrides)}; batch {batch}, text length "
           f"{batches[0]['input_ids'].shape[1]}, {sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f} M "
           f"trainable; {total * 1e3:.0f} ms per step ({batch / total:.0f} samples/s)\n")
     print(markdown_table(["phase", "share of the step"],
