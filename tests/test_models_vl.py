@@ -509,9 +509,32 @@ def test_gated_image_pooling_counts_matching_cells_where_softmax_attention_avera
                                - torch.log1p(gate + 7 * other_gate))
 
 
-def test_vqa_pooling_cls_plus_gated_trains_every_parameter():
+def test_gated_image_pooling_centroids_are_where_the_gated_cells_are():
+    """centroid_k = Σ_j g_kj xy_j / Σ_j g_kj: the matching cells' mean position when they dominate the gate."""
+    from vlcoattn.fusion.smca import grid_coordinates
+    from vlcoattn.models.modeling_vlcoattn import GatedImagePooling
+
     torch.manual_seed(0)
-    model = VLCoAttnForQuestionAnswering(tiny_config(answer_vocab=["yes", "no", "2"], vqa_pooling="cls+gated"))
+    pool = GatedImagePooling(16, 2, centroids=True)
+    query, match, other = torch.randn(1, 16), torch.randn(16), torch.randn(16)
+    cells = grid_coordinates((2, 4), 1, torch.float32, torch.device("cpu"))[0, 0]  # (8, 2)
+    image = torch.stack([other] * 8)
+    image[[1, 6]] = match  # cells (x, y) = (0.375, 0.25) and (0.625, 0.75)
+    out = pool(query, image[None], cells)
+    assert out.shape == (1, 16 + 2 + 4) and pool.extra_features == 6
+    gates = torch.sigmoid(pool.query(query).view(2, 1, 8) @ pool.key(image).view(8, 2, 8).permute(1, 2, 0) / 8**0.5)
+    expected = (gates @ cells / gates.sum(-1, keepdim=True)).reshape(4)  # (2 heads, 2) -> 4
+    torch.testing.assert_close(out[0, 18:], expected)
+    pool.key.weight.data.zero_(), pool.key.bias.data.zero_()  # equal gates: the centroid of all cells
+    torch.testing.assert_close(pool(query, image[None], cells)[0, 18:], torch.tensor([0.5, 0.5, 0.5, 0.5]))
+    with pytest.raises(ValueError, match="cells"):
+        pool(query, image[None])
+
+
+@pytest.mark.parametrize("pooling", ["cls+gated", "cls+gated+centroids"])
+def test_vqa_pooling_cls_plus_gated_trains_every_parameter(pooling):
+    torch.manual_seed(0)
+    model = VLCoAttnForQuestionAnswering(tiny_config(answer_vocab=["yes", "no", "2"], vqa_pooling=pooling))
     ids, px = batch()
     out = model(ids, px, labels=torch.tensor([[1.0, 0, 0], [0, 0, 1.0]]))
     out.loss.backward()

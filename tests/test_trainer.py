@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from vlcoattn.train.build import build_model
 from vlcoattn.train.config import load_config
 from vlcoattn.train.job_config import JobConfig
 from vlcoattn.train.metrics_log import read_metrics
-from vlcoattn.train.trainer import Trainer, TrainingError, train
+from vlcoattn.train.trainer import Trainer, TrainingError, resolve_data, train
 
 from helpers import processor_for
 
@@ -586,6 +587,27 @@ def test_param_groups_no_decay_on_norms_and_biases_and_separate_backbone_lr(asse
 
 
 # -------------------------------------------------------------------------- the demo config learns
+
+
+def test_more_synthetic_training_scenes_keep_the_same_evaluation_splits(tmp_path):
+    """data.synthetic.val_scenes / test_scenes pin the evaluation splits: 30 training scenes with 3 + 3
+    give the val, test and hold-out shards of 30 scenes' defaults byte for byte (ignoring tar mtimes)."""
+    def shards(num_scenes: int, *extra: str) -> dict[str, list[tuple[str, bytes]]]:
+        root = tmp_path / str(num_scenes)
+        job = load_config(JobConfig, None, [f"data.synthetic.dir={root}", f"data.synthetic.num_scenes={num_scenes}",
+                                            "run.progress=false", *extra])
+        resolve_data(job)
+        assert job.data.val == [str(root / "val")] and set(job.data.test) == {"test", "holdout"}
+        members = {}
+        for split in ("train", "val", "test", "holdout"):
+            with tarfile.open(next((root / split).glob("*.tar"))) as tar:
+                members[split] = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+        return members
+
+    small, large = shards(30), shards(60, "data.synthetic.val_scenes=3", "data.synthetic.test_scenes=3")
+    for split in ("val", "test", "holdout"):
+        assert small[split] == large[split] and small[split]
+    assert len(large["train"]) == 2 * len(small["train"])
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ from transformers.utils import ModelOutput
 
 from ..fusion.layers import SMCAFusionEncoder, fusion_block_config
 from ..fusion.position import PositionEmbeddingSine2D
-from ..fusion.smca import gaussian_log_prior
+from ..fusion.smca import gaussian_log_prior, grid_coordinates
 from ..text.attention import CollaborativeSelfAttention, concatenation_mixing
 from ..text.modeling_coobert import CooBertModel
 from ..vision.backbone import VisionBackbone
@@ -516,15 +516,24 @@ class GatedImagePooling(nn.Module):
     Softmax attention normalises over the cells, so its output is an average that cannot tell one
     matching object from three; these gates are not normalised, so the sum and ``counts`` grow with the
     number of matching cells, which is what "how many ..." and "is there ..." questions ask.
+    With ``centroids=True`` (``vqa_pooling="cls+gated+centroids"``) each head also gives where its gated
+    cells are, centroid_k = Σ_j g_{k,j} xy_j / Σ_j g_{k,j} (xy_j the cell center in [0, 1]²), so "is
+    the X left of the Y?" can compare two heads' coordinates instead of decoding them from the sum.
     """
 
-    def __init__(self, d: int, num_heads: int) -> None:
+    def __init__(self, d: int, num_heads: int, centroids: bool = False) -> None:
         super().__init__()
-        self.num_heads, self.head_dim = num_heads, d // num_heads
+        self.num_heads, self.head_dim, self.centroids = num_heads, d // num_heads, centroids
         self.query, self.key, self.value, self.out = (nn.Linear(d, d) for _ in range(4))
 
-    def forward(self, query: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """query (B, d), image (B, S, d) with positions added -> (B, d + N_h)."""
+    @property
+    def extra_features(self) -> int:
+        """Numbers appended after the pooled vector: counts (N_h), plus centroids (2 N_h)."""
+        return self.num_heads * (3 if self.centroids else 1)
+
+    def forward(self, query: torch.Tensor, image: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
+        """query (B, d), image (B, S, d) with positions added, cells (S, 2) their (x, y) (needed with
+        ``centroids``) -> (B, d + extra_features)."""
         B, S, d = image.shape
         H, dh = self.num_heads, self.head_dim
         q = self.query(query).view(B, H, 1, dh)  # (B, H, 1, dh)
@@ -532,8 +541,13 @@ class GatedImagePooling(nn.Module):
         v = self.value(image).view(B, S, H, dh).transpose(1, 2)  # (B, H, S, dh)
         gate = torch.sigmoid(q @ k.transpose(-1, -2) / math.sqrt(dh))  # (B, H, 1, S)
         pooled = self.out((gate @ v / S).reshape(B, d))  # (B, d)
-        counts = torch.log1p(gate.sum(-1)).reshape(B, H)  # (B, H)
-        return torch.cat([pooled, counts], dim=-1)
+        mass = gate.sum(-1)  # (B, H, 1)
+        features = [pooled, torch.log1p(mass).reshape(B, H)]  # counts (B, H)
+        if self.centroids:
+            if cells is None:
+                raise ValueError("GatedImagePooling(centroids=True) needs the cells' (x, y)")
+            features.append((gate @ cells.to(gate.dtype) / mass[..., None]).reshape(B, 2 * H))  # (B, 2H)
+        return torch.cat(features, dim=-1)
 
 
 class BoxHead(MLP):  # torchvision's MLP: Linear -> ReLU -> ... -> Linear
@@ -582,21 +596,26 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
             if not config.answer_vocab:
                 raise ValueError(f"{type(self).__name__} needs config.answer_vocab (the answer list)")
             self.num_answers = len(config.answer_vocab)
-            gated = config.vqa_pooling == "cls+gated"
-            self.image_pooling = GatedImagePooling(d, config.fusion_num_heads) if gated else None
-            d_in = 2 * d + config.fusion_num_heads if gated else d
+            self.image_pooling = None
+            if config.vqa_pooling != "cls":
+                centroids = config.vqa_pooling == "cls+gated+centroids"
+                self.image_pooling = GatedImagePooling(d, config.fusion_num_heads, centroids)
+            d_in = d if self.image_pooling is None else 2 * d + self.image_pooling.extra_features
             self.vqa_head = AnswerHead(d, self.num_answers, config.layer_norm_eps, float(config.fusion_dropout), d_in)
         if self.has_boxes:
             self.box_head = BoxHead(d)
         self.post_init()
 
     def answer_features(self, out: VLCoAttnModelOutput) -> torch.Tensor:
-        """What the answer head reads: the fused [CLS] (B, d), with ``vqa_pooling="cls+gated"`` followed by
-        the :class:`GatedImagePooling` of the image cells (B, d + N_h)."""
+        """What the answer head reads: the fused [CLS] (B, d), with ``vqa_pooling="cls+gated[+centroids]"``
+        followed by the :class:`GatedImagePooling` of the image cells (B, d + N_h [+ 2 N_h])."""
         if self.image_pooling is None:
             return out.pooler_output
         image = torch.cat([v + p for v, p in zip(out.image_hidden_states, out.image_positions)], dim=1)
-        return torch.cat([out.pooler_output, self.image_pooling(out.pooler_output, image)], dim=-1)
+        cells = None
+        if self.image_pooling.centroids:  # (S, 2): every level's cell centers, in the order of `image`
+            cells = torch.cat([grid_coordinates(g, 1, image.dtype, image.device)[0, 0] for g in out.grid_sizes])
+        return torch.cat([out.pooler_output, self.image_pooling(out.pooler_output, image, cells)], dim=-1)
 
     def vqa_loss(self, logits: torch.Tensor, labels: torch.Tensor, mask=None, num_items=None) -> torch.Tensor:
         """:func:`answer_loss` with ``config.vqa_loss``."""

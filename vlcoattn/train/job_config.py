@@ -38,7 +38,11 @@ class SyntheticDataConfig:
     """CLEVR-lite generation (``vlcoattn.data.write_synthetic``) when the shard dirs are absent."""
 
     dir: str | None = None  # generate into this dir (train/val/test/holdout) unless it has dataset.json
-    num_scenes: int = 600
+    num_scenes: int = 600  # training scenes
+    # val / test (and hold-out) scenes; None = num_scenes // 10. Scene i of a split is the same whatever
+    # the counts, so a run with more training scenes can keep the same evaluation splits.
+    val_scenes: int | None = None
+    test_scenes: int | None = None
     image_size: int = 128
     seed: int = 0
     holdout: str | None = "cogent"  # (colour, shape) pairs kept for the compositional hold-out split

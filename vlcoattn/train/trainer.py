@@ -112,7 +112,8 @@ def resolve_data(job: JobConfig) -> None:
     def generate(out: Path) -> None:
         log.info("generating CLEVR-lite (%d scenes) into %s", syn.num_scenes, root)
         config = SyntheticConfig(image_size=syn.image_size, holdout=parse_holdout(syn.holdout))
-        write_synthetic(out, syn.num_scenes, seed=syn.seed, config=config, progress=job.run.progress)
+        write_synthetic(out, syn.num_scenes, seed=syn.seed, config=config, val_num=syn.val_scenes,
+                        test_num=syn.test_scenes, progress=job.run.progress)
 
     build_once_per_node(root, "train/dataset.json", generate)
     job.data.train = job.data.train or [str(root / "train")]
