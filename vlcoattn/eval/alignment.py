@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_convert
 
+from ..fusion.smca import grid_coordinates
+
 __all__ = ["cell_box_overlap", "inside", "map_scores", "token_alignment"]
 
 
@@ -41,12 +43,9 @@ def cell_box_overlap(boxes: Tensor, grid_size: tuple[int, int]) -> Tensor:
 def map_scores(maps: Tensor, boxes: Tensor, grid_size: tuple[int, int]) -> dict[str, Tensor]:
     """``mass`` (N,) against boxes (N, 4) cxcywh, ``centroid`` (N, 2) normalized (x, y) and ``spread`` (N,)
     of maps (N, H*W)."""
-    H, W = grid_size
     maps = maps.float()
     mass = (maps * cell_box_overlap(boxes, grid_size)).sum(-1)
-    ys, xs = torch.meshgrid((torch.arange(H, device=maps.device) + 0.5) / H,
-                            (torch.arange(W, device=maps.device) + 0.5) / W, indexing="ij")
-    xy = torch.stack([xs.flatten(), ys.flatten()], -1)  # (H*W, 2) cell centers
+    xy = grid_coordinates(grid_size, 1, torch.float32, maps.device)[0, 0]  # (H*W, 2) cell centers
     centroid = maps @ xy  # (N, 2)
     spread = (maps * (xy[None] - centroid[:, None]).square().sum(-1)).sum(-1).sqrt()
     return {"mass": mass, "centroid": centroid, "spread": spread}
