@@ -23,9 +23,11 @@ config file and every override but the speed-only ``model.feature_cache_gib``; a
 already holds, a changed config reruns all),
 ``table.md``, ``prior_attention.md`` and figures under ``benchmarks/figures/``: ``convergence.png`` (metric
 vs step, mean and min-max over seeds), ``prior_words_*.png`` (what arm A's prior learned: each word's
-Gaussian) and ``prior_attention.png``. An invocation keeps the final models of its first seed, and
-``prior_attention.py`` scores where their grounding token looks (prior and attention against the true
-box, per expression type), for the seed with the most arms' models.
+Gaussian) and ``prior_attention.png``. The table and figures cover every finished run in runs.jsonl at
+this configuration (steps, schedule, extra overrides), not only the arms and seeds this invocation
+trained, so a partial rerun never shrinks them. An invocation keeps the final models of its first seed,
+and ``prior_attention.py`` scores where their grounding token looks (prior and attention against the
+true box, per expression type), for the seed with the most arms' models on disk (the earliest of equals).
 
 Steps to target: for val Acc@0.5 0.5 and 0.8, each seed's first evaluated step at or above it (mean ±
 std over the seeds that got there, their count, the samples it took), and the ratio of the mean to
@@ -108,6 +110,21 @@ def run_key(overrides: list[str]) -> str:
     ``SPEED_ONLY`` ones)."""
     kept = [o for o in overrides if not o.startswith(SPEED_ONLY)]
     return hashlib.sha256(json.dumps([CONFIG.read_text(), kept]).encode()).hexdigest()[:16]
+
+
+def this_config(records: list[dict], steps: int, eval_every: int, extra: list[str]) -> list[dict]:
+    """The finished runs the report covers: those of every init, arm and recorded seed at this configuration."""
+    seeds = {r["seed"] for r in records}
+    keys = {run_key(run_overrides(arm, init, seed, steps, eval_every, extra))
+            for init in INITS for seed in seeds for arm in ARMS.values()}
+    return [r for r in records if r.get("key") in keys]
+
+
+def kept_models(runs_dir: Path, task: str, seeds: list[int]) -> dict[str, Path]:
+    """Arm -> final model dir of the seed with the most arms' models on disk (the earliest of equals)."""
+    kept = [{a: d for a in ARMS if (d := runs_dir / f"{task}-pretrained-{a}-s{seed}" / "final").is_dir()}
+            for seed in sorted(seeds)]
+    return max(kept, key=len, default={})
 
 
 def run_one(arm: Arm, init: str, seed: int, task: str, overrides: list[str], key: str, runs_dir: Path,
@@ -252,7 +269,8 @@ def output_dirs(quick: bool, out: Path | None, figures: Path | None, runs: Path 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a ~2 minute smoke run (tiny data, 1 seed)")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),
+                        help="the arms to train (the report covers every finished run)")
     parser.add_argument("--inits", nargs="+", default=["pretrained"], choices=list(INITS),
                         help="default pretrained (the recipe); scratch: random text encoder and backbone, trained")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2 (--quick: 0)")
@@ -275,13 +293,11 @@ def main() -> None:
     print(f"writing to {args.out} (figures: {args.figures})", flush=True)
     log = args.out / "runs.jsonl"
     records = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
-    planned = set()
     for init in args.inits:  # init-major: the pretrained arms of every seed first
         for seed in seeds:
             for name in args.arms:
                 overrides = run_overrides(ARMS[name], init, seed, steps, eval_every, extra)
                 key = run_key(overrides)
-                planned.add(key)
                 if args.report_only or any(r.get("key") == key for r in records):
                     continue  # finished in an earlier invocation
                 keep = init == "pretrained" and seed == seeds[0]  # for the prior-vs-attention figures
@@ -292,22 +308,22 @@ def main() -> None:
                 v = record["final"]["val"]
                 print(f"{init:10s} {name} seed {seed}: val Acc@0.5 {v['acc@0.5']:.3f}  mIoU {v['mean_iou']:.3f}  "
                       f"({record['seconds']:.0f} s)", flush=True)
-    records = [r for r in records if r.get("key") in planned]
+    records = this_config(records, steps, eval_every, extra)
+    seeds = sorted({r["seed"] for r in records})
     batch = base.data.batch_size * base.optim.accum_steps
     text = f"Machine: {machine()}; task {base.task}, {steps} steps of {batch}, seeds {seeds}.\n\n{table(records, batch)}\n"
     (args.out / "table.md").write_text(text)
     print(text)
     print(f"figure: {plot(records, args.figures / 'convergence.png')}")
     val_dir = Path(base.data.synthetic.dir) / "val"
-    kept = {seed: {a: d for a in args.arms if (d := runs_dir / f"{base.task}-pretrained-{a}-s{seed}" / "final").is_dir()}
-            for seed in seeds}  # an invocation keeps the final models of its first seed
-    models = max(kept.values(), key=len)  # the seed with the most arms' models (the earliest of equals)
+    models = kept_models(runs_dir, base.task, seeds)
     if "A" in models:
         for path in draw_priors(models["A"], val_dir, args.figures):
             print(f"figure: {path}")
     if models:  # where each arm's grounding token looks: its prior and attention against the true box
         limit = base.data.eval_limit if args.quick else ANALYSIS_LIMIT
-        print(prior_attention.run(models, str(val_dir), limit, args.out, args.figures / "prior_attention.png"))
+        print(prior_attention.run(models, str(val_dir), limit, args.out / "prior_attention.md",
+                                  args.figures / "prior_attention.png"))
     if args.out.resolve() == RESULTS.resolve():  # the published tables: the docs that include them follow
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "include_tables.py")], check=True)
 

@@ -1,6 +1,7 @@
 """Where the grounding token looks, per expression type: SMCA's prior and attention against plain attention.
 
     python benchmarks/prior_attention.py                      # the study's seed-0 models in runs/convergence
+    python benchmarks/prior_attention.py --seed 1             # seed 1's: prior_attention_s1.{md,png}
     python benchmarks/prior_attention.py --models A=runs/x/final B=runs/y/final --limit 600
 
 For every grounding sample of the first ``--limit`` of val, each model's grounding token ([CLS]) is scored
@@ -9,7 +10,9 @@ inside the target box ("mass"; a uniform map scores the box's share of the image
 the attention's centroid (where the box head starts) lies in the box, and the same for its Gaussian
 prior (SMCA arms). Written: ``prior_attention.md`` (means per arm and expression type, with Acc@0.5)
 and ``prior_attention.png`` (examples per expression type: the last layer's prior and the first and last
-layers' attention over the image, the true box green, the predicted one red).
+layers' attention over the image, the true box green, the predicted one red). Seed 0's are the published
+analysis (``convergence.py`` writes the same); another ``--seed`` writes ``prior_attention_s{N}.*`` and
+``--models`` ``prior_attention_models.*`` beside them, so neither replaces it.
 """
 
 from __future__ import annotations
@@ -144,20 +147,27 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def run(models: dict[str, Path], sources: str, limit: int, out_dir: Path, figure: Path, examples: int = 2) -> str:
-    """Analyse every model, write the table (``out_dir/prior_attention.md``) and the figure; returns the table."""
+def run(models: dict[str, Path], sources: str, limit: int, table_path: Path, figure: Path, examples: int = 2) -> str:
+    """Analyse every model, write the table (markdown, to ``table_path``) and the figure; returns the table."""
     rows_by_arm, examples_by_arm = {}, {}
     for arm, model_dir in models.items():
         rows_by_arm[arm], examples_by_arm[arm] = analyse(model_dir, sources, limit, examples)
     text = table(rows_by_arm)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    table_path.parent.mkdir(parents=True, exist_ok=True)
     names = ", ".join(f"{a} = {_shown(p)}" for a, p in models.items())
-    (out_dir / "prior_attention.md").write_text(
+    table_path.write_text(
         f"{Path(sources).name}, the grounding samples among its first {limit}; models: {names}. Each cell: mass in the "
         "true box / share of centroids in the box / spread (RMS distance from the centroid, in image sides) of "
         f"the [CLS] token's head-mean map.\n\n{text}\n")
     draw(examples_by_arm, figure)
     return text
+
+
+def output_paths(seed: int, custom_models: bool) -> tuple[Path, Path]:
+    """(table, figure): the published ``prior_attention.*`` for the study's seed-0 models, else beside them
+    under ``_s{seed}`` or ``_models``."""
+    stem = "prior_attention" + ("_models" if custom_models else f"_s{seed}" if seed else "")
+    return ROOT / "benchmarks" / "results" / "convergence" / f"{stem}.md", ROOT / "benchmarks" / "figures" / f"{stem}.png"
 
 
 def main() -> None:
@@ -167,9 +177,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="with the default --models: the study's seed")
     parser.add_argument("--data", default="data/clevr-lite-4000/val")
     parser.add_argument("--limit", type=int, default=1000, help="the first N samples of --data (grounding ones are used)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "convergence")
-    parser.add_argument("--figure", type=Path, default=ROOT / "benchmarks" / "figures" / "prior_attention.png")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the table (default benchmarks/results/convergence/prior_attention[_sN|_models].md)")
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="default benchmarks/figures/prior_attention[_sN|_models].png")
     args = parser.parse_args()
+    table_path, figure = output_paths(args.seed, bool(args.models))
     if args.models:
         models = dict(m.split("=", 1) for m in args.models)
     else:
@@ -178,7 +191,7 @@ def main() -> None:
     models = {a: Path(p) for a, p in models.items() if Path(p).is_dir()}
     if not models:
         raise SystemExit("prior_attention.py: no saved model to analyse (train the study first, or pass --models)")
-    print(run(models, args.data, args.limit, args.out, args.figure))
+    print(run(models, args.data, args.limit, args.out or table_path, args.figure or figure))
 
 
 if __name__ == "__main__":

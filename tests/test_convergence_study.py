@@ -69,3 +69,39 @@ def test_the_feature_cache_keeps_a_finished_run_s_key_and_other_overrides_change
     assert convergence.run_key([*plain, "optim.lr=1e-4"]) != convergence.run_key(plain)
     assert convergence.run_key(convergence.run_overrides(convergence.ARMS["C"], "pretrained", 2, 1600, 100, [])) \
         != convergence.run_key(plain)
+
+
+def test_a_partial_rerun_reports_every_finished_run_of_the_config(monkeypatch, tmp_path):
+    """``--seeds 2 --arms A`` trains one run but the table covers every arm and seed finished at this config
+    (runs at another step budget stay out), and the prior analysis keeps the seed with the most arms' models."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import convergence
+
+    def record(arm: str, seed: int, steps: int, init: str = "pretrained") -> dict:
+        overrides = convergence.run_overrides(convergence.ARMS[arm], init, seed, steps, 100, [])
+        return {"key": convergence.run_key(overrides), "arm": arm, "init": init, "seed": seed}
+
+    current = [record(arm, seed, 2400) for seed in (0, 1) for arm in "ABCD"] + [record("B", 2, 2400),
+                                                                               record("A", 0, 2400, "scratch")]
+    stale = [record("A", 0, 64), record("A", 3, 64)]
+    assert convergence.this_config(stale + current, 2400, 100, []) == current
+    assert convergence.this_config(current, 2400, 100, ["optim.lr=1e-4"]) == []
+
+    for seed, arms in ((0, "ABCD"), (1, "ABCD"), (2, "ACD")):
+        for arm in arms:
+            (tmp_path / f"vqa+ground-pretrained-{arm}-s{seed}" / "final").mkdir(parents=True)
+    models = convergence.kept_models(tmp_path, "vqa+ground", [2, 1, 0])
+    assert models == {arm: tmp_path / f"vqa+ground-pretrained-{arm}-s0" / "final" for arm in "ABCD"}
+    assert convergence.kept_models(tmp_path, "vqa+ground", [5]) == {}
+
+
+def test_the_prior_analysis_of_another_seed_or_model_set_is_written_beside_the_published_one(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import prior_attention
+
+    results, figures = ROOT / "benchmarks" / "results" / "convergence", ROOT / "benchmarks" / "figures"
+    assert prior_attention.output_paths(0, False) == (results / "prior_attention.md", figures / "prior_attention.png")
+    assert prior_attention.output_paths(2, False) == (results / "prior_attention_s2.md",
+                                                       figures / "prior_attention_s2.png")
+    assert prior_attention.output_paths(0, True) == (results / "prior_attention_models.md",
+                                                      figures / "prior_attention_models.png")

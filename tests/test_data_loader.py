@@ -540,3 +540,31 @@ def test_a_source_too_small_for_the_streams_is_refused(tmp_path, tokenizer):
         build_loader(
             sources, tokenizer, batch_size=4, num_workers=2, world_size=2, rank=0, label_vocab=["a", "b"]
         )
+
+
+def test_flip_only_augmentation_gives_the_plain_image_or_its_mirror(synthetic_dir, tokenizer):
+    """``augment`` with ``color_jitter=0``: each sample comes back as it is or mirrored with its left/right
+    words swapped, so a frozen encoder's feature cache still hits (two versions per sample); with the
+    default jitter the pixels are neither."""
+    from vlcoattn.data.transforms import swap_left_right
+
+    def batch(seed: int = 1, **kwargs):
+        loader = build_loader(str(synthetic_dir / "train"), processor_for(tokenizer, 32), batch_size=16,
+                              shuffle=False, seed=seed, **kwargs)
+        return next(iter(loader))
+
+    plain = batch()
+    flipped = 0
+    for b in (batch(augment=True, color_jitter=0.0), batch(augment=True, color_jitter=0.0, seed=2)):
+        assert b["keys"] == plain["keys"]
+        for i, text in enumerate(b["texts"]):
+            mirror = text != plain["texts"][i] or not torch.equal(b["pixel_values"][i], plain["pixel_values"][i])
+            expected = plain["pixel_values"][i].flip(-1) if mirror else plain["pixel_values"][i]
+            assert (b["pixel_values"][i] - expected).abs().max() < 0.05  # resampling rounding only
+            assert text == (swap_left_right(plain["texts"][i]) if mirror else plain["texts"][i])
+            flipped += mirror
+    assert 0 < flipped < 32
+    jittered = batch(augment=True)
+    neither = [not any(torch.allclose(jittered["pixel_values"][i], v, atol=0.05)
+                       for v in (plain["pixel_values"][i], plain["pixel_values"][i].flip(-1))) for i in range(16)]
+    assert sum(neither) >= 12

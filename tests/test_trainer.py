@@ -532,6 +532,8 @@ def test_data_samples_per_epoch_sets_the_epoch_length(assets, tmp_path):
     assert len(Trainer(job, model, tokenizer).loader) == 12 // 4  # batches of 4 per epoch
     with pytest.raises(ValueError, match="samples_per_epoch must be > 0"):
         job_of(base_config(assets, tmp_path / "spe0", **{"data.samples_per_epoch": 0}), tmp_path)
+    with pytest.raises(ValueError, match=r"color_jitter must be in \[0, 1\)"):
+        job_of(base_config(assets, tmp_path / "cj", **{"data.color_jitter": 1.5}), tmp_path)
 
 
 def test_bad_config_and_bad_cli_arguments_are_one_line_errors(tmp_path):

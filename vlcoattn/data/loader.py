@@ -679,6 +679,7 @@ def build_loader(
     shuffle_buffer: int = 1000,
     samples_per_epoch: int | None = None,
     augment: bool = False,
+    color_jitter: float = 0.2,
     crop_min_scale: float | None = None,
     answer_vocab: Sequence[str] | None = None,
     label_vocab: Sequence[str] | None = None,
@@ -698,7 +699,9 @@ def build_loader(
     proportion to ``weights`` (one per source, finite and > 0; default: their sample counts).
     ``rank`` / ``world_size`` default to torch.distributed when initialized. ``answer_vocab`` /
     ``label_vocab`` default to the union of the sources' ``dataset.json`` vocabularies.
-    ``samples_per_epoch`` is global (all ranks); default all sources' samples.
+    ``samples_per_epoch`` is global (all ranks); default all sources' samples. ``augment``: a random
+    horizontal flip (left/right words swapped), colour jitter of strength ``color_jitter`` (0: none) and,
+    with ``crop_min_scale``, a crop keeping the boxes (see :class:`~vlcoattn.data.transforms.ImageTransform`).
     """
     items = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     if not items:
@@ -708,7 +711,7 @@ def build_loader(
         rank, world_size = _dist_rank_world()
     decoder, collator = _decoder_and_collator(
         [info for _, infos in resolved for info in infos], processor, answer_vocab, label_vocab,
-        seed=seed, augment=augment, crop_min_scale=crop_min_scale,
+        seed=seed, augment=augment, color_jitter=color_jitter, crop_min_scale=crop_min_scale,
     )
     sizes = [sum(s.samples for s in shards) for shards, _ in resolved]
     mix_weights = _check_weights(weights, sizes)

@@ -238,13 +238,14 @@ def decoder_and_collator(
     *,
     seed: int = 0,
     augment: bool = False,
+    color_jitter: float = 0.2,
     crop_min_scale: float | None = None,
     answer_vocab: Sequence[str] = (),
     label_vocab: Sequence[str] = (),
 ) -> tuple[SampleDecoder, Collator]:
     """The sample decoder and collator of ``processor``: a :class:`~vlcoattn.models.VLCoAttnProcessor`
-    (image processor + tokenizer) or, for text-only models, a tokenizer. ``augment`` / ``crop_min_scale``
-    / ``seed``: training augmentation (see :class:`ImageTransform`)."""
+    (image processor + tokenizer) or, for text-only models, a tokenizer. ``augment`` / ``color_jitter``
+    / ``crop_min_scale`` / ``seed``: training augmentation (see :class:`ImageTransform`)."""
     image_processor = getattr(processor, "image_processor", None)
     tokenizer = getattr(processor, "tokenizer", processor) if image_processor is not None else processor
     if getattr(tokenizer, "pad_token", None) is None:
@@ -252,5 +253,5 @@ def decoder_and_collator(
     if image_processor is None:
         decoder = SampleDecoder(None, seed=seed)
     else:
-        decoder = image_processor.sample_decoder(seed, augment, crop_min_scale)
+        decoder = image_processor.sample_decoder(seed, augment, color_jitter, crop_min_scale)
     return decoder, Collator(tokenizer, image_processor, list(answer_vocab), list(label_vocab))

@@ -86,16 +86,18 @@ class VLCoAttnImageProcessor(BaseImageProcessor):
         """(H, W) of the letterboxed canvas."""
         return self.size["height"], self.size["width"]
 
-    def transform(self, augment: bool = False, crop_min_scale: float | None = None) -> ImageTransform:
+    def transform(self, augment: bool = False, color_jitter: float = 0.2,
+                  crop_min_scale: float | None = None) -> ImageTransform:
         """The letterbox (and, for training, augmentation) transform at this processor's size."""
         return ImageTransform(
             self.canvas_size, tuple(round(255 * m) for m in self.image_mean), augment=augment,
-            crop_min_scale=crop_min_scale, reducing_gap=3.0 if self.fast_decode else None,
+            jitter=color_jitter, crop_min_scale=crop_min_scale, reducing_gap=3.0 if self.fast_decode else None,
         )
 
-    def sample_decoder(self, seed: int = 0, augment: bool = False, crop_min_scale: float | None = None) -> SampleDecoder:
+    def sample_decoder(self, seed: int = 0, augment: bool = False, color_jitter: float = 0.2,
+                       crop_min_scale: float | None = None) -> SampleDecoder:
         """The loader's per-sample decoder with this processor's image preparation."""
-        return SampleDecoder(self.transform(augment, crop_min_scale), self.max_pixels, self.fast_decode, seed)
+        return SampleDecoder(self.transform(augment, color_jitter, crop_min_scale), self.max_pixels, self.fast_decode, seed)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) canvases -> float pixel values."""

@@ -73,7 +73,10 @@ class DataConfig:
     # only answers counted that often are kept (VQA v2's usual 3,129: >= 9); the rest score 0.
     answer_vocab: str | None = None
     min_answer_count: int = 1
+    # training augmentation: a random horizontal flip (left/right words swapped with it) and colour jitter
+    # (brightness, contrast, saturation by up to color_jitter; 0: flip only, which keeps the feature cache's hits)
     augment: bool = False
+    color_jitter: float = 0.2
     shuffle: bool = True  # shard order and a sample buffer, reseeded every pass (False: file order)
     shuffle_buffer: int = 1000
     samples_per_epoch: int | None = None  # global (all ranks); None = one pass over all training sources
@@ -178,6 +181,7 @@ class JobConfig:
             (all(w > 0 for w in self.data.train_weights or ()), "data.train weights must be > 0"),
             (self.data.samples_per_epoch is None or self.data.samples_per_epoch > 0, "data.samples_per_epoch must be > 0"),
             (self.data.min_answer_count >= 1, "data.min_answer_count must be >= 1"),
+            (0.0 <= self.data.color_jitter < 1.0, "data.color_jitter must be in [0, 1)"),
             (self.model.feature_cache_gib >= 0, "model.feature_cache_gib must be >= 0"),
             (self.model.feature_cache_gib == 0 or self.is_vision,
              "model.feature_cache_gib is for the vision-language tasks (vqa, ground, vqa+ground)"),

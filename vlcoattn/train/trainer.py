@@ -258,6 +258,7 @@ class Trainer:
             job.data.train_sources, self.processor, weights=job.data.train_weights,
             batch_size=job.data.batch_size, num_workers=job.data.num_workers,
             seed=job.run.seed, shuffle=job.data.shuffle, shuffle_buffer=job.data.shuffle_buffer, augment=job.data.augment,
+            color_jitter=job.data.color_jitter,
             samples_per_epoch=job.data.samples_per_epoch,
             max_bad_fraction=job.data.max_bad_fraction, pin_memory=dist.device.type == "cuda",
             **self.loader_kwargs,
