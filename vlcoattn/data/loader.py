@@ -54,6 +54,7 @@ from webdataset.tariterators import tarfile_samples
 from .pipeline import Collator, SampleDecoder, decoder_and_collator
 from .schema import BAD_REASONS, DatasetInfo, SampleError
 from .shards import ShardRef, answer_vocab_of, resolve_shards
+from .transforms import ImageTransform
 
 log = logging.getLogger(__name__)
 
@@ -679,7 +680,7 @@ def build_loader(
     shuffle_buffer: int = 1000,
     samples_per_epoch: int | None = None,
     augment: bool = False,
-    color_jitter: float = 0.2,
+    color_jitter: float = ImageTransform.jitter,
     crop_min_scale: float | None = None,
     answer_vocab: Sequence[str] | None = None,
     label_vocab: Sequence[str] | None = None,

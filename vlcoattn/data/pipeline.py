@@ -238,7 +238,7 @@ def decoder_and_collator(
     *,
     seed: int = 0,
     augment: bool = False,
-    color_jitter: float = 0.2,
+    color_jitter: float = ImageTransform.jitter,
     crop_min_scale: float | None = None,
     answer_vocab: Sequence[str] = (),
     label_vocab: Sequence[str] = (),

@@ -86,7 +86,7 @@ class VLCoAttnImageProcessor(BaseImageProcessor):
         """(H, W) of the letterboxed canvas."""
         return self.size["height"], self.size["width"]
 
-    def transform(self, augment: bool = False, color_jitter: float = 0.2,
+    def transform(self, augment: bool = False, color_jitter: float = ImageTransform.jitter,
                   crop_min_scale: float | None = None) -> ImageTransform:
         """The letterbox (and, for training, augmentation) transform at this processor's size."""
         return ImageTransform(
@@ -94,7 +94,7 @@ class VLCoAttnImageProcessor(BaseImageProcessor):
             jitter=color_jitter, crop_min_scale=crop_min_scale, reducing_gap=3.0 if self.fast_decode else None,
         )
 
-    def sample_decoder(self, seed: int = 0, augment: bool = False, color_jitter: float = 0.2,
+    def sample_decoder(self, seed: int = 0, augment: bool = False, color_jitter: float = ImageTransform.jitter,
                        crop_min_scale: float | None = None) -> SampleDecoder:
         """The loader's per-sample decoder with this processor's image preparation."""
         return SampleDecoder(self.transform(augment, color_jitter, crop_min_scale), self.max_pixels, self.fast_decode, seed)

@@ -76,7 +76,7 @@ class DataConfig:
     # training augmentation: a random horizontal flip (left/right words swapped with it) and colour jitter
     # (brightness, contrast, saturation by up to color_jitter; 0: flip only, which keeps the feature cache's hits)
     augment: bool = False
-    color_jitter: float = 0.2
+    color_jitter: float = 0.2  # ImageTransform.jitter (this module stays import-light)
     shuffle: bool = True  # shard order and a sample buffer, reseeded every pass (False: file order)
     shuffle_buffer: int = 1000
     samples_per_epoch: int | None = None  # global (all ranks); None = one pass over all training sources
