@@ -531,7 +531,26 @@ def test_gated_image_pooling_centroids_are_where_the_gated_cells_are():
         pool(query, image[None])
 
 
-@pytest.mark.parametrize("pooling", ["cls+gated", "cls+gated+centroids"])
+def test_token_center_pooling_reads_where_the_chosen_words_looked_in_cells():
+    """p_k = Σ_t softmax_t(w_k · h_t) c_t; features [p_1, p_2, p_1 - p_2] in cells; padding never chosen."""
+    from vlcoattn.models.modeling_vlcoattn import TokenCenterPooling
+
+    pool = TokenCenterPooling(4)
+    assert pool.extra_features == 6
+    hidden = torch.zeros(1, 4, 4)
+    hidden[0, 1, 0] = hidden[0, 2, 1] = hidden[0, 3, 0] = 50.0  # pool 0 picks tokens 1 and 3, pool 1 token 2
+    pool.score.weight.data = torch.eye(2, 4)
+    pool.score.bias.data.zero_()
+    centers = torch.tensor([[[0.5, 0.5], [0.25, 0.125], [0.75, 0.5], [0.0, 0.0]]])
+    mask = torch.tensor([[1, 1, 1, 0]])  # token 3 is padding
+    out = pool(hidden, centers, mask, grid_size=(8, 4))  # 8 rows, 4 columns: x in quarters, y in eighths
+    p1, p2 = torch.tensor([1.0, 1.0]), torch.tensor([3.0, 4.0])  # (0.25 * 4, 0.125 * 8), (0.75 * 4, 0.5 * 8)
+    torch.testing.assert_close(out[0], torch.cat([p1, p2, p1 - p2]), atol=1e-4, rtol=0)
+    out = pool(hidden, centers, None, grid_size=(8, 4))  # unmasked, token 3 shares pool 0 with token 1
+    torch.testing.assert_close(out[0, :2], torch.tensor([0.5, 0.5]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("pooling", ["cls+gated", "cls+gated+centroids", "cls+gated+tokens"])
 def test_vqa_pooling_cls_plus_gated_trains_every_parameter(pooling):
     torch.manual_seed(0)
     model = VLCoAttnForQuestionAnswering(tiny_config(answer_vocab=["yes", "no", "2"], vqa_pooling=pooling))

@@ -248,18 +248,21 @@ def _axis_value(obj: SceneObject, direction: str) -> float:
     return {"left": -cx, "right": cx, "above": -cy, "below": cy}[direction]
 
 
+def relation_margin(obj: SceneObject, anchor: SceneObject, direction: str) -> float:
+    """How far (px, signed) ``obj``'s box centre lies ``direction`` of ``anchor``'s along the relation's axis."""
+    return _axis_value(obj, direction) - _axis_value(anchor, direction)
+
+
 def relation_holds(obj: SceneObject, anchor: SceneObject, direction: str) -> bool:
     """``obj`` is ``direction`` of ``anchor`` (by box centres)."""
-    return _axis_value(obj, direction) > _axis_value(anchor, direction)
+    return relation_margin(obj, anchor, direction) > 0
 
 
 def _clear_margin(
     objects: Sequence[SceneObject], indices: Sequence[int], anchor: SceneObject, direction: str, margin: float
 ) -> bool:
     """No object in ``indices`` sits within ``margin`` px of the anchor along the relation's axis."""
-    return all(
-        abs(_axis_value(objects[j], direction) - _axis_value(anchor, direction)) >= margin for j in indices
-    )
+    return all(abs(relation_margin(objects[j], anchor, direction)) >= margin for j in indices)
 
 
 def resolve_reference(objects: Sequence[SceneObject], program: dict[str, Any]) -> list[int]:

@@ -14,7 +14,7 @@ from ..vision.backbone import check_backbone_name
 __all__ = ["VQA_LOSSES", "VQA_POOLINGS", "VLCoAttnConfig"]
 
 VQA_LOSSES = ("bce", "ce")
-VQA_POOLINGS = ("cls", "cls+gated", "cls+gated+centroids")
+VQA_POOLINGS = ("cls", "cls+gated", "cls+gated+centroids", "cls+gated+tokens")
 
 
 @strict
@@ -48,7 +48,8 @@ class VLCoAttnConfig(PreTrainedConfig):
     answer_vocab (`list[str]`): VQA answers (sets ``id2label``). vqa_loss: ``"bce"`` (soft scores, VQA
         v2) or ``"ce"`` (single answer). vqa_pooling: what the answer head reads: ``"cls"`` (the fused
         [CLS]), ``"cls+gated"`` (plus a question-gated sum over the image cells, which keeps counts;
-        see ``GatedImagePooling``) or ``"cls+gated+centroids"`` (plus where each gate head's cells are).
+        see ``GatedImagePooling``), ``"cls+gated+centroids"`` (plus where each gate head's cells are) or
+        ``"cls+gated+tokens"`` (plus where two question-chosen words looked; see ``TokenCenterPooling``).
     box_l1_weight / box_giou_weight: grounding loss weights (DETR/MDETR: 5 and 2).
     grounding_token_index (`int`): the text token whose prior gives the box (0 = [CLS]).
     center_from (`str`): where the Gaussian centers of fusion layers > 0 and the box's base center

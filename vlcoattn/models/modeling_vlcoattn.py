@@ -550,6 +550,46 @@ class GatedImagePooling(nn.Module):
         return torch.cat(features, dim=-1)
 
 
+class TokenCenterPooling(nn.Module):
+    """Where two question-chosen words looked, for the answer head (``vqa_pooling="cls+gated+tokens"``).
+
+    Each fused text token t has a last-layer attention centroid c_t (B, T, 2) (head mean, normalized). K
+    learned token pools pick words by their fused states h_t and read where those words looked:
+
+        α_k = softmax_t(w_k · h_t)   (padding masked),     p_k = Σ_t α_{k,t} c_t
+        features = [p_1 .. p_K, p_i - p_j (i < j)] · grid size    (in cells)
+
+    "Is the red square left of the blue circle?" is a comparison of two positions; errors of the answer
+    head read off the [CLS] grow as the two objects come within one feature cell (docs/results.md), while
+    a soft-argmax centroid has sub-cell precision. The answer loss reaches the chosen words' attention
+    logits through c_t, as the box loss reaches [CLS]'s. On CLEVR-lite it did not help: the pools settled
+    on one word and the anchor's word never learned where its object is (docs/results.md, session 18).
+    """
+
+    def __init__(self, d: int, num_pools: int = 2) -> None:
+        super().__init__()
+        self.num_pools = num_pools
+        self.score = nn.Linear(d, num_pools)
+
+    @property
+    def extra_features(self) -> int:
+        """Numbers appended: K positions (2K) and every pair's difference (K(K-1))."""
+        return 2 * self.num_pools + self.num_pools * (self.num_pools - 1)
+
+    def forward(self, hidden: torch.Tensor, centers: torch.Tensor, mask: torch.Tensor | None,
+                grid_size: tuple[int, int]) -> torch.Tensor:
+        """hidden (B, T, d), centers (B, T, 2) normalized (x, y), mask (B, T) 1 = real token, grid_size
+        (H, W) the cell units -> (B, extra_features)."""
+        scores = self.score(hidden)  # (B, T, K)
+        if mask is not None:
+            scores = scores.masked_fill(~mask.bool()[..., None], torch.finfo(scores.dtype).min)
+        alpha = scores.softmax(dim=1)  # (B, T, K)
+        p = alpha.transpose(1, 2) @ centers.to(alpha.dtype)  # (B, K, 2)
+        i, j = torch.triu_indices(self.num_pools, self.num_pools, offset=1)
+        cells = p.new_tensor([grid_size[1], grid_size[0]])  # (W, H): x and y in cells
+        return torch.cat([p, p[:, i] - p[:, j]], dim=1).mul(cells).flatten(1)  # (B, 2K + K(K-1))
+
+
 class BoxHead(MLP):  # torchvision's MLP: Linear -> ReLU -> ... -> Linear
     """One box from a token's base center c (B, 2) and its fused state h (B, d).
 
@@ -596,26 +636,35 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
             if not config.answer_vocab:
                 raise ValueError(f"{type(self).__name__} needs config.answer_vocab (the answer list)")
             self.num_answers = len(config.answer_vocab)
-            self.image_pooling = None
+            self.image_pooling = self.token_pooling = None
             if config.vqa_pooling != "cls":
                 centroids = config.vqa_pooling == "cls+gated+centroids"
                 self.image_pooling = GatedImagePooling(d, config.fusion_num_heads, centroids)
+            if config.vqa_pooling == "cls+gated+tokens":
+                self.token_pooling = TokenCenterPooling(d)
             d_in = d if self.image_pooling is None else 2 * d + self.image_pooling.extra_features
+            d_in += self.token_pooling.extra_features if self.token_pooling is not None else 0
             self.vqa_head = AnswerHead(d, self.num_answers, config.layer_norm_eps, float(config.fusion_dropout), d_in)
         if self.has_boxes:
             self.box_head = BoxHead(d)
         self.post_init()
 
-    def answer_features(self, out: VLCoAttnModelOutput) -> torch.Tensor:
+    def answer_features(self, out: VLCoAttnModelOutput, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """What the answer head reads: the fused [CLS] (B, d), with ``vqa_pooling="cls+gated[+centroids]"``
-        followed by the :class:`GatedImagePooling` of the image cells (B, d + N_h [+ 2 N_h])."""
+        followed by the :class:`GatedImagePooling` of the image cells (B, d + N_h [+ 2 N_h]), and with
+        ``"cls+gated+tokens"`` by the :class:`TokenCenterPooling` of the text tokens' centroids."""
         if self.image_pooling is None:
             return out.pooler_output
         image = torch.cat([v + p for v, p in zip(out.image_hidden_states, out.image_positions)], dim=1)
         cells = None
         if self.image_pooling.centroids:  # (S, 2): every level's cell centers, in the order of `image`
             cells = torch.cat([grid_coordinates(g, 1, image.dtype, image.device)[0, 0] for g in out.grid_sizes])
-        return torch.cat([out.pooler_output, self.image_pooling(out.pooler_output, image, cells)], dim=-1)
+        features = [out.pooler_output, self.image_pooling(out.pooler_output, image, cells)]
+        if self.token_pooling is not None:
+            finest = max(out.grid_sizes, key=lambda g: g[0] * g[1])
+            centers = out.attended_centers[-1].mean(dim=2)  # (B, T, 2): last layer, head mean
+            features.append(self.token_pooling(out.last_hidden_state, centers, attention_mask, finest))
+        return torch.cat(features, dim=-1)
 
     def vqa_loss(self, logits: torch.Tensor, labels: torch.Tensor, mask=None, num_items=None) -> torch.Tensor:
         """:func:`answer_loss` with ``config.vqa_loss``."""
@@ -668,7 +717,7 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         # every rank must produce a gradient for every parameter, whatever its batch holds.
         training = labels is not None or boxes is not None
         if self.has_answers:
-            result["logits"] = logits = self.vqa_head(self.answer_features(out))  # (B, A)
+            result["logits"] = logits = self.vqa_head(self.answer_features(out, attention_mask))  # (B, A)
             if labels is not None:
                 result["loss_vqa"] = self.vqa_loss(logits, labels, answer_mask, _num_items(num_items_in_batch, "vqa"))
             elif training:
