@@ -69,7 +69,8 @@ def correct(row: dict[str, Any]) -> float:
     return row["score"] if row["task"] == "vqa" else float(row["iou"] >= 0.5)
 
 
-def cell(scores: list[float]) -> str:
+def table_cell(scores: list[float]) -> str:
+    """The mean and, in brackets, how many: "0.822 (259)"; "–" for none."""
     return f"{sum(scores) / len(scores):.3f} ({len(scores)})" if scores else "–"
 
 
@@ -98,9 +99,9 @@ def main() -> None:
                     pair = "val" if split == "val" else involves_holdout_pair(record, holdout)
                     groups["pair", row["task"], pair].append(correct(row))
         for split in SPLITS:
-            gap_rows.append([run.name, split, *(cell(groups["gap", split, b]) for b in (*range(len(BUCKETS)), "all"))])
+            gap_rows.append([run.name, split, *(table_cell(groups["gap", split, b]) for b in (*range(len(BUCKETS)), "all"))])
         for task in ("vqa", "ground"):
-            pair_rows.append([run.name, task, *(cell(groups["pair", task, p]) for p in ("val", False, True))])
+            pair_rows.append([run.name, task, *(table_cell(groups["pair", task, p]) for p in ("val", False, True))])
     buckets = [f"{lo:g}–{hi:g} cells" if hi != float("inf") else f"≥ {lo:g} cells" for lo, hi in BUCKETS]
     tables = (
         f"`spatial` accuracy by the two objects' distance along the relation's axis, in cells of {args.cell:g} px "
