@@ -31,37 +31,39 @@ SPLITS = ("val", "test", "holdout")
 BUCKETS = ((0.0, 1.0), (1.0, 2.0), (2.0, float("inf")))  # in cells
 
 
-def scene_records(split_dir: Path, split: str) -> tuple[dict[str, dict[str, Any]], set[tuple[str, str]]]:
-    """Every sample's record by prediction key, and the hold-out (colour, shape) pairs, of one split."""
+def scene_records(split_dir: Path, split: str) -> tuple[dict[str, tuple[dict[str, Any], list[SceneObject]]],
+                                                       set[tuple[str, str]]]:
+    """Every sample's (record, its scene's objects) by prediction key, and the hold-out (colour, shape)
+    pairs, of one split."""
     options = json.loads((split_dir / "dataset.json").read_text())["options"]
     holdout = tuple(tuple(pair) for pair in options["holdout"])  # in its order: the scenes' RNG draws from it
     fields = SyntheticConfig.__dataclass_fields__
     config = SyntheticConfig(**{k: v for k, v in options.items() if k in fields and k != "holdout"}, holdout=holdout)
-    records = {f"{split}-{index:07d}-{suffix}": record
-               for index in range(options["scenes"])
-               for suffix, record in generate_scene(options["seed"], split, index, config).records}
+    records = {}
+    for index in range(options["scenes"]):
+        scene = generate_scene(options["seed"], split, index, config)
+        for suffix, record in scene.records:
+            records[f"{split}-{index:07d}-{suffix}"] = record, scene.objects
     return records, set(holdout)
 
 
-def spatial_gap(meta: dict[str, Any]) -> float:
+def spatial_gap(program: dict[str, Any], objects: list[SceneObject]) -> float:
     """|distance| (px) of a `spatial` question's two objects along the relation's axis."""
-    objects = [SceneObject(o["shape"], o["color"], o["size"], tuple(o["box"])) for o in meta["objects"]]
-    program = meta["program"]
     target, = (o for o in objects if o.matches(program["target"]))
     anchor, = (o for o in objects if o.matches(program["relation"]["anchor"]))
     return abs(relation_margin(target, anchor, program["relation"]["dir"]))
 
 
-def involves_holdout_pair(record: dict[str, Any], holdout: set[tuple[str, str]]) -> bool:
+def involves_holdout_pair(record: dict[str, Any], objects: list[SceneObject], holdout: set[tuple[str, str]]) -> bool:
     """The referred object (grounding), or an object a question's descriptions match (VQA), is a held-out pair."""
     meta = record["meta"]
     if record["task"] == "ground":
-        involved = [meta["objects"][meta["object"]]]
+        involved = [objects[meta["object"]]]
     else:
         program = meta["program"]
         descriptions = [program["target"], *([program["relation"]["anchor"]] if program.get("relation") else [])]
-        involved = [o for o in meta["objects"] if any(all(o[k] == v for k, v in d.items()) for d in descriptions)]
-    return any((o["color"], o["shape"]) in holdout for o in involved)
+        involved = [o for o in objects if any(o.matches(d) for d in descriptions)]
+    return any((o.color, o.shape) in holdout for o in involved)
 
 
 def correct(row: dict[str, Any]) -> float:
@@ -89,14 +91,14 @@ def main() -> None:
             records, holdout = data[split]
             for line in (run / "predictions" / f"{split}.jsonl").read_text().splitlines():
                 row = json.loads(line)
-                record = records[row["key"]]
+                record, objects = records[row["key"]]
                 if record["meta"].get("question_type") == "spatial":
-                    gap = spatial_gap(record["meta"]) / args.cell
+                    gap = spatial_gap(record["meta"]["program"], objects) / args.cell
                     bucket = next(i for i, (lo, hi) in enumerate(BUCKETS) if lo <= gap < hi)
                     groups["gap", split, bucket].append(row["score"])
                     groups["gap", split, "all"].append(row["score"])
                 if split != "test":
-                    pair = "val" if split == "val" else involves_holdout_pair(record, holdout)
+                    pair = "val" if split == "val" else involves_holdout_pair(record, objects, holdout)
                     groups["pair", row["task"], pair].append(correct(row))
         for split in SPLITS:
             gap_rows.append([run.name, split, *(table_cell(groups["gap", split, b]) for b in (*range(len(BUCKETS)), "all"))])
