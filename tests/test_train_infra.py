@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -26,6 +28,8 @@ from vlcoattn.train.checkpoint import (
     set_rng_state,
 )
 from vlcoattn.train.config import load_config, save_config
+
+from conftest import OFFLINE
 
 
 @dataclass
@@ -172,3 +176,32 @@ def test_build_once_per_node_refuses_a_build_that_wrote_no_marker(tmp_path):
 
     with pytest.raises(RuntimeError, match=r"wrote no config\.json"):
         build_once_per_node(tmp_path / "asset", "config.json", lambda out: out.mkdir())
+
+
+def test_the_tests_stay_offline_even_when_the_caller_enables_the_hub():
+    """conftest forces the offline switches over the caller's environment: with HF_HUB_OFFLINE=0 and
+    TRANSFORMERS_OFFLINE=0 set, a hub id still fails at once from the cache, without a network request."""
+    script = textwrap.dedent("""
+        import sys, time
+        sys.path.insert(0, "tests")
+        import conftest  # noqa: F401  (what pytest imports first)
+        import huggingface_hub.constants
+        from transformers import AutoTokenizer
+        assert huggingface_hub.constants.HF_HUB_OFFLINE is True, "hub online"
+        start = time.perf_counter()
+        try:
+            AutoTokenizer.from_pretrained("google-bert/bert-base-uncased", cache_dir=sys.argv[1])
+        except OSError as e:
+            print(f"{time.perf_counter() - start:.3f}", str(e).splitlines()[0])
+        else:
+            print("loaded from the hub")
+    """)
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in OFFLINE}
+    env.update(HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0", HF_DATASETS_OFFLINE="0", PYTHONPATH=str(root))
+    with tempfile.TemporaryDirectory() as cache:
+        proc = subprocess.run([sys.executable, "-c", script, cache], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    elapsed, message = proc.stdout.strip().split(" ", 1)
+    assert float(elapsed) < 2.0 and "couldn't find them in the cached files" in message, proc.stdout
