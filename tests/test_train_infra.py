@@ -29,8 +29,6 @@ from vlcoattn.train.checkpoint import (
 )
 from vlcoattn.train.config import load_config, save_config
 
-from conftest import OFFLINE
-
 
 @dataclass
 class Optim:
@@ -197,8 +195,8 @@ def test_the_tests_stay_offline_even_when_the_caller_enables_the_hub():
             print("loaded from the hub")
     """)
     root = Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if k not in OFFLINE}
-    env.update(HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0", HF_DATASETS_OFFLINE="0", PYTHONPATH=str(root))
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0",
+           "PYTHONPATH": str(root)}
     with tempfile.TemporaryDirectory() as cache:
         proc = subprocess.run([sys.executable, "-c", script, cache], cwd=root, env=env, capture_output=True,
                               text=True, timeout=300)
