@@ -513,6 +513,34 @@ def test_predict_jsonl_writes_one_line_per_row_in_order(predictors, images, tmp_
     _assert_same_prediction(lines[6], predictor.predict(sample_photo("astronaut"), "who is this?"))
 
 
+def test_grounding_pipeline_batches_give_the_single_results(models, predictors, tmp_path):
+    """pipeline("vlcoattn-grounding", batch_size=4) over 5 pairs (texts of different lengths, images of
+    different sizes): the model runs on batches of 4 and 1, and every box and heatmap equals the one of
+    that pair alone."""
+    from transformers import pipeline
+
+    shutil.copytree(models["ground"], tmp_path / "ground")
+    predictors("ground").processor.save_pretrained(tmp_path / "ground")
+    ground = pipeline("vlcoattn-grounding", model=str(tmp_path / "ground"))
+    items = [{"image": str(sample_photo(name)), "text": f"the {name} " + "on the left " * i}
+             for i, name in enumerate(PHOTOS)]
+    singles = [ground(item) for item in items]
+    forward, sizes = ground.model.forward, []
+
+    def counting_forward(*args, **kwargs):
+        sizes.append(len(kwargs["input_ids"]))
+        return forward(*args, **kwargs)
+
+    ground.model.forward = counting_forward
+    batched = ground(items, batch_size=4)
+    assert sizes == [4, 1]
+    for got, want in zip(batched, singles, strict=True):
+        assert got["box"] == pytest.approx(want["box"], abs=0.02)
+        assert want["heatmaps"] and [h["word"] for h in got["heatmaps"]] == [h["word"] for h in want["heatmaps"]]
+        for g, w in zip(got["heatmaps"], want["heatmaps"], strict=True):
+            torch.testing.assert_close(g["heatmap"], w["heatmap"], atol=1e-5, rtol=1e-4)
+
+
 # -------------------------------------------------------------------------------------- text only
 
 
