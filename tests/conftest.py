@@ -7,7 +7,10 @@ import os
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub access, ever
+# No hub access, ever, whatever the caller's environment says (set before anything imports huggingface_hub,
+# which reads them once): every asset the tests use ships with the package (vlcoattn.assets).
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+os.environ.update(OFFLINE)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -18,6 +21,11 @@ REAL_SENTENCES = [
     "What color is the large cube?",
     "Hello.",
 ]
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "matrix: a slow test the dependency matrix (.ci/matrix) runs too: DDP, FSDP, resume")
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,22 @@ def assert_cached_generation_exact(lm, input_ids, attention_mask, max_new_tokens
         torch.testing.assert_close(step_logits, full.logits[:, -1], atol=atol, rtol=atol)
 
 
+def reference_beam_search(lm, prompt: torch.Tensor, num_beams: int, max_new_tokens: int) -> list[int]:
+    """Beam search written out, for a (1, T) prompt and no end token: every step, each beam's full forward
+    (no KV cache) scores all next tokens, and the ``num_beams`` best sums of log-probabilities go on.
+    All beams are equally long, so no length penalty changes the ranking. Returns the best beam's new
+    tokens."""
+    seqs, scores = prompt, torch.zeros(1, dtype=torch.float64)
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logp = lm(seqs, use_cache=False).logits[:, -1].double().log_softmax(-1)  # (beams, vocab)
+        total = (scores[:, None] + logp).flatten()
+        best = total.topk(num_beams).indices
+        seqs = torch.cat([seqs[best // logp.shape[1]], (best % logp.shape[1])[:, None]], 1)
+        scores = total[best]
+    return seqs[0, prompt.shape[1]:].tolist()
+
+
 # a tiny VLCoAttn model (random CooBERT + timm test backbone) and its inputs
 VOCAB = 32
 

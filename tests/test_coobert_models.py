@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
@@ -23,7 +24,7 @@ from vlcoattn import (
 )
 from vlcoattn.text import CACHE_FIELD, output_cache
 
-from helpers import assert_cached_generation_exact
+from helpers import assert_cached_generation_exact, reference_beam_search
 
 V = 97
 
@@ -122,9 +123,20 @@ def test_generate_cached_logits_equal_a_full_forward_at_every_step(lm):
     assert_cached_generation_exact(lm, ids, mask, max_new_tokens=8)
 
 
-def test_the_cache_is_returned_under_the_installed_name_and_both_names_at_once_are_refused(lm):
-    out = lm(torch.randint(4, V, (1, 3)), use_cache=True)
-    assert getattr(out, CACHE_FIELD) is not None and output_cache(out) is getattr(out, CACHE_FIELD)
+def test_the_returned_cache_holds_every_layer_and_position_and_continues_like_a_full_forward(lm):
+    """The cache comes back under the field the installed transformers declares (``generate()`` reads it
+    there), holds every layer's keys and values for every position so far, and decoding the next token
+    with it gives the full forward's logits; both names at once are refused."""
+    ids = torch.randint(4, V, (2, 4))
+    out = lm(ids[:, :3], use_cache=True)
+    assert CACHE_FIELD in out  # a ModelOutput holds its set fields only
+    cache = output_cache(out)
+    assert len(cache.layers) == lm.config.num_hidden_layers
+    assert all(layer.keys.shape[-2] == layer.values.shape[-2] == 3 for layer in cache.layers)
+    step = lm(ids[:, 3:], use_cache=True, **{CACHE_FIELD: cache})
+    full = lm(ids, use_cache=False).logits
+    torch.testing.assert_close(step.logits[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
+    assert all(layer.keys.shape[-2] == 4 for layer in output_cache(step).layers)
     with pytest.raises(ValueError, match="not both"):
         lm(torch.randint(4, V, (1, 1)), cache=output_cache(out), past_key_values=output_cache(out))
 
@@ -150,7 +162,9 @@ def test_generate_sampling_and_beam_search(lm):
     torch.testing.assert_close(s1, s2)
     beams = lm.generate(prompt, num_beams=3, do_sample=False, use_cache=True, **kw)
     torch.testing.assert_close(beams, lm.generate(prompt, num_beams=3, do_sample=False, use_cache=False, **kw))
+    assert beams[0, 4:].tolist() == reference_beam_search(lm, prompt, num_beams=3, max_new_tokens=6)
     greedy = lm.generate(prompt, do_sample=False, **kw)
+    assert not torch.equal(beams, greedy)  # this prompt's best beam is not the greedy path
     torch.testing.assert_close(lm.generate(prompt, num_beams=1, do_sample=False, **kw), greedy)
 
 
@@ -187,11 +201,29 @@ def test_save_load_roundtrip_through_auto_classes(tmp_path, cls, auto):
         assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
 
 
-def test_sequence_classification_losses():
-    model = CooBertForSequenceClassification(tiny_config(num_labels=3)).eval()
+LOSS_CASES = {
+    "single_label_classification": (3, torch.tensor([0, 1, 2, 1]), F.cross_entropy),
+    "regression": (1, torch.tensor([0.5, -1.0, 2.0, 0.0]), lambda logits, y: F.mse_loss(logits.squeeze(-1), y)),
+    "multi_label_classification": (3, torch.tensor([[1.0, 0, 1], [0, 0, 0], [0, 1, 1], [1, 1, 1]]),
+                                   F.binary_cross_entropy_with_logits),
+}
+
+
+@pytest.mark.parametrize("problem", list(LOSS_CASES))
+def test_sequence_classification_losses_equal_torch_s_on_the_logits(problem):
+    """The problem type is inferred from the labels as BERT infers it (one label: regression; integer
+    labels: single label; float multi-hot: multi label) and the loss is torch's on the returned logits;
+    with ``num_items_in_batch`` the single-label loss is the summed cross-entropy over that count."""
+    num_labels, labels, reference = LOSS_CASES[problem]
+    torch.manual_seed(0)
+    model = randomize(CooBertForSequenceClassification(tiny_config(num_labels=num_labels)))
     ids = torch.randint(4, V, (4, 6))
-    out = model(ids, labels=torch.tensor([0, 1, 2, 1]))
-    assert out.loss.ndim == 0 and out.logits.shape == (4, 3)
+    out = model(ids, labels=labels)
+    assert model.config.problem_type == problem and out.logits.shape == (4, num_labels)
+    torch.testing.assert_close(out.loss, reference(out.logits, labels))
+    if problem == "single_label_classification":
+        summed = F.cross_entropy(out.logits, labels, reduction="sum")
+        torch.testing.assert_close(model(ids, labels=labels, num_items_in_batch=10).loss, summed / 10)
     out.loss.backward()
     assert model.coobert.encoder.layer[0].attention.self.mixing.grad.abs().sum() > 0
 

@@ -84,6 +84,8 @@ def models(tmp_path_factory):
         "ground_noprior": VLCoAttnForGrounding(vl_config(V, spatial_prior="none")),
         "multi": VLCoAttnForMultitask(vl_config(V, answer_vocab=ANSWERS, image_size=[96, 64])),
         "cls": CooBertForSequenceClassification(text_config(V, num_labels=3, id2label=LABELS)),
+        "cls_multi": CooBertForSequenceClassification(text_config(V, num_labels=3, id2label=LABELS,
+                                                                  problem_type="multi_label_classification")),
         "lm": CooBertForCausalLM(text_config(V, max_position_embeddings=64)),
     }
     dirs = {}
@@ -160,16 +162,34 @@ def images(tmp_path_factory):
     return files
 
 
-def _inside(box, size) -> bool:
-    x0, y0, x1, y1 = box
-    W, H = size
-    return 0 <= x0 <= x1 <= W and 0 <= y0 <= y1 <= H
+def _expected_box(predictor: Predictor, image: Path, text: str) -> list[float]:
+    """The box a prediction must give, worked out here: the model's normalized (cx, cy, w, h) on the
+    canvas, mapped back through the centred aspect-preserving fit of the image into the canvas (the
+    canvas is the pixel tensor's size), then clipped to the image."""
+    with Image.open(image) as im:
+        W, H = im.size
+    inputs = predictor.processor(images=image, text=text)
+    with torch.no_grad():
+        out = predictor.model(inputs["input_ids"], inputs["pixel_values"], attention_mask=inputs["attention_mask"])
+    cx, cy, w, h = out.pred_boxes[0].double().tolist()
+    ch, cw = inputs["pixel_values"].shape[-2:]
+    scale = min(cw / W, ch / H)
+    new_w, new_h = max(1, round(W * scale)), max(1, round(H * scale))
+    pad_x, pad_y = (cw - new_w) // 2, (ch - new_h) // 2
+
+    def x(v: float) -> float:
+        return min(max((v * cw - pad_x) * W / new_w, 0.0), W)
+
+    def y(v: float) -> float:
+        return min(max((v * ch - pad_y) * H / new_h, 0.0), H)
+
+    return [x(cx - w / 2), y(cy - h / 2), x(cx + w / 2), y(cy + h / 2)]
 
 
 # ------------------------------------------------------------------------------------ predictions
 
 
-def test_real_photos_give_json_boxes_inside_the_image_and_a_png(predictors, tmp_path):
+def test_real_photos_give_json_boxes_in_image_pixels_and_a_png(predictors, tmp_path):
     predictor = predictors("ground")
     for name in PHOTOS:
         path = sample_photo(name)
@@ -177,7 +197,8 @@ def test_real_photos_give_json_boxes_inside_the_image_and_a_png(predictors, tmp_
         again = json.loads(json.dumps(pred))  # valid JSON
         W, H = Image.open(path).size
         assert again["image_size"] == [W, H] and again["task"] == "ground"
-        assert _inside(again["box"], (W, H)), (name, again["box"])
+        text = f"the {name} in the middle of the picture"
+        assert again["box"] == pytest.approx(_expected_box(predictor, path, text), abs=0.01), name
         assert set(again["timing_ms"]) == {"preprocess", "model", "postprocess", "total"}
         assert again["tokens"][0]["token"] == "[CLS]" and again["tokens"][0]["special"]
         words = [t["word"] for t in again["tokens"] if not t["special"]]
@@ -243,7 +264,8 @@ def test_multitask_model_gives_answers_and_a_box_or_either_on_request(predictors
     predictor = predictors("multi")
     photo = sample_photo("china")
     both = predictor.predict(photo, "the temple on the left")
-    assert both["task"] == "vqa+ground" and len(both["answers"]) == 5 and _inside(both["box"], both["image_size"])
+    assert both["task"] == "vqa+ground" and len(both["answers"]) == 5
+    assert both["box"] == pytest.approx(_expected_box(predictor, photo, "the temple on the left"), abs=0.01)
     vqa = predictor.predict(photo, "the temple on the left", task="vqa")
     assert vqa["task"] == "vqa" and "box" not in vqa and vqa["answers"] == both["answers"]
     ground = predictor.predict(photo, "the temple on the left", task="ground")
@@ -304,11 +326,12 @@ def test_exif_rotated_copy_gives_the_upright_box(predictors, tmp_path, orientati
                                   "wide.jpg"])
 def test_exotic_images_work(predictors, images, tmp_path, name):
     path = images[name]
-    pred = predictors("ground").predict(path, "the cat")
+    predictor = predictors("ground")
+    pred = predictor.predict(path, "the cat")
     with Image.open(path) as im:
         size = im.size
     assert pred["image_size"] == list(size)
-    assert _inside(pred["box"], size)
+    assert pred["box"] == pytest.approx(_expected_box(predictor, path, "the cat"), abs=0.01)
     out = draw_prediction(path, pred, tmp_path / "viz.png")
     with Image.open(out) as png:
         assert png.size[0] >= 300 and png.size[1] >= 150
@@ -374,8 +397,9 @@ def test_empty_text_and_wrong_tasks_are_clear_errors(predictors):
 
 def test_spatial_prior_none_omits_centers_gracefully(predictors, tmp_path):
     photo = sample_photo("coffee")
-    pred = predictors("ground_noprior").predict(photo, "the cup")
-    assert _inside(pred["box"], pred["image_size"])
+    predictor = predictors("ground_noprior")
+    pred = predictor.predict(photo, "the cup")
+    assert pred["box"] == pytest.approx(_expected_box(predictor, photo, "the cup"), abs=0.01)
     assert [set(t) for t in pred["tokens"]][1] == {"index", "token", "special", "word", "word_index"}
     out = draw_prediction(photo, pred, tmp_path / "noprior.png", words=["cup"])
     assert Image.open(out).size[0] > 200
@@ -489,6 +513,34 @@ def test_predict_jsonl_writes_one_line_per_row_in_order(predictors, images, tmp_
     _assert_same_prediction(lines[6], predictor.predict(sample_photo("astronaut"), "who is this?"))
 
 
+def test_grounding_pipeline_batches_give_the_single_results(models, predictors, tmp_path):
+    """pipeline("vlcoattn-grounding", batch_size=4) over 5 pairs (texts of different lengths, images of
+    different sizes): the model runs on batches of 4 and 1, and every box and heatmap equals the one of
+    that pair alone."""
+    from transformers import pipeline
+
+    shutil.copytree(models["ground"], tmp_path / "ground")
+    predictors("ground").processor.save_pretrained(tmp_path / "ground")
+    ground = pipeline("vlcoattn-grounding", model=str(tmp_path / "ground"))
+    items = [{"image": str(sample_photo(name)), "text": f"the {name} " + "on the left " * i}
+             for i, name in enumerate(PHOTOS)]
+    singles = [ground(item) for item in items]
+    forward, sizes = ground.model.forward, []
+
+    def counting_forward(*args, **kwargs):
+        sizes.append(len(kwargs["input_ids"]))
+        return forward(*args, **kwargs)
+
+    ground.model.forward = counting_forward
+    batched = ground(items, batch_size=4)
+    assert sizes == [4, 1]
+    for got, want in zip(batched, singles, strict=True):
+        assert got["box"] == pytest.approx(want["box"], abs=0.02)
+        assert want["heatmaps"] and [h["word"] for h in got["heatmaps"]] == [h["word"] for h in want["heatmaps"]]
+        for g, w in zip(got["heatmaps"], want["heatmaps"], strict=True):
+            torch.testing.assert_close(g["heatmap"], w["heatmap"], atol=1e-5, rtol=1e-4)
+
+
 # -------------------------------------------------------------------------------------- text only
 
 
@@ -512,6 +564,20 @@ def test_classify_gives_a_label_and_probabilities(predictors):
         predictor.resolve_task("vqa")
 
 
+def test_multi_label_classify_gives_independent_sigmoid_probabilities(predictors):
+    """A ``multi_label_classification`` model: each label's probability is the sigmoid of its own logit
+    (they need not sum to 1), the label is the most probable one, and a batch gives the single calls."""
+    predictor = predictors("cls_multi")
+    texts = ["Shares in the company rose after strong quarterly results.", "The match ended in a draw."]
+    with torch.no_grad():
+        logits = predictor.model(**predictor.tokenizer(texts, padding=True, return_tensors="pt")).logits
+    for text, pred, row in zip(texts, predictor.classify_batch(texts, top_k=3), logits, strict=True):
+        probs = {p["label"]: p["probability"] for p in pred["probabilities"]}
+        assert [probs[LABELS[i]] for i in range(3)] == pytest.approx(row.sigmoid().tolist(), abs=1e-5)
+        assert pred["label"] == LABELS[int(row.argmax())] and sum(probs.values()) != pytest.approx(1.0, abs=1e-3)
+        assert pred["probabilities"] == predictor.classify(text, top_k=3)["probabilities"]
+
+
 def test_generate_greedy_is_reproducible_and_beams_and_sampling_work(predictors):
     predictor = predictors("lm")
     first = predictor.generate("the market opened", max_new_tokens=6)
@@ -523,8 +589,13 @@ def test_generate_greedy_is_reproducible_and_beams_and_sampling_work(predictors)
     ref = predictor.model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id,
                                    eos_token_id=tok.sep_token_id)
     assert first["token_ids"] == ref[0, ids.shape[1]:].tolist()
-    beams = predictor.generate("the market opened", max_new_tokens=6, num_beams=3)
-    assert 1 <= len(beams["token_ids"]) <= 6
+    # beam search: transformers' own for the same prompt, and not the greedy path for this prompt
+    prompt = "the cat sat on"
+    beams = predictor.generate(prompt, max_new_tokens=6, num_beams=3)
+    ids = tok(prompt, return_tensors="pt")["input_ids"][:, :-1]
+    ref = predictor.model.generate(ids, max_new_tokens=6, num_beams=3, do_sample=False, pad_token_id=tok.pad_token_id,
+                                   eos_token_id=tok.sep_token_id)
+    assert beams["token_ids"] == ref[0, ids.shape[1]:].tolist() != predictor.generate(prompt, max_new_tokens=6)["token_ids"]
     s1 = predictor.generate("the market", max_new_tokens=5, temperature=0.9, top_k=20, seed=3)
     s2 = predictor.generate("the market", max_new_tokens=5, temperature=0.9, top_k=20, seed=3)
     assert s1["token_ids"] == s2["token_ids"]
@@ -587,8 +658,9 @@ def test_cli_classify_and_generate(cli, models, capsys, tmp_path):
     argv = ("--model", models["lm"], "--task", "generate", "--prompt", "the market", "--max-new-tokens", "4")
     assert cli(*argv) == 0
     first = json.loads(capsys.readouterr().out)
-    assert cli(*argv, "--num-beams", "2") == 0
-    assert len(json.loads(capsys.readouterr().out)["token_ids"]) <= 4
+    assert cli(*argv, "--num-beams", "3") == 0
+    beams = Predictor.from_pretrained(models["lm"]).generate("the market", max_new_tokens=4, num_beams=3)
+    assert json.loads(capsys.readouterr().out)["token_ids"] == beams["token_ids"] != first["token_ids"]
     assert cli(*argv) == 0
     assert json.loads(capsys.readouterr().out)["token_ids"] == first["token_ids"]
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
 import subprocess
 import sys
+import tempfile
 import textwrap
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,27 +142,41 @@ def test_rng_state_roundtrip_through_a_checkpoint(tmp_path):
     torch.testing.assert_close(got[2], expected[2])
 
 
-def _build_counting(dst: str, log: str) -> None:
-    from vlcoattn.train.distributed import build_once_per_node
+def _build_counting(dst: str, log: str, arrived, processes: int) -> None:
+    """One process of a node: builds ``dst`` only if it takes the lock first. The builder waits, inside
+    the lock, until every process has found ``dst`` missing and gone for the lock (each signals
+    ``arrived`` just before taking it), so all of them really contend, without relying on timing."""
+    from filelock import FileLock
+
+    from vlcoattn.train import distributed
+
+    class SignallingLock(FileLock):
+        def __enter__(self):
+            arrived.release()
+            return super().__enter__()
+
+    distributed.FileLock = SignallingLock
 
     def build(out: Path) -> None:
         with open(log, "a") as f:
             f.write("built\n")
-        time.sleep(0.3)  # long enough for the other processes to queue on the lock
+        for _ in range(processes):  # every process, this one included, is at the lock
+            assert arrived.acquire(timeout=120), "a process never reached the lock"
         out.mkdir()
         (out / "config.json").write_text("{}")
 
-    build_once_per_node(Path(dst), "config.json", build)
+    distributed.build_once_per_node(Path(dst), "config.json", build)
 
 
 def test_build_once_per_node_builds_once_for_all_processes_of_a_node(tmp_path):
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_build_counting, args=(str(tmp_path / "asset"), str(tmp_path / "log")))
+    arrived = ctx.Semaphore(0)
+    procs = [ctx.Process(target=_build_counting, args=(str(tmp_path / "asset"), str(tmp_path / "log"), arrived, 3))
              for _ in range(3)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
+        p.join(180)
     assert [p.exitcode for p in procs] == [0, 0, 0]
     assert (tmp_path / "log").read_text() == "built\n" and (tmp_path / "asset" / "config.json").is_file()
     assert not list(tmp_path.glob(".tmp-*"))
@@ -172,3 +187,32 @@ def test_build_once_per_node_refuses_a_build_that_wrote_no_marker(tmp_path):
 
     with pytest.raises(RuntimeError, match=r"wrote no config\.json"):
         build_once_per_node(tmp_path / "asset", "config.json", lambda out: out.mkdir())
+
+
+def test_the_tests_stay_offline_even_when_the_caller_enables_the_hub():
+    """conftest forces the offline switches over the caller's environment: with HF_HUB_OFFLINE=0 and
+    TRANSFORMERS_OFFLINE=0 set, a hub id still fails at once from the cache, without a network request."""
+    script = textwrap.dedent("""
+        import sys, time
+        sys.path.insert(0, "tests")
+        import conftest  # noqa: F401  (what pytest imports first)
+        import huggingface_hub.constants
+        from transformers import AutoTokenizer
+        assert huggingface_hub.constants.HF_HUB_OFFLINE is True, "hub online"
+        start = time.perf_counter()
+        try:
+            AutoTokenizer.from_pretrained("google-bert/bert-base-uncased", cache_dir=sys.argv[1])
+        except OSError as e:
+            print(f"{time.perf_counter() - start:.3f}", str(e).splitlines()[0])
+        else:
+            print("loaded from the hub")
+    """)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0",
+           "PYTHONPATH": str(root)}
+    with tempfile.TemporaryDirectory() as cache:
+        proc = subprocess.run([sys.executable, "-c", script, cache], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    elapsed, message = proc.stdout.strip().split(" ", 1)
+    assert float(elapsed) < 2.0 and "couldn't find them in the cached files" in message, proc.stdout

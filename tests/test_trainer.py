@@ -60,6 +60,10 @@ def assets(tmp_path_factory, minilm_tokenizer):
     return {"root": root, "text": text, "data": data}
 
 
+# the tiny model without dropout (each rank, or each micro-batch shape, would draw other dropout masks)
+NO_DROPOUT = {"fusion_num_layers": 1, "backbone_out_indices": [-2], "fusion_dropout": 0.0, "fusion_attention_dropout": 0.0}
+
+
 def base_config(assets, run_dir, **over) -> dict:
     """A tiny vqa+ground job: LayerNorm-only backbone (convnext_atto; BatchNorm statistics would differ
     between a 2-rank and a 1-rank batch), one fusion layer."""
@@ -97,6 +101,34 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
     assert a.keys() == b.keys()
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst <= atol, f"max parameter difference {worst:.3g} > {atol}"
+
+
+def optimizer_groups(ckpt: Path, scratch: Path) -> list[tuple[dict, list[dict[str, torch.Tensor]]]]:
+    """A checkpoint's AdamW state as (hyper-parameters, each parameter's state in the group's order) per
+    group: from trainer.pt (parameters by integer id) or, for a sharded checkpoint, from its DCP dir
+    gathered into one file (parameters by name)."""
+    if (ckpt / "sharded").is_dir():
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        dcp_to_torch_save(str(ckpt / "sharded"), str(scratch / f"{ckpt.name}-gathered.pt"))
+        optim = torch.load(scratch / f"{ckpt.name}-gathered.pt", weights_only=True)["optimizer"]
+    else:
+        optim = torch.load(ckpt / "trainer.pt", weights_only=True)["optimizer"]
+    hyper = ("lr", "initial_lr", "weight_decay", "eps")
+    return [({k: g[k] for k in hyper} | {"betas": tuple(g["betas"])}, [optim["state"][p] for p in g["params"]])
+            for g in optim["param_groups"]]
+
+
+def assert_same_checkpoint_state(a: Path, b: Path, scratch: Path) -> None:
+    """Checkpoints ``a`` and ``b`` hold the same weights and optimizer state, bit for bit."""
+    assert_same_weights(weights(a, "model"), weights(b, "model"), atol=0.0)
+    groups_a, groups_b = optimizer_groups(a, scratch), optimizer_groups(b, scratch)
+    assert [h for h, _ in groups_a] == [h for h, _ in groups_b] and len(groups_a) > 1
+    for (_, states_a), (_, states_b) in zip(groups_a, groups_b, strict=True):
+        assert len(states_a) == len(states_b)
+        for x, y in zip(states_a, states_b):
+            assert x.keys() == y.keys() == {"step", "exp_avg", "exp_avg_sq"}
+            assert all(torch.equal(x[k], y[k]) for k in x)
 
 
 def run_tool(args: list[str], timeout: int = 600, **kw) -> subprocess.CompletedProcess:
@@ -148,11 +180,10 @@ def rank_major_copy(src: Path, dst: Path, batch: int, world: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.matrix
 def test_torchrun_two_ranks_equals_one_process_with_the_doubled_batch(assets, tmp_path):
     # no shuffling, no dropout (each rank draws its own dropout masks)
-    shuffled_off = {"data.shuffle": False, "data.val": [], "train.steps": 3, "model.config": {
-        "fusion_num_layers": 1, "backbone_out_indices": [-2], "fusion_dropout": 0.0,
-        "fusion_attention_dropout": 0.0}}
+    shuffled_off = {"data.shuffle": False, "data.val": [], "train.steps": 3, "model.config": NO_DROPOUT}
     single = base_config(assets, tmp_path / "single", **shuffled_off, **{"data.batch_size": 8})
     train(job_of(single, tmp_path))
 
@@ -189,9 +220,7 @@ def test_torchrun_over_two_single_task_sources_mixes_them_resumes_exactly_and_eq
     per step), a run resumed from its step-2 checkpoint ends equal to the straight one, and the 2-rank run
     equals one process with the doubled batch fed the same samples (the two ranks' batches, step by step)."""
     steps, sources = 4, [{"source": str(single_task_dirs[t]), "weight": 1.0} for t in ("vqa", "ground")]
-    no_dropout = {"fusion_num_layers": 1, "backbone_out_indices": [-2], "fusion_dropout": 0.0,
-                  "fusion_attention_dropout": 0.0}
-    over = {"data.train": sources, "data.val": [], "train.steps": steps, "train.save_every": 2, "model.config": no_dropout}
+    over = {"data.train": sources, "data.val": [], "train.steps": steps, "train.save_every": 2, "model.config": NO_DROPOUT}
     ddp = base_config(assets, tmp_path / "ddp", **over)
     cfg = write_config(ddp, tmp_path / "ddp.yaml")
     proc = torchrun(["--config", str(cfg)])
@@ -222,10 +251,12 @@ def test_torchrun_over_two_single_task_sources_mixes_them_resumes_exactly_and_eq
 
 
 @pytest.mark.slow
+@pytest.mark.matrix
 def test_fsdp_equals_ddp_evaluates_in_lockstep_and_resumes_exactly_from_its_sharded_checkpoint(assets, tmp_path):
     """run.parallel=fsdp (FSDP2 fully_shard, 2 gloo ranks): after 3 steps the parameters and the val metrics
     equal DDP's (the eval batch size gives rank 0 one batch more than rank 1, so the sharded forwards must
-    run in lockstep); step 2's sharded (DCP) checkpoint resumes to the uninterrupted run's weights."""
+    run in lockstep) and both score every val sample exactly once; step 2's sharded (DCP) checkpoint
+    resumes to the uninterrupted run's weights on 2 ranks, and to its exact state in one process."""
     val = sum(s.samples for s in resolve_shards([str(assets["data"] / "val")])[0])
     common = {"data.shuffle": False, "data.eval_batch_size": val // 2 - (val % 2 == 0), "train.steps": 3,
               "model.config": {"fusion_num_layers": 1, "backbone_out_indices": [-2], "fusion_dropout": 0.0,
@@ -238,6 +269,10 @@ def test_fsdp_equals_ddp_evaluates_in_lockstep_and_resumes_exactly_from_its_shar
     assert_same_weights(weights(tmp_path / "ddp"), weights(tmp_path / "fsdp"), atol=2e-5)
     final = {name: json.loads((tmp_path / name / "final_metrics.json").read_text())["val"] for name in ("ddp", "fsdp")}
     assert final["fsdp"] == pytest.approx(final["ddp"], rel=1e-4, abs=1e-5)
+    val_keys = sorted(r["__key__"] for r in raw_samples(assets["data"] / "val")[0])
+    for name in ("ddp", "fsdp"):  # the two ranks' unequal shares of val: every sample scored exactly once
+        rows = (tmp_path / name / "predictions" / "val.jsonl").read_text().splitlines()
+        assert sorted(json.loads(row)["key"] for row in rows) == val_keys, name
 
     step2 = tmp_path / "fsdp" / "checkpoints" / "step-00000002"
     assert (step2 / "sharded").is_dir() and (step2 / "model" / "model.safetensors").is_file()
@@ -247,11 +282,18 @@ def test_fsdp_equals_ddp_evaluates_in_lockstep_and_resumes_exactly_from_its_shar
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_weights(weights(tmp_path / "fsdp"), weights(tmp_path / "resumed"), atol=1e-6)
 
+    # another world size: one process (unsharded) resumes the 2-rank shards, and the checkpoint it writes
+    # at that same step holds the sharded checkpoint's weights and optimizer state
+    one = base_config(assets, tmp_path / "one", **{**common, "data.val": [], "train.steps": 2})
+    train(job_of(one, tmp_path), resume=str(step2))
+    assert_same_checkpoint_state(step2, tmp_path / "one" / "checkpoints" / "step-00000002", tmp_path)
+
 
 @pytest.mark.slow
 def test_a_one_rank_checkpoint_continues_on_two_ranks(assets, tmp_path):
     """torchrun elastic: a job checkpointed by one process resumes on two (model, optimizer, schedule and
-    step restored; the data stream continues from the global sample count)."""
+    step restored: the weights and optimizer state at resume are the checkpoint's, bit for bit; the data
+    stream continues from the global sample count). FSDP refuses that checkpoint with one clear error."""
     over = {"data.val": [], "train.steps": 4, "train.save_every": 2}
     train(job_of(base_config(assets, tmp_path / "one", **over), tmp_path))
     cfg = write_config(base_config(assets, tmp_path / "two", **over), tmp_path / "two.yaml")
@@ -264,6 +306,23 @@ def test_a_one_rank_checkpoint_continues_on_two_ranks(assets, tmp_path):
     assert [log[s]["lr"] for s in (3, 4)] == pytest.approx([straight[s]["lr"] for s in (3, 4)])  # schedule went on
     assert all(log[s]["epoch"] >= straight[2]["epoch"] for s in (3, 4))
     assert (tmp_path / "two" / "final" / "model.safetensors").is_file()
+
+    # what the two ranks hold at resume: run to the checkpoint's own step, the checkpoint they write there
+    # has the one-process checkpoint's weights and optimizer state
+    step2 = tmp_path / "one" / "checkpoints" / "step-00000002"
+    at_resume = write_config(base_config(assets, tmp_path / "at-resume", **{**over, "train.steps": 2}),
+                             tmp_path / "at-resume.yaml")
+    proc = torchrun(["--config", str(at_resume), "--resume", str(step2)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_checkpoint_state(step2, tmp_path / "at-resume" / "checkpoints" / "step-00000002", tmp_path)
+
+    # FSDP cannot take a replicated checkpoint (its optimizer state is not sharded): one clear error
+    fsdp = write_config(base_config(assets, tmp_path / "fsdp", **over, **{"run.parallel": "fsdp"}),
+                        tmp_path / "fsdp.yaml")
+    proc = torchrun(["--config", str(fsdp), "--resume", str(step2)])
+    assert proc.returncode != 0 and not (tmp_path / "fsdp" / "final").exists()
+    assert (f"train.py: error: {step2} was written with run.parallel=ddp (its optimizer state is not sharded); "
+            "resume it with run.parallel=ddp") in proc.stderr, proc.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -305,20 +364,19 @@ def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: flo
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [pytest.param(0, marks=pytest.mark.matrix), 2])
 def test_sigterm_then_resume_latest_equals_the_uninterrupted_run(assets, tmp_path, workers):
     """Dropout on, shuffling on, several loader workers: only an exact restore of the model, optimizer,
     scheduler, RNG and every worker's data position can reproduce the straight run. With workers the
     signal goes to the whole process group, as a Ctrl-C or a scheduler sends it: the workers must leave
-    it to the trainer."""
-    steps = 8
-    over = {"data.num_workers": workers, "data.val": [], "train.steps": steps, "train.save_every": 0}
-    straight = base_config(assets, tmp_path / "straight", **over)
-    train(job_of(straight, tmp_path))
-
-    cut = base_config(assets, tmp_path / "cut", **over)
-    cfg_path = tmp_path / "cut.yaml"
-    cfg_path.write_text(yaml.safe_dump(cut))
+    it to the trainer. The interrupted run is given far more steps than it can take, so the signal (sent
+    once metrics.jsonl shows step 2) always finds it training; it is resumed for 3 more steps than it
+    stopped at, and the straight run takes as many. The schedule is constant after its warmup, so a step's
+    LR does not depend on the run's length (and the warmup makes a lost scheduler state show)."""
+    over = {"data.num_workers": workers, "data.val": [], "train.save_every": 0, "optim.schedule": "constant",
+            "optim.lr": 5e-3, "optim.warmup_steps": 20}
+    cut = base_config(assets, tmp_path / "cut", **over, **{"train.steps": 1_000_000})
+    cfg_path = write_config(cut, tmp_path / "cut.yaml")
     proc = subprocess.Popen([sys.executable, "tools/train.py", "--config", str(cfg_path)], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     wait_for_step(tmp_path / "cut", 2, proc)
@@ -330,11 +388,12 @@ def test_sigterm_then_resume_latest_equals_the_uninterrupted_run(assets, tmp_pat
     assert proc.returncode == 0, err[-2000:]
     assert "stopped by a signal at step" in err
     stopped_at = int(err.split("stopped by a signal at step ")[1].split(";")[0])
-    assert 2 <= stopped_at < steps, "the signal arrived after training had finished; make the run longer"
-    assert not (tmp_path / "cut" / "final").exists()
+    assert stopped_at >= 2 and not (tmp_path / "cut" / "final").exists()
 
-    proc = run_tool(["tools/train.py", "--config", str(cfg_path), "--resume", "latest"])
+    steps = stopped_at + 3
+    proc = run_tool(["tools/train.py", "--config", str(cfg_path), "--resume", "latest", f"train.steps={steps}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    train(job_of(base_config(assets, tmp_path / "straight", **over, **{"train.steps": steps}), tmp_path))
     assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "cut"), atol=1e-6)
     losses = {m["step"]: m["loss"] for m in read_metrics(tmp_path / "cut" / "metrics.jsonl") if m["split"] == "train"}
     want = {m["step"]: m["loss"] for m in read_metrics(tmp_path / "straight" / "metrics.jsonl") if m["split"] == "train"}
@@ -493,6 +552,23 @@ def test_reduced_precision_trains_on_cpu_near_fp32(assets, tmp_path, precision):
     assert low[0] == pytest.approx(fp32[0], rel=0.03) and all(math.isfinite(x) for x in low)
 
 
+def test_gradient_accumulation_equals_the_doubled_batch(assets, tmp_path):
+    """optim.accum_steps=2 at data.batch_size=4 takes the steps data.batch_size=8 takes: without shuffling
+    both read the same 8 samples a step, VQA and grounding rows mixed, and each loss is normalised over
+    the whole step's items (not per micro-batch), so the losses, their parts and the weights agree."""
+    fixed = {"data.shuffle": False, "data.val": [], "train.steps": 3, "model.config": NO_DROPOUT}
+    train(job_of(base_config(assets, tmp_path / "big", **fixed, **{"data.batch_size": 8}), tmp_path))
+    train(job_of(base_config(assets, tmp_path / "accum", **fixed, **{"data.batch_size": 4, "optim.accum_steps": 2}),
+                 tmp_path))
+    parts = ("loss", "loss_vqa", "loss_l1", "loss_giou")
+    logs = {name: [m for m in read_metrics(tmp_path / name / "metrics.jsonl") if m["split"] == "train"]
+            for name in ("big", "accum")}
+    assert len(logs["accum"]) == 3 and all(m["rows/vqa"] > 0 and m["rows/ground"] > 0 for m in logs["accum"])
+    assert np.array([[m[k] for k in parts] for m in logs["accum"]]) == pytest.approx(
+        np.array([[m[k] for k in parts] for m in logs["big"]]), rel=1e-5)
+    assert_same_weights(weights(tmp_path / "big"), weights(tmp_path / "accum"), atol=2e-5)
+
+
 def test_gradient_checkpointing_in_the_trainer_changes_no_weight(assets, tmp_path):
     plain = _first_losses(assets, tmp_path, "plain")
     recomputed = _first_losses(assets, tmp_path, "ckpt", **{"model.gradient_checkpointing": True})
@@ -519,8 +595,7 @@ def test_the_feature_cache_trains_like_recomputing_and_logs_its_use(assets, tmp_
 def test_compiled_layers_train_like_eager(assets, tmp_path):
     """run.compile: every transformer layer and backbone stage through torch.compile (inductor, on the CPU
     too); the losses match eager's to float rounding and the saved weights keep their names."""
-    no_dropout = {"model.config": {"fusion_num_layers": 1, "backbone_out_indices": [-2], "fusion_dropout": 0.0,
-                                   "fusion_attention_dropout": 0.0}}  # compiled dropout draws other masks
+    no_dropout = {"model.config": NO_DROPOUT}  # compiled dropout draws other masks
     eager = _first_losses(assets, tmp_path, "eager", **no_dropout)
     compiled = _first_losses(assets, tmp_path, "compiled", **no_dropout, **{"run.compile": True})
     assert compiled == pytest.approx(eager, rel=1e-4)
