@@ -51,8 +51,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
-from .pipeline import Collator, SampleDecoder, decoder_and_collator
 from ..tasks import check_batchable
+from .pipeline import Collator, SampleDecoder, decoder_and_collator
 from .schema import BAD_REASONS, DatasetInfo, SampleError
 from .shards import ShardRef, answer_vocab_of, resolve_shards
 from .transforms import ImageTransform
