@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..data.schema import sample_type
+from ..data.schema import sample_type, trained_answers
 from ..data.transforms import invert_boxes
 from .metrics import MetricAccumulator, normalize_answer
 
@@ -88,7 +88,7 @@ class AnswerPriorBaseline(_Baseline):
     ``by="question"`` ("question_prior") the most frequent answer to the same question text in training,
     else to its question type, else the overall one: a text-only model that memorised the training
     questions. A model whose VQA accuracy is near these does not use the image. ``records``: the training
-    split's VQA records (``meta.type`` is the question type).
+    split's (its VQA records count; ``meta.type`` is the question type).
     """
 
     def __init__(self, records: Iterable[dict[str, Any]], by: str = "question") -> None:
@@ -101,7 +101,9 @@ class AnswerPriorBaseline(_Baseline):
         per_question: defaultdict[str, Counter[str]] = defaultdict(Counter)
         per_type: defaultdict[str, Counter[str]] = defaultdict(Counter)
         for record in records:
-            answers = [normalize_answer(a) for a in record.get("answers", ())]
+            if not trained_answers(record):  # not a VQA record
+                continue
+            answers = [normalize_answer(a) for a in record["answers"]]
             overall.update(answers)
             per_question[_question_key(record["text"])].update(answers)
             per_type[sample_type(record.get("meta") or {}) or ""].update(answers)
