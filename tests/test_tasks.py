@@ -121,7 +121,7 @@ def test_unknown_task_names_and_duplicates_are_one_clear_error():
 def test_tasks_whose_targets_share_a_batch_field_cannot_mix():
     check_batchable(["vqa", "ground", "vqa"])
     check_batchable(["cls", "vqa"])
-    with pytest.raises(ValueError, match="a batch mix 'cls' and 'lm' samples, whose 'labels' differ"):
+    with pytest.raises(ValueError, match="a batch mixes 'cls' and 'lm' samples, whose 'labels' differ"):
         check_batchable(["lm", "cls"])
 
 

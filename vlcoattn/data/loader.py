@@ -655,7 +655,7 @@ def _decoder_and_collator(
     **kwargs: Any,
 ) -> tuple[SampleDecoder, Collator]:
     """:func:`decoder_and_collator` for these sources: vocabularies default to their dataset.json."""
-    check_batchable([t for info in infos for t in info.tasks], "the sources")
+    check_batchable([t for info in infos for t in info.tasks], "the sources mix")
     return decoder_and_collator(
         processor, **kwargs,
         answer_vocab=list(answer_vocab) if answer_vocab is not None else answer_vocab_of(infos),

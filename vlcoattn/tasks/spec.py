@@ -171,7 +171,7 @@ def get_task(name: str) -> TaskSpec:
     return _REGISTRY[canonical_name(name)]
 
 
-def check_batchable(tasks: Sequence[str], what: str = "a batch") -> None:
+def check_batchable(tasks: Sequence[str], what: str = "a batch mixes") -> None:
     """ValueError when two of the sample ``tasks`` fill the same batch field (e.g. the labels of ``cls``,
     one class per row, and of ``lm``, one per token): they cannot share a batch."""
     seen: dict[str, str] = {}
@@ -179,7 +179,7 @@ def check_batchable(tasks: Sequence[str], what: str = "a batch") -> None:
     for name in (n for n in _REGISTRY if n in present):  # registration order: the same message every time
         for key in _REGISTRY[name].batch_keys:
             if key in seen:
-                raise ValueError(f"{what} mix {seen[key]!r} and {name!r} samples, whose {key!r} differ in shape: "
+                raise ValueError(f"{what} {seen[key]!r} and {name!r} samples, whose {key!r} differ in shape: "
                                  "use two loaders")
             seen[key] = name
 
