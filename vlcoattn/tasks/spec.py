@@ -66,7 +66,7 @@ class TaskSpec:
     metric_options: Callable[[Any], dict] | None = None  # model -> MetricAccumulator keyword arguments
     score: Callable[..., None] | None = None  # (model, out, batch, inputs, acc, rows): metrics + prediction rows
     baselines: Callable[..., list[Callable[[], Any]]] | None = None  # (sources, loader) -> baseline factories
-    predict: Callable[..., list[dict]] | None = None  # (model, out, processor, letterbox, top_k) -> result fields
+    predict: Callable[..., list[dict]] | None = None  # (model, out, image processor, letterbox, top_k) -> fields per sample
 
     @property
     def units(self) -> tuple[TaskSpec, ...]:
