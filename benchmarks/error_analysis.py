@@ -92,7 +92,7 @@ def main() -> None:
             for line in (run / "predictions" / f"{split}.jsonl").read_text().splitlines():
                 row = json.loads(line)
                 record, objects = records[row["key"]]
-                if record["meta"].get("question_type") == "spatial":
+                if record["meta"].get("type") == "spatial":
                     gap = spatial_gap(record["meta"]["program"], objects) / args.cell
                     bucket = next(i for i, (lo, hi) in enumerate(BUCKETS) if lo <= gap < hi)
                     groups["gap", split, bucket].append(row["score"])

@@ -66,7 +66,7 @@ def analyse(model_dir: Path, sources: str, limit: int, examples: int, batch_size
                        box_convert(boxes, "cxcywh", "xyxy")).diagonal()
         grid = base.grid_sizes[-1]
         for n, i in enumerate(idx):
-            kind = batch["meta"][i].get("ref_type", "other")
+            kind = batch["meta"][i].get("type", "other")
             rows.append({"type": kind, "hit": float(ious[n] >= 0.5), **{k: float(v[n]) for k, v in scores.items()}})
             if len(kept[kind]) < examples:
                 kept[kind].append({

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from vlcoattn.tasks import model_inputs
 from vlcoattn.train.config import load_config
 from vlcoattn.train.job_config import JobConfig
-from vlcoattn.train.trainer import Trainer, model_inputs
+from vlcoattn.train.trainer import Trainer
 
 from timing import machine, markdown_table
 

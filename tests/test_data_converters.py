@@ -193,7 +193,7 @@ def test_vqa2_roundtrip_keeps_ten_normalized_answers(tmp_path, tokenizer):
     assert info.options["min_answer_count"] == 1
     samples = {s["__key__"]: json.loads(s["json"]) for s in _wds_samples(tmp_path / "out")}
     assert samples["vqa-420"]["answers"] == ["2"] * 8 + ["3", "3 dogs"]
-    assert samples["vqa-420"]["meta"]["question_type"] == "how many"
+    assert samples["vqa-420"]["meta"]["type"] == "how many"
     loader = build_loader(str(tmp_path / "out"), processor_for(tokenizer, 32), batch_size=3, shuffle=False)
     (batch,) = list(loader)
     vocab = info.answer_vocab

@@ -124,7 +124,7 @@ def test_every_referring_expression_has_exactly_one_referent(scenes):
                 if r["task"] != "ground":
                     continue
                 meta = r["meta"]
-                kinds[meta["ref_type"]] += 1
+                kinds[meta["type"]] += 1
                 assert _denotes(objects, meta["program"]) == [meta["object"]], r["text"]
                 assert r["boxes"] == [objects[meta["object"]]["box"]]
                 for word in _words(meta["program"]["target"]):
@@ -141,14 +141,14 @@ def test_answers_follow_from_the_scene(scenes):
                     continue
                 meta, (answer,) = r["meta"], r["answers"]
                 objects, program = meta["objects"], meta["program"]
-                types[meta["question_type"]] += 1
+                types[meta["type"]] += 1
                 assert answer in ANSWERS
                 matches = _match(objects, program["target"])
-                if meta["question_type"] == "count":
+                if meta["type"] == "count":
                     assert answer == str(len(matches))
-                elif meta["question_type"] == "exists":
+                elif meta["type"] == "exists":
                     assert answer == ("yes" if matches else "no")
-                elif meta["question_type"] == "attribute":
+                elif meta["type"] == "attribute":
                     assert len(matches) == 1 and objects[matches[0]][program["ask"]] == answer
                 else:
                     (a,) = matches

@@ -48,7 +48,7 @@ def test_error_analysis_buckets_spatial_questions_by_distance_and_the_holdout_by
                     continue
                 rows.append({"key": key, "task": "vqa", "score": score})
                 vqa.get(split, []).append(score)
-                if meta["question_type"] == "spatial":
+                if meta["type"] == "spatial":
                     a, b = (_box(meta["objects"], d) for d in (meta["program"]["target"],
                                                                  meta["program"]["relation"]["anchor"]))
                     axis = AXIS[meta["program"]["relation"]["dir"]]

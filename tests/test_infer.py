@@ -546,7 +546,7 @@ def test_grounding_pipeline_batches_give_the_single_results(models, predictors, 
 
 def test_classify_gives_a_label_and_probabilities(predictors):
     predictor = predictors("cls")
-    assert predictor.resolve_task() == "classify"
+    assert predictor.resolve_task() == "cls" and predictor.resolve_task("classify") == "cls"
     text = "Shares in the company rose after strong quarterly results."
     pred = predictor.classify(text, top_k=3)
     probs = {p["label"]: p["probability"] for p in pred["probabilities"]}
@@ -582,7 +582,7 @@ def test_generate_greedy_is_reproducible_and_beams_and_sampling_work(predictors)
     predictor = predictors("lm")
     first = predictor.generate("the market opened", max_new_tokens=6)
     assert first == {**predictor.generate("the market opened", max_new_tokens=6), "timing_ms": first["timing_ms"]}
-    assert len(first["token_ids"]) == 6 and first["task"] == "generate"
+    assert len(first["token_ids"]) == 6 and first["task"] == "lm"
     # what the model's own greedy generate() gives for the prompt without the closing [SEP]
     tok = predictor.tokenizer
     ids = tok("the market opened", return_tensors="pt")["input_ids"][:, :-1]

@@ -318,10 +318,10 @@ def test_answer_prior_baselines_hand_case():
     from vlcoattn.eval.baselines import AnswerPriorBaseline
 
     train = [
-        {"task": "vqa", "text": "Is there a red cube?", "answers": ["yes"] * 3, "meta": {"question_type": "exists"}},
+        {"task": "vqa", "text": "Is there a red cube?", "answers": ["yes"] * 3, "meta": {"type": "exists"}},
         {"task": "vqa", "text": "is there a red cube", "answers": ["yes"], "meta": {"question_type": "exists"}},
-        {"task": "vqa", "text": "How many balls?", "answers": ["2"] * 10, "meta": {"question_type": "count"}},
-        {"task": "vqa", "text": "How many cubes?", "answers": ["3"] * 2, "meta": {"question_type": "count"}},
+        {"task": "vqa", "text": "How many balls?", "answers": ["2"] * 10, "meta": {"type": "count"}},
+        {"task": "vqa", "text": "How many cubes?", "answers": ["3"] * 2, "meta": {"question_type": "count"}},  # an older shard's key
         {"task": "ground", "text": "the red cube", "boxes": [[0, 0, 1, 1]]},
     ]
     answer, question = AnswerPriorBaseline(train, "answer"), AnswerPriorBaseline(train, "question")
@@ -330,7 +330,7 @@ def test_answer_prior_baselines_hand_case():
     assert question.predict("How many cones?", "count") == "2"  # unseen question: its type's answer
     assert question.predict("What is it?", "query_color") == "2"  # unseen type: the overall answer
     batch = {"tasks": ["vqa", "vqa", "ground"], "texts": ["How many cubes?", "Is there a red cube?", "x"],
-             "answers": [["3"], ["no"], []], "meta": [{"question_type": "count"}, {"question_type": "exists"}, {}]}
+             "answers": [["3"], ["no"], []], "meta": [{"type": "count"}, {"type": "exists"}, {}]}
     question.add(batch)
     metrics = question.compute()
     assert metrics["question_prior/vqa_acc"] == pytest.approx(0.5)  # "3" right, "yes" wrong

@@ -28,7 +28,6 @@ from vlcoattn.data.shards import resolve_shards
 from vlcoattn.data.synthetic import SyntheticConfig
 from vlcoattn.eval.runner import evaluate
 from vlcoattn.infer import Predictor
-from vlcoattn.loading import TASK_MODELS
 from vlcoattn.text import CooBertConfig, CooBertModel
 from vlcoattn.train.build import build_model
 from vlcoattn.train.config import load_config
@@ -630,9 +629,9 @@ def test_every_shipped_config_builds_its_model(path, minilm_dir):
     tokenizer, trained by a tool, is swapped for MiniLM's; vocabularies stand in for the data's)."""
     job = load_config(JobConfig, path, [f"model.tokenizer={minilm_dir}"] if "lm" in path.name else [])
     model, tokenizer = build_model(job, answer_vocab=["yes", "no", "2"], label_vocab=["a", "b", "c"])
-    assert isinstance(model, TASK_MODELS[job.task]) and tokenizer.pad_token is not None
+    assert isinstance(model, job.spec.model_class_object()) and tokenizer.pad_token is not None
     assert sum(p.numel() for p in model.parameters()) > 1e6
-    if job.is_vision:
+    if job.spec.needs_images:
         assert model.config.spatial_prior == job.model.config.get("spatial_prior", "gaussian")
         assert model.config.answer_vocab == ["yes", "no", "2"]
 

@@ -12,27 +12,13 @@ import transformers
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer, PreTrainedModel
 
 from . import models, text
-from .models import (
-    VLCoAttnForGrounding,
-    VLCoAttnForMultitask,
-    VLCoAttnForQuestionAnswering,
-    VLCoAttnPreTrainedModel,
-    VLCoAttnProcessor,
-)
-from .text import CooBertForCausalLM, CooBertForSequenceClassification
+from .models import VLCoAttnPreTrainedModel, VLCoAttnProcessor
+from .tasks import get_task, task_names, task_of_model
 
 log = logging.getLogger(__name__)
 
 TASK_FILE = "vlcoattn_task.json"  # written next to the weights: the task of training
 PROCESSOR_FILE = "processor_config.json"
-TASK_MODELS: dict[str, type[PreTrainedModel]] = {  # the class each training task builds
-    "vqa": VLCoAttnForQuestionAnswering,
-    "ground": VLCoAttnForGrounding,
-    "vqa+ground": VLCoAttnForMultitask,
-    "cls": CooBertForSequenceClassification,
-    "lm": CooBertForCausalLM,
-}
-TASK_OF_CLASS = {cls.__name__: task for task, cls in TASK_MODELS.items()}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
@@ -93,11 +79,12 @@ def saved_task(model_dir: str | Path, cls: type[PreTrainedModel]) -> str:
     alone says ``vqa``); else the class's own task. A task file the class cannot serve is one left by an
     earlier model saved into the same dir: the weights are the truth, and a warning names the file."""
     saved = read_task_file(model_dir).get("task")
-    own = TASK_OF_CLASS.get(cls.__name__)
-    if saved and own and not set(saved.split("+")) <= set(own.split("+")):
+    own = task_of_model(cls)
+    fits = saved in task_names() and own is not None and set(get_task(saved).sample_tasks) <= set(own.sample_tasks)
+    if saved and own and not fits:
         log.warning("model dir %s: %s says task %r, which %s cannot do (left by an earlier model?); using %r",
-                    model_dir, TASK_FILE, saved, cls.__name__, own)
+                    model_dir, TASK_FILE, saved, cls.__name__, own.name)
         saved = None
     if not (saved or own):
         raise ValueError(f"model dir {model_dir}: cannot tell the task of {cls.__name__}")
-    return saved or own
+    return saved or own.name

@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     predictor = Predictor.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, max_pixels=args.max_pixels)
-    task = predictor.resolve_task(args.task)
+    predictor.resolve_task(args.task)  # a task the model cannot do: one clear line before any input is read
     top_k = args.top_k or 5
     gen_kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                       top_k=args.top_k, num_beams=args.num_beams, seed=args.seed)
@@ -116,15 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               + (f" -> {args.output}" if args.output else ""), file=sys.stderr)
         return 0
 
-    if not predictor.is_vision:
+    if not predictor.spec.needs_images:
         if args.image is not None or args.viz is not None:
             raise ValueError(f"--image / --viz: {args.model} is a text-only {type(predictor.model).__name__}")
-        if task == "generate":
-            result = predictor.generate(args.prompt if args.prompt is not None else args.text, **gen_kwargs)
-        elif args.text is None:
-            raise ValueError("--task classify needs --text")
-        else:
-            result = predictor.classify(args.text, top_k=top_k)
+        result = predictor.predict_text(args.text, args.prompt, top_k, gen_kwargs)
     else:
         if args.image is None or args.text is None:
             raise ValueError(f"--image and --text are required: {args.model} is an image-text model")

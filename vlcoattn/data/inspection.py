@@ -17,7 +17,7 @@ from .answers import build_vocab
 from .image import DEFAULT_MAX_PIXELS
 from .loader import read_shard
 from .pipeline import SampleDecoder
-from .schema import DatasetInfo, SampleError
+from .schema import DatasetInfo, SampleError, trained_answers
 from .shards import SCANNED, resolve_shards
 from .transforms import ImageTransform
 
@@ -101,7 +101,7 @@ def inspect_shards(
                     examples.append(f"{raw.get('__key__', '?')}: {e}")
                 continue
             result.tasks[sample["task"]] += 1
-            if sample["task"] == "vqa":
+            if trained_answers(sample):
                 result.answers.update(sample["answers"])
             if "label" in sample:
                 result.labels[sample["label"]] += 1
@@ -118,7 +118,7 @@ def _preview(sample: dict[str, Any], size: int) -> dict[str, Any]:
     if "box" in sample:
         cx, cy, w, h = (float(v) * size for v in sample["box"])
         preview["true_box"] = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
-    if sample["task"] == "vqa":
+    if trained_answers(sample):
         preview["answers"] = sample["answers"]
     if "label" in sample:
         preview["label"] = sample["label"]

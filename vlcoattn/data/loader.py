@@ -51,6 +51,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
+from ..tasks import check_batchable
 from .pipeline import Collator, SampleDecoder, decoder_and_collator
 from .schema import BAD_REASONS, DatasetInfo, SampleError
 from .shards import ShardRef, answer_vocab_of, resolve_shards
@@ -370,7 +371,7 @@ class MixMonitor:
     def observe(self, batch: dict[str, Any]) -> None:
         if "tasks" in self.seen:
             self.seen["tasks"].update(batch["tasks"])
-        if "labels" in self.seen and "cls" in batch["tasks"] and batch["labels"].dim() == 1:
+        if "labels" in self.seen and "labels" in batch and batch["labels"].dim() == 1:  # class ids (lm's are 2-D)
             self.seen["labels"].update(self.label_names[i] for i in batch["labels"].tolist() if i >= 0)
         for kind, seen in self.seen.items():
             total = sum(seen.values())
@@ -654,11 +655,7 @@ def _decoder_and_collator(
     **kwargs: Any,
 ) -> tuple[SampleDecoder, Collator]:
     """:func:`decoder_and_collator` for these sources: vocabularies default to their dataset.json."""
-    tasks = {t for info in infos for t in info.tasks}
-    if {"cls", "lm"} <= tasks:
-        raise ValueError(
-            "the sources mix 'cls' and 'lm' samples, whose 'labels' differ in shape: use two loaders"
-        )
+    check_batchable([t for info in infos for t in info.tasks], "the sources mix")
     return decoder_and_collator(
         processor, **kwargs,
         answer_vocab=list(answer_vocab) if answer_vocab is not None else answer_vocab_of(infos),

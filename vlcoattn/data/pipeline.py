@@ -22,12 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .answers import answer_scores, majority_answer
+from ..tasks import IGNORE_INDEX, check_batchable, get_task, sample_task_names  # noqa: F401 (IGNORE_INDEX: re-exported)
 from .image import DEFAULT_MAX_PIXELS, IMAGE_EXTS, ImageDecodeError, as_rgb_image, decode_image_and_size, image_size
 from .schema import SampleError, check_record
 from .transforms import ImageTransform, Letterbox, normalize_boxes
-
-IGNORE_INDEX = -100
 
 
 def _parse_json(raw: dict[str, Any]) -> dict[str, Any]:
@@ -164,15 +162,14 @@ class Collator:
     label_vocab: Sequence[str] = ()
 
     def __post_init__(self) -> None:
-        self._answer_index = {a: i for i, a in enumerate(self.answer_vocab)}
-        self._label_index = {a: i for i, a in enumerate(self.label_vocab)}
+        self.answer_index = {a: i for i, a in enumerate(self.answer_vocab)}
+        self.label_index = {a: i for i, a in enumerate(self.label_vocab)}
 
     def check(self, sample: dict[str, Any]) -> None:
-        """Raise SampleError for a sample whose targets cannot be encoded (unknown label)."""
-        if sample["task"] == "cls" and sample.get("label") not in self._label_index:
-            raise SampleError("bad_field", f"label {sample.get('label')!r} is not in the label vocabulary")
-        if sample["task"] == "vqa" and not self._answer_index:
-            raise SampleError("bad_field", "vqa sample but the loader has no answer vocabulary")
+        """Raise SampleError for a sample whose targets cannot be encoded (e.g. an unknown label)."""
+        spec = get_task(sample["task"])
+        if spec.check_sample is not None:
+            spec.check_sample(self, sample)
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         tasks = [s["task"] for s in samples]
@@ -187,24 +184,11 @@ class Collator:
         }
         if any("pixels" in s for s in samples):
             batch.update(self._images(samples))
-        if "ground" in tasks:
-            batch["boxes"] = torch.stack([s.get("box", torch.zeros(4)) for s in samples])
-            batch["box_mask"] = torch.tensor([t == "ground" and "box" in s for t, s in zip(tasks, samples)])
-        if "vqa" in tasks:
-            batch.update(self._answers(samples))
-        if "cls" in tasks and "lm" in tasks:
-            raise ValueError("a batch mixes 'cls' and 'lm' samples: their 'labels' have different shapes")
-        if "cls" in tasks:
-            batch["labels"] = torch.tensor(
-                [
-                    self._label_index[s["label"]] if t == "cls" else IGNORE_INDEX
-                    for t, s in zip(tasks, samples)
-                ]
-            )
-        elif "lm" in tasks:
-            labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX)
-            labels[torch.tensor([t != "lm" for t in tasks])] = IGNORE_INDEX
-            batch["labels"] = labels
+        check_batchable(tasks)
+        for name in sample_task_names():  # each task present fills its own target fields (see vlcoattn.tasks)
+            spec = get_task(name)
+            if spec.collate is not None and name in tasks:
+                batch.update(spec.collate(self, samples, enc))
         return batch
 
     def _images(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -214,22 +198,6 @@ class Collator:
             "pixel_values": self.image_processor.normalize(pixels),
             "image_mask": torch.tensor(["pixels" in s for s in samples]),
             "letterbox": torch.stack([s.get("letterbox", torch.zeros(8)) for s in samples]),
-        }
-
-    def _answers(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        scores = torch.zeros(len(samples), len(self._answer_index))
-        ids = torch.full((len(samples),), IGNORE_INDEX, dtype=torch.long)
-        for i, s in enumerate(samples):
-            if s["task"] != "vqa":
-                continue
-            for answer, score in answer_scores(s["answers"]).items():
-                if answer in self._answer_index:
-                    scores[i, self._answer_index[answer]] = score
-            ids[i] = self._answer_index.get(majority_answer(s["answers"]), IGNORE_INDEX)
-        return {
-            "answer_scores": scores,
-            "answer_ids": ids,
-            "answers": [s["answers"] if s["task"] == "vqa" else [] for s in samples],
         }
 
 

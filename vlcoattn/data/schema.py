@@ -6,7 +6,7 @@ A sample is ``__key__`` + an image member (``jpg``/``png``/..., absent for text-
      "answers": [str],                 # vqa: every annotator's answer (VQA v2 keeps all 10)
      "boxes": [[x0, y0, x1, y1]],      # pixels of the stored image after EXIF orientation; ground: >= 1
      "label": str,                     # cls
-     "meta": {...}}                    # free-form provenance (ids, question type, ...)
+     "meta": {...}}                    # free-form provenance; "type": the kind of question / expression
 
 :func:`sample_problems` lists everything wrong with a record; :func:`check_record` raises a
 :class:`SampleError` whose ``reason`` is one of :data:`BAD_REASONS` (the loader counts by it).
@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASKS = ("vqa", "ground", "cls", "lm")
-IMAGE_TASKS = frozenset({"vqa", "ground"})
+from ..tasks import get_task, sample_task_names
+
+TASKS = sample_task_names()  # what a sample's "task" may say: the registry's single tasks
 FIELDS = frozenset({"text", "task", "answers", "boxes", "label", "meta"})
 log = logging.getLogger(__name__)
 _warned_fields: set[str] = set()  # unknown field names already warned about in this process
@@ -103,22 +104,32 @@ def sample_problems(
         isinstance(answers, list) and all(isinstance(a, str) and a.strip() for a in answers)
     ):
         problems.append(("bad_field", f"'answers' must be a list of non-empty strings, got {answers!r}"))
-    if task == "vqa" and not answers:
-        problems.append(("bad_field", "task 'vqa' needs a non-empty 'answers' list"))
     if "boxes" in record:
         problems += _box_problems(record["boxes"], image_size)
-    if task == "ground" and not record.get("boxes"):
-        problems.append(("bad_box", "task 'ground' needs at least one box in 'boxes'"))
     label = record.get("label")
     if label is not None and not (isinstance(label, str) and label.strip()):
         problems.append(("bad_field", f"'label' must be a non-empty string, got {label!r}"))
-    if task == "cls" and label is None:
-        problems.append(("bad_field", "task 'cls' needs a 'label'"))
     if "meta" in record and not isinstance(record["meta"], Mapping):
         problems.append(("bad_field", f"'meta' must be an object, got {type(record['meta']).__name__}"))
-    if has_image is False and task in IMAGE_TASKS:
+    spec = get_task(task) if task in TASKS else None
+    if spec is not None and spec.requires is not None and record.get(spec.requires[0]) in (None, [], ""):
+        problems.append(spec.requires[1:])  # (reason, message): the field the task's targets come from
+    if spec is not None and has_image is False and spec.needs_images:
         problems.append(("missing_image", f"task {task!r} needs an image and the sample has none"))
     return problems
+
+
+def trained_answers(record: Mapping[str, Any]) -> list[str] | None:
+    """The answers of a record whose task trains on them (VQA: they make the answer vocabulary), else None."""
+    task = record.get("task")
+    spec = get_task(task) if task in TASKS else None
+    return record.get("answers") if spec is not None and spec.requires and spec.requires[0] == "answers" else None
+
+
+def sample_type(meta: Mapping[str, Any]) -> str | None:
+    """The kind of question or expression a sample is (``meta.type``; the per-type metrics group by it).
+    Shards written before the key was shared say ``question_type`` (VQA) or ``ref_type`` (grounding)."""
+    return meta.get("type", meta.get("question_type", meta.get("ref_type")))
 
 
 def keep_unknown_fields(record: dict[str, Any]) -> dict[str, Any]:

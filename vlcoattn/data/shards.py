@@ -25,7 +25,7 @@ from webdataset.tariterators import base_plus_ext, tarfile_samples
 
 from .answers import build_vocab
 from ..utils.checks import check_positive
-from .schema import INFO_FILE, SHARD_PATTERN, DatasetInfo, SampleError, check_record
+from .schema import INFO_FILE, SHARD_PATTERN, DatasetInfo, SampleError, check_record, trained_answers
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class ShardSink:
         self._writer.write(sample)
         self._keys.add(key)
         self.tasks[record["task"]] += 1
-        if record["task"] == "vqa":
+        if trained_answers(record):
             self.answers.update(self.count_answers(record))
         if "label" in record:
             self.labels[record["label"]] += 1
@@ -240,7 +240,7 @@ def scan_shard(url: str) -> DatasetInfo:
             continue  # the loader counts it as a bad sample
         if isinstance(record, dict) and isinstance(record.get("task"), str):
             tasks[record["task"]] += 1
-            if record["task"] == "vqa" and isinstance(record.get("answers"), list):
+            if isinstance(trained_answers(record), list):
                 answers.update(str(a) for a in record["answers"])
             if isinstance(record.get("label"), str):
                 labels[record["label"]] += 1

@@ -442,7 +442,7 @@ def generate_scene(seed: int, split: str, index: int, config: SyntheticConfig) -
             if found and found[0] not in asked:
                 text, answer, program = found
                 asked.add(text)
-                meta = {"question_type": attempt_kind, "program": program, "objects": described}
+                meta = {"type": attempt_kind, "program": program, "objects": described}
                 scene.records.append(
                     (f"q{j}", {"task": "vqa", "text": text, "answers": [answer], "meta": meta})
                 )
@@ -458,7 +458,7 @@ def generate_scene(seed: int, split: str, index: int, config: SyntheticConfig) -
         found = referring_expression(objects, t, rng, config.image_size)
         if found:
             ref_type, text, program = found
-            meta = {"ref_type": ref_type, "program": program, "object": t, "objects": described}
+            meta = {"type": ref_type, "program": program, "object": t, "objects": described}
             record = {"task": "ground", "text": text, "boxes": [list(objects[t].box)], "meta": meta}
             scene.records.append((f"r{refs}", record))
             refs += 1

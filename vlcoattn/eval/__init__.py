@@ -6,7 +6,7 @@ Typical use::
     acc = MetricAccumulator(num_classes=len(labels))
     for batch in loader:
         ...
-        acc.add_vqa(pred_answer, answers, qtype=meta.get("question_type"))
+        acc.add_vqa(pred_answer, answers, qtype=meta.get("type"))
         acc.add_box(pred_xyxy, true_xyxy)
     metrics = acc.all_reduce().compute()    # every rank calls all_reduce; a no-op without DDP
 """

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..data.schema import sample_type, trained_answers
 from ..data.transforms import invert_boxes
 from .metrics import MetricAccumulator, normalize_answer
 
@@ -72,8 +73,8 @@ class CenterBoxBaseline(_Baseline):
             return
         for i in torch.nonzero(batch["box_mask"]).flatten().tolist():
             lb = batch["letterbox"][i]
-            rtype = batch["meta"][i].get("ref_type")
-            self.acc.add_box(invert_boxes(self.guess, lb), invert_boxes(batch["boxes"][i], lb), rtype)
+            kind = sample_type(batch["meta"][i])
+            self.acc.add_box(invert_boxes(self.guess, lb), invert_boxes(batch["boxes"][i], lb), kind)
 
 
 def _question_key(text: str) -> str:
@@ -86,7 +87,8 @@ class AnswerPriorBaseline(_Baseline):
     ``by="answer"`` ("answer_prior") always gives the training split's most frequent answer;
     ``by="question"`` ("question_prior") the most frequent answer to the same question text in training,
     else to its question type, else the overall one: a text-only model that memorised the training
-    questions. A model whose VQA accuracy is near these does not use the image.
+    questions. A model whose VQA accuracy is near these does not use the image. ``records``: the training
+    split's (its VQA records count; ``meta.type`` is the question type).
     """
 
     def __init__(self, records: Iterable[dict[str, Any]], by: str = "question") -> None:
@@ -99,12 +101,12 @@ class AnswerPriorBaseline(_Baseline):
         per_question: defaultdict[str, Counter[str]] = defaultdict(Counter)
         per_type: defaultdict[str, Counter[str]] = defaultdict(Counter)
         for record in records:
-            if record.get("task") != "vqa":
+            if not trained_answers(record):  # not a VQA record
                 continue
-            answers = [normalize_answer(a) for a in record.get("answers", ())]
+            answers = [normalize_answer(a) for a in record["answers"]]
             overall.update(answers)
             per_question[_question_key(record["text"])].update(answers)
-            per_type[(record.get("meta") or {}).get("question_type", "")].update(answers)
+            per_type[sample_type(record.get("meta") or {}) or ""].update(answers)
         if not overall:
             raise ValueError("the training split has no VQA answers to fit an answer prior on")
         self.overall = overall.most_common(1)[0][0]
@@ -117,7 +119,7 @@ class AnswerPriorBaseline(_Baseline):
         return self.per_question.get(_question_key(question)) or self.per_type.get(question_type or "", self.overall)
 
     def add(self, batch: dict[str, Any]) -> None:
-        for i, task in enumerate(batch["tasks"]):
-            if task == "vqa":
-                qtype = batch["meta"][i].get("question_type")
-                self.acc.add_vqa(self.predict(batch["texts"][i], qtype), batch["answers"][i], qtype)
+        for i, answers in enumerate(batch.get("answers", ())):
+            if answers:  # a VQA row (other rows have none)
+                qtype = sample_type(batch["meta"][i])
+                self.acc.add_vqa(self.predict(batch["texts"][i], qtype), answers, qtype)

@@ -14,12 +14,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torchvision.ops import box_convert
 
-from ..data.transforms import invert_boxes
-from ..tasks import model_inputs
-from .metrics import MetricAccumulator
+from ..tasks import get_task
 
 
 @dataclass
@@ -36,33 +33,15 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _vision_rows(model, out, batch, acc: MetricAccumulator, preds: list[dict]) -> None:
-    """Score VQA answers and grounding boxes of one batch; append per-sample predictions."""
-    n = len(batch["keys"])
-    answers = model.predict_answers(out.logits) if getattr(out, "logits", None) is not None else None
-    boxes = getattr(out, "pred_boxes", None)
-    if boxes is not None:
-        pred_px = invert_boxes(boxes.float().cpu(), batch["letterbox"])
-    for i in range(n):
-        row = preds[len(preds) - n + i]
-        meta = batch["meta"][i]
-        if batch["tasks"][i] == "vqa" and answers is not None:
-            qtype = meta.get("question_type")
-            row.update(answer=answers[i], answers=batch["answers"][i],
-                       score=acc.add_vqa(answers[i], batch["answers"][i], qtype))
-        if batch["tasks"][i] == "ground" and boxes is not None and bool(batch["box_mask"][i]):
-            true_px = invert_boxes(batch["boxes"][i], batch["letterbox"][i])
-            iou = acc.add_box(pred_px[i], true_px, meta.get("ref_type"))
-            row.update(box=[round(v, 2) for v in pred_px[i].tolist()],
-                       true_box=[round(v, 2) for v in true_px.tolist()], iou=round(float(iou[0]), 4))
-
-
 def _keep_examples(out, batch, examples: list[dict], limit: int, image_processor, answer_vocab) -> None:
     """Copy up to ``limit`` samples (letterboxed image as uint8, boxes in its pixels, answers)."""
     mean, std = image_processor.image_mean, image_processor.image_std
     boxes = getattr(out, "pred_boxes", None)
     logits = getattr(out, "logits", None)
-    for i in range(len(batch["keys"])):
+    n = len(batch["keys"])
+    grounded = batch.get("box_mask", torch.zeros(n, dtype=torch.bool))  # rows with a target box
+    answered = batch.get("answers", [[]] * n)  # rows with VQA answers
+    for i in range(n):
         if len(examples) >= limit:
             return
         image = batch["pixel_values"][i].float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
@@ -70,10 +49,10 @@ def _keep_examples(out, batch, examples: list[dict], limit: int, image_processor
         scale = torch.tensor([W, H, W, H], dtype=torch.float32)
         ex = {"image": (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy(),
               "text": batch["texts"][i], "task": batch["tasks"][i]}
-        if boxes is not None and batch["tasks"][i] == "ground":
+        if boxes is not None and bool(grounded[i]):
             ex["pred_box"] = (box_convert(boxes[i].float().cpu(), "cxcywh", "xyxy") * scale).tolist()
             ex["true_box"] = (box_convert(batch["boxes"][i], "cxcywh", "xyxy") * scale).tolist()
-        if logits is not None and batch["tasks"][i] == "vqa":
+        if logits is not None and answered[i]:
             ex["pred_answer"] = answer_vocab[int(logits[i].argmax())]
             ex["answers"] = batch["answers"][i]
         heat = getattr(out, "heatmaps", None)
@@ -122,14 +101,14 @@ def evaluate(
     rank runs the same number of forwards (a sharded model, see :func:`in_lockstep`)."""
     was_training = model.training
     model.eval()
-    num_classes = getattr(getattr(model, "config", None), "num_labels", None) if task == "cls" else None
-    acc = MetricAccumulator(num_classes)
+    spec = get_task(task)
+    acc = spec.metric_accumulator(model)
     loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of batch loss x rows, rows)
     preds: list[dict[str, Any]] = []
     examples: list[dict[str, Any]] = []
     batches = progress if progress is not None else batches
     for batch, real in in_lockstep(batches) if lockstep else ((b, True) for b in batches):
-        inputs = model_inputs(task, batch, device)
+        inputs = spec.model_inputs(batch, device)
         with autocast or contextlib.nullcontext():
             out = model(**inputs)
         if not real:
@@ -138,25 +117,10 @@ def evaluate(
         if out.loss is not None and torch.isfinite(out.loss):
             loss_sum += torch.tensor([float(out.loss) * n, n], dtype=torch.float64)
         preds.extend({"key": k, "task": t, "text": x} for k, t, x in zip(batch["keys"], batch["tasks"], batch["texts"]))
-        if task == "cls":
-            pred_ids = out.logits.argmax(-1).cpu()
-            acc.add_class(pred_ids, batch["labels"])
-            labels = model.config.id2label
-            for row, p, y in zip(preds[-n:], pred_ids.tolist(), batch["labels"].tolist()):
-                row.update(label=labels[y], pred_label=labels[p])
-        elif task == "lm":
-            logits, targets = out.logits[:, :-1].float(), inputs["labels"][:, 1:]
-            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none")
-            per_row = nll.view(targets.shape).sum(-1).cpu()
-            counts = (targets != -100).sum(-1).cpu()
-            acc.add_lm(per_row.sum(), counts.sum())
-            for row, s, c in zip(preds[-n:], per_row.tolist(), counts.tolist()):
-                row.update(nll=round(s, 4), tokens=c)
-        else:
-            _vision_rows(model, out, batch, acc, preds)
-            if len(examples) < keep_examples:
-                _keep_examples(out, batch, examples, keep_examples, image_processor,
-                               getattr(model.config, "answer_vocab", None))
+        spec.score_batch(model, out, batch, inputs, acc, preds[-n:])
+        if spec.needs_images and len(examples) < keep_examples:
+            _keep_examples(out, batch, examples, keep_examples, image_processor,
+                           getattr(model.config, "answer_vocab", None))
     acc.all_reduce()
     if _distributed():
         dist.all_reduce(loss_sum)
@@ -194,7 +158,7 @@ def evaluate_model_dir(
     loader = build_eval_loader(
         sources, processor, batch_size=batch_size, limit=limit,
         answer_vocab=getattr(config, "answer_vocab", None) or [],
-        label_vocab=[config.id2label[i] for i in range(len(config.id2label))] if task == "cls" else [],
+        label_vocab=get_task(task).label_names(config),
     )
     bar = tqdm(loader, desc="evaluate", disable=not progress)
     return evaluate(model, loader, task, device=device, progress=bar,

@@ -12,7 +12,6 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from ..utils.cli import USER_ERRORS
 from .predictor import Predictor
 
 __all__ = ["predict_jsonl"]
@@ -26,7 +25,7 @@ def _rows(path: Path) -> Iterator[tuple[int, str]]:
                 yield n, line
 
 
-def _parse(line: str, n: int, kind: str, root: Path, head: dict[str, Any]) -> Any:
+def _parse(line: str, n: int, predictor: Predictor, root: Path, head: dict[str, Any]) -> Any:
     """The model input of one line (``head`` gets the fields to echo); ValueError names what is wrong."""
     try:
         row = json.loads(line)
@@ -36,21 +35,7 @@ def _parse(line: str, n: int, kind: str, root: Path, head: dict[str, Any]) -> An
         raise ValueError(f"line {n}: a row must be a JSON object, got {type(row).__name__}")
     if "id" in row:
         head["id"] = row["id"]
-    if kind == "generate":
-        prompt = row.get("prompt", row.get("text"))
-        if not isinstance(prompt, str):
-            raise ValueError(f"line {n}: needs a string 'prompt' (or 'text')")
-        return prompt
-    text = row.get("text")
-    if not isinstance(text, str):
-        raise ValueError(f"line {n}: needs a string 'text'")
-    if kind == "classify":
-        return text
-    image = row.get("image")
-    if not isinstance(image, str) or not image:
-        raise ValueError(f"line {n}: needs an 'image' path")
-    head["image"] = image
-    return root / image, text
+    return predictor.parse_row(row, n, root, head)
 
 
 def predict_jsonl(
@@ -76,7 +61,7 @@ def predict_jsonl(
     ``batch_size`` rows share one forward pass (generation runs row by row). A tqdm bar goes to
     stderr. Returns ``{"rows": ..., "ok": ..., "errors": ...}``.
     """
-    kind = predictor.resolve_task(task)
+    task = predictor.resolve_task(task)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     path = Path(input_path)
@@ -93,11 +78,11 @@ def predict_jsonl(
         for row in _rows(path):
             chunk.append(row)
             if len(chunk) == batch_size:
-                _run_chunk(predictor, chunk, task, kind, top_k, root, generate_kwargs or {}, out, counts)
+                _run_chunk(predictor, chunk, task, top_k, root, generate_kwargs or {}, out, counts)
                 bar.update(len(chunk))
                 chunk = []
         if chunk:
-            _run_chunk(predictor, chunk, task, kind, top_k, root, generate_kwargs or {}, out, counts)
+            _run_chunk(predictor, chunk, task, top_k, root, generate_kwargs or {}, out, counts)
             bar.update(len(chunk))
     return counts
 
@@ -106,7 +91,6 @@ def _run_chunk(
     predictor: Predictor,
     chunk: list[tuple[int, str]],
     task: str,
-    kind: str,
     top_k: int,
     root: Path,
     generate_kwargs: dict[str, Any],
@@ -119,23 +103,12 @@ def _run_chunk(
     for n, line in chunk:
         head: dict[str, Any] = {"line": n}
         try:
-            inputs.append(_parse(line, n, kind, root, head))
+            inputs.append(_parse(line, n, predictor, root, head))
             results.append(None)
         except ValueError as e:
             results.append({"error": str(e)})
         heads.append(head)
-    if kind == "generate":
-        done = []
-        for prompt in inputs:
-            try:
-                done.append(predictor.generate(prompt, **generate_kwargs))
-            except USER_ERRORS as e:
-                done.append({"error": str(e)})
-    elif kind == "classify":
-        done = predictor.classify_batch(inputs, top_k=top_k) if inputs else []
-    else:
-        done = predictor.predict_batch(inputs, task=task, top_k=top_k) if inputs else []
-    it = iter(done)
+    it = iter(predictor.predict_rows(inputs, task, top_k, generate_kwargs))
     for head, result in zip(heads, results):
         result = result if result is not None else next(it)
         counts["rows"] += 1

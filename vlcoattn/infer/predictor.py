@@ -26,8 +26,9 @@ from transformers import PreTrainedModel
 
 from ..data.image import ImageDecodeError
 from ..data.pipeline import tokenize
-from ..loading import TASK_OF_CLASS, load_model_dir, model_class
+from ..loading import load_model_dir, model_class
 from ..models import VLCoAttnPreTrainedModel, VLCoAttnProcessor
+from ..tasks import canonical_name, get_task, task_names, task_of_model
 from ..utils.cli import USER_ERRORS
 
 __all__ = [
@@ -38,9 +39,9 @@ __all__ = [
 LOG = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TASKS = ("auto", "vqa", "ground", "classify", "generate")
+# what --task may say: auto (the model's own task), a registered task, or an alias (classify = cls)
+TASKS = ("auto", *task_names(), *(alias for name in task_names() for alias in get_task(name).aliases))
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
-INFER_TASK = {"vqa": "vqa", "ground": "ground", "cls": "classify", "lm": "generate"}  # training task -> ours
 
 ImageInput = str | os.PathLike | bytes
 
@@ -167,33 +168,29 @@ class Predictor:
     def __init__(self, model: PreTrainedModel, processor: Any, *, task: str | None = None,
                  name: str = "model") -> None:
         """``processor``: a :class:`VLCoAttnProcessor` for VLCoAttn models, the tokenizer for text-only
-        ones (its ``model_max_length`` is the text length). ``task``: the training task (``vqa``,
-        ``ground``, ``vqa+ground``, ``cls``, ``lm``; default from the model class)."""
+        ones (its ``model_max_length`` is the text length). ``task``: the registered task it was trained
+        on (``vqa``, ``ground``, ``vqa+ground``, ``cls``, ``lm``; default: the task of the model class)."""
         self.model = model.eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer if isinstance(processor, VLCoAttnProcessor) else processor
         self.name = name
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        task = task or TASK_OF_CLASS.get(type(model).__name__)
-        if task is None:
-            raise ValueError(
-                f"{name}: a {type(model).__name__} has no inference task (supported: {', '.join(TASK_OF_CLASS)})"
-            )
-        self.tasks = tuple(INFER_TASK[t] for t in task.split("+"))
+        spec = get_task(task) if task else task_of_model(type(model))
+        if spec is None:
+            classes = ", ".join(get_task(t).model_class.rpartition(":")[2] for t in task_names())
+            raise ValueError(f"{name}: a {type(model).__name__} has no inference task (supported: {classes})")
+        self.spec = spec
+        self.tasks = spec.sample_tasks  # what --task may ask of it (besides its own name)
         config = getattr(model.config, "text_config", model.config)
         self.max_text_len = min(int(self.tokenizer.model_max_length), int(config.max_position_embeddings))
         self.tokenizer.model_max_length = self.max_text_len  # never past the model's positions
 
-    is_vision = False
-
     @staticmethod
     def for_model(model: PreTrainedModel, processor: Any, **kwargs: Any) -> Predictor:
-        """The predictor of ``model``'s task."""
-        if isinstance(model, VLCoAttnPreTrainedModel):
-            return VisionPredictor(model, processor, **kwargs)
-        task = kwargs.get("task") or TASK_OF_CLASS.get(type(model).__name__)
-        return (GeneratorPredictor if task == "lm" else ClassifierPredictor)(model, processor, **kwargs)
+        """The predictor of ``model``'s task (its spec's ``predictor``)."""
+        spec = get_task(kwargs["task"]) if kwargs.get("task") else task_of_model(type(model))
+        return (spec.predictor_class() if spec is not None else Predictor)(model, processor, **kwargs)
 
     @classmethod
     def from_pretrained(
@@ -235,18 +232,18 @@ class Predictor:
         return cls.for_model(model, processor, task=task, name=str(model_dir))
 
     def resolve_task(self, task: str = "auto") -> str:
-        """``auto`` -> what the model does (``vqa``, ``ground``, ``vqa+ground``, ``classify``, ``generate``);
-        a task the model cannot do is a ValueError naming the ones it can."""
+        """The registered name of ``task``: ``auto`` -> the model's own task (``vqa``, ``ground``,
+        ``vqa+ground``, ``cls``, ``lm``), an alias -> its task (``classify`` -> ``cls``); a task the model
+        cannot do is a ValueError naming the ones it can."""
         if task not in TASKS:
             raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
         if task == "auto":
-            return "+".join(self.tasks)
-        if task not in self.tasks:
-            raise ValueError(
-                f"--task {task} does not fit {self.name}: a {type(self.model).__name__} supports "
-                f"--task {' / '.join(self.tasks)}"
-            )
-        return task
+            return self.spec.name
+        name = canonical_name(task)
+        if name != self.spec.name and name not in self.tasks:
+            can = " / ".join(n for unit in self.spec.units for n in (unit.name, *unit.aliases))
+            raise ValueError(f"--task {task} does not fit {self.name}: a {type(self.model).__name__} supports --task {can}")
+        return name
 
     # what a predictor of another task was asked: one clear error naming what this model does
     def predict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -282,7 +279,21 @@ class Predictor:
 class VisionPredictor(Predictor):
     """VQA (top-k answers), grounding (a box in original pixels) or both, with every token's prior."""
 
-    is_vision = True
+    def parse_row(self, row: dict[str, Any], n: int, root: Path, head: dict[str, Any]) -> Any:
+        """The input of one JSONL row (line ``n``; ``head`` gets the fields to echo); ValueError names
+        what is missing. Image-text rows: ``{"image", "text"}``, relative paths from ``root``."""
+        text = row.get("text")
+        if not isinstance(text, str):
+            raise ValueError(f"line {n}: needs a string 'text'")
+        image = row.get("image")
+        if not isinstance(image, str) or not image:
+            raise ValueError(f"line {n}: needs an 'image' path")
+        head["image"] = image
+        return root / image, text
+
+    def predict_rows(self, inputs: list[Any], task: str, top_k: int, generate_kwargs: dict[str, Any]) -> list[dict]:
+        """One result (or ``{"error"}``) per parsed row, batched where the task allows."""
+        return self.predict_batch(inputs, task=task, top_k=top_k) if inputs else []
 
     @property
     def max_pixels(self) -> int:
@@ -331,9 +342,10 @@ class VisionPredictor(Predictor):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         forward_s = (time.perf_counter() - start) / len(samples)
-        want = set(task.split("+"))
-        probs = self.model.answer_probabilities(out.logits.float()) if "vqa" in want else None
-        boxes = image_processor.post_process_grounding(out.pred_boxes, letterbox) if "ground" in want else None
+        heads: list[dict[str, Any]] = [{} for _ in samples]  # each asked task's fields: answers, box
+        for unit in get_task(task).units:
+            for fields, part in zip(heads, unit.predict(self.model, out, image_processor, letterbox, top_k)):
+                fields.update(part)
         priors = prior_summary(self.model, base, letterbox)
         results = []
         for b, sample in enumerate(samples):
@@ -342,10 +354,7 @@ class VisionPredictor(Predictor):
             res: dict[str, Any] = {
                 "task": task, "image": sample["image"], "image_size": [int(lb[4]), int(lb[5])], "text": sample["text"],
             }
-            if probs is not None:
-                res["answers"] = top_answers(probs[b], top_k, self.model.config.answer_vocab)
-            if boxes is not None:
-                res["box"] = [round(v, 2) for v in boxes[b].tolist()]
+            res.update(heads[b])
             res["tokens"] = self._tokens(b, sample, enc, priors)
             res["truncated"] = sample["truncated"]
             pre = sample["_preprocess_s"] + collate_s
@@ -390,6 +399,21 @@ class ClassifierPredictor(Predictor):
         """:meth:`classify` for many texts in one forward pass; a bad text gives ``{"error": ...}``."""
         return self._each(texts, lambda text, _i: _check_text(text), lambda good: self._run(good, top_k))
 
+    def parse_row(self, row: dict[str, Any], n: int, root: Path, head: dict[str, Any]) -> Any:
+        text = row.get("text")
+        if not isinstance(text, str):
+            raise ValueError(f"line {n}: needs a string 'text'")
+        return text
+
+    def predict_rows(self, inputs: list[Any], task: str, top_k: int, generate_kwargs: dict[str, Any]) -> list[dict]:
+        return self.classify_batch(inputs, top_k=top_k) if inputs else []
+
+    def predict_text(self, text: str | None, prompt: str | None, top_k: int, generate_kwargs: dict[str, Any]) -> dict:
+        """What ``tools/infer.py --text`` gives: the label of ``text``."""
+        if text is None:
+            raise ValueError("--task classify needs --text")
+        return self.classify(text, top_k=top_k)
+
     @torch.inference_mode()
     def _run(self, texts: list[str], top_k: int) -> list[dict[str, Any]]:
         start = time.perf_counter()
@@ -401,7 +425,7 @@ class ClassifierPredictor(Predictor):
         config = self.model.config
         results = []
         for text, info, row in zip(texts, infos, logits):
-            res: dict[str, Any] = {"task": "classify", "text": text}
+            res: dict[str, Any] = {"task": self.spec.name, "text": text}
             if config.problem_type == "regression" or (config.problem_type is None and config.num_labels == 1):
                 res["value"] = [round(v, 6) for v in row.tolist()]
             else:
@@ -416,6 +440,26 @@ class ClassifierPredictor(Predictor):
 
 class GeneratorPredictor(Predictor):
     """A causal LM (CooBERT or any): continue a prompt with HF ``generate()``."""
+
+    def parse_row(self, row: dict[str, Any], n: int, root: Path, head: dict[str, Any]) -> Any:
+        prompt = row.get("prompt", row.get("text"))
+        if not isinstance(prompt, str):
+            raise ValueError(f"line {n}: needs a string 'prompt' (or 'text')")
+        return prompt
+
+    def predict_rows(self, inputs: list[Any], task: str, top_k: int, generate_kwargs: dict[str, Any]) -> list[dict]:
+        """One prompt at a time (generation does not batch here); a bad prompt gives ``{"error"}``."""
+        done = []
+        for prompt in inputs:
+            try:
+                done.append(self.generate(prompt, **generate_kwargs))
+            except USER_ERRORS as e:
+                done.append({"error": str(e)})
+        return done
+
+    def predict_text(self, text: str | None, prompt: str | None, top_k: int, generate_kwargs: dict[str, Any]) -> dict:
+        """What ``tools/infer.py --prompt`` (or ``--text``) gives: the continuation."""
+        return self.generate(prompt if prompt is not None else text, **generate_kwargs)
 
     @torch.inference_mode()
     def generate(
@@ -466,7 +510,7 @@ class GeneratorPredictor(Predictor):
         elapsed = time.perf_counter() - start
         new = out[0, len(ids):].tolist()
         return {
-            "task": "generate",
+            "task": self.spec.name,
             "prompt": prompt,
             "completion": tok.decode(new, skip_special_tokens=True),
             "tokens": tok.convert_ids_to_tokens(new),

@@ -1,6 +1,6 @@
 """Build the model and tokenizer a job trains, from the config and the data's vocabularies.
 
-One class per task (``TASK_MODELS``); the model is either loaded whole (``model.pretrained``) or
+One class per task (its spec's ``model_class``, see :mod:`vlcoattn.tasks`); the model is either loaded whole (``model.pretrained``) or
 assembled from pretrained parts: a CooBERT text encoder (a converted BERT dir, converted on first use
 and cached) and a timm backbone with its local pretrained weights.
 """
@@ -13,7 +13,6 @@ from pathlib import Path
 from transformers import AutoTokenizer, PreTrainedModel
 
 from ..assets import asset_names, asset_path
-from ..loading import TASK_MODELS
 from ..text import CooBertConfig, CooBertModel
 from ..vision.weights import cache_dir
 from .distributed import build_once_per_node
@@ -56,7 +55,7 @@ def load_tokenizer(cfg: ModelConfig, text_dir: Path | None):
 def needs_text_dir(job: JobConfig) -> bool:
     """Whether :func:`build_model` starts from a CooBERT dir (converted on first use)."""
     return job.model.pretrained is None and not (
-        job.task == "lm" and job.model.convert_from is None and job.model.text is None)
+        job.spec.from_tokenizer and job.model.convert_from is None and job.model.text is None)
 
 
 def build_model(
@@ -65,19 +64,15 @@ def build_model(
     label_vocab: Sequence[str] = (),
 ) -> tuple[PreTrainedModel, object]:
     """(model, tokenizer) for ``job.task``; vocabularies size the VQA / classification heads."""
-    cfg, cls = job.model, TASK_MODELS[job.task]
+    cfg, spec = job.model, job.spec
+    cls = spec.model_class_object()
     if cfg.pretrained is not None:
         model = cls.from_pretrained(cfg.pretrained)
         return model, load_tokenizer(cfg, None)
     text_dir = resolve_text_dir(cfg) if needs_text_dir(job) else None
     tokenizer = load_tokenizer(cfg, text_dir)
-    extra = dict(cfg.config)
-    if job.is_vision:
-        if job.task != "ground":
-            if not answer_vocab:
-                raise ValueError("the training data has no answer vocabulary (dataset.json answer_vocab): "
-                                 "give data.answer_vocab=FILE|SHARD_DIR, or lower data.min_answer_count")
-            extra["answer_vocab"] = list(answer_vocab)
+    extra = {**cfg.config, **spec.model_config(answer_vocab, label_vocab)}  # the heads sized by the data
+    if spec.needs_images:
         text = CooBertModel.from_pretrained(text_dir)
         if not cfg.pretrained_text:
             text = CooBertModel(text.config)
@@ -87,11 +82,6 @@ def build_model(
             image_size=[cfg.image_size, cfg.image_size], **extra,
         )
         return model, tokenizer
-    if job.task == "cls":
-        if len(label_vocab) < 2:
-            raise ValueError(f"classification needs at least 2 labels in the data, got {list(label_vocab)}")
-        extra.update(num_labels=len(label_vocab), id2label=dict(enumerate(label_vocab)),
-                     label2id={label: i for i, label in enumerate(label_vocab)})
     if text_dir is None:  # a causal LM from scratch: CooBertConfig fields from model.config
         config = CooBertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **extra)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-TASKS = ("vqa", "ground", "vqa+ground", "cls", "lm")
+from ..tasks import TaskSpec, get_task, task_names
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PARALLEL_MODES = ("ddp", "fsdp")  # see vlcoattn.train.parallel
 SCHEDULES = ("cosine", "linear", "constant")
@@ -150,7 +151,7 @@ class TrainLoopConfig:
 
 @dataclass
 class JobConfig:
-    task: str = "vqa+ground"
+    task: str = "vqa+ground"  # a registered task (vlcoattn.tasks): vqa, ground, vqa+ground, cls, lm
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -159,8 +160,10 @@ class JobConfig:
 
     def validate(self) -> None:
         """ValueError naming the key for values that cannot work together."""
+        if self.task not in task_names():
+            raise ValueError(f"task must be one of {task_names()}, got {self.task!r}")
+        vision = [name for name in task_names() if get_task(name).needs_images]
         checks = [
-            (self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}"),
             (self.run.precision in PRECISIONS, f"run.precision must be one of {PRECISIONS}"),
             (self.run.device in ("auto", "cpu", "cuda"), "run.device must be auto, cpu or cuda"),
             (self.run.parallel in PARALLEL_MODES, f"run.parallel must be one of {PARALLEL_MODES}"),
@@ -183,8 +186,8 @@ class JobConfig:
             (self.data.min_answer_count >= 1, "data.min_answer_count must be >= 1"),
             (0.0 <= self.data.color_jitter < 1.0, "data.color_jitter must be in [0, 1)"),
             (self.model.feature_cache_gib >= 0, "model.feature_cache_gib must be >= 0"),
-            (self.model.feature_cache_gib == 0 or self.is_vision,
-             "model.feature_cache_gib is for the vision-language tasks (vqa, ground, vqa+ground)"),
+            (self.model.feature_cache_gib == 0 or self.spec.needs_images,
+             f"model.feature_cache_gib is for the vision-language tasks ({', '.join(vision)})"),
             (self.model.feature_cache_gib == 0 or self.run.parallel != "fsdp",
              "model.feature_cache_gib does not work with run.parallel=fsdp (it skips sharded modules' forward); "
              "use run.parallel=ddp"),
@@ -194,5 +197,6 @@ class JobConfig:
                 raise ValueError(message)
 
     @property
-    def is_vision(self) -> bool:
-        return self.task in ("vqa", "ground", "vqa+ground")
+    def spec(self) -> TaskSpec:
+        """The registered spec of ``task``."""
+        return get_task(self.task)

@@ -56,7 +56,7 @@ def plot_examples(examples: Sequence[dict[str, Any]], out: str | Path, cols: int
             continue
         H, W = image.shape[:2]
         ax.imshow(image)
-        if "heatmap" in ex and ex["task"] == "ground":  # the prior as a red glow, transparent where low
+        if "heatmap" in ex and "true_box" in ex:  # a grounding row: its prior as a red glow, transparent where low
             heat = ex["heatmap"] / max(float(ex["heatmap"].max()), 1e-12)
             glow = np.zeros((*heat.shape, 4))
             glow[..., 0], glow[..., 3] = 1.0, 0.55 * heat

@@ -39,15 +39,12 @@ from ..data import (
     build_loader,
     read_answer_vocab,
     resolve_shards,
-    text_records,
     write_synthetic,
 )
 from ..data.synthetic import SyntheticConfig, parse_holdout
-from ..eval.baselines import AnswerPriorBaseline, CenterBoxBaseline, mean_box_size
 from ..eval.runner import EvalResult, evaluate
 from ..loading import write_task_file
 from ..models import VLCoAttnPreTrainedModel, VLCoAttnProcessor
-from ..tasks import count_items, model_inputs, num_items_argument
 from .build import build_model, needs_text_dir, resolve_text_dir
 from .checkpoint import (
     checkpoint_name,
@@ -201,7 +198,7 @@ class Trainer:
 
     ``model`` / ``tokenizer``: train this pre-built model instead of building one from ``job.model``
     (e.g. a transformers baseline in a benchmark); its forward must take the task's targets
-    (see :mod:`vlcoattn.tasks`).
+    (its task spec's ``model_inputs``, see :mod:`vlcoattn.tasks`).
     """
 
     def __init__(self, job: JobConfig, model: torch.nn.Module | None = None, tokenizer: Any = None) -> None:
@@ -229,8 +226,7 @@ class Trainer:
             if isinstance(model, VLCoAttnPreTrainedModel) else tokenizer
         config = getattr(model, "config", None)
         self.answer_vocab = list(getattr(config, "answer_vocab", None) or self.answer_vocab)
-        if job.task == "cls" and getattr(config, "id2label", None):
-            self.label_vocab = [config.id2label[i] for i in range(len(config.id2label))]
+        self.label_vocab = job.spec.label_names(config) or self.label_vocab  # a pretrained classifier's own
         self.model = model.to(dist.device)
         self.model.train()
         if job.model.gradient_checkpointing:
@@ -345,13 +341,13 @@ class Trainer:
         micro = [next(batches) for _ in range(job.optim.accum_steps)]
         counts: dict[str, int] = {}
         for b in micro:
-            for k, v in count_items(job.task, b).items():
+            for k, v in job.spec.items(b).items():
                 counts[k] = counts.get(k, 0) + v
         kinds = sorted(counts)
         rows = Counter(t for b in micro for t in b["tasks"])
         local = [counts[k] for k in kinds] + [rows[t] for t in self.row_tasks]
         totals = dist.all_reduce(torch.tensor(local, dtype=torch.float64)).tolist()  # one collective for both
-        num_items = num_items_argument(job.task, {k: int(v) for k, v in zip(kinds, totals)})
+        num_items = job.spec.num_items_argument({k: int(v) for k, v in zip(kinds, totals)})
         self.step_rows = {t: int(v) for t, v in zip(self.row_tasks, totals[len(kinds):])}
         module = self.ddp or self.model
         sums = torch.zeros(len(self.loss_names), dtype=torch.float64, device=dist.device)
@@ -360,7 +356,7 @@ class Trainer:
             if self.sharded:
                 self.model.set_requires_gradient_sync(sync)
             with contextlib.nullcontext() if sync or self.ddp is None else self.ddp.no_sync(), self.autocast():
-                inputs = model_inputs(job.task, b, dist.device)
+                inputs = job.spec.model_inputs(b, dist.device)
                 if self.counts_items:
                     out = module(**inputs, num_items_in_batch=num_items)
                     weight = 1.0  # the model's losses are already this rank's part of the global mean
@@ -418,15 +414,10 @@ class Trainer:
         """Fit the trivial baselines of the task on the training split; returns a factory of fresh ones
         (each split is scored by its own): the center box (grounding) and the image-blind answer priors
         (VQA), so every report shows how much the image adds."""
-        job, parts = self.job, []
-        if job.task in ("ground", "vqa+ground") and "ground" in self.row_tasks:  # the mean training box, centred
-            size = mean_box_size(build_eval_loader(job.data.train_sources, self.processor, batch_size=64,
-                                                   limit=2048, **self.loader_kwargs))
-            parts.append(lambda: CenterBoxBaseline(size))
-        if job.task in ("vqa", "vqa+ground") and "vqa" in self.row_tasks:
-            records = [r for r in text_records(job.data.train_sources) if r.get("task") == "vqa"]  # one read
-            priors = [AnswerPriorBaseline(records, by) for by in ("answer", "question")]
-            parts += [lambda p=p: copy.deepcopy(p) for p in priors]
+        sources = self.job.data.train_sources
+        parts = self.job.spec.baseline_factories(
+            self.row_tasks, sources,
+            lambda **kw: build_eval_loader(sources, self.processor, **kw, **self.loader_kwargs))
         return lambda: [make() for make in parts]
 
     def _log_eval(self, split: str, sources: list[str], keep_examples: int = 0,

@@ -92,7 +92,7 @@ def convert_vqa2(
                 "meta": {
                     "question_id": q["question_id"],
                     "image_id": q["image_id"],
-                    "question_type": ann.get("question_type"),
+                    "type": ann.get("question_type"),  # the per-type metrics' key (docs/data.md)
                     "answer_type": ann.get("answer_type"),
                     "multiple_choice_answer": normalize_answer(ann.get("multiple_choice_answer", "")),
                 },
