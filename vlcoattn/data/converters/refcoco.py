@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import pickle
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,11 @@ from ..schema import DatasetInfo, SampleError
 from ..shards import ShardSink
 from .common import (
     ImageStore,
+    add_shard_command,
     progress_bar,
     read_json,
+    report,
+    sink_options,
     write_image_sample,
     write_order,
     xywh_to_xyxy,
@@ -100,3 +104,22 @@ def convert_refcoco(
             }
             write_image_sample(sink, store, key, image_files[ref["image_id"]], record)
     return sink.info
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """``make-shards refcoco``."""
+    p = add_shard_command(sub, "refcoco", "RefCOCO/+/g refs + COCO instances json (refer layout)", images=True)
+    p.add_argument("--refs", required=True, help="refs.json, or refs(unc).p with --allow-pickle")
+    p.add_argument("--instances", required=True, help="instances.json")
+    p.add_argument("--images", required=True, help="COCO train2014 image folder")
+    p.add_argument("--split", required=True, help="refs split: train, val, test, testA, testB")
+    p.add_argument("--allow-pickle", action="store_true", help="allow a pickled refs file (runs its code!)")
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    info = convert_refcoco(
+        args.refs, args.instances, args.images, args.out, split=args.split, allow_pickle=args.allow_pickle,
+        max_side=args.max_side, **sink_options(args),
+    )
+    return report(args.out, info)

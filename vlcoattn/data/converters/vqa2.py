@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from ..answers import normalize_answer
@@ -9,8 +10,11 @@ from ..schema import DatasetInfo
 from ..shards import ShardSink
 from .common import (
     ImageStore,
+    add_shard_command,
     progress_bar,
     read_json,
+    report,
+    sink_options,
     write_image_sample,
     write_order,
 )
@@ -100,3 +104,30 @@ def convert_vqa2(
             relpath = _vqa_image_path(store, subtype, q["image_id"], image_pattern)
             write_image_sample(sink, store, key, relpath, record)
     return sink.info
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """``make-shards vqa2``."""
+    p = add_shard_command(sub, "vqa2", "VQA v2 questions + annotations json (official layout)", images=True)
+    p.add_argument("--questions", required=True, help="v2_OpenEnded_mscoco_<split>_questions.json")
+    p.add_argument("--annotations", required=True, help="v2_mscoco_<split>_annotations.json")
+    p.add_argument("--images", required=True, help="COCO image folder (e.g. val2014/)")
+    p.add_argument(
+        "--image-pattern",
+        default=None,
+        help="file name pattern, e.g. 'COCO_val2014_{image_id:012d}.jpg' (default: 2014 or 2017 naming)",
+    )
+    p.add_argument(
+        "--min-answer-count", type=int, default=VQA2_MIN_ANSWER_COUNT,
+        help=f"answer vocabulary: multiple-choice answers of at least this many questions (default "
+             f"{VQA2_MIN_ANSWER_COUNT}, the usual 3,129 answers on train2014; 1 keeps all)",
+    )
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    info = convert_vqa2(
+        args.questions, args.annotations, args.images, args.out, image_pattern=args.image_pattern,
+        max_side=args.max_side, min_answer_count=args.min_answer_count, **sink_options(args),
+    )
+    return report(args.out, info)
