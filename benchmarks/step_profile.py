@@ -22,8 +22,7 @@ import torch
 from vlcoattn.train.config import load_config
 from vlcoattn.train.job_config import JobConfig
 from vlcoattn.train.trainer import Trainer, model_inputs
-
-from timing import machine, markdown_table
+from vlcoattn.utils.reporting import machine, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
