@@ -42,6 +42,15 @@ def load_refs(path: str | Path, allow_pickle: bool = False) -> list[dict[str, An
     return refs
 
 
+def _split_refs(refs: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+    """The refs of ``split`` (ValueError naming the file's splits when there are none)."""
+    chosen = [r for r in refs if r.get("split") == split]
+    if not chosen:
+        splits = sorted({str(r.get("split")) for r in refs})
+        raise ValueError(f"no refs in split {split!r}; the file has splits {splits}")
+    return chosen
+
+
 def convert_refcoco(
     refs: str | Path,
     instances: str | Path,
@@ -62,10 +71,7 @@ def convert_refcoco(
     inst = read_json(instances, "instances")
     if not isinstance(inst, dict) or not {"images", "annotations"} <= set(inst):
         raise ValueError(f"{instances}: not a COCO instances file (needs 'images' and 'annotations')")
-    chosen = [r for r in all_refs if r.get("split") == split]
-    if not chosen:
-        splits = sorted({str(r.get("split")) for r in all_refs})
-        raise ValueError(f"no refs in split {split!r}; the file has splits {splits}")
+    chosen = _split_refs(all_refs, split)
     anns = {a["id"]: a for a in inst["annotations"]}
     image_files = {im["id"]: im["file_name"] for im in inst["images"]}
     categories = {c["id"]: c["name"] for c in inst.get("categories", [])}

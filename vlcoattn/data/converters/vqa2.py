@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from ..answers import normalize_answer
 from ..schema import DatasetInfo
@@ -34,6 +35,17 @@ def _vqa_image_path(store: ImageStore, subtype: str, image_id: int, pattern: str
     return next((c for c in candidates if (store.root / c).is_file()), candidates[0])
 
 
+def _read_pair(questions: str | Path, annotations: str | Path) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """The questions file's data and the annotations by question id (ValueError for another kind of file)."""
+    qdata = read_json(questions, "questions")
+    adata = read_json(annotations, "annotations")
+    if not isinstance(qdata, dict) or "questions" not in qdata:
+        raise ValueError(f"{questions}: not a VQA questions file (no 'questions' list)")
+    if not isinstance(adata, dict) or "annotations" not in adata:
+        raise ValueError(f"{annotations}: not a VQA annotations file (no 'annotations' list)")
+    return qdata, {a["question_id"]: a for a in adata["annotations"]}
+
+
 # the answer vocabulary of the VQA v2 literature (bottom-up top-down attention and its successors): the
 # multiple-choice answers of at least 9 questions, 3,129 answers on train2014
 VQA2_MIN_ANSWER_COUNT = 9
@@ -62,14 +74,8 @@ def convert_vqa2(
     as the literature does); other answers stay in the samples and score 0 in training, as in the
     official soft scores.
     """
-    qdata = read_json(questions, "questions")
-    adata = read_json(annotations, "annotations")
-    if not isinstance(qdata, dict) or "questions" not in qdata:
-        raise ValueError(f"{questions}: not a VQA questions file (no 'questions' list)")
-    if not isinstance(adata, dict) or "annotations" not in adata:
-        raise ValueError(f"{annotations}: not a VQA annotations file (no 'annotations' list)")
+    qdata, by_qid = _read_pair(questions, annotations)
     subtype = qdata.get("data_subtype", "")
-    by_qid = {a["question_id"]: a for a in adata["annotations"]}
     store = ImageStore(images, max_side)
     qs = write_order(sorted(qdata["questions"], key=lambda q: (q["image_id"], q["question_id"])), shuffle)
     options = {
