@@ -143,8 +143,8 @@ def sink_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(out: str, infos: DatasetInfo | dict[str, DatasetInfo]) -> int:
     """One stdout line per written directory (``out``, or ``out/<split>`` for each split); exit code 0."""
-    for name, info in ({out: infos} if isinstance(infos, DatasetInfo) else
-                       {f"{out}/{split}": info for split, info in infos.items()}).items():
+    by_dir = {out: infos} if isinstance(infos, DatasetInfo) else {f"{out}/{s}": i for s, i in infos.items()}
+    for name, info in by_dir.items():
         skipped = ", ".join(f"{r}={n}" for r, n in info.skipped.items()) or "none"
         tasks = ", ".join(f"{t}={n}" for t, n in info.tasks.items()) or "none"
         print(f"{name}: {info.num_samples} samples in {len(info.shards)} shard(s) ({tasks}); skipped: {skipped}")
