@@ -17,8 +17,9 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertSelfAttention
 
 from vlcoattn.text.attention import CollaborativeSelfAttention
+from vlcoattn.utils.reporting import machine, markdown_table
 
-from timing import interleaved_medians, machine, markdown_table
+from timing import interleaved_medians
 
 
 def n_params(module: torch.nn.Module) -> int:

@@ -17,8 +17,7 @@ import torch
 
 from vlcoattn.assets import bbc_news_dir, minilm_dir
 from vlcoattn.text.convert import convert_bert_to_coobert
-
-from timing import machine, markdown_table
+from vlcoattn.utils.reporting import machine, markdown_table
 
 
 def bbc_sentences(n: int) -> list[str]:

@@ -2,7 +2,7 @@
 
 A doc marks an included file with
 
-    <!-- include: benchmarks/results/convergence/table.md -->
+    <!-- include: studies/results/convergence/table.md -->
     ...the file's text, rewritten by this script...
     <!-- end include -->
 

@@ -25,8 +25,9 @@ from transformers import AutoTokenizer
 from vlcoattn.assets import minilm_dir, sample_photo
 from vlcoattn.infer import Predictor
 from vlcoattn.models import VLCoAttnForMultitask
+from vlcoattn.utils.reporting import machine, markdown_table
 
-from timing import interleaved_medians, machine, markdown_table
+from timing import interleaved_medians
 
 PAIRS = [
     ("astronaut", "what is the woman wearing?"),

@@ -35,8 +35,9 @@ from vlcoattn.text.tokenizer import train_tokenizer
 from vlcoattn.train.config import load_config
 from vlcoattn.train.job_config import JobConfig
 from vlcoattn.train.trainer import train
+from vlcoattn.utils.reporting import machine, markdown_table
 
-from timing import interleaved_medians, machine, markdown_table
+from timing import interleaved_medians
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "lm.yaml"
 PROMPT_TOKENS = 8

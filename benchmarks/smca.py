@@ -17,8 +17,9 @@ from functools import partial
 import torch
 
 from vlcoattn.fusion import SMCACrossAttention, sine_position_encoding_2d
+from vlcoattn.utils.reporting import machine, markdown_table
 
-from timing import interleaved_medians, machine, markdown_table
+from timing import interleaved_medians
 
 D, HEADS, T = 256, 8, 32
 

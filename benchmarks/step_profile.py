@@ -23,8 +23,7 @@ from vlcoattn.tasks import model_inputs
 from vlcoattn.train.config import load_config
 from vlcoattn.train.job_config import JobConfig
 from vlcoattn.train.trainer import Trainer
-
-from timing import machine, markdown_table
+from vlcoattn.utils.reporting import machine, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

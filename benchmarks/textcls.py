@@ -31,8 +31,7 @@ from vlcoattn.eval import classification_metrics
 from vlcoattn.train.config import load_config
 from vlcoattn.train.job_config import JobConfig
 from vlcoattn.train.trainer import train
-
-from timing import machine, markdown_table
+from vlcoattn.utils.reporting import machine, markdown_table
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "textcls_bbc.yaml"
 

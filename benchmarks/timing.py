@@ -1,24 +1,16 @@
 """Timing for benchmarks on a noisy machine: candidates run interleaved, medians compared.
 
 Every benchmark reports ratios against a baseline measured in the same run, never absolute
-claims across runs.
+claims across runs. The machine line and the tables: :mod:`vlcoattn.utils.reporting`.
 """
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
-
-
-def machine() -> str:
-    """One line naming the machine the figures come from."""
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads (torch {torch.__version__}), no GPU"
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 10, warmup: int = 2) -> dict[str, float]:
@@ -37,10 +29,3 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 10,
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - t)
     return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def markdown_table(header: list[str], rows: list[list[object]]) -> str:
-    """A GitHub markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)

@@ -37,8 +37,7 @@ import torch
 
 from vlcoattn.data import write_synthetic
 from vlcoattn.data.synthetic import SyntheticConfig
-
-from timing import machine, markdown_table
+from vlcoattn.utils.reporting import machine, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,8 +26,9 @@ from transformers import BertConfig, BertModel
 from vlcoattn.fusion import sine_position_encoding_2d
 from vlcoattn.models import VLCoAttnConfig, VLCoAttnForQuestionAnswering
 from vlcoattn.text import CooBertConfig
+from vlcoattn.utils.reporting import machine, markdown_table
 
-from timing import interleaved_medians, machine, markdown_table
+from timing import interleaved_medians
 
 D, HEADS, FFN, TEXT_LAYERS, FUSION_LAYERS, T, ANSWERS = 384, 12, 1536, 6, 2, 20, 100
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import subprocess
 import sys
@@ -38,3 +39,24 @@ def test_a_bad_argument_to_an_installed_command_is_one_line():
     # the last line: an older dependency may print its own deprecation warning on import
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "vlcoattn-train: error: config file no-such.yaml does not exist"
+
+
+def test_a_config_whose_base_is_missing_is_one_line(tmp_path):
+    (tmp_path / "overlay.yaml").write_text("base: recipe.yaml\ntrain: {steps: 10}\n")
+    proc = subprocess.run([str(Path(sys.executable).parent / "vlcoattn-train"), "--config", "overlay.yaml"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "vlcoattn-train: error: config file overlay.yaml: its base 'recipe.yaml' (recipe.yaml) does not exist")
+
+
+def test_make_shards_collects_the_sub_command_of_every_converter():
+    """Each converter module adds its own sub-command with the function that runs it; the tool lists them."""
+    from vlcoattn.cli.make_shards import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert list(sub.choices) == ["jsonl", "vqa2", "refcoco", "textcls", "text", "synthetic", "inspect"]
+    for name, parser in sub.choices.items():
+        assert callable(parser.get_default("run")), name
+        if name != "inspect":  # every converter writes a shard directory
+            assert {"--out", "--shard-size", "--overwrite", "--no-progress"} <= set(parser._option_string_actions)

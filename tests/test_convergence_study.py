@@ -1,4 +1,4 @@
-"""The convergence study (benchmarks/convergence.py) runs end to end: its --quick smoke version."""
+"""The convergence study (studies/convergence.py) runs end to end: its --quick smoke version."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_quick_study_trains_every_arm_and_writes_the_table_and_figures(tmp_path)
     analysis are written. Numbers at this size mean nothing, so none are asserted."""
     out, figures = tmp_path / "out", tmp_path / "figures"
     proc = subprocess.run(
-        [sys.executable, "benchmarks/convergence.py", "--quick", "--inits", "pretrained", "scratch",
+        [sys.executable, "studies/convergence.py", "--quick", "--inits", "pretrained", "scratch",
          "--out", str(out), "--figures", str(figures),
          "--runs", str(tmp_path / "runs"), f"data.synthetic.dir={tmp_path / 'clevr'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
@@ -45,7 +45,7 @@ def test_quick_study_trains_every_arm_and_writes_the_table_and_figures(tmp_path)
 
 
 def test_a_quick_run_never_writes_over_the_published_results(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "studies"))
     import convergence
 
     out, figures, runs = convergence.output_dirs(True, None, None, None)
@@ -60,7 +60,7 @@ def test_a_quick_run_never_writes_over_the_published_results(monkeypatch):
 
 def test_the_feature_cache_keeps_a_finished_run_s_key_and_other_overrides_change_it(monkeypatch):
     """model.feature_cache_gib changes a run's speed, not what it learns: finished runs stay finished."""
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "studies"))
     import convergence
 
     plain = convergence.run_overrides(convergence.ARMS["C"], "pretrained", 1, 1600, 100, [])
@@ -74,7 +74,7 @@ def test_the_feature_cache_keeps_a_finished_run_s_key_and_other_overrides_change
 def test_a_partial_rerun_reports_every_finished_run_of_the_config(monkeypatch, tmp_path):
     """``--seeds 2 --arms A`` trains one run but the table covers every arm and seed finished at this config
     (runs at another step budget stay out), and the prior analysis keeps the seed with the most arms' models."""
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "studies"))
     import convergence
 
     def record(arm: str, seed: int, steps: int, init: str = "pretrained") -> dict:
@@ -96,10 +96,10 @@ def test_a_partial_rerun_reports_every_finished_run_of_the_config(monkeypatch, t
 
 
 def test_the_prior_analysis_of_another_seed_or_model_set_is_written_beside_the_published_one(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "studies"))
     import prior_attention
 
-    results, figures = ROOT / "benchmarks" / "results" / "convergence", ROOT / "benchmarks" / "figures"
+    results, figures = ROOT / "studies" / "results" / "convergence", ROOT / "studies" / "figures"
     assert prior_attention.output_paths(0, False) == (results / "prior_attention.md", figures / "prior_attention.png")
     assert prior_attention.output_paths(2, False) == (results / "prior_attention_s2.md",
                                                        figures / "prior_attention_s2.png")

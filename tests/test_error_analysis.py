@@ -1,4 +1,4 @@
-"""benchmarks/error_analysis.py: `spatial` accuracy by the objects' distance, the hold-out by unseen pairs."""
+"""studies/error_analysis.py: `spatial` accuracy by the objects' distance, the hold-out by unseen pairs."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_error_analysis_buckets_spatial_questions_by_distance_and_the_holdout_by
     assert all(any(gaps[s][b] for s in gaps) for b in (0, 2)) and grounding[True] and grounding[False]
 
     out = tmp_path / "analysis.md"
-    proc = subprocess.run([sys.executable, "benchmarks/error_analysis.py", str(run), "--data", str(tmp_path / "data"),
+    proc = subprocess.run([sys.executable, "studies/error_analysis.py", str(run), "--data", str(tmp_path / "data"),
                            "--cell", "8", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()

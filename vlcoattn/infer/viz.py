@@ -35,6 +35,7 @@ STOPWORDS = frozenset(
 PANEL_INCHES = 3.6
 DISPLAY_PIXELS = 1024  # the image is shown downscaled to this longer side
 MAP_PIXELS = 192  # heatmaps are evaluated on a grid of this longer side
+STROKE = [patheffects.withStroke(linewidth=4, foreground="black")]  # outlines the box and the markers
 
 
 def select_words(
@@ -96,6 +97,89 @@ def _title(prediction: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+Panel = tuple[str, np.ndarray, tuple[float, float]]  # (title, prior map, the center's marker)
+
+
+def _load_picture(
+    image: str | os.PathLike | bytes, prediction: dict[str, Any], max_pixels: int
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image's display pixels (downscaled to ``DISPLAY_PIXELS``) and its original (W, H), which
+    must be the prediction's."""
+    picture = decode_image(image if isinstance(image, bytes) else Path(image), max_pixels=max_pixels)
+    W, H = picture.size
+    if list(prediction["image_size"]) != [W, H]:
+        raise ValueError(f"the prediction is for a {prediction['image_size']} image, this one is {[W, H]}")
+    picture.thumbnail((DISPLAY_PIXELS, DISPLAY_PIXELS))
+    return np.asarray(picture), (W, H)
+
+
+def _prior_panels(
+    prediction: dict[str, Any], size: tuple[int, int], words: Sequence[str] | None, heads: bool, max_words: int
+) -> list[Panel]:
+    """One panel per chosen word (head-averaged prior, marked at the word's reference center), or with
+    ``heads`` one per word and head (the default words then share the cap ``max_words`` with the heads).
+    No panel for a model without a spatial prior."""
+    prior_tokens = [t for t in prediction.get("tokens", []) if "center" in t]
+    if not prior_tokens:
+        return []
+    if heads and not words:
+        max_words = max(1, max_words // len(prior_tokens[0]["head_centers"]))
+    panels: list[Panel] = []
+    for label, toks in select_words(prediction, words, max_words):
+        if heads:
+            for h, center in enumerate(toks[0]["head_centers"]):
+                panels.append((f"{label} · head {h}", prior_map(toks, size, head=h), tuple(center)))
+        else:
+            panels.append((label, prior_map(toks, size), tuple(toks[0]["center"])))
+    return panels
+
+
+def _figure(num_panels: int, size: tuple[int, int]) -> tuple[Figure, np.ndarray]:
+    """A figure of up to 4 panels a row, each of the image's aspect; its axes, flat, without ticks."""
+    W, H = size
+    ncols = min(4, num_panels)
+    nrows = math.ceil(num_panels / ncols)
+    aspect = min(max(H / W, 0.2), 2.0)  # extreme shapes are stretched to stay readable
+    fig = Figure(figsize=(PANEL_INCHES * ncols, (PANEL_INCHES * aspect + 0.9) * nrows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[num_panels:]:
+        ax.set_axis_off()
+    return fig, axes
+
+
+def _draw_image_panel(ax: Any, pixels: np.ndarray, size: tuple[int, int], prediction: dict[str, Any],
+                      has_prior: bool) -> None:
+    """The image, the predicted box (red) and, as the title, the text and the top answers."""
+    W, H = size
+    ax.imshow(pixels, extent=(0, W, H, 0), aspect="auto")
+    if box := prediction.get("box"):
+        x0, y0, x1, y1 = box
+        rect = Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red", linewidth=2.5)
+        rect.set_path_effects(STROKE)
+        ax.add_patch(rect)
+    title = _title(prediction)
+    if not has_prior:
+        title += "\n(no spatial prior in this model: no heatmaps)"
+    ax.set_title(title, fontsize=9)
+
+
+def _draw_prior_panel(ax: Any, gray: np.ndarray, size: tuple[int, int], panel: Panel) -> None:
+    """A word's prior as a heatmap over the gray image, its center marked (+)."""
+    (W, H), (label, heat, (cx, cy)) = size, panel
+    extent = (0, W, H, 0)
+    ax.imshow(gray, extent=extent, aspect="auto", cmap="gray", alpha=0.6)
+    ax.imshow(heat, extent=extent, aspect="auto", cmap="jet", alpha=0.55, interpolation="bilinear",
+              vmin=0.0, vmax=float(heat.max()))
+    ax.plot([cx], [cy], marker="+", markersize=14, markeredgewidth=2.5, color="white", path_effects=STROKE)
+    ax.set_xlim(0, W)
+    ax.set_ylim(H, 0)
+    ax.set_title(label, fontsize=12, fontweight="bold")
+
+
 def draw_prediction(
     image: str | os.PathLike | bytes,
     prediction: dict[str, Any],
@@ -119,61 +203,14 @@ def draw_prediction(
     out_path = Path(out_path)
     if not out_path.parent.is_dir():
         raise FileNotFoundError(f"--viz: folder {out_path.parent} does not exist")
-    picture = decode_image(image if isinstance(image, bytes) else Path(image), max_pixels=max_pixels)
-    W, H = picture.size
-    if list(prediction["image_size"]) != [W, H]:
-        raise ValueError(f"the prediction is for a {prediction['image_size']} image, this one is {[W, H]}")
-    picture.thumbnail((DISPLAY_PIXELS, DISPLAY_PIXELS))
-    pixels = np.asarray(picture)
-    gray = pixels.mean(-1)
-
+    pixels, size = _load_picture(image, prediction, max_pixels)
     has_prior = any("center" in t for t in prediction.get("tokens", []))
-    if heads and has_prior and not words:  # the default words share the cap with their heads
-        num_heads = len(next(t for t in prediction["tokens"] if "center" in t)["head_centers"])
-        max_words = max(1, max_words // num_heads)
-    panels: list[tuple[str, np.ndarray, tuple[float, float]]] = []  # (title, map, marker)
-    for label, toks in select_words(prediction, words, max_words) if has_prior else []:
-        if heads:
-            for h, center in enumerate(toks[0]["head_centers"]):
-                panels.append((f"{label} · head {h}", prior_map(toks, (W, H), head=h), tuple(center)))
-        else:
-            panels.append((label, prior_map(toks, (W, H)), tuple(toks[0]["center"])))
-
-    n = 1 + len(panels)
-    ncols = min(4, n)
-    nrows = math.ceil(n / ncols)
-    aspect = min(max(H / W, 0.2), 2.0)  # extreme shapes are stretched to stay readable
-    fig = Figure(figsize=(PANEL_INCHES * ncols, (PANEL_INCHES * aspect + 0.9) * nrows))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    extent = (0, W, H, 0)
-    stroke = [patheffects.withStroke(linewidth=4, foreground="black")]
-
-    ax = axes[0]
-    ax.imshow(pixels, extent=extent, aspect="auto")
-    if box := prediction.get("box"):
-        x0, y0, x1, y1 = box
-        rect = Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red", linewidth=2.5)
-        rect.set_path_effects(stroke)
-        ax.add_patch(rect)
-    title = _title(prediction)
-    if not has_prior:
-        title += "\n(no spatial prior in this model: no heatmaps)"
-    ax.set_title(title, fontsize=9)
-
-    for ax, (label, heat, (cx, cy)) in zip(axes[1:], panels):
-        ax.imshow(gray, extent=extent, aspect="auto", cmap="gray", alpha=0.6)
-        ax.imshow(heat, extent=extent, aspect="auto", cmap="jet", alpha=0.55, interpolation="bilinear",
-                  vmin=0.0, vmax=float(heat.max()))
-        ax.plot([cx], [cy], marker="+", markersize=14, markeredgewidth=2.5, color="white", path_effects=stroke)
-        ax.set_xlim(0, W)
-        ax.set_ylim(H, 0)
-        ax.set_title(label, fontsize=12, fontweight="bold")
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    for ax in axes[n:]:
-        ax.set_axis_off()
+    panels = _prior_panels(prediction, size, words, heads, max_words)
+    fig, axes = _figure(1 + len(panels), size)
+    _draw_image_panel(axes[0], pixels, size, prediction, has_prior)
+    gray = pixels.mean(-1)
+    for ax, panel in zip(axes[1:], panels):
+        _draw_prior_panel(ax, gray, size, panel)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     return out_path

@@ -102,6 +102,25 @@ def _post_processor(tok: Tokenizer, kind: str) -> processors.TemplateProcessing:
     )
 
 
+def _check_sizes(kind: str, num_specials: int, vocab_size: int, min_frequency: int, model_max_length: int) -> None:
+    """ValueError naming the option for a vocabulary too small for the specials (and, byte-level BPE, the 256
+    bytes it starts from), a ``min_frequency`` below 1 or a ``model_max_length`` below 2."""
+    smallest = num_specials + (256 if kind == "bpe" else 1)
+    if vocab_size < smallest:
+        raise ValueError(f"--vocab-size must be at least {smallest} for {kind}, got {vocab_size}")
+    if min_frequency < 1:
+        raise ValueError(f"--min-frequency must be >= 1, got {min_frequency}")
+    if model_max_length < 2:
+        raise ValueError(f"--max-length must be >= 2, got {model_max_length}")
+
+
+def _trainer(kind: str, **kwargs: Any) -> trainers.Trainer:
+    """The ``tokenizers`` trainer of ``kind``; byte-level BPE starts from all 256 bytes."""
+    if kind == "bpe":
+        return trainers.BpeTrainer(initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), **kwargs)
+    return trainers.WordPieceTrainer(**kwargs)
+
+
 def train_tokenizer(
     inputs: Sequence[str | Path] | str | Path,
     out_dir: str | Path,
@@ -126,13 +145,7 @@ def train_tokenizer(
         raise ValueError(f"tokenizer kind must be one of {TOKENIZER_KINDS}, got {kind!r}")
     lowercase = kind == "wordpiece" if lowercase is None else lowercase
     tok, specials, special_kwargs = _build(kind, lowercase)
-    smallest = len(specials) + (256 if kind == "bpe" else 1)  # byte-level BPE starts from all 256 bytes
-    if vocab_size < smallest:
-        raise ValueError(f"--vocab-size must be at least {smallest} for {kind}, got {vocab_size}")
-    if min_frequency < 1:
-        raise ValueError(f"--min-frequency must be >= 1, got {min_frequency}")
-    if model_max_length < 2:
-        raise ValueError(f"--max-length must be >= 2, got {model_max_length}")
+    _check_sizes(kind, len(specials), vocab_size, min_frequency, model_max_length)
     out_dir = Path(out_dir)
     if (out_dir / "tokenizer.json").exists() and not overwrite:
         raise ValueError(f"{out_dir} already holds a tokenizer.json; pass --overwrite to replace it")
@@ -147,12 +160,8 @@ def train_tokenizer(
                 stats["chars"] += len(text)
                 yield text
 
-    trainer_kwargs: dict[str, Any] = dict(vocab_size=vocab_size, min_frequency=min_frequency,
-                                          special_tokens=specials, show_progress=show_progress)
-    if kind == "bpe":
-        trainer = trainers.BpeTrainer(initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), **trainer_kwargs)
-    else:
-        trainer = trainers.WordPieceTrainer(**trainer_kwargs)
+    trainer = _trainer(kind, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                       show_progress=show_progress)
     tok.train_from_iterator(counted(), trainer)
     if stats["texts"] == 0:
         raise ValueError(f"empty corpus: no text in {len(sources)} input(s) ({', '.join(map(str, sources[:3]))}"

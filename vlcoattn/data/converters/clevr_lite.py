@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import asdict
 from pathlib import Path
 
 from ..schema import DatasetInfo
 from ..shards import ShardSink
-from ..synthetic import ANSWERS, SPLITS, SyntheticConfig, synthetic_samples
-from .common import (
-    progress_bar,
-)
+from ..synthetic import ANSWERS, SPLITS, SyntheticConfig, parse_holdout, synthetic_samples
+from .common import add_shard_command, progress_bar, report, sink_options
 
 
 def write_synthetic(
@@ -60,3 +59,42 @@ def write_synthetic(
                 sink.write(key, record, data, ext, (config.image_size, config.image_size))
         infos[split] = sink.info
     return infos
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """``make-shards synthetic``."""
+    p = add_shard_command(sub, "synthetic", "CLEVR-lite scenes: out/{train,val,test[,holdout]}", shuffle=False)
+    p.add_argument(
+        "--num", type=int, required=True, help="train scenes (val/test: num // 10 each by default)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=128, help="image side in pixels")
+    p.add_argument(
+        "--split-holdout",
+        default=None,
+        help="'cogent' or colour:shape pairs ('red:circle,blue:square') kept out of train/val/test",
+    )
+    p.add_argument("--val-num", type=int, default=None)
+    p.add_argument("--test-num", type=int, default=None)
+    p.add_argument(
+        "--holdout-num", type=int, default=None, help="scenes in the holdout split (default: test's)"
+    )
+    p.add_argument("--questions-per-scene", type=int, default=3)
+    p.add_argument("--refs-per-scene", type=int, default=2)
+    p.add_argument("--format", choices=("png", "jpg"), default="png", help="image encoding")
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = SyntheticConfig(
+        image_size=args.size,
+        questions_per_scene=args.questions_per_scene,
+        refs_per_scene=args.refs_per_scene,
+        holdout=parse_holdout(args.split_holdout),
+        image_format=args.format,
+    )
+    infos = write_synthetic(
+        args.out, args.num, seed=args.seed, config=config, val_num=args.val_num, test_num=args.test_num,
+        holdout_num=args.holdout_num, **sink_options(args),
+    )
+    return report(args.out, infos)

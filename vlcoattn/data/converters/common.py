@@ -1,8 +1,9 @@
-"""What the image-dataset converters share: an image store with optional downscaling, box formats,
-the write order, JSON reading and progress bars."""
+"""What the converters share: an image store with optional downscaling, box formats, the write order,
+JSON reading, progress bars, and the options and report of their ``make-shards`` sub-commands."""
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import random
@@ -14,7 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..image import ImageDecodeError, decode_image, encode_image, image_format, image_size
-from ..schema import SampleError, sample_problems
+from ..schema import DatasetInfo, SampleError, sample_problems
 from ..shards import ShardSink
 
 BOX_FORMATS = ("xyxy", "xywh")
@@ -106,3 +107,45 @@ def read_json(path: str | Path, what: str) -> Any:
 
 def progress_bar(items: Iterable[Any], desc: str, total: int | None, progress: bool) -> Iterable[Any]:
     return tqdm(items, desc=desc, total=total, unit="rec", disable=not progress, dynamic_ncols=True)
+
+
+def add_shard_command(
+    sub: argparse._SubParsersAction, name: str, help: str, *, images: bool = False, shuffle: bool = True
+) -> argparse.ArgumentParser:
+    """The ``make-shards NAME`` sub-parser with the options every converter takes: the shard directory and
+    size, overwrite, progress, and (``shuffle``) the write order, (``images``) the image downscale."""
+    p = sub.add_parser(name, help=help, description=help)
+    p.add_argument("--out", required=True, help="output shard directory")
+    p.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default 10000)")
+    p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if shuffle:
+        p.add_argument("--no-shuffle", action="store_true",
+                       help="write samples in the input order (default: a seeded shuffle, so sorted inputs "
+                            "do not give single-class shards)")
+    if images:
+        p.add_argument(
+            "--max-side",
+            type=int,
+            default=None,
+            help="re-encode images whose longer side exceeds this (boxes follow); default: copy",
+        )
+    return p
+
+
+def sink_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of a ``convert_*`` call that :func:`add_shard_command`'s options set."""
+    options = {"shard_size": args.shard_size, "overwrite": args.overwrite, "progress": not args.no_progress}
+    if hasattr(args, "no_shuffle"):
+        options["shuffle"] = not args.no_shuffle
+    return options
+
+
+def report(out: str, infos: DatasetInfo | dict[str, DatasetInfo]) -> int:
+    """One stdout line per written directory (``out``, or ``out/<split>`` for each split); exit code 0."""
+    by_dir = {out: infos} if isinstance(infos, DatasetInfo) else {f"{out}/{s}": i for s, i in infos.items()}
+    for name, info in by_dir.items():
+        skipped = ", ".join(f"{r}={n}" for r, n in info.skipped.items()) or "none"
+        tasks = ", ".join(f"{t}={n}" for t, n in info.tasks.items()) or "none"
+        print(f"{name}: {info.num_samples} samples in {len(info.shards)} shard(s) ({tasks}); skipped: {skipped}")
+    return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -11,7 +12,10 @@ from ..shards import ShardSink
 from .common import (
     BOX_FORMATS,
     ImageStore,
+    add_shard_command,
     progress_bar,
+    report,
+    sink_options,
     write_image_sample,
     write_order,
     xywh_to_xyxy,
@@ -74,3 +78,25 @@ def convert_jsonl(
             else:
                 write_image_sample(sink, store, key, str(relpath), raw)
     return sink.info
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """``make-shards jsonl``."""
+    p = add_shard_command(sub, "jsonl", "generic JSONL records (+ an image folder)", images=True)
+    p.add_argument(
+        "--input", required=True, help="JSONL file: text, task, image, answers|answer, boxes, label"
+    )
+    p.add_argument("--images", default=None, help="folder that record 'image' paths are relative to")
+    p.add_argument("--box-format", choices=BOX_FORMATS, default="xyxy", help="pixel box layout")
+    p.add_argument(
+        "--normalize-answers", action="store_true", help="apply the official VQA answer normalization"
+    )
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    info = convert_jsonl(
+        args.input, args.images, args.out, box_format=args.box_format, normalize_answers=args.normalize_answers,
+        max_side=args.max_side, **sink_options(args),
+    )
+    return report(args.out, info)

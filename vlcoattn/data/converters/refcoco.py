@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import pickle
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,11 @@ from ..schema import DatasetInfo, SampleError
 from ..shards import ShardSink
 from .common import (
     ImageStore,
+    add_shard_command,
     progress_bar,
     read_json,
+    report,
+    sink_options,
     write_image_sample,
     write_order,
     xywh_to_xyxy,
@@ -38,6 +42,15 @@ def load_refs(path: str | Path, allow_pickle: bool = False) -> list[dict[str, An
     return refs
 
 
+def _split_refs(refs: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+    """The refs of ``split`` (ValueError naming the file's splits when there are none)."""
+    chosen = [r for r in refs if r.get("split") == split]
+    if not chosen:
+        splits = sorted({str(r.get("split")) for r in refs})
+        raise ValueError(f"no refs in split {split!r}; the file has splits {splits}")
+    return chosen
+
+
 def convert_refcoco(
     refs: str | Path,
     instances: str | Path,
@@ -58,10 +71,7 @@ def convert_refcoco(
     inst = read_json(instances, "instances")
     if not isinstance(inst, dict) or not {"images", "annotations"} <= set(inst):
         raise ValueError(f"{instances}: not a COCO instances file (needs 'images' and 'annotations')")
-    chosen = [r for r in all_refs if r.get("split") == split]
-    if not chosen:
-        splits = sorted({str(r.get("split")) for r in all_refs})
-        raise ValueError(f"no refs in split {split!r}; the file has splits {splits}")
+    chosen = _split_refs(all_refs, split)
     anns = {a["id"]: a for a in inst["annotations"]}
     image_files = {im["id"]: im["file_name"] for im in inst["images"]}
     categories = {c["id"]: c["name"] for c in inst.get("categories", [])}
@@ -100,3 +110,22 @@ def convert_refcoco(
             }
             write_image_sample(sink, store, key, image_files[ref["image_id"]], record)
     return sink.info
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """``make-shards refcoco``."""
+    p = add_shard_command(sub, "refcoco", "RefCOCO/+/g refs + COCO instances json (refer layout)", images=True)
+    p.add_argument("--refs", required=True, help="refs.json, or refs(unc).p with --allow-pickle")
+    p.add_argument("--instances", required=True, help="instances.json")
+    p.add_argument("--images", required=True, help="COCO train2014 image folder")
+    p.add_argument("--split", required=True, help="refs split: train, val, test, testA, testB")
+    p.add_argument("--allow-pickle", action="store_true", help="allow a pickled refs file (runs its code!)")
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    info = convert_refcoco(
+        args.refs, args.instances, args.images, args.out, split=args.split, allow_pickle=args.allow_pickle,
+        max_side=args.max_side, **sink_options(args),
+    )
+    return report(args.out, info)

@@ -3,6 +3,7 @@ text for language modelling, with stratified / seeded splits; and reading the re
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import itertools
@@ -19,7 +20,10 @@ from webdataset.tariterators import tarfile_samples
 from ..schema import DatasetInfo, SampleError, sample_problems
 from ..shards import ShardSink, resolve_shards
 from .common import (
+    add_shard_command,
     progress_bar,
+    report,
+    sink_options,
     write_order,
 )
 
@@ -438,3 +442,50 @@ def convert_text_split(
             shuffle=shuffle,
         )
     return infos
+
+
+def _add_split_options(p: argparse.ArgumentParser, held_out: str) -> None:
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help=f"{held_out}: writes OUT/train and OUT/test (default 0: one directory)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """``make-shards textcls`` and ``make-shards text``."""
+    p = add_shard_command(sub, "textcls", "labelled text: class folders (as BBC News), CSV or JSONL")
+    p.add_argument("--input", required=True, help="DIR/<class>/*.txt, a .csv or a .jsonl file")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    _add_split_options(p, "stratified held-out share per class")
+    p.set_defaults(run=_run_textcls)
+
+    p = add_shard_command(sub, "text", "plain text for language modelling")
+    p.add_argument("--input", required=True, nargs="+", help="text files or folders of *.txt")
+    p.add_argument(
+        "--unit", choices=TEXT_UNITS, default="paragraph", help="one sample per ..."
+    )
+    p.add_argument("--min-chars", type=int, default=1, help="skip shorter units")
+    _add_split_options(p, "share of FILES held out")
+    p.set_defaults(run=_run_text)
+
+
+def _run_textcls(args: argparse.Namespace) -> int:
+    columns = {"text_column": args.text_column, "label_column": args.label_column, **sink_options(args)}
+    if args.test_fraction:
+        return report(args.out, convert_textcls_split(
+            args.input, args.out, test_fraction=args.test_fraction, seed=args.seed, **columns
+        ))
+    return report(args.out, convert_textcls(args.input, args.out, **columns))
+
+
+def _run_text(args: argparse.Namespace) -> int:
+    units = {"unit": args.unit, "min_chars": args.min_chars, **sink_options(args)}
+    if args.test_fraction:
+        return report(args.out, convert_text_split(
+            args.input, args.out, test_fraction=args.test_fraction, seed=args.seed, **units
+        ))
+    return report(args.out, convert_text(args.input, args.out, **units))

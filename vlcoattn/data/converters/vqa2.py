@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+from typing import Any
 
 from ..answers import normalize_answer
 from ..schema import DatasetInfo
 from ..shards import ShardSink
 from .common import (
     ImageStore,
+    add_shard_command,
     progress_bar,
     read_json,
+    report,
+    sink_options,
     write_image_sample,
     write_order,
 )
@@ -28,6 +33,17 @@ def _vqa_image_path(store: ImageStore, subtype: str, image_id: int, pattern: str
     )
     candidates = [n for name in names for n in (name, f"{subtype}/{name}")]
     return next((c for c in candidates if (store.root / c).is_file()), candidates[0])
+
+
+def _read_pair(questions: str | Path, annotations: str | Path) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """The questions file's data and the annotations by question id (ValueError for another kind of file)."""
+    qdata = read_json(questions, "questions")
+    adata = read_json(annotations, "annotations")
+    if not isinstance(qdata, dict) or "questions" not in qdata:
+        raise ValueError(f"{questions}: not a VQA questions file (no 'questions' list)")
+    if not isinstance(adata, dict) or "annotations" not in adata:
+        raise ValueError(f"{annotations}: not a VQA annotations file (no 'annotations' list)")
+    return qdata, {a["question_id"]: a for a in adata["annotations"]}
 
 
 # the answer vocabulary of the VQA v2 literature (bottom-up top-down attention and its successors): the
@@ -58,14 +74,8 @@ def convert_vqa2(
     as the literature does); other answers stay in the samples and score 0 in training, as in the
     official soft scores.
     """
-    qdata = read_json(questions, "questions")
-    adata = read_json(annotations, "annotations")
-    if not isinstance(qdata, dict) or "questions" not in qdata:
-        raise ValueError(f"{questions}: not a VQA questions file (no 'questions' list)")
-    if not isinstance(adata, dict) or "annotations" not in adata:
-        raise ValueError(f"{annotations}: not a VQA annotations file (no 'annotations' list)")
+    qdata, by_qid = _read_pair(questions, annotations)
     subtype = qdata.get("data_subtype", "")
-    by_qid = {a["question_id"]: a for a in adata["annotations"]}
     store = ImageStore(images, max_side)
     qs = write_order(sorted(qdata["questions"], key=lambda q: (q["image_id"], q["question_id"])), shuffle)
     options = {
@@ -100,3 +110,30 @@ def convert_vqa2(
             relpath = _vqa_image_path(store, subtype, q["image_id"], image_pattern)
             write_image_sample(sink, store, key, relpath, record)
     return sink.info
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """``make-shards vqa2``."""
+    p = add_shard_command(sub, "vqa2", "VQA v2 questions + annotations json (official layout)", images=True)
+    p.add_argument("--questions", required=True, help="v2_OpenEnded_mscoco_<split>_questions.json")
+    p.add_argument("--annotations", required=True, help="v2_mscoco_<split>_annotations.json")
+    p.add_argument("--images", required=True, help="COCO image folder (e.g. val2014/)")
+    p.add_argument(
+        "--image-pattern",
+        default=None,
+        help="file name pattern, e.g. 'COCO_val2014_{image_id:012d}.jpg' (default: 2014 or 2017 naming)",
+    )
+    p.add_argument(
+        "--min-answer-count", type=int, default=VQA2_MIN_ANSWER_COUNT,
+        help=f"answer vocabulary: multiple-choice answers of at least this many questions (default "
+             f"{VQA2_MIN_ANSWER_COUNT}, the usual 3,129 answers on train2014; 1 keeps all)",
+    )
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    info = convert_vqa2(
+        args.questions, args.annotations, args.images, args.out, image_pattern=args.image_pattern,
+        max_side=args.max_side, min_answer_count=args.min_answer_count, **sink_options(args),
+    )
+    return report(args.out, info)

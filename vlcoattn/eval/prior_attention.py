@@ -1,23 +1,17 @@
 """Where the grounding token looks, per expression type: SMCA's prior and attention against plain attention.
 
-    python benchmarks/prior_attention.py                      # the study's seed-0 models in runs/convergence
-    python benchmarks/prior_attention.py --seed 1             # seed 1's: prior_attention_s1.{md,png}
-    python benchmarks/prior_attention.py --models A=runs/x/final B=runs/y/final --limit 600
-
-For every grounding sample of the first ``--limit`` of val, each model's grounding token ([CLS]) is scored
-per fusion layer by :func:`vlcoattn.eval.alignment.token_alignment`: the share of its head-mean attention
-inside the target box ("mass"; a uniform map scores the box's share of the image, "chance"), whether
-the attention's centroid (where the box head starts) lies in the box, and the same for its Gaussian
-prior (SMCA arms). Written: ``prior_attention.md`` (means per arm and expression type, with Acc@0.5)
-and ``prior_attention.png`` (examples per expression type: the last layer's prior and the first and last
-layers' attention over the image, the true box green, the predicted one red). Seed 0's are the published
-analysis (``convergence.py`` writes the same); another ``--seed`` writes ``prior_attention_s{N}.*`` and
-``--models`` ``prior_attention_models.*`` beside them, so neither replaces it.
+For every grounding sample of the first ``limit`` of a split, each model's grounding token ([CLS]) is
+scored per fusion layer by :func:`vlcoattn.eval.alignment.token_alignment`: the share of its head-mean
+attention inside the target box ("mass"; a uniform map scores the box's share of the image, "chance"),
+whether the attention's centroid (where the box head starts) lies in the box, and the same for its
+Gaussian prior (SMCA models). :func:`run` writes the means per model and expression type, with Acc@0.5,
+as a markdown table, and a figure of examples per expression type: the last layer's prior and the first
+and last layers' attention over the image, the true box green, the predicted one red. The convergence
+study and ``studies/prior_attention.py`` call it on the study's models.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -30,15 +24,15 @@ import torch
 from matplotlib.patches import Rectangle
 from torchvision.ops import box_convert, box_iou
 
-from vlcoattn.data import build_eval_loader
-from vlcoattn.eval.alignment import token_alignment
-from vlcoattn.infer.predictor import forward_with_base
-from vlcoattn.loading import load_model_dir
-from vlcoattn.tasks import model_inputs
+from ..data import build_eval_loader
+from ..infer.predictor import forward_with_base
+from ..loading import load_model_dir
+from ..tasks import model_inputs
+from ..utils.reporting import markdown_table
+from .alignment import token_alignment
 
-from timing import markdown_table
+__all__ = ["analyse", "draw", "run", "table"]
 
-ROOT = Path(__file__).resolve().parents[1]
 TYPES = ("attribute", "relational", "superlative")
 
 
@@ -142,13 +136,14 @@ def draw(examples_by_arm: dict[str, list[dict]], out: Path) -> Path:
 
 
 def _shown(path: Path) -> str:
-    """``path`` relative to the repository when it lies inside it."""
-    path = Path(path).resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+    """``path`` relative to the working directory (a study runs from the repository) when it lies inside it."""
+    path, here = Path(path).resolve(), Path.cwd().resolve()
+    return str(path.relative_to(here)) if path.is_relative_to(here) else str(path)
 
 
 def run(models: dict[str, Path], sources: str, limit: int, table_path: Path, figure: Path, examples: int = 2) -> str:
-    """Analyse every model, write the table (markdown, to ``table_path``) and the figure; returns the table."""
+    """Analyse every model (arm name -> saved model dir) on the first ``limit`` samples of ``sources``, write
+    the table (markdown, to ``table_path``) and the figure; returns the table."""
     rows_by_arm, examples_by_arm = {}, {}
     for arm, model_dir in models.items():
         rows_by_arm[arm], examples_by_arm[arm] = analyse(model_dir, sources, limit, examples)
@@ -161,38 +156,3 @@ def run(models: dict[str, Path], sources: str, limit: int, table_path: Path, fig
         f"the [CLS] token's head-mean map.\n\n{text}\n")
     draw(examples_by_arm, figure)
     return text
-
-
-def output_paths(seed: int, custom_models: bool) -> tuple[Path, Path]:
-    """(table, figure): the published ``prior_attention.*`` for the study's seed-0 models, else beside them
-    under ``_s{seed}`` or ``_models``."""
-    stem = "prior_attention" + ("_models" if custom_models else f"_s{seed}" if seed else "")
-    return ROOT / "benchmarks" / "results" / "convergence" / f"{stem}.md", ROOT / "benchmarks" / "figures" / f"{stem}.png"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=None, metavar="ARM=DIR",
-                        help="default: runs/convergence/vqa+ground-pretrained-{A,B,C,D}-s{SEED}/final, those that exist")
-    parser.add_argument("--seed", type=int, default=0, help="with the default --models: the study's seed")
-    parser.add_argument("--data", default="data/clevr-lite-4000/val")
-    parser.add_argument("--limit", type=int, default=1000, help="the first N samples of --data (grounding ones are used)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="the table (default benchmarks/results/convergence/prior_attention[_sN|_models].md)")
-    parser.add_argument("--figure", type=Path, default=None,
-                        help="default benchmarks/figures/prior_attention[_sN|_models].png")
-    args = parser.parse_args()
-    table_path, figure = output_paths(args.seed, bool(args.models))
-    if args.models:
-        models = dict(m.split("=", 1) for m in args.models)
-    else:
-        runs = ROOT / "runs" / "convergence"
-        models = {a: runs / f"vqa+ground-pretrained-{a}-s{args.seed}" / "final" for a in "ABCD"}
-    models = {a: Path(p) for a, p in models.items() if Path(p).is_dir()}
-    if not models:
-        raise SystemExit("prior_attention.py: no saved model to analyse (train the study first, or pass --models)")
-    print(run(models, args.data, args.limit, args.out or table_path, args.figure or figure))
-
-
-if __name__ == "__main__":
-    main()

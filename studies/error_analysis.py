@@ -1,7 +1,7 @@
 """Where a CLEVR-lite model's errors are: `spatial` by the objects' distance, the hold-out by unseen pairs.
 
-    python benchmarks/error_analysis.py RUN_DIR [RUN_DIR ...] [--data data/clevr-lite-4000] [--cell 16]
-        [--out benchmarks/results/error_analysis.md]
+    python studies/error_analysis.py RUN_DIR [RUN_DIR ...] [--data data/clevr-lite-4000] [--cell 16]
+        [--out studies/results/error_analysis.md]
 
 Reads the predictions a run's final evaluation wrote (``RUN_DIR/predictions/{split}.jsonl``) and
 regenerates each scene from the options in the split's ``dataset.json`` (the generator is
@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vlcoattn.data.synthetic import SceneObject, SyntheticConfig, generate_scene, relation_margin
-
-from timing import markdown_table
+from vlcoattn.utils.reporting import markdown_table
 
 SPLITS = ("val", "test", "holdout")
 BUCKETS = ((0.0, 1.0), (1.0, 2.0), (2.0, float("inf")))  # in cells

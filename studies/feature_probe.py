@@ -1,6 +1,6 @@
 """Can the frozen backbone see what CLEVR-lite asks about? A linear probe per feature level.
 
-    python benchmarks/feature_probe.py [--scenes 400] [--image 128]
+    python studies/feature_probe.py [--scenes 400] [--image 128]
 
 For every object of ``--scenes`` generated train scenes, the backbone feature cell under the object's
 center is taken at each stride (4, 8, 16, 32 for EfficientNet-Lite0 with its ImageNet weights, frozen,
@@ -20,9 +20,8 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from vlcoattn.data.synthetic import SyntheticConfig, synthetic_samples
+from vlcoattn.utils.reporting import machine, markdown_table
 from vlcoattn.vision import VisionBackbone
-
-from timing import machine, markdown_table
 
 ATTRIBUTES = ("color", "shape", "size")
 

@@ -1,11 +1,11 @@
 """Prove the prior: SMCA vs plain co-attention on CLEVR-lite VQA + grounding, several seeds.
 
-    python benchmarks/convergence.py                 # the study: 4 arms x 3 seeds at the CLEVR-lite recipe
-    python benchmarks/convergence.py --arms A B --seeds 0   # a part of it (finished runs are kept and skipped)
-    python benchmarks/convergence.py model.feature_cache_gib=4   # the frozen encoders run once per sample
-    python benchmarks/convergence.py --quick         # a ~2 minute smoke version (numbers mean nothing),
+    python studies/convergence.py                 # the study: 4 arms x 3 seeds at the CLEVR-lite recipe
+    python studies/convergence.py --arms A B --seeds 0   # a part of it (finished runs are kept and skipped)
+    python studies/convergence.py model.feature_cache_gib=4   # the frozen encoders run once per sample
+    python studies/convergence.py --quick         # a ~2 minute smoke version (numbers mean nothing),
                                                      # written to a new temp dir, never over the results
-    python benchmarks/convergence.py --steps 600 data.batch_size=64 model.image_size=256   # a GPU size
+    python studies/convergence.py --steps 600 data.batch_size=64 model.image_size=256   # a GPU size
 
 Every run is ``vlcoattn.train.train`` on ``configs/convergence.yaml`` (same data, model size, step
 budget, schedule and seed for every arm); only the fusion differs:
@@ -18,10 +18,10 @@ budget, schedule and seed for every arm); only the fusion differs:
 from the pretrained parts (converted MiniLM, ImageNet EfficientNet-Lite0, both frozen: the recipe), and
 with ``--inits scratch`` from scratch (both random and trained). Validation Acc@0.5 / mean IoU / VQA accuracy are logged every
 ``eval_every`` steps, test and hold-out at the end. Written to ``--out`` (default
-``benchmarks/results/convergence``): ``runs.jsonl`` (one line per finished run, keyed by a hash of the
+``studies/results/convergence``): ``runs.jsonl`` (one line per finished run, keyed by a hash of the
 config file and every override but the speed-only ``model.feature_cache_gib``; a rerun skips the runs it
 already holds, a changed config reruns all),
-``table.md``, ``prior_attention.md`` and figures under ``benchmarks/figures/``: ``convergence.png`` (metric
+``table.md``, ``prior_attention.md`` and figures under ``studies/figures/``: ``convergence.png`` (metric
 vs step, mean and min-max over seeds), ``prior_words_*.png`` (what arm A's prior learned: each word's
 Gaussian) and ``prior_attention.png``. The table and figures cover every finished run in runs.jsonl at
 this configuration (steps, schedule, extra overrides), not only the arms and seeds this invocation
@@ -55,19 +55,18 @@ import matplotlib.pyplot as plt
 import webdataset as wds
 
 from vlcoattn.data import resolve_shards
+from vlcoattn.eval import prior_attention
 from vlcoattn.infer import Predictor, draw_prediction
 from vlcoattn.train.config import load_config
 from vlcoattn.train.job_config import JobConfig
 from vlcoattn.train.metrics_log import read_metrics
 from vlcoattn.train.trainer import train
-
-import prior_attention
-from timing import machine, markdown_table
+from vlcoattn.utils.reporting import machine, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "convergence.yaml"
-RESULTS = ROOT / "benchmarks" / "results" / "convergence"
-FIGURES = ROOT / "benchmarks" / "figures"
+RESULTS = ROOT / "studies" / "results" / "convergence"
+FIGURES = ROOT / "studies" / "figures"
 METRICS = ("acc@0.5", "mean_iou", "vqa_acc")
 ANALYSIS_LIMIT = 1000  # val samples (~400 boxes) the prior-vs-attention analysis scores
 # settings that change how fast a run goes, not what it learns (the frozen-feature cache equals recomputing
@@ -253,7 +252,7 @@ def draw_priors(model_dir: Path, val_dir: Path, out_dir: Path, count: int = 3) -
 
 
 def output_dirs(quick: bool, out: Path | None, figures: Path | None, runs: Path | None) -> tuple[Path, Path, Path]:
-    """(results, figures, run dirs). The study publishes into benchmarks/; a --quick smoke run writes into
+    """(results, figures, run dirs). The study publishes into studies/; a --quick smoke run writes into
     its own directory (default: a new temp dir) and is refused the published ones."""
     if not quick:
         return out or RESULTS, figures or FIGURES, runs or ROOT / "runs" / "convergence"
@@ -278,8 +277,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=None, help="default: the config's (--quick: 4)")
     parser.add_argument("--report-only", action="store_true", help="train nothing: table and figures from runs.jsonl")
     parser.add_argument("--out", type=Path, default=None,
-                        help="runs.jsonl + table.md (default benchmarks/results/convergence; --quick: a new temp dir)")
-    parser.add_argument("--figures", type=Path, default=None, help="default benchmarks/figures (--quick: OUT/figures)")
+                        help="runs.jsonl + table.md (default studies/results/convergence; --quick: a new temp dir)")
+    parser.add_argument("--figures", type=Path, default=None, help="default studies/figures (--quick: OUT/figures)")
     parser.add_argument("--runs", type=Path, default=None, help="run dirs (default runs/convergence; --quick: OUT/runs)")
     parser.add_argument("extra", nargs="*", help="more dotted overrides for every run (e.g. data.batch_size=16)")
     args = parser.parse_args()
