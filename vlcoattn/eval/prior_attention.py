@@ -48,7 +48,7 @@ def analyse(model_dir: Path, sources: str, limit: int, examples: int, batch_size
     token = model.config.grounding_token_index
     rows, kept = [], defaultdict(list)
     for batch in loader:
-        idx = [i for i, t in enumerate(batch["tasks"]) if t == "ground" and bool(batch["box_mask"][i])]
+        idx = batch["box_mask"].nonzero().flatten().tolist() if "box_mask" in batch else []  # rows with a box
         if not idx:
             continue
         keep = torch.tensor(idx)
