@@ -25,9 +25,9 @@ from .smca import (
 __all__ = [
     "PRIOR_SHARING",
     "SPATIAL_PRIORS",
+    "CoAttentionConfig",
     "CrossAttentionOutput",
     "FeedForward",
-    "CoAttentionConfig",
     "FusionLayerOutput",
     "FusionOutput",
     "PositionEmbeddingSine2D",

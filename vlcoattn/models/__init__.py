@@ -8,7 +8,13 @@ from transformers import (
     AutoProcessor,
 )
 
-from .configuration_vlcoattn import ANSWER_LOSSES, ANSWER_POOLINGS, HeadsConfig, VLCoAttnConfig, convert_flat_config
+from .configuration_vlcoattn import (
+    ANSWER_LOSSES,
+    ANSWER_POOLINGS,
+    HeadsConfig,
+    VLCoAttnConfig,
+    convert_flat_config,
+)
 from .modeling_vlcoattn import (
     AnswerHead,
     BoxHead,

@@ -115,6 +115,12 @@ class VLCoAttnConfig(PreTrainedConfig):
             self.id2label = dict(enumerate(heads.answer_vocab))
             self.label2id = {a: i for i, a in enumerate(heads.answer_vocab)}
 
+    @property
+    def answer_vocab(self) -> list[str] | None:
+        """``heads_config.answer_vocab``, read-only: where code that takes any model config (trainer,
+        evaluation) finds a model's answers."""
+        return self.heads_config.answer_vocab
+
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> VLCoAttnConfig:
         """transformers' ``from_dict`` (what ``from_pretrained`` reads ``config.json`` with), converting the

@@ -77,7 +77,7 @@ def build_model(
             if not answer_vocab:
                 raise ValueError("the training data has no answer vocabulary (dataset.json answer_vocab): "
                                  "give data.answer_vocab=FILE|SHARD_DIR, or lower data.min_answer_count")
-            extra["answer_vocab"] = list(answer_vocab)
+            extra["heads_config"] = {**extra.get("heads_config", {}), "answer_vocab": list(answer_vocab)}
         text = CooBertModel.from_pretrained(text_dir)
         if not cfg.pretrained_text:
             text = CooBertModel(text.config)
