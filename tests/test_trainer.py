@@ -68,7 +68,7 @@ def base_config(assets, run_dir, **over) -> dict:
         "run": {"dir": str(run_dir), "seed": 0, "log_every": 1, "progress": False},
         "model": {"text": str(assets["text"]), "convert_from": None, "backbone": "convnext_atto",
                   "pretrained_backbone": False, "image_size": 64,
-                  "config": {"fusion_num_layers": 1, "backbone_out_indices": [-2]}},
+                  "config": {"coattention_config": {"num_layers": 1}, "vision_config": {"out_indices": [-2]}}},
         "data": {"train": [str(assets["data"] / "train")], "val": [str(assets["data"] / "val")],
                  "batch_size": 4, "eval_batch_size": 16, "max_text_len": 24, "shuffle_buffer": 16},
         "optim": {"lr": 1e-3, "warmup_steps": 1, "eps": 1e-6},
@@ -151,8 +151,7 @@ def rank_major_copy(src: Path, dst: Path, batch: int, world: int) -> None:
 def test_torchrun_two_ranks_equals_one_process_with_the_doubled_batch(assets, tmp_path):
     # no shuffling, no dropout (each rank draws its own dropout masks)
     shuffled_off = {"data.shuffle": False, "data.val": [], "train.steps": 3, "model.config": {
-        "fusion_num_layers": 1, "backbone_out_indices": [-2], "fusion_dropout": 0.0,
-        "fusion_attention_dropout": 0.0}}
+        "coattention_config": {"num_layers": 1, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}, "vision_config": {"out_indices": [-2]}}}
     single = base_config(assets, tmp_path / "single", **shuffled_off, **{"data.batch_size": 8})
     train(job_of(single, tmp_path))
 
@@ -189,8 +188,8 @@ def test_torchrun_over_two_single_task_sources_mixes_them_resumes_exactly_and_eq
     per step), a run resumed from its step-2 checkpoint ends equal to the straight one, and the 2-rank run
     equals one process with the doubled batch fed the same samples (the two ranks' batches, step by step)."""
     steps, sources = 4, [{"source": str(single_task_dirs[t]), "weight": 1.0} for t in ("vqa", "ground")]
-    no_dropout = {"fusion_num_layers": 1, "backbone_out_indices": [-2], "fusion_dropout": 0.0,
-                  "fusion_attention_dropout": 0.0}
+    no_dropout = {"coattention_config": {"num_layers": 1, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+                  "vision_config": {"out_indices": [-2]}}
     over = {"data.train": sources, "data.val": [], "train.steps": steps, "train.save_every": 2, "model.config": no_dropout}
     ddp = base_config(assets, tmp_path / "ddp", **over)
     cfg = write_config(ddp, tmp_path / "ddp.yaml")
@@ -228,8 +227,8 @@ def test_fsdp_equals_ddp_evaluates_in_lockstep_and_resumes_exactly_from_its_shar
     run in lockstep); step 2's sharded (DCP) checkpoint resumes to the uninterrupted run's weights."""
     val = sum(s.samples for s in resolve_shards([str(assets["data"] / "val")])[0])
     common = {"data.shuffle": False, "data.eval_batch_size": val // 2 - (val % 2 == 0), "train.steps": 3,
-              "model.config": {"fusion_num_layers": 1, "backbone_out_indices": [-2], "fusion_dropout": 0.0,
-                               "fusion_attention_dropout": 0.0}}
+              "model.config": {"coattention_config": {"num_layers": 1, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+                               "vision_config": {"out_indices": [-2]}}}
     fsdp_only = {"run.parallel": "fsdp", "train.save_every": 2}
     for name, over in (("ddp", {}), ("fsdp", fsdp_only)):
         cfg = base_config(assets, tmp_path / name, **common, **over)
@@ -503,8 +502,8 @@ def test_gradient_checkpointing_in_the_trainer_changes_no_weight(assets, tmp_pat
 def test_the_feature_cache_trains_like_recomputing_and_logs_its_use(assets, tmp_path):
     """model.feature_cache_gib with the text encoder and the backbone frozen: the same losses to float
     rounding, and the cache's hits and misses in metrics.jsonl."""
-    frozen = {"model.config": {"fusion_num_layers": 1, "backbone_out_indices": [-2], "freeze_text_layers": -1,
-                               "freeze_backbone": True}}
+    frozen = {"model.config": {"coattention_config": {"num_layers": 1}, "freeze_text_layers": -1,
+                               "vision_config": {"out_indices": [-2], "freeze": True}}}
     plain = _first_losses(assets, tmp_path, "plain", **frozen)
     cached = _first_losses(assets, tmp_path, "cached", **frozen, **{"model.feature_cache_gib": 0.5})
     assert cached == pytest.approx(plain, rel=1e-4)
@@ -519,8 +518,8 @@ def test_the_feature_cache_trains_like_recomputing_and_logs_its_use(assets, tmp_
 def test_compiled_layers_train_like_eager(assets, tmp_path):
     """run.compile: every transformer layer and backbone stage through torch.compile (inductor, on the CPU
     too); the losses match eager's to float rounding and the saved weights keep their names."""
-    no_dropout = {"model.config": {"fusion_num_layers": 1, "backbone_out_indices": [-2], "fusion_dropout": 0.0,
-                                   "fusion_attention_dropout": 0.0}}  # compiled dropout draws other masks
+    no_dropout = {"model.config": {"coattention_config": {"num_layers": 1, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},  # compiled dropout draws other masks
+                                   "vision_config": {"out_indices": [-2]}}}
     eager = _first_losses(assets, tmp_path, "eager", **no_dropout)
     compiled = _first_losses(assets, tmp_path, "compiled", **no_dropout, **{"run.compile": True})
     assert compiled == pytest.approx(eager, rel=1e-4)
@@ -558,7 +557,8 @@ def test_every_shipped_config_builds_its_model(path, minilm_dir):
     assert isinstance(model, TASK_MODELS[job.task]) and tokenizer.pad_token is not None
     assert sum(p.numel() for p in model.parameters()) > 1e6
     if job.is_vision:
-        assert model.config.spatial_prior == job.model.config.get("spatial_prior", "gaussian")
+        prior = job.model.config.get("coattention_config", {}).get("spatial_prior", "gaussian")
+        assert model.config.coattention_config.spatial_prior == prior
         assert model.config.answer_vocab == ["yes", "no", "2"]
 
 
