@@ -82,11 +82,12 @@ class Arm:
     overrides: tuple[str, ...]
 
 
+PRIOR = "model.config.coattention_config."  # the overrides of an arm's co-attention
 ARMS = {
-    "A": Arm("A", "SMCA, per-head scales", ("model.config.coattention_config.spatial_prior=gaussian", "model.config.coattention_config.prior_sharing=per_head")),
-    "B": Arm("B", "plain co-attention", ("model.config.coattention_config.spatial_prior=none",)),
-    "C": Arm("C", "SMCA, head-shared scales", ("model.config.coattention_config.spatial_prior=gaussian", "model.config.coattention_config.prior_sharing=shared_scales")),
-    "D": Arm("D", "SMCA, multi-scale", ("model.config.coattention_config.spatial_prior=gaussian", "model.config.coattention_config.prior_sharing=per_head",
+    "A": Arm("A", "SMCA, per-head scales", (f"{PRIOR}spatial_prior=gaussian", f"{PRIOR}prior_sharing=per_head")),
+    "B": Arm("B", "plain co-attention", (f"{PRIOR}spatial_prior=none",)),
+    "C": Arm("C", "SMCA, head-shared scales", (f"{PRIOR}spatial_prior=gaussian", f"{PRIOR}prior_sharing=shared_scales")),
+    "D": Arm("D", "SMCA, multi-scale", (f"{PRIOR}spatial_prior=gaussian", f"{PRIOR}prior_sharing=per_head",
                                         "model.config.vision_config.out_indices=[-2,-1]")),
 }
 INITS = {

@@ -343,7 +343,7 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
                  if not any(p.requires_grad for p in module.parameters())]
         if not parts:
             raise ValueError("the feature cache needs a frozen text encoder (freeze_text_layers: -1) or a frozen "
-                             "backbone (freeze_backbone: true); this model trains both (model.feature_cache_gib=0: "
+                             "backbone (vision_config.freeze: true); this model trains both (model.feature_cache_gib=0: "
                              "no cache)")
         self.feature_cache = FeatureCache(int(max_gib * 2**30), parts)
         return self.feature_cache
@@ -648,20 +648,8 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
                 result["loss_vqa"] = logits.sum() * 0.0
             if training:
                 losses.append(result["loss_vqa"])
-        heads = self.config.heads_config
         if self.has_boxes:
-            k = heads.grounding_token_index
-            ref = out.base_centers[:, k] if out.base_centers is not None else None  # (B, 2)
-            result["pred_boxes"] = pred = self.box_head(out.last_hidden_state[:, k], ref)
-            if not self.training:  # read by evaluation and inference; a training step has no use for them
-                result["heatmaps"] = self.vlcoattn.token_heatmaps(out)
-            if boxes is not None:
-                total, result["loss_l1"], result["loss_giou"] = grounding_loss(
-                    pred, boxes.to(pred.dtype), float(heads.box_l1_weight),
-                    float(heads.box_giou_weight), box_mask, _num_items(num_items_in_batch, "ground"),
-                )
-            elif training:
-                total = result["loss_l1"] = result["loss_giou"] = pred.sum() * 0.0
+            total = self._box_outputs(out, boxes, box_mask, _num_items(num_items_in_batch, "ground"), training, result)
             if training:
                 losses.append(total)
         if losses:
@@ -669,6 +657,27 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         fields = {f.name for f in dataclasses.fields(self.output_class)}  # e.g. no loss_vqa for VQA alone
         output = self.output_class(**{k: v for k, v in result.items() if k in fields})
         return output if return_dict is not False else output.to_tuple()
+
+    def _box_outputs(self, out: VLCoAttnModelOutput, boxes: torch.Tensor | None, box_mask: torch.Tensor | None,
+                     num_items: int | None, training: bool, result: dict) -> torch.Tensor | None:
+        """The box head's entries of ``result`` (pred_boxes; heatmaps in eval mode; loss_l1 and loss_giou);
+        returns the weighted box loss (a zero one when training without box targets), None otherwise."""
+        heads = self.config.heads_config
+        k = heads.grounding_token_index
+        ref = out.base_centers[:, k] if out.base_centers is not None else None  # (B, 2)
+        result["pred_boxes"] = pred = self.box_head(out.last_hidden_state[:, k], ref)
+        if not self.training:  # read by evaluation and inference; a training step has no use for them
+            result["heatmaps"] = self.vlcoattn.token_heatmaps(out)
+        if boxes is not None:
+            total, result["loss_l1"], result["loss_giou"] = grounding_loss(
+                pred, boxes.to(pred.dtype), float(heads.box_l1_weight), float(heads.box_giou_weight), box_mask,
+                num_items,
+            )
+            return total
+        if training:
+            result["loss_l1"] = result["loss_giou"] = pred.sum() * 0.0
+            return result["loss_l1"]
+        return None
 
     @staticmethod
     def boxes_to_pixels(pred_boxes: torch.Tensor, image_sizes: torch.Tensor | tuple[int, int]) -> torch.Tensor:
