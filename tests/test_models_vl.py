@@ -119,7 +119,8 @@ def test_backbone_keeps_timm_initialisation():
 def test_save_pretrained_from_pretrained_round_trip(tmp_path, backbone, kwargs):
     torch.manual_seed(0)
     vision = dict(backbone=backbone, out_indices=[-1], model_kwargs=kwargs)
-    model = VLCoAttnForQuestionAnswering(tiny_config(vision_config=vision, heads_config=dict(answer_vocab=["yes", "no", "red"]))).eval()
+    heads = dict(answer_vocab=["yes", "no", "red"])
+    model = VLCoAttnForQuestionAnswering(tiny_config(vision_config=vision, heads_config=heads)).eval()
     ids, px = batch(H=64, W=64)
     want = model(ids, px).logits
     model.save_pretrained(tmp_path)
@@ -216,7 +217,8 @@ def test_build_from_a_coobert_dir_and_timm_weights(tmp_path):
     text = CooBertModel(text_config())
     text.save_pretrained(tmp_path / "text")
     model = VLCoAttnForGrounding.from_text_and_backbone(
-        tmp_path / "text", "tf_efficientnet_lite0", vision_config=dict(out_indices=[-2, -1]), coattention_config=dict(num_layers=1)
+        tmp_path / "text", "tf_efficientnet_lite0", vision_config=dict(out_indices=[-2, -1]),
+        coattention_config=dict(num_layers=1),
     )
     enc = model.vlcoattn.text_encoder
     torch.testing.assert_close(enc.embeddings.word_embeddings.weight, text.embeddings.word_embeddings.weight)
@@ -231,6 +233,17 @@ def test_build_from_a_coobert_dir_and_timm_weights(tmp_path):
     again = VLCoAttnForGrounding.from_pretrained(tmp_path / "vl").eval()
     torch.testing.assert_close(again(ids, px).pred_boxes, want)
     torch.testing.assert_close(again.vlcoattn.backbone.model.conv_stem.weight, src["_conv_stem.weight"])
+
+
+def test_from_text_and_backbone_fills_the_vision_config_and_refuses_a_clash():
+    text = CooBertModel(text_config())
+    model = VLCoAttnForGrounding.from_text_and_backbone(
+        text, "test_resnet", image_size=[64, 96], pretrained_backbone=False, vision_config=dict(out_indices=[2]))
+    vision = model.config.vision_config
+    assert (vision.backbone, vision.image_size, vision.out_indices) == ("test_resnet", [64, 96], [2])
+    with pytest.raises(ValueError, match="backbone='test_resnet' and vision_config.backbone='resnet18' disagree"):
+        VLCoAttnForGrounding.from_text_and_backbone(
+            text, "test_resnet", pretrained_backbone=False, vision_config=dict(backbone="resnet18"))
 
 
 def test_real_minilm_coobert_and_efficientnet_on_a_real_photo(tmp_path):

@@ -97,5 +97,6 @@ class CoAttentionConfig(PreTrainedConfig):
 def fusion_block_config(config: CoAttentionConfig) -> CooBertConfig:
     """The CooBERT block config of a fusion layer: the :data:`BLOCK_FIELDS` of ``config``, same names."""
     if config.hidden_size is None or config.num_attention_heads is None:
-        raise ValueError("CoAttentionConfig needs hidden_size and num_attention_heads (VLCoAttnConfig takes the text's)")
+        raise ValueError("CoAttentionConfig needs hidden_size and num_attention_heads "
+                         "(VLCoAttnConfig takes the text encoder's)")
     return CooBertConfig(**{name: getattr(config, name) for name in BLOCK_FIELDS})

@@ -70,8 +70,9 @@ class VLCoAttnConfig(PreTrainedConfig):
 
     text_config (`CooBertConfig` or dict): the text encoder (e.g. a converted MiniLM's config).
     vision_config (`VisionConfig` or dict): the timm backbone, its feature levels and image size.
-    coattention_config (`CoAttentionConfig` or dict): the SMCA fusion stack and its spatial prior; its width and heads
-        default to the text encoder's.
+    coattention_config (`CoAttentionConfig` or dict): the SMCA fusion stack and its spatial prior; its width
+        and heads default to the text encoder's. (Not ``fusion_config``: transformers' ``from_pretrained``
+        reads that attribute for its own kernel fusion.)
     heads_config (`HeadsConfig` or dict): the answer and box heads.
     freeze_text_layers (`int`): freeze the text encoder's embeddings and its first N layers (no gradients,
         dropout off); -1 = the whole encoder. Frozen layers need no backward pass: the text encoder's

@@ -343,8 +343,8 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
                  if not any(p.requires_grad for p in module.parameters())]
         if not parts:
             raise ValueError("the feature cache needs a frozen text encoder (freeze_text_layers: -1) or a frozen "
-                             "backbone (vision_config.freeze: true); this model trains both (model.feature_cache_gib=0: "
-                             "no cache)")
+                             "backbone (vision_config.freeze: true); this model trains both "
+                             "(model.feature_cache_gib=0: no cache)")
         self.feature_cache = FeatureCache(int(max_gib * 2**30), parts)
         return self.feature_cache
 

@@ -1,8 +1,8 @@
 """Any timm model as a multi-level spatial feature extractor.
 
 ``VisionBackbone(VisionConfig(backbone="resnet50", out_indices=[-2, -1]))`` wraps
-``timm.create_model(backbone, features_only=True, out_indices=...)``: CNNs (ResNet, ConvNeXt, EfficientNet...) return their stage
-outputs; ViTs go through timm's ``forward_intermediates`` getter and come back as (B, C, H/p, W/p)
+``timm.create_model(backbone, features_only=True, out_indices=...)``: CNNs (ResNet, ConvNeXt, EfficientNet...)
+return their stage outputs; ViTs go through timm's ``forward_intermediates`` getter and come back as (B, C, H/p, W/p)
 grids, with ``dynamic_img_size`` (and padding) switched on so any input size works. Channels and
 strides come from timm's ``feature_info``; preprocessing from timm's data config.
 """
