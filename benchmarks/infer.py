@@ -47,8 +47,8 @@ def build_demo_model(out: Path, coobert: Path | None, image: int) -> Path:
         convert_bert_dir(minilm_dir(), coobert, 192)
     torch.manual_seed(0)
     model = VLCoAttnForMultitask.from_text_and_backbone(
-        coobert, "tf_efficientnet_lite0", fusion_num_layers=2, image_size=[image, image],
-        answer_vocab=[f"answer {i}" for i in range(100)],
+        coobert, "tf_efficientnet_lite0", image_size=[image, image], coattention_config={"num_layers": 2},
+        heads_config={"answer_vocab": [f"answer {i}" for i in range(100)]},
     )
     model.save_pretrained(out / "model")
     AutoTokenizer.from_pretrained(coobert).save_pretrained(out / "model")

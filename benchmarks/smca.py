@@ -16,7 +16,7 @@ from functools import partial
 
 import torch
 
-from vlcoattn.fusion import SMCACrossAttention, sine_position_encoding_2d
+from vlcoattn.fusion import CoAttentionConfig, SMCACrossAttention, sine_position_encoding_2d
 from vlcoattn.utils.reporting import machine, markdown_table
 
 from timing import interleaved_medians
@@ -26,7 +26,9 @@ D, HEADS, T = 256, 8, 32
 
 def setup(batch: int, grid: int, device: str = "cpu", seed: int = 0):
     torch.manual_seed(seed)
-    attn = SMCACrossAttention(D, HEADS, "gaussian", beta=8.0).to(device)
+    config = CoAttentionConfig(hidden_size=D, num_attention_heads=HEADS, attention_probs_dropout_prob=0.0,
+                               prior_sharing="per_head")
+    attn = SMCACrossAttention(config).to(device)
     torch.nn.init.normal_(attn.prior.scales.weight, std=0.05)
     q = torch.randn(batch, T, D, device=device, requires_grad=True)
     feats = torch.randn(batch, grid * grid, D, device=device, requires_grad=True)

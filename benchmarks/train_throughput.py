@@ -83,8 +83,8 @@ def large_text_dir(out: Path) -> Path:
 def large_overrides(text_dir: Path, backbone: str, image_size: int) -> list[str]:
     return [f"model.text={text_dir}", "model.convert_from=null", f"model.backbone={backbone}",
             "model.pretrained_backbone=false", f"model.image_size={image_size}",
-            "model.config.freeze_backbone=false", "model.config.freeze_text_layers=0",
-            "model.config.backbone_out_indices=[-1]", "model.feature_cache_gib=0"]  # nothing frozen to cache
+            "model.config.vision_config.freeze=false", "model.config.freeze_text_layers=0",
+            "model.config.vision_config.out_indices=[-1]", "model.feature_cache_gib=0"]  # nothing frozen to cache
 
 
 def model_flops_per_sample(overrides: list[str], image: int, text_len: int = 16) -> float:

@@ -8,7 +8,7 @@ T=20 tokens. Baseline, built in the same run at equal width: the same timm backb
 transformers' ``BertModel`` (same size, SDPA) and 2 fusion layers made of ``nn.MultiheadAttention``
 (text self-attention, text->image cross-attention with sine positions on the keys, FFN on both
 streams, post-LN) and the same VQA head. Both feed the backbone channels-last images (our default,
-``backbone_channels_last``); one more row runs ours on NCHW images to show what that layout buys. Reported: samples/s of a training step (forward, loss,
+``vision_config.channels_last``); one more row runs ours on NCHW images to show what that layout buys. Reported: samples/s of a training step (forward, loss,
 backward; no optimizer) and the ratio to the baseline, medians of interleaved runs.
 """
 
@@ -77,9 +77,10 @@ def ours(spatial_prior: str, channels_last: bool = True) -> VLCoAttnForQuestionA
     text = CooBertConfig(vocab_size=30522, hidden_size=D, num_hidden_layers=TEXT_LAYERS, num_attention_heads=HEADS,
                          intermediate_size=FFN, shared_key_dim=D // 2)
     cfg = VLCoAttnConfig(
-        text_config=text, backbone="tf_efficientnet_lite0", fusion_num_layers=FUSION_LAYERS,
-        fusion_intermediate_size=FFN, spatial_prior=spatial_prior, answer_vocab=[f"a{i}" for i in range(ANSWERS)],
-        vqa_loss="ce", backbone_channels_last=channels_last,
+        text_config=text, vision_config=dict(backbone="tf_efficientnet_lite0", channels_last=channels_last),
+        coattention_config=dict(num_layers=FUSION_LAYERS, intermediate_size=FFN, spatial_prior=spatial_prior,
+                                two_way=False, prior_sharing="per_head"),
+        heads_config=dict(answer_vocab=[f"a{i}" for i in range(ANSWERS)], answer_loss="ce", answer_pooling="cls"),
     )
     return VLCoAttnForQuestionAnswering(cfg).train()
 

@@ -10,10 +10,10 @@
 Every run is ``vlcoattn.train.train`` on ``configs/convergence.yaml`` (same data, model size, step
 budget, schedule and seed for every arm); only the fusion differs:
 
-- A: ``spatial_prior: gaussian`` (SMCA, per-head scales)
+- A: ``spatial_prior: gaussian`` with ``prior_sharing: per_head`` (SMCA, per-head scales)
 - B: ``spatial_prior: none`` (plain co-attention, the baseline)
-- C: gaussian with head-shared scales (SMCA's "head-shared" ablation: ``prior_sharing: shared_scales``)
-- D: gaussian, multi-scale: stride 16 and 32 levels with per-token scale selection
+- C: gaussian with head-shared scales (``prior_sharing: shared_scales``, the library's default)
+- D: gaussian, per-head scales, multi-scale: stride 16 and 32 levels with per-token scale selection
 
 from the pretrained parts (converted MiniLM, ImageNet EfficientNet-Lite0, both frozen: the recipe), and
 with ``--inits scratch`` from scratch (both random and trained). Validation Acc@0.5 / mean IoU / VQA accuracy are logged every
@@ -81,16 +81,17 @@ class Arm:
     overrides: tuple[str, ...]
 
 
+PRIOR = "model.config.coattention_config."  # the overrides of an arm's co-attention
 ARMS = {
-    "A": Arm("A", "SMCA, per-head scales", ("model.config.spatial_prior=gaussian", "model.config.prior_sharing=per_head")),
-    "B": Arm("B", "plain co-attention", ("model.config.spatial_prior=none",)),
-    "C": Arm("C", "SMCA, head-shared scales",
-             ("model.config.spatial_prior=gaussian", "model.config.prior_sharing=shared_scales")),
-    "D": Arm("D", "SMCA, multi-scale", ("model.config.spatial_prior=gaussian", "model.config.backbone_out_indices=[-2,-1]")),
+    "A": Arm("A", "SMCA, per-head scales", (f"{PRIOR}spatial_prior=gaussian", f"{PRIOR}prior_sharing=per_head")),
+    "B": Arm("B", "plain co-attention", (f"{PRIOR}spatial_prior=none",)),
+    "C": Arm("C", "SMCA, head-shared scales", (f"{PRIOR}spatial_prior=gaussian", f"{PRIOR}prior_sharing=shared_scales")),
+    "D": Arm("D", "SMCA, multi-scale", (f"{PRIOR}spatial_prior=gaussian", f"{PRIOR}prior_sharing=per_head",
+                                        "model.config.vision_config.out_indices=[-2,-1]")),
 }
 INITS = {
     "pretrained": (),
-    "scratch": ("model.pretrained_text=false", "model.pretrained_backbone=false", "model.config.freeze_backbone=false",
+    "scratch": ("model.pretrained_text=false", "model.pretrained_backbone=false", "model.config.vision_config.freeze=false",
                 "model.config.freeze_text_layers=0", "model.feature_cache_gib=0"),  # nothing frozen to cache
 }
 # --quick: a tiny data set and budget, only to prove the study runs end to end

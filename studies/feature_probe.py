@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 
 from vlcoattn.data.synthetic import SyntheticConfig, synthetic_samples
 from vlcoattn.utils.reporting import machine, markdown_table
-from vlcoattn.vision import VisionBackbone
+from vlcoattn.vision import VisionBackbone, VisionConfig
 
 ATTRIBUTES = ("color", "shape", "size")
 
@@ -55,7 +55,8 @@ def main() -> None:
     parser.add_argument("--image", type=int, default=128)
     args = parser.parse_args()
     torch.manual_seed(0)
-    backbone = VisionBackbone("tf_efficientnet_lite0", out_indices=(1, 2, 3, 4), pretrained=True, freeze=True).eval()
+    config = VisionConfig(backbone="tf_efficientnet_lite0", out_indices=[1, 2, 3, 4], freeze=True)
+    backbone = VisionBackbone(config, pretrained=True).eval()
     features, labels = object_features(backbone, args.scenes, args.image)
     split = int(0.7 * len(labels))
     rows = []

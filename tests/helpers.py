@@ -67,11 +67,13 @@ def text_config(d: int = 32, **kw) -> CooBertConfig:
 
 
 def tiny_config(**kw) -> VLCoAttnConfig:
+    """A tiny VLCoAttnConfig; a sub-config dict in ``kw`` updates the tiny one's fields, other keys replace."""
     args = dict(
-        text_config=text_config(), backbone="test_resnet", backbone_out_indices=[2], fusion_num_layers=2,
-        fusion_dropout=0.0, fusion_attention_dropout=0.0,
+        text_config=text_config(), vision_config=dict(backbone="test_resnet", out_indices=[2]),
+        coattention_config=dict(num_layers=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
     )
-    args.update(kw)
+    for key, value in kw.items():
+        args[key] = {**args[key], **value} if isinstance(args.get(key), dict) else value
     return VLCoAttnConfig(**args)
 
 

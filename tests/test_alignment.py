@@ -58,7 +58,7 @@ def test_token_alignment_scores_the_models_own_maps_per_layer():
     torch.testing.assert_close(scores["prior_mass/1"], (prior * overlap).sum(-1))
     torch.testing.assert_close(scores["chance"], boxes[:, 2] * boxes[:, 3])
     # plain co-attention: the attention only
-    plain = VLCoAttnModel(tiny_config(spatial_prior="none")).eval()
+    plain = VLCoAttnModel(tiny_config(coattention_config=dict(spatial_prior="none"))).eval()
     assert not any(k.startswith("prior") for k in token_alignment(plain(ids, px, output_attentions=True), boxes))
 
 
@@ -66,7 +66,7 @@ def test_token_alignment_mixes_feature_levels_by_the_token_s_scale_weights():
     torch.manual_seed(0)
     ids, px = batch(B=2, H=64, W=64)
     boxes = torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.6, 0.6, 0.5, 0.4]])
-    out = VLCoAttnModel(tiny_config(backbone_out_indices=[1, 2])).eval()(ids, px, output_attentions=True)
+    out = VLCoAttnModel(tiny_config(vision_config=dict(out_indices=[1, 2]))).eval()(ids, px, output_attentions=True)
     alpha = out.level_weights[0][:, 0]  # layer 1, token 0: (B, L)
     per_level = [map_scores(a[:, :, 0].mean(1), boxes, g) for a, g in zip(out.cross_attentions[0], out.grid_sizes)]
     scores = token_alignment(out, boxes)

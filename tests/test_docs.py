@@ -46,8 +46,8 @@ def pristine(tmp_path_factory):
     tok = AutoTokenizer.from_pretrained(minilm_dir())
     torch.manual_seed(0)
     answers = ["red", "blue", "yes", "no", "2"]
-    config = VLCoAttnConfig(text_config=_tiny_text(tok), backbone="test_resnet", fusion_num_layers=1,
-                            image_size=[64, 64], answer_vocab=answers)
+    config = VLCoAttnConfig(text_config=_tiny_text(tok), vision_config=dict(backbone="test_resnet", image_size=[64, 64]),
+                            coattention_config=dict(num_layers=1), heads_config=dict(answer_vocab=answers))
     model = VLCoAttnForMultitask(config)
     for name in ("demo/final", "ground", "vqa"):
         out = root / "runs" / name

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from vlcoattn.fusion import (
+    CoAttentionConfig,
     SMCACrossAttention,
     SMCAFusionEncoder,
     SpatialPriorHead,
@@ -30,10 +31,16 @@ def _levels(B, grids, d=D, seed=0):
     return feats, pos
 
 
-def _encoder(**kw):
-    block = fusion_block_config(D, NH, intermediate_size=64, shared_key_dim=16, dropout=0.0, attention_dropout=0.0)
+def _config(**kw) -> CoAttentionConfig:
+    """A small co-attention config (no dropout, per-head scales, one-way unless ``kw`` says otherwise)."""
+    args = dict(hidden_size=D, num_attention_heads=NH, intermediate_size=64, shared_key_dim=16, hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0, prior_sharing="per_head", two_way=False)
+    return CoAttentionConfig(**{**args, **kw})
+
+
+def _encoder(num_levels: int = 1, **kw):
     torch.manual_seed(0)
-    enc = SMCAFusionEncoder(kw.pop("num_layers", 2), block, **kw)
+    enc = SMCAFusionEncoder(_config(**kw), [1.0] * num_levels)
     # move scales off their init (s = 1) and centers apart, so the tests see a non-trivial prior
     for layer in enc.layers:
         if layer.cross_attn.prior is not None:
@@ -89,22 +96,16 @@ def test_prior_head_init_and_sharing():
     assert torch.equal(s[:, :, 0], s[:, :, 3]) and not torch.equal(c[:, :, 0], c[:, :, 3])
 
 
-def test_offset_modes_logit_stays_inside_the_image_additive_is_literal():
+def test_offsets_act_in_logit_space_so_centers_stay_inside_the_image():
     torch.manual_seed(0)
     h, ref = torch.randn(2, 5, D), torch.rand(2, 5, 2) * 0.8 + 0.1
-    logit = SpatialPriorHead(D, NH, "per_head", "logit")
-    additive = SpatialPriorHead(D, NH, "per_head", "additive")
-    nn.init.normal_(logit.offsets.weight, std=0.3)  # offsets of order 1 (normalized units)
-    additive.load_state_dict(logit.state_dict())
-    delta = additive.offsets(h).view(2, 5, NH, 2)
-    c_add, _ = additive(h, ref)
-    torch.testing.assert_close(c_add, ref[:, :, None] + delta)  # the paper's literal c_t + Δ_k (docs/design.md §3)
-    assert (c_add < 0).any() or (c_add > 1).any()
-    c_log, _ = logit(h, ref)
-    torch.testing.assert_close(c_log, torch.sigmoid(torch.logit(ref)[:, :, None] + delta))
-    assert torch.all((c_log > 0) & (c_log < 1))
-    with pytest.raises(ValueError, match="prior_offset_mode"):
-        SpatialPriorHead(D, NH, offset_mode="polar")
+    head = SpatialPriorHead(D, NH, "per_head")
+    nn.init.normal_(head.offsets.weight, std=0.3)  # offsets of order 1 (normalized units)
+    delta = (h @ head.offsets.weight.T + head.offsets.bias).view(2, 5, NH, 2)
+    assert ((ref[:, :, None] + delta < 0) | (ref[:, :, None] + delta > 1)).any()  # the paper's c_t + Δ_k would leave
+    c, _ = head(h, ref)
+    torch.testing.assert_close(c, torch.sigmoid(torch.logit(ref)[:, :, None] + delta))
+    assert torch.all((c > 0) & (c < 1))
 
 
 # ------------------------------------------------------------------------- SDPA == reference
@@ -113,7 +114,7 @@ def test_offset_modes_logit_stays_inside_the_image_additive_is_literal():
 def test_sdpa_path_equals_reference_softmax_path():
     torch.manual_seed(0)
     B, T, grids = 2, 6, [(4, 6), (2, 3)]
-    attn = SMCACrossAttention(D, NH, "gaussian", beta=8.0, num_levels=2, level_scale_multipliers=[0.5, 1.0]).eval()
+    attn = SMCACrossAttention(_config(), [0.5, 1.0]).eval()
     nn.init.normal_(attn.prior.scales.weight, std=0.3)
     q = torch.randn(B, T, D)
     feats, pos = _levels(B, grids)
@@ -147,7 +148,7 @@ def test_grid_coordinates_are_normalized_cell_centers():
 
 def test_attended_center_is_the_cell_a_peaked_attention_picks():
     """A prior sharp enough to dominate the logits puts all attention on one cell: m_t = its center."""
-    attn = SMCACrossAttention(D, NH, "gaussian").eval()
+    attn = SMCACrossAttention(_config()).eval()
     nn.init.zeros_(attn.q_proj.weight)
     nn.init.zeros_(attn.prior.offsets.weight)
     nn.init.constant_(attn.prior.scales.bias, 20.0)
@@ -173,7 +174,7 @@ def test_log_prior_as_sdpa_mask_equals_explicit_softmax():
 
 def test_gaussian_prior_alone_peaks_at_the_center():
     """With q = 0 the logits are the log-prior alone: attention = softmax(log G), peaked at c."""
-    attn = SMCACrossAttention(D, NH, "gaussian").eval()
+    attn = SMCACrossAttention(_config()).eval()
     nn.init.zeros_(attn.q_proj.weight)
     nn.init.zeros_(attn.q_proj.bias)
     nn.init.zeros_(attn.prior.offsets.weight)
@@ -194,7 +195,7 @@ def test_gaussian_prior_alone_peaks_at_the_center():
 def test_spatial_prior_none_equals_plain_multihead_cross_attention():
     torch.manual_seed(2)
     B, T, S = 3, 7, 20
-    smca = SMCACrossAttention(D, NH, "none").eval()
+    smca = SMCACrossAttention(_config(spatial_prior="none")).eval()
     assert smca.prior is None
     mha = nn.MultiheadAttention(D, NH, batch_first=True).eval()
     with torch.no_grad():
@@ -277,26 +278,14 @@ def test_gradients_reach_center_offset_and_scale_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0
 
 
-def test_center_from_text_reuses_the_first_layers_reference_centers():
-    enc = _encoder(num_layers=3, center_from="text")
-    for layer in enc.layers:  # no offsets: every layer's per-head centers are exactly c_t
-        nn.init.zeros_(layer.cross_attn.prior.offsets.weight)
-    feats, pos = _levels(1, [(3, 3)])
-    out = enc(torch.randn(1, 4, D), feats, pos, [(3, 3)])
-    want = out.reference_centers[:, :, None, :].expand(1, 4, NH, 2)
-    assert len(out.centers) == 3
-    for c in out.centers:
-        torch.testing.assert_close(c, want)
-    # and c_t is sigmoid(MLP(h)) of the first layer's cross-attention query, in (0, 1)
-    assert torch.all((out.reference_centers > 0) & (out.reference_centers < 1))
-
-
-def test_center_from_attention_centers_layer_l_where_layer_l_minus_1_looked():
-    enc = _encoder(num_layers=3, center_from="attention")
+def test_layer_l_centers_where_layer_l_minus_1_looked():
+    enc = _encoder(num_layers=3)
     for layer in enc.layers:
         nn.init.zeros_(layer.cross_attn.prior.offsets.weight)
     feats, pos = _levels(1, [(3, 3)])
     out = enc(torch.randn(1, 4, D), feats, pos, [(3, 3)])
+    # layer 0 centers on c_t = sigmoid(MLP(h)) of its cross-attention query, in (0, 1)
+    assert torch.all((out.reference_centers > 0) & (out.reference_centers < 1))
     torch.testing.assert_close(out.centers[0], out.reference_centers[:, :, None, :].expand(1, 4, NH, 2))
     for prev, c in zip(out.attended[:-1], out.centers[1:]):
         torch.testing.assert_close(c, prev.mean(dim=2, keepdim=True).expand(1, 4, NH, 2), atol=1e-6, rtol=1e-5)
@@ -309,21 +298,32 @@ def test_center_from_attention_centers_layer_l_where_layer_l_minus_1_looked():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(beta=0.0), "beta"),
-        (dict(beta=-1.0), "beta"),
-        (dict(spatial_prior="gauss"), "spatial_prior"),
-        (dict(prior_sharing="heads"), "prior_sharing"),
-        (dict(num_levels=2, level_scale_multipliers=[1.0]), "level_scale_multipliers"),
+        (dict(beta=0.0), "beta must be > 0"),
+        (dict(beta=-1.0), "beta must be > 0"),
+        (dict(spatial_prior="gauss"), "spatial_prior must be one of"),
+        (dict(prior_sharing="heads"), "prior_sharing must be one of"),
+        (dict(level_scale_multipliers=[1.0, -1.0]), "level_scale_multipliers must be numbers > 0"),
+        (dict(hidden_size=30), "multiple of 4"),
+        (dict(num_attention_heads=3), "one slice per head"),
+        (dict(intermediate_size=0), "intermediate_size must be > 0"),
+        (dict(offset_mode="additive"), "unknown option 'offset_mode'"),
     ],
 )
-def test_bad_smca_arguments_raise_value_error(kwargs, match):
+def test_bad_coattention_options_raise_one_value_error_in_the_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        SMCACrossAttention(D, NH, **kwargs)
+        _config(**kwargs)
 
 
-def test_gaussian_log_prior_rejects_nonpositive_beta():
-    with pytest.raises(ValueError, match="beta"):
-        gaussian_log_prior(torch.rand(1, 1, 1, 2), torch.ones(1, 1, 1, 2), (2, 2), beta=0)
+def test_the_layers_blocks_are_coobert_blocks_of_the_config_under_the_same_names():
+    config = _config(hidden_act="relu", layer_norm_eps=1e-6)
+    block = fusion_block_config(config)
+    assert (block.hidden_size, block.num_attention_heads, block.intermediate_size, block.shared_key_dim) == (D, NH, 64, 16)
+    assert (block.hidden_act, block.layer_norm_eps, block.hidden_dropout_prob) == ("relu", 1e-6, 0.0)
+    default = CoAttentionConfig()
+    assert (default.prior_sharing, default.two_way, default.spatial_prior, default.beta) == (
+        "shared_scales", True, "gaussian", 8.0)
+    with pytest.raises(ValueError, match="hidden_size and num_attention_heads"):
+        fusion_block_config(default)  # width and heads come from the text (VLCoAttnConfig)
 
 
 def test_merge_masks_sets_padding_to_dtype_min_without_overflow():

@@ -53,11 +53,13 @@ def text_config(vocab_size: int, **kw) -> CooBertConfig:
 
 
 def vl_config(vocab_size: int, **kw) -> VLCoAttnConfig:
+    """A tiny VLCoAttnConfig; a sub-config dict in ``kw`` updates the tiny one's fields, other keys replace."""
     args = dict(
-        text_config=text_config(vocab_size), backbone="test_resnet", fusion_num_layers=1, image_size=[64, 64],
-        fusion_dropout=0.0, fusion_attention_dropout=0.0,
+        text_config=text_config(vocab_size), vision_config=dict(backbone="test_resnet", image_size=[64, 64]),
+        coattention_config=dict(num_layers=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
     )
-    args.update(kw)
+    for key, value in kw.items():
+        args[key] = {**args[key], **value} if isinstance(args.get(key), dict) else value
     return VLCoAttnConfig(**args)
 
 
@@ -78,11 +80,12 @@ def models(tmp_path_factory):
     V = tok.vocab_size
     torch.manual_seed(0)
     built = {
-        "vqa": VLCoAttnForQuestionAnswering(vl_config(V, answer_vocab=ANSWERS)),
-        "vqa_ce": VLCoAttnForQuestionAnswering(vl_config(V, answer_vocab=ANSWERS, vqa_loss="ce")),
-        "ground": VLCoAttnForGrounding(vl_config(V, image_size=[64, 96], backbone_out_indices=[-2, -1])),
-        "ground_noprior": VLCoAttnForGrounding(vl_config(V, spatial_prior="none")),
-        "multi": VLCoAttnForMultitask(vl_config(V, answer_vocab=ANSWERS, image_size=[96, 64])),
+        "vqa": VLCoAttnForQuestionAnswering(vl_config(V, heads_config=dict(answer_vocab=ANSWERS))),
+        "vqa_ce": VLCoAttnForQuestionAnswering(vl_config(V, heads_config=dict(answer_vocab=ANSWERS, answer_loss="ce"))),
+        "ground": VLCoAttnForGrounding(vl_config(V, vision_config=dict(image_size=[64, 96], out_indices=[-2, -1]))),
+        "ground_noprior": VLCoAttnForGrounding(vl_config(V, coattention_config=dict(spatial_prior="none"))),
+        "multi": VLCoAttnForMultitask(vl_config(V, heads_config=dict(answer_vocab=ANSWERS),
+                                                vision_config=dict(image_size=[96, 64]))),
         "cls": CooBertForSequenceClassification(text_config(V, num_labels=3, id2label=LABELS)),
         "cls_multi": CooBertForSequenceClassification(text_config(V, num_labels=3, id2label=LABELS,
                                                                   problem_type="multi_label_classification")),

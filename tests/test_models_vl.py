@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -40,7 +41,7 @@ def _one_thread():
 
 def test_forward_outputs_centers_heatmaps_on_non_square_images(monkeypatch):
     torch.manual_seed(0)
-    cfg = tiny_config(backbone_out_indices=[1, 2], two_way=True)
+    cfg = tiny_config(vision_config=dict(out_indices=[1, 2]), coattention_config=dict(two_way=True))
     model = VLCoAttnModel(cfg).eval()
     ids, px = batch(H=64, W=96)
     out = model(ids, px, output_attentions=True)
@@ -73,7 +74,7 @@ def test_forward_outputs_centers_heatmaps_on_non_square_images(monkeypatch):
 
 @pytest.mark.parametrize("backbone, kwargs", [("test_vit", {}), ("test_convnext", {}), ("test_efficientnet", {})])
 def test_other_backbone_families_train_end_to_end(backbone, kwargs):
-    cfg = tiny_config(backbone=backbone, backbone_out_indices=[-1], backbone_kwargs=kwargs or None)
+    cfg = tiny_config(vision_config=dict(backbone=backbone, out_indices=[-1], model_kwargs=kwargs or None))
     model = VLCoAttnForGrounding(cfg)
     ids, px = batch(H=64, W=80)
     out = model(ids, px, boxes=torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.4, 0.2]]))
@@ -84,7 +85,7 @@ def test_other_backbone_families_train_end_to_end(backbone, kwargs):
 
 def test_padded_text_changes_no_real_output_and_batch_of_one_matches():
     torch.manual_seed(0)
-    model = VLCoAttnForGrounding(tiny_config(two_way=True)).eval()
+    model = VLCoAttnForGrounding(tiny_config(coattention_config=dict(two_way=True))).eval()
     ids, px = batch(B=2, T=8)
     mask = torch.ones(2, 8, dtype=torch.long)
     mask[0, 5:] = 0
@@ -101,7 +102,7 @@ def test_padded_text_changes_no_real_output_and_batch_of_one_matches():
 
 def test_backbone_keeps_timm_initialisation():
     """transformers' init pass must not touch the timm modules (ResNet zero-inits its last BN gammas)."""
-    model = VLCoAttnModel(tiny_config(backbone="resnet18", backbone_out_indices=[-1]))
+    model = VLCoAttnModel(tiny_config(vision_config=dict(backbone="resnet18", out_indices=[-1])))
     bn = model.backbone.model.layer1[0].bn2
     assert torch.all(bn.weight == 0)
     prior = model.fusion.layers[0].cross_attn.prior
@@ -117,14 +118,16 @@ def test_backbone_keeps_timm_initialisation():
 )
 def test_save_pretrained_from_pretrained_round_trip(tmp_path, backbone, kwargs):
     torch.manual_seed(0)
-    kw = dict(backbone=backbone, backbone_out_indices=[-1], backbone_kwargs=kwargs, answer_vocab=["yes", "no", "red"])
-    model = VLCoAttnForQuestionAnswering(tiny_config(**kw)).eval()
+    vision = dict(backbone=backbone, out_indices=[-1], model_kwargs=kwargs)
+    heads = dict(answer_vocab=["yes", "no", "red"])
+    model = VLCoAttnForQuestionAnswering(tiny_config(vision_config=vision, heads_config=heads)).eval()
     ids, px = batch(H=64, W=64)
     want = model(ids, px).logits
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model_type"] == "vlcoattn" and saved["text_config"]["model_type"] == "coobert"
-    assert saved["answer_vocab"] == ["yes", "no", "red"]
+    assert saved["heads_config"]["answer_vocab"] == ["yes", "no", "red"]
+    assert saved["vision_config"]["backbone"] == backbone and saved["coattention_config"]["num_layers"] == 2
     loaded = VLCoAttnForQuestionAnswering.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(loaded(ids, px).logits, want)
     auto = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path).eval()
@@ -135,12 +138,87 @@ def test_save_pretrained_from_pretrained_round_trip(tmp_path, backbone, kwargs):
     torch.testing.assert_close(base(ids, px).last_hidden_state, model.vlcoattn(ids, px).last_hidden_state)
 
 
+# what save_pretrained wrote before the config was grouped (vlcoattn 0.1.0): every field at the top level
+FLAT_CONFIG = {
+    "model_type": "vlcoattn", "architectures": ["VLCoAttnForMultitask"], "dtype": "float32",
+    "transformers_version": "5.24.0", "id2label": {"0": "a", "1": "b", "2": "c"}, "label2id": {"a": 0, "b": 1, "c": 2},
+    "text_config": {**text_config().to_dict(), "transformers_version": None},
+    "answer_vocab": ["a", "b", "c"], "backbone": "test_resnet", "backbone_channels_last": True,
+    "backbone_kwargs": None, "backbone_out_indices": [1, 2], "box_giou_weight": 2.0, "box_l1_weight": 3.0,
+    "center_from": "attention", "freeze_backbone": False, "freeze_text_layers": 1, "fusion_attention_dropout": 0.0,
+    "fusion_dropout": 0.0, "fusion_hidden_size": 32, "fusion_intermediate_size": 128, "fusion_num_heads": 4,
+    "fusion_num_layers": 2, "fusion_position_in_values": True, "fusion_shared_key_dim": 16,
+    "grounding_token_index": 1, "hidden_act": "gelu", "image_size": None, "initializer_range": 0.02,
+    "layer_norm_eps": 1e-12, "level_scale_multipliers": [0.5, 1.0], "prior_offset_mode": "logit",
+    "prior_sharing": "per_head", "smca_beta": 6.0, "spatial_prior": "gaussian", "two_way": True,
+    "vqa_loss": "ce", "vqa_pooling": "cls",
+}
+# the same model in the grouped form, written independently of the conversion
+NESTED_CONFIG = dict(
+    vision_config=dict(backbone="test_resnet", out_indices=[1, 2]), freeze_text_layers=1,
+    coattention_config=dict(num_layers=2, shared_key_dim=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                            two_way=True, beta=6.0, prior_sharing="per_head", level_scale_multipliers=[0.5, 1.0]),
+    heads_config=dict(answer_vocab=["a", "b", "c"], answer_loss="ce", answer_pooling="cls", box_l1_weight=3.0,
+                      grounding_token_index=1),
+)
+
+
+def _multitask_outputs(model: VLCoAttnForMultitask) -> dict[str, torch.Tensor]:
+    ids, px = batch()
+    boxes = torch.tensor([[0.3, 0.4, 0.2, 0.2], [0.6, 0.5, 0.3, 0.4]])
+    with torch.no_grad():
+        out = model.eval()(ids, px, labels=torch.tensor([0, 2]), boxes=boxes)
+    return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+
+def test_a_flat_config_json_of_the_earlier_config_loads_as_the_same_model(tmp_path):
+    """A model dir saved with the flat config loads through the conversion: the same config, and from the
+    same seed the same weights and outputs as the model built from the grouped config."""
+    torch.manual_seed(0)
+    nested = VLCoAttnForMultitask(tiny_config(**NESTED_CONFIG))
+    want = _multitask_outputs(nested)
+    nested.save_pretrained(tmp_path)
+    grouped = VLCoAttnConfig.from_pretrained(tmp_path).to_diff_dict()
+    (tmp_path / "config.json").write_text(json.dumps(FLAT_CONFIG))
+    assert VLCoAttnConfig.from_pretrained(tmp_path).to_diff_dict() == grouped
+    loaded = VLCoAttnForMultitask.from_pretrained(tmp_path)
+    got = _multitask_outputs(loaded)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    torch.manual_seed(0)
+    fresh = VLCoAttnForMultitask(VLCoAttnConfig.from_dict(dict(FLAT_CONFIG)))  # built, not loaded
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), nested.state_dict().values()))
+    got = _multitask_outputs(fresh)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), VLCoAttnConfig)
+
+
+def test_a_flat_config_without_the_changed_defaults_keeps_the_earlier_ones():
+    flat = {k: v for k, v in FLAT_CONFIG.items() if k not in ("prior_sharing", "vqa_pooling", "two_way")}
+    config = VLCoAttnConfig.from_dict(flat)
+    assert config.coattention_config.prior_sharing == "per_head" and config.coattention_config.two_way is False
+    assert config.heads_config.answer_pooling == "cls"
+    assert VLCoAttnConfig().coattention_config.prior_sharing == "shared_scales"  # the grouped config's default
+
+
+@pytest.mark.parametrize("key, value", [
+    ("prior_offset_mode", "additive"), ("center_from", "text"), ("fusion_position_in_values", False),
+    ("vqa_pooling", "cls+gated+centroids"), ("vqa_pooling", "cls+gated+tokens"),
+])
+def test_a_flat_config_with_a_removed_option_fails_with_one_line_naming_the_version(tmp_path, key, value):
+    (tmp_path / "config.json").write_text(json.dumps({**FLAT_CONFIG, key: value}))
+    pattern = re.escape(f"sets {key}={value!r}, ") + r".* vlcoattn 0\.1\.0 \(commit f7f4e4b\)"
+    with pytest.raises(ValueError, match=pattern) as e:
+        VLCoAttnForMultitask.from_pretrained(tmp_path)
+    assert "\n" not in str(e.value)
+
+
 def test_build_from_a_coobert_dir_and_timm_weights(tmp_path):
     torch.manual_seed(0)
     text = CooBertModel(text_config())
     text.save_pretrained(tmp_path / "text")
     model = VLCoAttnForGrounding.from_text_and_backbone(
-        tmp_path / "text", "tf_efficientnet_lite0", backbone_out_indices=[-2, -1], fusion_num_layers=1
+        tmp_path / "text", "tf_efficientnet_lite0", vision_config=dict(out_indices=[-2, -1]),
+        coattention_config=dict(num_layers=1),
     )
     enc = model.vlcoattn.text_encoder
     torch.testing.assert_close(enc.embeddings.word_embeddings.weight, text.embeddings.word_embeddings.weight)
@@ -157,6 +235,17 @@ def test_build_from_a_coobert_dir_and_timm_weights(tmp_path):
     torch.testing.assert_close(again.vlcoattn.backbone.model.conv_stem.weight, src["_conv_stem.weight"])
 
 
+def test_from_text_and_backbone_fills_the_vision_config_and_refuses_a_clash():
+    text = CooBertModel(text_config())
+    model = VLCoAttnForGrounding.from_text_and_backbone(
+        text, "test_resnet", image_size=[64, 96], pretrained_backbone=False, vision_config=dict(out_indices=[2]))
+    vision = model.config.vision_config
+    assert (vision.backbone, vision.image_size, vision.out_indices) == ("test_resnet", [64, 96], [2])
+    with pytest.raises(ValueError, match="backbone='test_resnet' and vision_config.backbone='resnet18' disagree"):
+        VLCoAttnForGrounding.from_text_and_backbone(
+            text, "test_resnet", pretrained_backbone=False, vision_config=dict(backbone="resnet18"))
+
+
 def test_real_minilm_coobert_and_efficientnet_on_a_real_photo(tmp_path):
     """The full path: MiniLM -> CooBERT dir (exact conversion), EfficientNet-Lite0 weights, a real photo."""
     from PIL import Image
@@ -166,10 +255,11 @@ def test_real_minilm_coobert_and_efficientnet_on_a_real_photo(tmp_path):
 
     convert_bert_dir(minilm_dir(), tmp_path / "coobert")
     model = VLCoAttnForQuestionAnswering.from_text_and_backbone(
-        tmp_path / "coobert", "tf_efficientnet_lite0", fusion_num_layers=1, answer_vocab=["yes", "no"],
+        tmp_path / "coobert", "tf_efficientnet_lite0", coattention_config=dict(num_layers=1), heads_config=dict(answer_vocab=["yes", "no"]),
         image_size=[192, 256],
     ).eval()
-    assert model.config.fusion_hidden_size == 384 and model.config.fusion_num_heads == 12
+    coattention = model.config.coattention_config
+    assert coattention.hidden_size == 384 and coattention.num_attention_heads == 12  # the text's
     processor = VLCoAttnProcessor.for_model(model, AutoTokenizer.from_pretrained(tmp_path / "coobert"), max_text_len=32)
     image = Image.open(sample_photo("coffee"))  # 600 x 400: letterboxed into 256 x 192, 10 px bands above and below
     enc = processor(images=[image, image], text=["is there a cup of coffee?", "what is on the plate?"])
@@ -197,26 +287,25 @@ def test_grounding_loss_matches_l1_and_giou_by_hand():
 
 def test_vqa_losses_bce_soft_scores_and_ce():
     torch.manual_seed(0)
-    model = VLCoAttnForQuestionAnswering(tiny_config(answer_vocab=["a", "b", "c"]))
+    model = VLCoAttnForQuestionAnswering(tiny_config(heads_config=dict(answer_vocab=["a", "b", "c"])))
     logits = torch.randn(2, 3)
     soft = torch.tensor([[1.0, 0.3, 0.0], [0.0, 0.0, 0.6]])
     want = torch.nn.functional.binary_cross_entropy_with_logits(logits, soft, reduction="none").sum(1).mean()
     torch.testing.assert_close(model.vqa_loss(logits, soft), want)
     idx = torch.tensor([0, 2])
     torch.testing.assert_close(model.vqa_loss(logits, idx), model.vqa_loss(logits, torch.eye(3)[idx]))
-    model.config.vqa_loss = "ce"
+    model.config.heads_config.answer_loss = "ce"
     torch.testing.assert_close(model.vqa_loss(logits, idx), torch.nn.functional.cross_entropy(logits, idx))
     assert model.predict_answers(torch.tensor([[0.0, 2.0, 1.0]])) == ["b"]
 
 
-@pytest.mark.parametrize("center_from", ["attention", "text"])
-def test_grounding_box_starts_near_its_base_center_and_converts_to_pixels(center_from):
+def test_grounding_box_starts_near_its_base_center_and_converts_to_pixels():
     torch.manual_seed(0)
-    model = VLCoAttnForGrounding(tiny_config(center_from=center_from)).eval()
+    model = VLCoAttnForGrounding(tiny_config()).eval()
     ids, px = batch()
     out = model(ids, px)
-    # base center c: where [CLS] attended in the last layer (head mean), or its text reference center
-    c = out.attended_centers[-1][:, 0].mean(1) if center_from == "attention" else out.reference_centers[:, 0]
+    # base center c: where [CLS] attended in the last layer (head mean)
+    c = out.attended_centers[-1][:, 0].mean(1)
     # center = sigmoid(logit(c) + Δ) with a small-init Δ; w = h = sigmoid(~0)
     torch.testing.assert_close(out.pred_boxes[:, :2], c, atol=0.02, rtol=0)
     torch.testing.assert_close(out.pred_boxes[:, 2:], torch.full((2, 2), 0.5), atol=0.02, rtol=0)
@@ -229,7 +318,7 @@ def test_grounding_box_starts_near_its_base_center_and_converts_to_pixels(center
 
 def test_gradients_reach_center_offset_and_scale_parameters_through_the_box_loss():
     torch.manual_seed(0)
-    model = VLCoAttnForGrounding(tiny_config(backbone_out_indices=[1, 2]))
+    model = VLCoAttnForGrounding(tiny_config(vision_config=dict(out_indices=[1, 2])))
     ids, px = batch()
     out = model(ids, px, boxes=torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.4]]))
     out.loss.backward()
@@ -243,18 +332,15 @@ def test_gradients_reach_center_offset_and_scale_parameters_through_the_box_loss
 
 
 def test_spatial_prior_none_model_has_no_prior_and_boxes_from_where_it_attended():
-    model = VLCoAttnForGrounding(tiny_config(spatial_prior="none")).eval()
+    model = VLCoAttnForGrounding(tiny_config(coattention_config=dict(spatial_prior="none"))).eval()
     ids, px = batch()
     out = model(ids, px)
     assert out.reference_centers is None and out.heatmaps is None and out.centers is None
     raw = model.box_head.raw(out.last_hidden_state[:, 0])
     c = out.attended_centers[-1][:, 0].mean(1)  # plain cross-attention still looks somewhere
     torch.testing.assert_close(out.pred_boxes[:, :2], torch.sigmoid(torch.logit(c) + raw[:, :2]))
-    # with center_from="text" there is no center at all: the MLP regresses the box (logit(c) = 0)
-    model = VLCoAttnForGrounding(tiny_config(spatial_prior="none", center_from="text")).eval()
-    out = model(ids, px)
-    raw = model.box_head.raw(out.last_hidden_state[:, 0])
-    torch.testing.assert_close(out.pred_boxes, torch.sigmoid(raw))
+    # without a center at all the MLP regresses the box (logit(c) = 0)
+    torch.testing.assert_close(model.box_head(out.last_hidden_state[:, 0], None), torch.sigmoid(raw))
 
 
 # -------------------------------------------------------------------------------- bad config
@@ -263,19 +349,28 @@ def test_spatial_prior_none_model_has_no_prior_and_boxes_from_where_it_attended(
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(backbone="resnet_does_not_exist"), "unknown backbone"),
-        (dict(smca_beta=0.0), "smca_beta"),
-        (dict(center_from="queries"), "center_from"),
-        (dict(smca_beta=-2), "smca_beta"),
-        (dict(spatial_prior="box"), "spatial_prior"),
-        (dict(prior_sharing="all"), "prior_sharing"),
-        (dict(vqa_loss="mse"), "vqa_loss"),
-        (dict(backbone_out_indices=[]), "at least one"),
-        (dict(backbone_out_indices=[1, 1]), "duplicates"),
-        (dict(level_scale_multipliers=[1.0, 2.0]), "level_scale_multipliers"),
-        (dict(fusion_hidden_size=30, fusion_num_heads=3), "multiple of 4"),
-        (dict(image_size=[64]), "image_size"),
+        (dict(vision_config=dict(backbone="resnet_does_not_exist")), "unknown backbone"),
+        (dict(coattention_config=dict(beta=0.0)), "beta must be > 0"),
+        (dict(coattention_config=dict(beta=-2)), "beta must be > 0"),
+        (dict(coattention_config=dict(spatial_prior="box")), "spatial_prior must be one of"),
+        (dict(coattention_config=dict(prior_sharing="all")), "prior_sharing must be one of"),
+        (dict(coattention_config=dict(num_layers=0)), "num_layers must be > 0"),
+        (dict(heads_config=dict(answer_loss="mse")), "answer_loss must be one of"),
+        (dict(heads_config=dict(answer_pooling="mean")), "answer_pooling must be one of"),
+        (dict(heads_config=dict(answer_vocab=["a", "a"])), "duplicate answers"),
+        (dict(heads_config=dict(box_giou_weight=-1.0)), "box_giou_weight must be >= 0"),
+        (dict(heads_config=dict(grounding_token_index=32)), "grounding_token_index must be in"),
+        (dict(vision_config=dict(out_indices=[])), "at least one"),
+        (dict(vision_config=dict(out_indices=[1, 1])), "duplicates"),
+        (dict(coattention_config=dict(level_scale_multipliers=[1.0, 2.0])), "one per vision_config.out_indices level"),
+        (dict(coattention_config=dict(level_scale_multipliers=[0.0])), "level_scale_multipliers must be numbers > 0"),
+        (dict(coattention_config=dict(hidden_size=30, num_attention_heads=3)), "multiple of 4"),
+        (dict(coattention_config=dict(hidden_size=36, num_attention_heads=8)), "one slice per head"),
+        (dict(vision_config=dict(image_size=[64])), "image_size"),
         (dict(freeze_text_layers=2), "freeze_text_layers"),
+        (dict(coattention_config=dict(num_layer=3)), "unknown option 'num_layer'; did you mean 'num_layers'"),
+        (dict(fusion_num_layers=3), "'fusion_num_layers' is coattention_config.num_layers"),
+        (dict(center_from="text"), "'center_from' was removed"),
     ],
 )
 def test_bad_config_is_a_clear_value_error(kwargs, match):
@@ -284,7 +379,7 @@ def test_bad_config_is_a_clear_value_error(kwargs, match):
 
 
 def test_out_of_range_out_indices_fail_at_build_with_a_clear_value_error():
-    cfg = tiny_config(backbone_out_indices=[9])
+    cfg = tiny_config(vision_config=dict(out_indices=[9]))
     with pytest.raises(ValueError, match=r"out_indices \(9,\) out of range for backbone 'test_resnet'"):
         VLCoAttnModel(cfg)
 
@@ -338,7 +433,7 @@ def test_tiny_grounding_model_overfits_8_images():
     targets = [list(scene)[i % 2] for i, scene in enumerate(scenes)]  # alternate first / second color
     ids = torch.tensor([[1, 3, COLOR_TOKEN[c], 4, 2] for c in targets])  # "[CLS] the <color> box [SEP]"
     boxes = torch.tensor([scene[c] for scene, c in zip(scenes, targets)])
-    model = VLCoAttnForGrounding(tiny_config(text_config=text_config(64, shared_key_dim=64), fusion_num_layers=1))
+    model = VLCoAttnForGrounding(tiny_config(text_config=text_config(64, shared_key_dim=64), coattention_config=dict(num_layers=1)))
     steps = 400
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(  # 20 warm-up steps, then cosine to 0
@@ -378,7 +473,8 @@ def test_tiny_vqa_model_overfits_8_samples():
             ids.append([1, 12, 13, 2])  # [CLS] is big [SEP]
             labels.append(answers.index("yes" if boxes[i, 2] * boxes[i, 3] > 0.2 else "no"))
     ids, labels = torch.tensor(ids), torch.tensor(labels)
-    model = VLCoAttnForQuestionAnswering(tiny_config(fusion_num_layers=1, answer_vocab=answers, vqa_loss="ce"))
+    heads = dict(answer_vocab=answers, answer_loss="ce")
+    model = VLCoAttnForQuestionAnswering(tiny_config(coattention_config=dict(num_layers=1), heads_config=heads))
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
     for _ in range(150):
         model.train()
@@ -400,7 +496,7 @@ def test_multitask_model_every_parameter_gets_a_gradient_from_a_mixed_batch():
     """DDP needs it: no parameter may be left out of the graph (the last layer's image stream is not
     updated, and a batch without one of the tasks still touches that head)."""
     torch.manual_seed(0)
-    model = VLCoAttnForMultitask(tiny_config(two_way=True, answer_vocab=["yes", "no", "2"]))
+    model = VLCoAttnForMultitask(tiny_config(coattention_config=dict(two_way=True), heads_config=dict(answer_vocab=["yes", "no", "2"])))
     ids, px = batch()
     out = model(ids, px, labels=torch.tensor([[1.0, 0, 0], [0, 0, 0]]), answer_mask=torch.tensor([True, False]),
                 boxes=torch.tensor([[0, 0, 0, 0], [0.6, 0.5, 0.2, 0.3]]), box_mask=torch.tensor([False, True]))
@@ -416,7 +512,7 @@ def test_a_batch_of_one_task_still_gives_every_head_a_gradient(targets):
     """A micro-batch with rows of one task only (one source per rank, or an unlucky mix): the other
     head gets a zero loss, so DDP still sees a gradient for every parameter, and the loss is unchanged."""
     torch.manual_seed(0)
-    model = VLCoAttnForMultitask(tiny_config(answer_vocab=["yes", "no", "2"]))
+    model = VLCoAttnForMultitask(tiny_config(heads_config=dict(answer_vocab=["yes", "no", "2"])))
     ids, px = batch()
     kw = dict(labels=torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])) if targets == "vqa" else \
         dict(boxes=torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.6, 0.5, 0.2, 0.3]]))
@@ -448,8 +544,8 @@ def test_feature_cache_serves_frozen_outputs_equal_to_recomputing_and_trains_the
     """Cached text rows (any padding) and images give the uncached model's outputs; duplicates are encoded
     once; a training step with the cache gives the same gradients; a model that trains both is refused."""
     torch.manual_seed(0)
-    config = tiny_config(text_config=text_config(num_hidden_layers=2), freeze_text_layers=-1, freeze_backbone=True,
-                         two_way=True)
+    config = tiny_config(text_config=text_config(num_hidden_layers=2), freeze_text_layers=-1,
+                         vision_config=dict(freeze=True), coattention_config=dict(two_way=True))
     model = VLCoAttnForGrounding(config).eval()
     ids, px = batch(B=4, T=8)
     px[3] = px[1]  # the same image twice
@@ -491,7 +587,7 @@ def test_feature_cache_serves_frozen_outputs_equal_to_recomputing_and_trains_the
     assert small.stats()["entries"] == 0 and small.stats()["misses"] == 7
     with pytest.raises(ValueError, match="frozen"):
         VLCoAttnModel(tiny_config()).enable_feature_cache()
-    assert VLCoAttnModel(tiny_config(freeze_backbone=True)).enable_feature_cache().parts == {"image"}
+    assert VLCoAttnModel(tiny_config(vision_config=dict(freeze=True))).enable_feature_cache().parts == {"image"}
 
 
 def test_gated_image_pooling_counts_matching_cells_where_softmax_attention_averages():
@@ -509,66 +605,34 @@ def test_gated_image_pooling_counts_matching_cells_where_softmax_attention_avera
                                - torch.log1p(gate + 7 * other_gate))
 
 
-def test_gated_image_pooling_centroids_are_where_the_gated_cells_are():
-    """centroid_k = Σ_j g_kj xy_j / Σ_j g_kj: the matching cells' mean position when they dominate the gate."""
-    from vlcoattn.fusion.smca import grid_coordinates
-    from vlcoattn.models.modeling_vlcoattn import GatedImagePooling
-
+@pytest.mark.parametrize("pooling", ["cls+gated", "cls"])
+def test_answer_pooling_trains_every_parameter_and_reads_the_cls_and_the_gated_sum(pooling):
     torch.manual_seed(0)
-    pool = GatedImagePooling(16, 2, centroids=True)
-    query, match, other = torch.randn(1, 16), torch.randn(16), torch.randn(16)
-    cells = grid_coordinates((2, 4), 1, torch.float32, torch.device("cpu"))[0, 0]  # (8, 2)
-    image = torch.stack([other] * 8)
-    image[[1, 6]] = match  # cells (x, y) = (0.375, 0.25) and (0.625, 0.75)
-    out = pool(query, image[None], cells)
-    assert out.shape == (1, 16 + 2 + 4) and pool.extra_features == 6
-    gates = torch.sigmoid(pool.query(query).view(2, 1, 8) @ pool.key(image).view(8, 2, 8).permute(1, 2, 0) / 8**0.5)
-    expected = (gates @ cells / gates.sum(-1, keepdim=True)).reshape(4)  # (2 heads, 2) -> 4
-    torch.testing.assert_close(out[0, 18:], expected)
-    pool.key.weight.data.zero_(), pool.key.bias.data.zero_()  # equal gates: the centroid of all cells
-    torch.testing.assert_close(pool(query, image[None], cells)[0, 18:], torch.tensor([0.5, 0.5, 0.5, 0.5]))
-    with pytest.raises(ValueError, match="cells"):
-        pool(query, image[None])
-
-
-def test_token_center_pooling_reads_where_the_chosen_words_looked_in_cells():
-    """p_k = Σ_t softmax_t(w_k · h_t) c_t; features [p_1, p_2, p_1 - p_2] in cells; padding never chosen."""
-    from vlcoattn.models.modeling_vlcoattn import TokenCenterPooling
-
-    pool = TokenCenterPooling(4)
-    assert pool.extra_features == 6
-    hidden = torch.zeros(1, 4, 4)
-    hidden[0, 1, 0] = hidden[0, 2, 1] = hidden[0, 3, 0] = 50.0  # pool 0 picks tokens 1 and 3, pool 1 token 2
-    pool.score.weight.data = torch.eye(2, 4)
-    pool.score.bias.data.zero_()
-    centers = torch.tensor([[[0.5, 0.5], [0.25, 0.125], [0.75, 0.5], [0.0, 0.0]]])
-    mask = torch.tensor([[1, 1, 1, 0]])  # token 3 is padding
-    out = pool(hidden, centers, mask, grid_size=(8, 4))  # 8 rows, 4 columns: x in quarters, y in eighths
-    p1, p2 = torch.tensor([1.0, 1.0]), torch.tensor([3.0, 4.0])  # (0.25 * 4, 0.125 * 8), (0.75 * 4, 0.5 * 8)
-    torch.testing.assert_close(out[0], torch.cat([p1, p2, p1 - p2]), atol=1e-4, rtol=0)
-    out = pool(hidden, centers, None, grid_size=(8, 4))  # unmasked, token 3 shares pool 0 with token 1
-    torch.testing.assert_close(out[0, :2], torch.tensor([0.5, 0.5]), atol=1e-4, rtol=0)
-
-
-@pytest.mark.parametrize("pooling", ["cls+gated", "cls+gated+centroids", "cls+gated+tokens"])
-def test_vqa_pooling_cls_plus_gated_trains_every_parameter(pooling):
-    torch.manual_seed(0)
-    model = VLCoAttnForQuestionAnswering(tiny_config(answer_vocab=["yes", "no", "2"], vqa_pooling=pooling))
+    heads = dict(answer_vocab=["yes", "no", "2"], answer_pooling=pooling)
+    model = VLCoAttnForQuestionAnswering(tiny_config(heads_config=heads))
     ids, px = batch()
     out = model(ids, px, labels=torch.tensor([[1.0, 0, 0], [0, 0, 1.0]]))
     out.loss.backward()
     assert out.logits.shape == (2, 3)
     assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    with pytest.raises(ValueError, match="vqa_pooling"):
-        tiny_config(vqa_pooling="mean")
+    base = model.vlcoattn(ids, px)
+    features = model.answer_features(base)
+    if pooling == "cls":
+        assert model.image_pooling is None and torch.equal(features, base.pooler_output)
+    else:  # [CLS] (d), the gated pool over every cell with its position (d), one count per head (N_h)
+        image = base.image_hidden_states[0] + base.image_positions[0]
+        want = torch.cat([base.pooler_output, model.image_pooling(base.pooler_output, image)], dim=-1)
+        assert features.shape == (2, 32 + 32 + 4)
+        torch.testing.assert_close(features, want)
 
 
 @pytest.mark.parametrize("backbone", ["test_resnet", "test_vit"])
 def test_gradient_checkpointing_gives_the_same_gradients(backbone):
     """Text layers, fusion layers and the timm backbone recomputed in the backward pass: same loss, same
     gradients as without (dropout on: checkpointing replays the RNG)."""
-    kwargs = {"test_vit": dict(backbone_out_indices=[-1], backbone_kwargs={"img_size": 64})}.get(backbone, {})
-    config = tiny_config(backbone=backbone, fusion_dropout=0.1, answer_vocab=["yes", "no"], **kwargs)
+    vision = {"test_vit": dict(out_indices=[-1], model_kwargs={"img_size": 64})}.get(backbone, {})
+    config = tiny_config(vision_config=dict(backbone=backbone, **vision), coattention_config=dict(hidden_dropout_prob=0.1),
+                         heads_config=dict(answer_vocab=["yes", "no"]))
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)

@@ -60,7 +60,8 @@ def assets(tmp_path_factory, minilm_tokenizer):
 
 
 # the tiny model without dropout (each rank, or each micro-batch shape, would draw other dropout masks)
-NO_DROPOUT = {"fusion_num_layers": 1, "backbone_out_indices": [-2], "fusion_dropout": 0.0, "fusion_attention_dropout": 0.0}
+NO_DROPOUT = {"coattention_config": {"num_layers": 1, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+              "vision_config": {"out_indices": [-2]}}
 
 
 def base_config(assets, run_dir, **over) -> dict:
@@ -71,7 +72,7 @@ def base_config(assets, run_dir, **over) -> dict:
         "run": {"dir": str(run_dir), "seed": 0, "log_every": 1, "progress": False},
         "model": {"text": str(assets["text"]), "convert_from": None, "backbone": "convnext_atto",
                   "pretrained_backbone": False, "image_size": 64,
-                  "config": {"fusion_num_layers": 1, "backbone_out_indices": [-2]}},
+                  "config": {"coattention_config": {"num_layers": 1}, "vision_config": {"out_indices": [-2]}}},
         "data": {"train": [str(assets["data"] / "train")], "val": [str(assets["data"] / "val")],
                  "batch_size": 4, "eval_batch_size": 16, "max_text_len": 24, "shuffle_buffer": 16},
         "optim": {"lr": 1e-3, "warmup_steps": 1, "eps": 1e-6},
@@ -258,8 +259,8 @@ def test_fsdp_equals_ddp_evaluates_in_lockstep_and_resumes_exactly_from_its_shar
     resumes to the uninterrupted run's weights on 2 ranks, and to its exact state in one process."""
     val = sum(s.samples for s in resolve_shards([str(assets["data"] / "val")])[0])
     common = {"data.shuffle": False, "data.eval_batch_size": val // 2 - (val % 2 == 0), "train.steps": 3,
-              "model.config": {"fusion_num_layers": 1, "backbone_out_indices": [-2], "fusion_dropout": 0.0,
-                               "fusion_attention_dropout": 0.0}}
+              "model.config": {"coattention_config": {"num_layers": 1, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+                               "vision_config": {"out_indices": [-2]}}}
     fsdp_only = {"run.parallel": "fsdp", "train.save_every": 2}
     for name, over in (("ddp", {}), ("fsdp", fsdp_only)):
         cfg = base_config(assets, tmp_path / name, **common, **over)
@@ -578,8 +579,8 @@ def test_gradient_checkpointing_in_the_trainer_changes_no_weight(assets, tmp_pat
 def test_the_feature_cache_trains_like_recomputing_and_logs_its_use(assets, tmp_path):
     """model.feature_cache_gib with the text encoder and the backbone frozen: the same losses to float
     rounding, and the cache's hits and misses in metrics.jsonl."""
-    frozen = {"model.config": {"fusion_num_layers": 1, "backbone_out_indices": [-2], "freeze_text_layers": -1,
-                               "freeze_backbone": True}}
+    frozen = {"model.config": {"coattention_config": {"num_layers": 1}, "freeze_text_layers": -1,
+                               "vision_config": {"out_indices": [-2], "freeze": True}}}
     plain = _first_losses(assets, tmp_path, "plain", **frozen)
     cached = _first_losses(assets, tmp_path, "cached", **frozen, **{"model.feature_cache_gib": 0.5})
     assert cached == pytest.approx(plain, rel=1e-4)

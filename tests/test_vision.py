@@ -12,12 +12,18 @@ from PIL import Image
 from vlcoattn.assets import efficientnet_lite0_weights, sample_photo
 from vlcoattn.vision import (
     VisionBackbone,
+    VisionConfig,
     efficientnet_lite0_timm_file,
     image_transform,
     remap_state_dict_in_order,
 )
 
 ESPRESSO = 967  # ImageNet-1k class index
+
+
+def _backbone(name: str, pretrained: bool = False, pretrained_file=None, **config) -> VisionBackbone:
+    """VisionBackbone of ``VisionConfig(backbone=name, **config)``."""
+    return VisionBackbone(VisionConfig(backbone=name, **config), pretrained=pretrained, pretrained_file=pretrained_file)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +45,7 @@ def lite0_file(tmp_path_factory):
 )
 def test_backbones_give_feature_grids_matching_feature_info(name, kwargs):
     torch.manual_seed(0)
-    bb = VisionBackbone(name, out_indices=(-2, -1), model_kwargs=kwargs).eval()
+    bb = _backbone(name, out_indices=[-2, -1], model_kwargs=kwargs).eval()
     x = torch.randn(2, 3, 96, 160)  # non-square
     with torch.no_grad():
         feats = bb(x)
@@ -52,7 +58,7 @@ def test_backbones_give_feature_grids_matching_feature_info(name, kwargs):
 
 def test_vit_any_input_size_via_forward_intermediates_grid():
     """A ViT's tokens come back as a (B, C, H/p, W/p) grid for sizes that are not patch multiples."""
-    bb = VisionBackbone("vit_tiny_patch16_224", out_indices=(-1,), model_kwargs={"img_size": 64}).eval()
+    bb = _backbone("vit_tiny_patch16_224", out_indices=[-1], model_kwargs={"img_size": 64}).eval()
     assert bb.strides == [16] and bb.channels == [192]
     with torch.no_grad():
         (f,) = bb(torch.randn(1, 3, 70, 100))
@@ -72,7 +78,7 @@ def test_efficientnet_lite0_real_weights_classify_coffee_as_espresso(lite0_file)
     assert logits.softmax(-1)[0, ESPRESSO] > 0.5
 
     # the same weights through OUR loader (features_only backbone) + the classifier head
-    bb = VisionBackbone("tf_efficientnet_lite0", out_indices=(-1,), pretrained=True, pretrained_file=lite0_file).eval()
+    bb = _backbone("tf_efficientnet_lite0", out_indices=[-1], pretrained=True, pretrained_file=lite0_file).eval()
     crop = bb.transform(crop=True)  # timm's eval transform from the backbone's data config
     with torch.no_grad():
         (f,) = bb(crop(image)[None])  # (1, 320, 7, 7)
@@ -82,7 +88,7 @@ def test_efficientnet_lite0_real_weights_classify_coffee_as_espresso(lite0_file)
 
 def test_pretrained_without_file_uses_the_local_efficientnet_weights(lite0_file, monkeypatch):
     monkeypatch.setenv("VLCOATTN_CACHE", str(lite0_file.parent))
-    bb = VisionBackbone("tf_efficientnet_lite0", pretrained=True)
+    bb = _backbone("tf_efficientnet_lite0", pretrained=True)
     src = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
     torch.testing.assert_close(bb.model.conv_stem.weight, src["_conv_stem.weight"])
     torch.testing.assert_close(bb.model.blocks[6][0].conv_pwl.weight, src["_blocks.15._project_conv.weight"])
@@ -108,7 +114,7 @@ def test_in_order_remap_rejects_shape_or_count_mismatch():
 
 
 def test_transform_keeps_the_whole_image_at_any_size():
-    bb = VisionBackbone("tf_efficientnet_lite0", out_indices=(-1,))
+    bb = _backbone("tf_efficientnet_lite0", out_indices=[-1])
     t = bb.transform((96, 160))
     x = t(Image.new("RGB", (50, 200), (255, 0, 0)))
     assert x.shape == (3, 96, 160)
@@ -121,7 +127,7 @@ def test_transform_keeps_the_whole_image_at_any_size():
 
 
 def test_freeze_stops_gradients_and_norm_statistics():
-    bb = VisionBackbone("resnet18", out_indices=(-1,), freeze=True).train()
+    bb = _backbone("resnet18", out_indices=[-1], freeze=True).train()
     assert not any(p.requires_grad for p in bb.parameters())
     assert not bb.model.bn1.training  # norms stay in eval mode while the rest trains
     before = bb.model.bn1.running_mean.clone()
@@ -132,7 +138,7 @@ def test_freeze_stops_gradients_and_norm_statistics():
 
 
 def test_non_persistent_buffers_are_rebuilt():
-    bb = VisionBackbone("test_vit_relpos", out_indices=(-1,))
+    bb = _backbone("test_vit_relpos", out_indices=[-1])
     key = "model.blocks.0.attn.rel_pos.relative_position_index"
     good = dict(bb.model.named_buffers())[key].clone()
     bb.model.model.blocks[0].attn.rel_pos.relative_position_index.zero_()
@@ -145,25 +151,29 @@ def test_non_persistent_buffers_are_rebuilt():
 
 def test_unknown_backbone_name_is_a_clear_value_error():
     with pytest.raises(ValueError, match=r"unknown backbone 'resnet181'.*did you mean.*resnet18"):
-        VisionBackbone("resnet181")
+        VisionConfig(backbone="resnet181")
 
 
-@pytest.mark.parametrize("name, indices", [("resnet18", (7,)), ("resnet18", (-9,)), ("test_vit", (40,))])
+@pytest.mark.parametrize("name, indices", [("resnet18", [7]), ("resnet18", [-9]), ("test_vit", [40])])
 def test_out_indices_out_of_range_is_a_clear_value_error(name, indices):
     with pytest.raises(ValueError, match=r"out_indices .* out of range for backbone"):
-        VisionBackbone(name, out_indices=indices)
+        _backbone(name, out_indices=indices)
 
 
 def test_duplicate_or_empty_out_indices_rejected():
-    with pytest.raises(ValueError, match="twice"):
-        VisionBackbone("resnet18", out_indices=(4, -1))
+    with pytest.raises(ValueError, match="twice"):  # two names of one level: only the built model knows
+        _backbone("resnet18", out_indices=[4, -1])
+    with pytest.raises(ValueError, match="duplicates"):
+        VisionConfig(out_indices=[1, 1])
     with pytest.raises(ValueError, match="at least one"):
-        VisionBackbone("resnet18", out_indices=())
+        VisionConfig(out_indices=[])
+    with pytest.raises(ValueError, match=r"unknown option 'out_indice'; did you mean 'out_indices'"):
+        VisionConfig(out_indice=[1])
 
 
 def test_missing_weights_file_is_reported():
     with pytest.raises(FileNotFoundError, match="not found"):
-        VisionBackbone("resnet18", pretrained_file="/nonexistent/weights.safetensors")
+        _backbone("resnet18", pretrained_file="/nonexistent/weights.safetensors")
 
 
 @pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "test_vit"])
@@ -171,8 +181,8 @@ def test_channels_last_gives_the_same_features_and_gradients(name):
     """NHWC images are a layout change only: same features and parameter gradients, parameters and
     their gradients stay contiguous (what safetensors and DDP's gradient buckets need)."""
     torch.manual_seed(0)
-    nchw = VisionBackbone(name, out_indices=(-1,)).eval()  # eval: batch-2 BN statistics would amplify rounding
-    nhwc = VisionBackbone(name, out_indices=(-1,), channels_last=True).eval()
+    nchw = _backbone(name, out_indices=[-1], channels_last=False).eval()  # eval: batch-2 BN stats amplify rounding
+    nhwc = _backbone(name, out_indices=[-1], channels_last=True).eval()
     nhwc.load_state_dict(nchw.state_dict())
     x = torch.randn(2, 3, 64, 64)
     outs = []

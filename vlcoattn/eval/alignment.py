@@ -1,10 +1,10 @@
 """Where a text token looks: its cross-attention and its Gaussian prior against the box it refers to.
 
-For one token (the grounding token, ``grounding_token_index``) of each sample, per fusion layer, a map
+For one token (the grounding token, ``heads_config.grounding_token_index``) of each sample, per fusion layer, a map
 over the H x W feature grid (summing to 1) is scored against the target box:
 
     mass    = sum_c map(c) * |c ∩ box| / |c|     expected share of the looked-at cell inside the box
-    inside  = centroid(map) in box               the centroid is where the box head starts (center_from)
+    inside  = centroid(map) in box               the centroid is where the box head starts
     spread  = sqrt(sum_c map(c) |xy_c - centroid|^2)   RMS distance from the centroid, in image sides
     chance  = |box| / |image|                    a uniform map's mass (its spread: 0.405 on an 8 x 8 grid)
 

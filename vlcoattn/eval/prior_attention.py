@@ -45,7 +45,7 @@ def analyse(model_dir: Path, sources: str, limit: int, examples: int, batch_size
     mean, std = torch.tensor(ip.image_mean).view(3, 1, 1), torch.tensor(ip.image_std).view(3, 1, 1)
     loader = build_eval_loader(sources, processor, batch_size=batch_size, limit=limit,
                                answer_vocab=getattr(model.config, "answer_vocab", None) or [])
-    token = model.config.grounding_token_index
+    token = model.config.heads_config.grounding_token_index
     rows, kept = [], defaultdict(list)
     for batch in loader:
         idx = batch["box_mask"].nonzero().flatten().tolist() if "box_mask" in batch else []  # rows with a box

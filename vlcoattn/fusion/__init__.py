@@ -1,17 +1,15 @@
 """Spatially modulated co-attention (SMCA) between text tokens and image feature grids."""
 
+from .config import CoAttentionConfig, fusion_block_config
 from .layers import (
     FeedForward,
     FusionLayerOutput,
     FusionOutput,
     SMCAFusionEncoder,
     SMCAFusionLayer,
-    fusion_block_config,
 )
 from .position import PositionEmbeddingSine2D, sine_position_encoding_2d
 from .smca import (
-    CENTER_SOURCES,
-    OFFSET_MODES,
     PRIOR_SHARING,
     SPATIAL_PRIORS,
     CrossAttentionOutput,
@@ -25,10 +23,9 @@ from .smca import (
 )
 
 __all__ = [
-    "CENTER_SOURCES",
-    "OFFSET_MODES",
     "PRIOR_SHARING",
     "SPATIAL_PRIORS",
+    "CoAttentionConfig",
     "CrossAttentionOutput",
     "FeedForward",
     "FusionLayerOutput",

@@ -10,18 +10,16 @@ One layer, post-LN like BERT/DETR (text stream ``t``, image stream ``v_l`` per f
 The image stream's updates (image->text attention, FFN') are left out of the LAST layer, whose
 image output nothing reads.
 
-Keys are image tokens + 2D sine positions. By default the VALUES carry the positions too
-(``position_in_values=True``): the fused text tokens then hold *where* they attended, which the
-grounding head needs to regress a box from one token (with DETR's content-only values a single
-query can only learn absolute positions through the CNN's padding artefacts; overfitting 8 images
-converged far more slowly). ``position_in_values=False`` is DETR's convention.
+Keys and values are image tokens + 2D sine positions: the fused text tokens then hold *where* they
+attended, which the grounding head needs to regress a box from one token (with DETR's content-only
+values a single query can only learn absolute positions through the CNN's padding artefacts;
+overfitting 8 images converged far more slowly).
 
-Where the centers come from (``center_from``). Layer 0's reference c_t comes from the text alone
-(``ReferenceCenterHead`` on its cross-attention queries). With ``"text"`` (the paper's form, docs/design.md §3) every
-later layer reuses it; with ``"attention"`` (default) layer l > 0 centers its Gaussians on where the
-token looked in layer l - 1, the head-mean centroid m_t = mean_k sum_j p_{t,k,j} (x_j, y_j) of its
-attention -- the words alone cannot know where "the red cube" is in this image, the attention can.
-Each layer has its own offsets and scales.
+Where the centers come from. Layer 0's reference c_t comes from the text alone (``ReferenceCenterHead``
+on its cross-attention queries); layer l > 0 centers its Gaussians on where the token looked in layer
+l - 1, the head-mean centroid m_t = mean_k sum_j p_{t,k,j} (x_j, y_j) of its attention -- the words alone
+cannot know where "the red cube" is in this image, the attention can (the paper's form, every layer
+reusing c_t, left the grounding head at the mean box). Each layer has its own offsets and scales.
 
 The text self-attention and both FFNs are CooBERT's own blocks (``CooBertAttention``, ``CooBertIntermediate``
 + ``CooBertOutput``) at the fusion's width; the attention implementation (SDPA or the explicit softmax that
@@ -40,29 +38,10 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from ..text.attention import build_attention_mask, collaborative_attention_reference
 from ..text.configuration_coobert import CooBertConfig
 from ..text.modeling_coobert import CooBertAttention, CooBertIntermediate, CooBertOutput
-from ..utils.checks import check_choice, check_positive
-from .smca import CENTER_SOURCES, CrossAttentionOutput, ReferenceCenterHead, SMCACrossAttention
+from .config import CoAttentionConfig, fusion_block_config
+from .smca import CrossAttentionOutput, ReferenceCenterHead, SMCACrossAttention
 
-__all__ = ["FeedForward", "FusionLayerOutput", "FusionOutput", "SMCAFusionEncoder", "SMCAFusionLayer",
-           "fusion_block_config"]
-
-
-def fusion_block_config(
-    d_model: int,
-    num_heads: int,
-    intermediate_size: int,
-    shared_key_dim: int | None = None,
-    dropout: float = 0.1,
-    attention_dropout: float = 0.1,
-    hidden_act: str = "gelu",
-    layer_norm_eps: float = 1e-12,
-) -> CooBertConfig:
-    """The CooBERT block config of a fusion layer: its width, heads, D~k, FFN size, dropout and norm."""
-    return CooBertConfig(
-        hidden_size=d_model, num_attention_heads=num_heads, intermediate_size=intermediate_size,
-        shared_key_dim=shared_key_dim, hidden_dropout_prob=dropout, attention_probs_dropout_prob=attention_dropout,
-        hidden_act=hidden_act, layer_norm_eps=layer_norm_eps,
-    )
+__all__ = ["FeedForward", "FusionLayerOutput", "FusionOutput", "SMCAFusionEncoder", "SMCAFusionLayer"]
 
 
 class FeedForward(nn.Module):
@@ -98,7 +77,7 @@ class FusionOutput:
     reference_centers: torch.Tensor | None = None  # (B, T, 2) normalized (x, y), from layer 0
     attended: tuple[torch.Tensor, ...] = ()  # per layer (B, T, N_h, 2) centroid of each head's attention
     # (B, T, 2) each token's center after the stack, what a box starts from: the last layer's head-mean
-    # attention centroid (center_from "attention") or the layer-0 text reference ("text")
+    # attention centroid (the layer-0 text reference when the keys are not on a grid)
     base_centers: torch.Tensor | None = None
     centers: tuple[torch.Tensor, ...] = ()  # per layer (B, T, N_h, 2)
     scales: tuple[torch.Tensor, ...] = ()  # per layer (B, T, N_h, 2)
@@ -113,37 +92,28 @@ class SMCAFusionLayer(GradientCheckpointingLayer):
     """Text self-attention (collaborative) -> SMCA text->image -> [image->text] -> FFNs (recomputed in the
     backward pass under ``gradient_checkpointing_enable()``).
 
-    block: the CooBERT block config (:func:`fusion_block_config`); the SMCA arguments as
-    :class:`SMCACrossAttention`'s. ``update_image=False`` (the last layer) leaves the image stream as it is.
+    config: the :class:`CoAttentionConfig` (its CooBERT blocks via :func:`fusion_block_config`, its prior, two_way);
+    level_scale_multipliers: one precision factor per image level. ``update_image=False`` (the last layer)
+    leaves the image stream as it is.
     """
 
     def __init__(
         self,
-        block: CooBertConfig,
-        spatial_prior: str = "gaussian",
-        beta: float = 8.0,
-        prior_sharing: str = "per_head",
-        num_levels: int = 1,
-        level_scale_multipliers: Sequence[float] | None = None,
-        two_way: bool = False,
-        position_in_values: bool = True,
-        offset_mode: str = "logit",
+        config: CoAttentionConfig,
+        level_scale_multipliers: Sequence[float] = (1.0,),
         has_reference_head: bool = False,
         update_image: bool = True,
     ) -> None:
         super().__init__()
-        d, heads, p_attn = block.hidden_size, block.num_attention_heads, block.attention_probs_dropout_prob
-        self.position_in_values = position_in_values
+        block = fusion_block_config(config)
+        d = block.hidden_size
         self.self_attention = CooBertAttention(block)  # LN(t + W_O CollabSelfAttn(t))
-        use_ref = has_reference_head and spatial_prior == "gaussian"
+        use_ref = has_reference_head and config.spatial_prior == "gaussian"
         self.reference_head = ReferenceCenterHead(d) if use_ref else None
-        self.cross_attn = SMCACrossAttention(
-            d, heads, spatial_prior, beta=beta, prior_sharing=prior_sharing, num_levels=num_levels,
-            level_scale_multipliers=level_scale_multipliers, dropout=p_attn, offset_mode=offset_mode,
-        )
+        self.cross_attn = SMCACrossAttention(config, level_scale_multipliers)
         self.cross_norm = nn.LayerNorm(d, eps=block.layer_norm_eps)
-        if two_way and update_image:
-            self.image_attn = SMCACrossAttention(d, heads, "none", dropout=p_attn)
+        if config.two_way and update_image:
+            self.image_attn = SMCACrossAttention(config, prior=False)
             self.image_attn_norm = nn.LayerNorm(d, eps=block.layer_norm_eps)
         else:
             self.image_attn = self.image_attn_norm = None
@@ -182,8 +152,7 @@ class SMCAFusionLayer(GradientCheckpointingLayer):
             reference_centers = self.reference_head(text)  # (B, T, 2), reused by later layers
         keys = [v + p for v, p in zip(image, image_pos)]  # (B, S_l, d)
         cross = self.cross_attn(
-            text, keys, values=keys if self.position_in_values else list(image), grid_sizes=grid_sizes,
-            reference_centers=reference_centers, output_attentions=eager,
+            text, keys, grid_sizes=grid_sizes, reference_centers=reference_centers, output_attentions=eager
         )
         text = self.cross_norm(text + self.dropout(cross.output))
 
@@ -207,19 +176,20 @@ class SMCAFusionLayer(GradientCheckpointingLayer):
 
 
 class SMCAFusionEncoder(nn.Module):
-    """A stack of :class:`SMCAFusionLayer`; layer 0 owns the reference-center head, later layers take
-    their reference from ``center_from`` (see the module docstring). The last layer leaves the image
-    stream as it is (no image FFN / image->text attention): only the text tokens leave the stack, so
-    those parameters would get no gradient."""
+    """A stack of ``config.num_layers`` :class:`SMCAFusionLayer`; layer 0 owns the reference-center head,
+    later layers center on where the token looked in the layer before (see the module docstring). The last
+    layer leaves the image stream as it is (no image FFN / image->text attention): only the text tokens
+    leave the stack, so those parameters would get no gradient.
 
-    def __init__(self, num_layers: int, block: CooBertConfig, center_from: str = "attention", **smca_kwargs) -> None:
+    level_scale_multipliers: one precision factor per image level (``VLCoAttnModel`` resolves
+    ``config.level_scale_multipliers``' default from the backbone's strides)."""
+
+    def __init__(self, config: CoAttentionConfig, level_scale_multipliers: Sequence[float] = (1.0,)) -> None:
         super().__init__()
-        check_positive("num_layers", num_layers)
-        check_choice("center_from", center_from, CENTER_SOURCES)
-        self.center_from = center_from
+        n = config.num_layers
         self.layers = nn.ModuleList(
-            SMCAFusionLayer(block, **smca_kwargs, has_reference_head=(i == 0), update_image=(i < num_layers - 1))
-            for i in range(num_layers)
+            SMCAFusionLayer(config, level_scale_multipliers, has_reference_head=(i == 0), update_image=(i < n - 1))
+            for i in range(n)
         )
 
     def forward(
@@ -240,12 +210,12 @@ class SMCAFusionEncoder(nn.Module):
             text, image, reference = out.text, out.image, out.reference_centers
             if i == 0:
                 first_reference = reference
-            if self.center_from == "attention" and reference is not None:
+            if reference is not None:
                 reference = out.cross.attended.mean(dim=2)  # (B, T, 2): where the token looked, head mean
             layers.append(out)
         cross = [o.cross for o in layers]
         last = cross[-1].attended  # None when the keys are not on a grid
-        base = last.mean(dim=2) if self.center_from == "attention" and last is not None else first_reference
+        base = last.mean(dim=2) if last is not None else first_reference
         return FusionOutput(
             text_hidden_state=text,
             image_hidden_states=image,

@@ -24,26 +24,28 @@ scale-selection softmax α = softmax(Linear(h_t)).
 
 Offsets. The paper writes c_{t,k} = c_t + Δ_k(h_t); nothing keeps that inside the image, and in our
 overfitting runs heads drifted to centers like (2.6, 1.1) with sharp precisions, saw only border
-cells, and the grounding model collapsed to one box for every image. The default therefore applies
-Δ in logit space, like the grounding head does (identical to first order at Δ = 0);
-``offset_mode="additive"`` keeps the literal form for comparison.
+cells, and the grounding model collapsed to one box for every image. Δ is therefore applied in logit
+space, like the grounding head does (identical to first order at Δ = 0).
+
+Every option (width, heads, attention dropout, ``spatial_prior``, ``beta``, ``prior_sharing``) comes from
+the :class:`~vlcoattn.fusion.config.CoAttentionConfig`, which validates it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import MLP
 
-from ..utils.checks import check_choice, check_multiple, check_positive
+if TYPE_CHECKING:
+    from .config import CoAttentionConfig
 
 __all__ = [
-    "CENTER_SOURCES",
-    "OFFSET_MODES",
     "PRIOR_SHARING",
     "SPATIAL_PRIORS",
     "CrossAttentionOutput",
@@ -61,10 +63,6 @@ SPATIAL_PRIORS = ("none", "gaussian")
 # shared_scales: per-head offsets, one scale pair per token shared by the heads;
 # shared: one Gaussian per token shared by all heads (SMCA's "head-shared" ablation).
 PRIOR_SHARING = ("per_head", "shared_scales", "shared")
-# how a head's offset moves the reference center (see SpatialPriorHead)
-OFFSET_MODES = ("logit", "additive")
-# where fusion layers > 0 center their Gaussians (see SMCAFusionEncoder)
-CENTER_SOURCES = ("attention", "text")
 
 
 def gaussian_log_prior(
@@ -78,7 +76,6 @@ def gaussian_log_prior(
     centers: (B, T, N_h, 2) normalized (x, y); scales: (B, T, N_h, 2) precisions (s_x, s_y).
     Returns (B, N_h, T, H*W), row-major over the grid (index i*W + j), ready for SDPA.
     """
-    check_positive("beta", beta)
     H, W = grid_size
     B, T, N, _ = centers.shape
     dev, dt = centers.device, centers.dtype
@@ -142,20 +139,17 @@ class ReferenceCenterHead(MLP):
 
 
 class SpatialPriorHead(nn.Module):
-    """Per-head centers and precisions S_k(h_t) (S: weight 0, bias 1 at init).
-
-    offset_mode "logit" (default): c_{t,k} = sigmoid(logit(c_t) + Δ_k(h_t)), always inside the image
-    (= c_t + c_t(1 - c_t) Δ_k to first order). "additive": c_{t,k} = c_t + Δ_k(h_t), the paper's
-    literal form; unbounded, so a head can drift off the image and see only border cells.
+    """Per-head centers c_{t,k} = sigmoid(logit(c_t) + Δ_k(h_t)) and precisions S_k(h_t) (S: weight 0, bias 1
+    at init). The offset acts in logit space, so a center stays inside the image (= c_t + c_t(1 - c_t) Δ_k
+    to first order). ``prior_sharing`` (one of :data:`PRIOR_SHARING`) says which heads share an offset or
+    a scale pair.
     """
 
-    def __init__(self, d_model: int, num_heads: int, sharing: str = "per_head", offset_mode: str = "logit") -> None:
+    def __init__(self, d_model: int, num_heads: int, prior_sharing: str = "shared_scales") -> None:
         super().__init__()
-        check_choice("prior_sharing", sharing, PRIOR_SHARING)
-        check_choice("prior_offset_mode", offset_mode, OFFSET_MODES)
-        self.num_heads, self.sharing, self.offset_mode = num_heads, sharing, offset_mode
-        self.n_offsets = 1 if sharing == "shared" else num_heads
-        self.n_scales = num_heads if sharing == "per_head" else 1
+        self.num_heads, self.prior_sharing = num_heads, prior_sharing
+        self.n_offsets = 1 if prior_sharing == "shared" else num_heads
+        self.n_scales = num_heads if prior_sharing == "per_head" else 1
         self.offsets = nn.Linear(d_model, 2 * self.n_offsets)
         self.scales = nn.Linear(d_model, 2 * self.n_scales)
         self.scales._vlcoattn_init = "unit_scale"  # tells VLCoAttnPreTrainedModel._init_weights: w 0, b 1
@@ -172,10 +166,7 @@ class SpatialPriorHead(nn.Module):
         B, T, _ = h.shape
         delta = self.offsets(h).view(B, T, self.n_offsets, 2)
         ref = reference[:, :, None, :]  # (B, T, 1, 2)
-        if self.offset_mode == "logit":
-            centers = torch.sigmoid(torch.logit(ref.clamp(1e-6, 1 - 1e-6)) + delta)
-        else:
-            centers = ref + delta
+        centers = torch.sigmoid(torch.logit(ref.clamp(1e-6, 1 - 1e-6)) + delta)
         scales = self.scales(h).view(B, T, self.n_scales, 2)
         N = self.num_heads
         return centers.expand(B, T, N, 2), scales.expand(B, T, N, 2)
@@ -198,46 +189,31 @@ class SMCACrossAttention(nn.Module):
     """Multi-head cross-attention from queries (text tokens) to one or more key grids (image levels).
 
     Args:
-        d_model, num_heads: width and heads (d_h = d_model / num_heads).
-        spatial_prior: ``"gaussian"`` (SMCA) or ``"none"`` (plain cross-attention, same code).
-        beta: the Gaussian's temperature β (> 0).
-        prior_sharing: one of :data:`PRIOR_SHARING`.
-        num_levels: number of key grids; > 1 adds the scale-selection softmax.
-        level_scale_multipliers: per-level factor on the precision s (default 1 for every level).
-        dropout: attention dropout.
-        offset_mode: ``"logit"`` or ``"additive"`` (see :class:`SpatialPriorHead`).
+        config: the :class:`~vlcoattn.fusion.config.CoAttentionConfig`: width and heads (d_h = hidden_size /
+            num_attention_heads), attention dropout, and the prior (``spatial_prior``: ``"gaussian"`` (SMCA)
+            or ``"none"``, plain cross-attention on the same code; ``beta``; ``prior_sharing``).
+        level_scale_multipliers: one factor per key grid on the precision s; their number is the number
+            of levels (> 1 adds the scale-selection softmax).
+        prior: False = no prior whatever the config says (a two-way layer's image -> text attention).
     """
 
     def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        spatial_prior: str = "gaussian",
-        beta: float = 8.0,
-        prior_sharing: str = "per_head",
-        num_levels: int = 1,
-        level_scale_multipliers: Sequence[float] | None = None,
-        dropout: float = 0.0,
-        offset_mode: str = "logit",
+        self, config: CoAttentionConfig, level_scale_multipliers: Sequence[float] = (1.0,), prior: bool = True
     ) -> None:
         super().__init__()
-        check_multiple("d_model", d_model, num_heads, "one slice per head")
-        check_choice("spatial_prior", spatial_prior, SPATIAL_PRIORS)
-        check_positive("beta", beta)
-        check_positive("num_levels", num_levels)
-        mult = [1.0] * num_levels if level_scale_multipliers is None else [float(m) for m in level_scale_multipliers]
-        if len(mult) != num_levels or min(mult) <= 0:
-            raise ValueError(f"level_scale_multipliers must be {num_levels} numbers > 0 (one per level), got {mult}")
+        d_model, num_heads = config.hidden_size, config.num_attention_heads
         self.d_model, self.num_heads, self.head_dim = d_model, num_heads, d_model // num_heads
-        self.spatial_prior, self.beta, self.num_levels = spatial_prior, float(beta), num_levels
-        self.level_scale_multipliers = mult
-        self.dropout = dropout
+        self.spatial_prior = config.spatial_prior if prior else "none"
+        self.beta, self.num_levels = float(config.beta), len(level_scale_multipliers)
+        self.level_scale_multipliers = [float(m) for m in level_scale_multipliers]
+        self.dropout = float(config.attention_probs_dropout_prob)
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
-        self.prior = SpatialPriorHead(d_model, num_heads, prior_sharing, offset_mode) if spatial_prior == "gaussian" else None
-        self.level_select = nn.Linear(d_model, num_levels) if num_levels > 1 else None
+        gaussian = self.spatial_prior == "gaussian"
+        self.prior = SpatialPriorHead(d_model, num_heads, config.prior_sharing) if gaussian else None
+        self.level_select = nn.Linear(d_model, self.num_levels) if self.num_levels > 1 else None
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, S, _ = x.shape

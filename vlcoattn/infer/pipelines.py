@@ -67,7 +67,7 @@ class _VLCoAttnPipeline(Pipeline):
 
 class VLCoAttnVQAPipeline(_VLCoAttnPipeline):
     """Image + question -> the ``top_k`` answers with their scores (sigmoid or softmax probabilities, as
-    the model was trained: ``vqa_loss``)."""
+    the model was trained: ``heads_config.answer_loss``)."""
 
     def _sanitize_parameters(self, top_k: int | None = None, **kwargs: Any):
         return {}, {}, ({"top_k": top_k} if top_k is not None else {})

@@ -135,7 +135,7 @@ def prior_summary(model: VLCoAttnPreTrainedModel, base: Any, letterbox: torch.Te
         return None
     H, W = base.grid_sizes[-1]
     mult = float(model.base_model.level_scale_multipliers[-1])
-    beta = float(model.config.smca_beta)
+    beta = float(model.config.coattention_config.beta)
     scales = base.scales[-1].detach().to("cpu", torch.float64)  # (B, T, N_h, 2)
     sigma_cells = math.sqrt(beta / 2) / (scales * mult).abs().clamp_min(1e-6)
     lb = letterbox.to(torch.float64)[:, None, None, :]  # (B, 1, 1, 8)

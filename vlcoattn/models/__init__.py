@@ -8,7 +8,13 @@ from transformers import (
     AutoProcessor,
 )
 
-from .configuration_vlcoattn import VQA_LOSSES, VLCoAttnConfig
+from .configuration_vlcoattn import (
+    ANSWER_LOSSES,
+    ANSWER_POOLINGS,
+    HeadsConfig,
+    VLCoAttnConfig,
+    convert_flat_config,
+)
 from .modeling_vlcoattn import (
     AnswerHead,
     BoxHead,
@@ -38,9 +44,11 @@ AutoImageProcessor.register(
 AutoProcessor.register(VLCoAttnConfig, VLCoAttnProcessor, exist_ok=True)
 
 __all__ = [
-    "VQA_LOSSES",
+    "ANSWER_LOSSES",
+    "ANSWER_POOLINGS",
     "AnswerHead",
     "BoxHead",
+    "HeadsConfig",
     "VLCoAttnConfig",
     "VLCoAttnForGrounding",
     "VLCoAttnForMultitask",
@@ -54,6 +62,7 @@ __all__ = [
     "VLCoAttnProcessor",
     "VLCoAttnQuestionAnsweringOutput",
     "answer_loss",
+    "convert_flat_config",
     "grounding_loss",
     "prior_heatmaps",
 ]

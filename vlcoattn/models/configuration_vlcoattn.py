@@ -1,155 +1,204 @@
-"""VLCoAttnConfig: CooBERT text config + timm backbone + SMCA fusion + task heads."""
+"""VLCoAttnConfig: a composite of the text (CooBERT), vision (timm), fusion (SMCA) and heads configs.
+
+Each option lives in one sub-config, which checks it; ``VLCoAttnConfig`` checks only what spans two of
+them (the fusion width from the text, one scale multiplier per image level, the grounding token inside
+the text). ``config.json`` nests them as transformers' composite configs do (``text_config``,
+``vision_config``, ``coattention_config``, ``heads_config``). A flat ``config.json`` of the earlier one-level
+config (vlcoattn 0.1.0) is converted on load (:func:`convert_flat_config`).
+"""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from ..fusion.smca import CENTER_SOURCES, OFFSET_MODES, PRIOR_SHARING, SPATIAL_PRIORS
+from ..fusion.config import CoAttentionConfig
 from ..text.configuration_coobert import CooBertConfig
-from ..utils.checks import check_choice, check_multiple, check_positive
-from ..vision.backbone import check_backbone_name
+from ..utils.checks import check_choice, check_positive, reject_unknown_keys
+from ..vision.backbone import VisionConfig
 
-__all__ = ["VQA_LOSSES", "VQA_POOLINGS", "VLCoAttnConfig"]
+__all__ = ["ANSWER_LOSSES", "ANSWER_POOLINGS", "HeadsConfig", "VLCoAttnConfig", "convert_flat_config"]
 
-VQA_LOSSES = ("bce", "ce")
-VQA_POOLINGS = ("cls", "cls+gated", "cls+gated+centroids", "cls+gated+tokens")
+ANSWER_LOSSES = ("bce", "ce")
+ANSWER_POOLINGS = ("cls+gated", "cls")
+
+
+@strict
+class HeadsConfig(PreTrainedConfig):
+    r"""The task heads on the fused tokens.
+
+    answer_vocab (`list[str]`): VQA answers (sets the model config's ``id2label``).
+    answer_loss (`str`): ``"bce"`` (soft scores, VQA v2) or ``"ce"`` (one answer per question).
+    answer_pooling (`str`): what the answer head reads: ``"cls+gated"`` (the fused [CLS] plus a
+        question-gated sum over the image cells, which keeps counts; see ``GatedImagePooling``) or ``"cls"``
+        (the fused [CLS] alone).
+    box_l1_weight / box_giou_weight (`float`): grounding loss weights (DETR/MDETR: 5 and 2), >= 0.
+    grounding_token_index (`int`): the text token whose fused state and attention give the box (0 = [CLS]).
+    """
+
+    model_type = "vlcoattn_heads"
+    base_config_key = "heads_config"
+
+    answer_vocab: list[str] | None = None
+    answer_loss: str = "bce"
+    answer_pooling: str = "cls+gated"
+    box_l1_weight: float | int = 5.0
+    box_giou_weight: float | int = 2.0
+    grounding_token_index: int = 0
+
+    def __post_init__(self, **kwargs):
+        reject_unknown_keys(type(self).__name__, kwargs, [f.name for f in dataclasses.fields(self)])
+        super().__post_init__(**kwargs)
+        check_choice("answer_loss", self.answer_loss, ANSWER_LOSSES)
+        check_choice("answer_pooling", self.answer_pooling, ANSWER_POOLINGS)
+        if self.answer_vocab is not None:
+            self.answer_vocab = [str(a) for a in self.answer_vocab]
+            if len(set(self.answer_vocab)) != len(self.answer_vocab):
+                raise ValueError("answer_vocab has duplicate answers")
+        check_positive("box_l1_weight", self.box_l1_weight, allow_zero=True)
+        check_positive("box_giou_weight", self.box_giou_weight, allow_zero=True)
 
 
 @strict
 class VLCoAttnConfig(PreTrainedConfig):
-    r"""Configuration of a VLCoAttn vision-language model (docs/design.md §1, §3).
+    r"""Configuration of a VLCoAttn vision-language model (docs/design.md §1, §3; docs/models.md has a table
+    per sub-config).
 
     text_config (`CooBertConfig` or dict): the text encoder (e.g. a converted MiniLM's config).
-    backbone (`str`): timm model name. backbone_out_indices (`list[int]`): feature levels fed to the
-        fusion (default ``[-1]``, the last stage; two or more = multi-scale SMCA).
-    backbone_kwargs (`dict`): extra ``timm.create_model`` kwargs (e.g. ``{"img_size": 224}`` for ViTs).
-    freeze_backbone (`bool`): no gradients into the backbone, norm statistics fixed.
-    freeze_text_layers (`int`): freeze the text encoder's embeddings and its first N layers (no
-        gradients, dropout off); -1 = the whole encoder. Frozen layers need no backward pass: the text
-        encoder's forward + backward is ~45% of a demo-size step on a CPU.
-    backbone_channels_last (`bool`): run the backbone on NHWC images (faster convolutions on CPU and
-        GPU; same values up to float rounding).
-    image_size (`list[int]`): (H, W) the preprocessing resizes to; None = the backbone's default.
-    fusion_hidden_size / fusion_num_layers / fusion_num_heads / fusion_intermediate_size: the SMCA
-        fusion stack (width and heads default to the text encoder's, FFN to 4x width).
-    fusion_shared_key_dim (`int`): D~k of the fusion layers' collaborative self-attention (None = width).
-    spatial_prior (`str`): ``"gaussian"`` (SMCA) or ``"none"`` (plain cross-attention ablation).
-    smca_beta (`float`): β of log G = -((x - c_x)^2 s_x^2 + (y - c_y)^2 s_y^2) / β, > 0.
-    prior_sharing (`str`): ``"per_head"``, ``"shared_scales"`` or ``"shared"`` (SMCA's head-shared ablation).
-    prior_offset_mode (`str`): ``"logit"``: head center sigmoid(logit(c_t) + Δ_k), inside the image;
-        ``"additive"``: c_t + Δ_k, the paper's literal form (docs/design.md §3) (see ``vlcoattn.fusion.smca``).
-    level_scale_multipliers (`list[float]`): per-level precision factors; None = stride_l / max stride,
-        i.e. the same Gaussian width in pixels on every level.
-    two_way (`bool`): image tokens also attend to the text (co-attention both ways).
-    fusion_position_in_values (`bool`): add the 2D sine positions to the cross-attention values too, so
-        fused text tokens carry where they looked (False = DETR's keys-only convention).
-    answer_vocab (`list[str]`): VQA answers (sets ``id2label``). vqa_loss: ``"bce"`` (soft scores, VQA
-        v2) or ``"ce"`` (single answer). vqa_pooling: what the answer head reads: ``"cls"`` (the fused
-        [CLS]), ``"cls+gated"`` (plus a question-gated sum over the image cells, which keeps counts;
-        see ``GatedImagePooling``), ``"cls+gated+centroids"`` (plus where each gate head's cells are) or
-        ``"cls+gated+tokens"`` (plus where two question-chosen words looked; see ``TokenCenterPooling``).
-    box_l1_weight / box_giou_weight: grounding loss weights (DETR/MDETR: 5 and 2).
-    grounding_token_index (`int`): the text token whose prior gives the box (0 = [CLS]).
-    center_from (`str`): where the Gaussian centers of fusion layers > 0 and the box's base center
-        come from: ``"attention"`` (the centroid of where the token attended in the previous / last
-        layer) or ``"text"`` (the first layer's MLP of the text, no image information; docs/design.md §3).
+    vision_config (`VisionConfig` or dict): the timm backbone, its feature levels and image size.
+    coattention_config (`CoAttentionConfig` or dict): the SMCA fusion stack and its spatial prior; its width
+        and heads default to the text encoder's. (Not ``fusion_config``: transformers' ``from_pretrained``
+        reads that attribute for its own kernel fusion.)
+    heads_config (`HeadsConfig` or dict): the answer and box heads.
+    freeze_text_layers (`int`): freeze the text encoder's embeddings and its first N layers (no gradients,
+        dropout off); -1 = the whole encoder. Frozen layers need no backward pass: the text encoder's
+        forward + backward is ~45% of a demo-size step on a CPU. (A choice of this model about its text
+        encoder, so not a ``CooBertConfig`` field, which text-only models share.)
+    initializer_range (`float`): std of the fusion's and heads' initial weights.
     """
 
     model_type = "vlcoattn"
-    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=CooBertConfig)}
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=CooBertConfig),
+        "vision_config": SubConfigSpec(config_class=VisionConfig),
+        "coattention_config": SubConfigSpec(config_class=CoAttentionConfig),
+        "heads_config": SubConfigSpec(config_class=HeadsConfig),
+    }
 
     text_config: dict | CooBertConfig | None = None
-    backbone: str = "tf_efficientnet_lite0"
-    backbone_out_indices: list[int] | None = None
-    backbone_kwargs: dict | None = None
-    freeze_backbone: bool = False
+    vision_config: dict | VisionConfig | None = None
+    coattention_config: dict | CoAttentionConfig | None = None
+    heads_config: dict | HeadsConfig | None = None
     freeze_text_layers: int = 0
-    backbone_channels_last: bool = True
-    image_size: list[int] | None = None
-    fusion_hidden_size: int | None = None
-    fusion_num_layers: int = 2
-    fusion_num_heads: int | None = None
-    fusion_intermediate_size: int | None = None
-    fusion_shared_key_dim: int | None = None
-    spatial_prior: str = "gaussian"
-    smca_beta: float | int = 8.0
-    prior_sharing: str = "per_head"
-    prior_offset_mode: str = "logit"
-    level_scale_multipliers: list[float | int] | None = None
-    two_way: bool = False
-    fusion_position_in_values: bool = True
-    fusion_dropout: float | int = 0.1
-    fusion_attention_dropout: float | int = 0.1
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
-    answer_vocab: list[str] | None = None
-    vqa_loss: str = "bce"
-    vqa_pooling: str = "cls"
-    box_l1_weight: float | int = 5.0
-    box_giou_weight: float | int = 2.0
-    grounding_token_index: int = 0
-    center_from: str = "attention"
 
     def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)  # builds text_config (CooBertConfig) from a dict / None
-        text = self.text_config
-        check_backbone_name(self.backbone)
-        if self.backbone_out_indices is None:
-            self.backbone_out_indices = [-1]
-        self.backbone_out_indices = [int(i) for i in self.backbone_out_indices]
-        if not self.backbone_out_indices:
-            raise ValueError("backbone_out_indices must name at least one feature level")
-        if len(set(self.backbone_out_indices)) != len(self.backbone_out_indices):
-            raise ValueError(f"backbone_out_indices has duplicates: {self.backbone_out_indices}")
-        if self.image_size is not None:
-            self.image_size = [int(s) for s in self.image_size]
-            if len(self.image_size) != 2 or min(self.image_size) <= 0:
-                raise ValueError(f"image_size must be (H, W) of positive ints, got {self.image_size}")
+        _reject_flat_keys(kwargs)
+        reject_unknown_keys(type(self).__name__, kwargs, [f.name for f in dataclasses.fields(self)])
+        super().__post_init__(**kwargs)  # builds the sub-configs from dicts / None
+        text, vision, fusion, heads = self.text_config, self.vision_config, self.coattention_config, self.heads_config
         if not -1 <= self.freeze_text_layers <= text.num_hidden_layers:
             raise ValueError(f"freeze_text_layers must be in [-1, {text.num_hidden_layers}] (the text encoder's "
                              f"layers; -1 = all), got {self.freeze_text_layers}")
-        if self.fusion_hidden_size is None:
-            self.fusion_hidden_size = text.hidden_size
-        if self.fusion_num_heads is None:
-            self.fusion_num_heads = text.num_attention_heads
-        if self.fusion_intermediate_size is None:
-            self.fusion_intermediate_size = 4 * self.fusion_hidden_size
-        d, h = self.fusion_hidden_size, self.fusion_num_heads
-        for name in ("fusion_hidden_size", "fusion_num_layers", "fusion_num_heads", "fusion_intermediate_size"):
-            check_positive(name, getattr(self, name))
-        check_multiple("fusion_hidden_size", d, h, "one slice per fusion_num_heads head")
-        check_multiple("fusion_hidden_size", d, 4, "2D sine position encoding")
-        if self.fusion_shared_key_dim is not None:
-            check_positive("fusion_shared_key_dim", self.fusion_shared_key_dim)
-        check_choice("spatial_prior", self.spatial_prior, SPATIAL_PRIORS)
-        check_positive("smca_beta", self.smca_beta)
-        check_choice("prior_sharing", self.prior_sharing, PRIOR_SHARING)
-        check_choice("prior_offset_mode", self.prior_offset_mode, OFFSET_MODES)
-        check_choice("center_from", self.center_from, CENTER_SOURCES)
-        if self.level_scale_multipliers is not None:
-            m = [float(x) for x in self.level_scale_multipliers]
-            if len(m) != len(self.backbone_out_indices) or min(m) <= 0:
-                raise ValueError(f"level_scale_multipliers must be {len(self.backbone_out_indices)} numbers > 0 "
-                                 f"(one per backbone level), got {m}")
-            self.level_scale_multipliers = m
-        check_choice("vqa_loss", self.vqa_loss, VQA_LOSSES)
-        check_choice("vqa_pooling", self.vqa_pooling, VQA_POOLINGS)
-        if self.answer_vocab is not None:
-            vocab = [str(a) for a in self.answer_vocab]
-            if len(set(vocab)) != len(vocab):
-                raise ValueError("answer_vocab has duplicate answers")
-            self.answer_vocab = vocab
-            self.id2label = dict(enumerate(vocab))
-            self.label2id = {a: i for i, a in enumerate(vocab)}
-        check_positive("box_l1_weight", self.box_l1_weight, allow_zero=True)
-        check_positive("box_giou_weight", self.box_giou_weight, allow_zero=True)
-        if not 0 <= self.grounding_token_index < text.max_position_embeddings:
-            raise ValueError(f"grounding_token_index out of range: {self.grounding_token_index}")
+        fusion.inherit_text_width(text.hidden_size, text.num_attention_heads)
+        multipliers = fusion.level_scale_multipliers
+        if multipliers is not None and len(multipliers) != vision.num_levels:
+            raise ValueError(f"coattention_config.level_scale_multipliers must be {vision.num_levels} numbers (one per "
+                             f"vision_config.out_indices level), got {multipliers}")
+        if not 0 <= heads.grounding_token_index < text.max_position_embeddings:
+            raise ValueError(f"heads_config.grounding_token_index must be in [0, {text.max_position_embeddings}) "
+                             f"(the text's positions), got {heads.grounding_token_index}")
+        if heads.answer_vocab is not None:
+            self.id2label = dict(enumerate(heads.answer_vocab))
+            self.label2id = {a: i for i, a in enumerate(heads.answer_vocab)}
 
     @property
-    def num_levels(self) -> int:
-        """Number of backbone feature levels fed to the fusion (> 1: multi-scale SMCA)."""
-        return len(self.backbone_out_indices)
+    def answer_vocab(self) -> list[str] | None:
+        """``heads_config.answer_vocab``, read-only: where code that takes any model config (trainer,
+        evaluation) finds a model's answers."""
+        return self.heads_config.answer_vocab
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> VLCoAttnConfig:
+        """transformers' ``from_dict`` (what ``from_pretrained`` reads ``config.json`` with), converting the
+        flat dict of the earlier one-level config first."""
+        return super().from_dict(convert_flat_config(config_dict), **kwargs)
+
+
+# --------------------------------------------------------------------------- the earlier flat config
+
+# where each key of the flat config (vlcoattn 0.1.0, commit f7f4e4b) lives now
+FLAT_KEYS: dict[str, tuple[str, str]] = {
+    "backbone": ("vision_config", "backbone"),
+    "backbone_out_indices": ("vision_config", "out_indices"),
+    "backbone_kwargs": ("vision_config", "model_kwargs"),
+    "freeze_backbone": ("vision_config", "freeze"),
+    "backbone_channels_last": ("vision_config", "channels_last"),
+    "image_size": ("vision_config", "image_size"),
+    "fusion_hidden_size": ("coattention_config", "hidden_size"),
+    "fusion_num_layers": ("coattention_config", "num_layers"),
+    "fusion_num_heads": ("coattention_config", "num_attention_heads"),
+    "fusion_intermediate_size": ("coattention_config", "intermediate_size"),
+    "fusion_shared_key_dim": ("coattention_config", "shared_key_dim"),
+    "fusion_dropout": ("coattention_config", "hidden_dropout_prob"),
+    "fusion_attention_dropout": ("coattention_config", "attention_probs_dropout_prob"),
+    "hidden_act": ("coattention_config", "hidden_act"),
+    "layer_norm_eps": ("coattention_config", "layer_norm_eps"),
+    "two_way": ("coattention_config", "two_way"),
+    "spatial_prior": ("coattention_config", "spatial_prior"),
+    "smca_beta": ("coattention_config", "beta"),
+    "prior_sharing": ("coattention_config", "prior_sharing"),
+    "level_scale_multipliers": ("coattention_config", "level_scale_multipliers"),
+    "answer_vocab": ("heads_config", "answer_vocab"),
+    "vqa_loss": ("heads_config", "answer_loss"),
+    "vqa_pooling": ("heads_config", "answer_pooling"),
+    "box_l1_weight": ("heads_config", "box_l1_weight"),
+    "box_giou_weight": ("heads_config", "box_giou_weight"),
+    "grounding_token_index": ("heads_config", "grounding_token_index"),
+}
+# flat options that are gone, with the one value the model now always behaves as (docs/results.md)
+REMOVED_FLAT_OPTIONS: dict[str, Any] = {"prior_offset_mode": "logit", "center_from": "attention",
+                                        "fusion_position_in_values": True}
+# flat defaults that have changed: a flat config.json without the key meant these
+FLAT_DEFAULTS: dict[str, Any] = {"prior_sharing": "per_head", "vqa_pooling": "cls", "two_way": False}
+_FLAT_VERSION = "the flat model config of vlcoattn 0.1.0 (commit f7f4e4b)"
+
+
+def _flat_keys_in(config: dict[str, Any]) -> list[str]:
+    return [k for k in config if k in FLAT_KEYS or k in REMOVED_FLAT_OPTIONS]
+
+
+def _reject_flat_keys(kwargs: dict[str, Any]) -> None:
+    """A flat key passed to the grouped config: one line saying where the option lives now."""
+    for key in _flat_keys_in(kwargs):
+        if key in REMOVED_FLAT_OPTIONS:
+            raise ValueError(f"VLCoAttnConfig: {key!r} was removed with {_FLAT_VERSION}; the model always "
+                             f"behaves as {key}={REMOVED_FLAT_OPTIONS[key]!r}")
+        sub, name = FLAT_KEYS[key]
+        raise ValueError(f"VLCoAttnConfig: {key!r} is {sub}.{name} since the grouped model config "
+                         f"({_FLAT_VERSION} was flat)")
+
+
+def convert_flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The nested dict of a flat ``config.json`` (the earlier one-level config); a nested dict is returned
+    as it is. Keys that the flat config's defaults left out get those defaults; a removed option with any
+    value but the one the model now always has raises ``ValueError`` naming the version."""
+    if not _flat_keys_in(config):
+        return config
+    nested: dict[str, Any] = {k: v for k, v in config.items() if k not in FLAT_KEYS and k not in REMOVED_FLAT_OPTIONS}
+    flat = {**FLAT_DEFAULTS, **config}
+    for key, kept in REMOVED_FLAT_OPTIONS.items():
+        if key in flat and flat[key] != kept:
+            raise ValueError(f"config.json sets {key}={flat[key]!r}, an option of {_FLAT_VERSION} that was removed "
+                             f"(measured no gain, docs/results.md); load it with that version")
+    if flat["vqa_pooling"] not in ANSWER_POOLINGS:
+        raise ValueError(f"config.json sets vqa_pooling={flat['vqa_pooling']!r}, an answer head of {_FLAT_VERSION} "
+                         f"that was removed (measured no gain, docs/results.md); load it with that version")
+    for key, (sub, name) in FLAT_KEYS.items():
+        if key in flat:
+            nested.setdefault(sub, {})[name] = flat[key]
+    return nested

@@ -26,9 +26,9 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from ..fusion.layers import SMCAFusionEncoder, fusion_block_config
+from ..fusion.layers import SMCAFusionEncoder
 from ..fusion.position import PositionEmbeddingSine2D
-from ..fusion.smca import gaussian_log_prior, grid_coordinates
+from ..fusion.smca import gaussian_log_prior
 from ..text.attention import CollaborativeSelfAttention, concatenation_mixing
 from ..text.modeling_coobert import CooBertModel
 from ..vision.backbone import VisionBackbone
@@ -65,8 +65,7 @@ class VLCoAttnModelOutput(ModelOutput):
     grid_sizes: per level (H_l, W_l).
     reference_centers: (B, T, 2) normalized (x, y) from the first fusion layer (None without prior).
     attended_centers: per fusion layer (B, T, N_h, 2) normalized centroid of each head's attention.
-    base_centers: (B, T, 2) where each token's box starts (``center_from``: the last layer's head-mean
-        attended center, or the reference center).
+    base_centers: (B, T, 2) where each token's box starts: the last layer's head-mean attended center.
     centers / scales: per fusion layer (B, T, N_h, 2); level_weights: per layer (B, T, L) (multi-scale).
     cross_attentions / log_priors: per layer, per level (B, N_h, T, S_l) (``output_attentions=True``).
     """
@@ -263,8 +262,9 @@ class VLCoAttnPreTrainedModel(PreTrainedModel):
     def from_text_and_backbone(
         cls,
         text_model: str | os.PathLike | CooBertModel,
-        backbone: str = "tf_efficientnet_lite0",
+        backbone: str | None = None,
         *,
+        image_size: list[int] | None = None,
         pretrained_backbone: bool = True,
         backbone_pretrained_file: str | os.PathLike | None = None,
         **config_kwargs,
@@ -272,32 +272,38 @@ class VLCoAttnPreTrainedModel(PreTrainedModel):
         """A fresh model whose text encoder and backbone carry pretrained weights.
 
         text_model: a CooBERT directory (e.g. from ``tools/convert_bert.py``) or a ``CooBertModel``.
-        backbone: timm name; with ``pretrained_backbone`` its weights come from
-            ``backbone_pretrained_file`` or the known local file (EfficientNet-Lite0).
-        config_kwargs: any other :class:`VLCoAttnConfig` field (fusion, heads, answer_vocab, ...).
+        backbone, image_size: ``vision_config.backbone`` (timm name) and ``vision_config.image_size``; with
+            ``pretrained_backbone`` the backbone's weights come from ``backbone_pretrained_file`` or the known
+            local file (EfficientNet-Lite0).
+        config_kwargs: the other :class:`VLCoAttnConfig` fields (``vision_config``, ``coattention_config``,
+            ``heads_config`` as dicts, ``freeze_text_layers`` ...).
         The fusion layers and heads start from their initialisation. Save with ``save_pretrained``
         and reload with ``from_pretrained`` as one directory.
         """
         text = text_model if isinstance(text_model, CooBertModel) else CooBertModel.from_pretrained(text_model)
-        config = VLCoAttnConfig(text_config=text.config.to_dict(), backbone=backbone, **config_kwargs)
+        vision = dict(config_kwargs.pop("vision_config", None) or {})
+        for name, value in (("backbone", backbone), ("image_size", image_size)):
+            if value is not None and vision.get(name, value) != value:
+                raise ValueError(f"{name}={value!r} and vision_config.{name}={vision[name]!r} disagree")
+            if value is not None:
+                vision[name] = value
+        config = VLCoAttnConfig(text_config=text.config.to_dict(), vision_config=vision, **config_kwargs)
         model = cls(config)
         base = model.base_model
         state = {k: v for k, v in text.state_dict().items() if not k.startswith("pooler.")}
         base.text_encoder.load_state_dict(state, strict=True)
         if pretrained_backbone or backbone_pretrained_file is not None:
-            pre = VisionBackbone(
-                config.backbone, config.backbone_out_indices, pretrained=True,
-                pretrained_file=backbone_pretrained_file, model_kwargs=config.backbone_kwargs,
-            )
+            pre = VisionBackbone(config.vision_config, pretrained=True, pretrained_file=backbone_pretrained_file)
             base.backbone.model.load_state_dict(pre.model.state_dict(), strict=True)
         return model
 
     def preprocessing(self) -> dict[str, tuple]:
         """What :class:`VLCoAttnImageProcessor` needs to know of this model (``VLCoAttnProcessor.for_model``):
-        ``image_size`` (H, W) = ``config.image_size`` or the backbone's native size, and the backbone's
-        normalisation ``mean`` / ``std`` (pixels in [0, 1])."""
+        ``image_size`` (H, W) = ``config.vision_config.image_size`` or the backbone's native size, and the
+        backbone's normalisation ``mean`` / ``std`` (pixels in [0, 1])."""
         data = self.base_model.backbone.data_config
-        size = tuple(self.config.image_size) if self.config.image_size else tuple(data["input_size"][1:])
+        image_size = self.config.vision_config.image_size
+        size = tuple(image_size) if image_size else tuple(data["input_size"][1:])
         return {"image_size": size, "mean": tuple(data["mean"]), "std": tuple(data["std"])}
 
 
@@ -306,42 +312,22 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
 
     def __init__(self, config: VLCoAttnConfig) -> None:
         super().__init__(config)
-        d = config.fusion_hidden_size
+        fusion = config.coattention_config
+        d = fusion.hidden_size
         self.text_encoder = CooBertModel(config.text_config, add_pooling_layer=False)
-        self.backbone = VisionBackbone(
-            config.backbone, config.backbone_out_indices, pretrained=False,
-            freeze=config.freeze_backbone, model_kwargs=config.backbone_kwargs,
-            channels_last=config.backbone_channels_last,
-        )
+        self.backbone = VisionBackbone(config.vision_config)
         text_d = config.text_config.hidden_size
         self.text_proj = nn.Linear(text_d, d) if text_d != d else nn.Identity()
         groups = math.gcd(32, d)
         self.input_proj = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, d, kernel_size=1), nn.GroupNorm(groups, d)) for c in self.backbone.channels
         )
-        L = config.num_levels
+        L = config.vision_config.num_levels
         self.level_embed = nn.Embedding(L, d) if L > 1 else None
         self.position = PositionEmbeddingSine2D(d)
         strides = self.backbone.strides
-        mult = config.level_scale_multipliers or [s / max(strides) for s in strides]
-        block = fusion_block_config(
-            d, config.fusion_num_heads, config.fusion_intermediate_size, config.fusion_shared_key_dim,
-            float(config.fusion_dropout), float(config.fusion_attention_dropout), config.hidden_act,
-            config.layer_norm_eps,
-        )
-        self.fusion = SMCAFusionEncoder(
-            config.fusion_num_layers,
-            block,
-            center_from=config.center_from,
-            spatial_prior=config.spatial_prior,
-            beta=float(config.smca_beta),
-            prior_sharing=config.prior_sharing,
-            offset_mode=config.prior_offset_mode,
-            num_levels=L,
-            level_scale_multipliers=mult,
-            two_way=config.two_way,
-            position_in_values=config.fusion_position_in_values,
-        )
+        multipliers = fusion.level_scale_multipliers or [s / max(strides) for s in strides]
+        self.fusion = SMCAFusionEncoder(fusion, multipliers)
         self.post_init()
         self.frozen_text = self._frozen_text_modules()
         for p in (p for m in self.frozen_text for p in m.parameters()):
@@ -357,8 +343,8 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
                  if not any(p.requires_grad for p in module.parameters())]
         if not parts:
             raise ValueError("the feature cache needs a frozen text encoder (freeze_text_layers: -1) or a frozen "
-                             "backbone (freeze_backbone: true); this model trains both (model.feature_cache_gib=0: "
-                             "no cache)")
+                             "backbone (vision_config.freeze: true); this model trains both "
+                             "(model.feature_cache_gib=0: no cache)")
         self.feature_cache = FeatureCache(int(max_gib * 2**30), parts)
         return self.feature_cache
 
@@ -491,9 +477,8 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         if not outputs.centers:
             return None
         mult = self.level_scale_multipliers[level]
-        return prior_heatmaps(
-            outputs.centers[layer], outputs.scales[layer] * mult, outputs.grid_sizes[level], float(self.config.smca_beta)
-        )
+        beta = float(self.config.coattention_config.beta)
+        return prior_heatmaps(outputs.centers[layer], outputs.scales[layer] * mult, outputs.grid_sizes[level], beta)
 
 
 class AnswerHead(nn.Sequential):
@@ -507,7 +492,7 @@ class AnswerHead(nn.Sequential):
 
 
 class GatedImagePooling(nn.Module):
-    """A question-conditioned SUM over the image cells, for the answer head (``vqa_pooling="cls+gated"``).
+    """A question-conditioned SUM over the image cells, for the answer head (``answer_pooling="cls+gated"``).
 
     Per head k: g_{k,j} = sigmoid(q_k · κ_{k,j} / √d_h) with q = W_q h_[CLS] and κ_j = W_k (v_j + pos_j), then
 
@@ -516,24 +501,20 @@ class GatedImagePooling(nn.Module):
     Softmax attention normalises over the cells, so its output is an average that cannot tell one
     matching object from three; these gates are not normalised, so the sum and ``counts`` grow with the
     number of matching cells, which is what "how many ..." and "is there ..." questions ask.
-    With ``centroids=True`` (``vqa_pooling="cls+gated+centroids"``) each head also gives where its gated
-    cells are, centroid_k = Σ_j g_{k,j} xy_j / Σ_j g_{k,j} (xy_j the cell center in [0, 1]²), so "is
-    the X left of the Y?" can compare two heads' coordinates instead of decoding them from the sum.
     """
 
-    def __init__(self, d: int, num_heads: int, centroids: bool = False) -> None:
+    def __init__(self, d: int, num_heads: int) -> None:
         super().__init__()
-        self.num_heads, self.head_dim, self.centroids = num_heads, d // num_heads, centroids
+        self.num_heads, self.head_dim = num_heads, d // num_heads
         self.query, self.key, self.value, self.out = (nn.Linear(d, d) for _ in range(4))
 
     @property
     def extra_features(self) -> int:
-        """Numbers appended after the pooled vector: counts (N_h), plus centroids (2 N_h)."""
-        return self.num_heads * (3 if self.centroids else 1)
+        """Numbers appended after the pooled vector: one count per head."""
+        return self.num_heads
 
-    def forward(self, query: torch.Tensor, image: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
-        """query (B, d), image (B, S, d) with positions added, cells (S, 2) their (x, y) (needed with
-        ``centroids``) -> (B, d + extra_features)."""
+    def forward(self, query: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """query (B, d), image (B, S, d) with positions added -> (B, d + N_h)."""
         B, S, d = image.shape
         H, dh = self.num_heads, self.head_dim
         q = self.query(query).view(B, H, 1, dh)  # (B, H, 1, dh)
@@ -541,53 +522,8 @@ class GatedImagePooling(nn.Module):
         v = self.value(image).view(B, S, H, dh).transpose(1, 2)  # (B, H, S, dh)
         gate = torch.sigmoid(q @ k.transpose(-1, -2) / math.sqrt(dh))  # (B, H, 1, S)
         pooled = self.out((gate @ v / S).reshape(B, d))  # (B, d)
-        mass = gate.sum(-1)  # (B, H, 1)
-        features = [pooled, torch.log1p(mass).reshape(B, H)]  # counts (B, H)
-        if self.centroids:
-            if cells is None:
-                raise ValueError("GatedImagePooling(centroids=True) needs the cells' (x, y)")
-            features.append((gate @ cells.to(gate.dtype) / mass[..., None]).reshape(B, 2 * H))  # (B, 2H)
-        return torch.cat(features, dim=-1)
-
-
-class TokenCenterPooling(nn.Module):
-    """Where two question-chosen words looked, for the answer head (``vqa_pooling="cls+gated+tokens"``).
-
-    Each fused text token t has a last-layer attention centroid c_t (B, T, 2) (head mean, normalized). K
-    learned token pools pick words by their fused states h_t and read where those words looked:
-
-        α_k = softmax_t(w_k · h_t)   (padding masked),     p_k = Σ_t α_{k,t} c_t
-        features = [p_1 .. p_K, p_i - p_j (i < j)] · grid size    (in cells)
-
-    "Is the red square left of the blue circle?" is a comparison of two positions; errors of the answer
-    head read off the [CLS] grow as the two objects come within one feature cell (docs/results.md), while
-    a soft-argmax centroid has sub-cell precision. The answer loss reaches the chosen words' attention
-    logits through c_t, as the box loss reaches [CLS]'s. On CLEVR-lite it did not help: the pools settled
-    on one word and the anchor's word never learned where its object is (docs/results.md, session 18).
-    """
-
-    def __init__(self, d: int, num_pools: int = 2) -> None:
-        super().__init__()
-        self.num_pools = num_pools
-        self.score = nn.Linear(d, num_pools)
-
-    @property
-    def extra_features(self) -> int:
-        """Numbers appended: K positions (2K) and every pair's difference (K(K-1))."""
-        return 2 * self.num_pools + self.num_pools * (self.num_pools - 1)
-
-    def forward(self, hidden: torch.Tensor, centers: torch.Tensor, mask: torch.Tensor | None,
-                grid_size: tuple[int, int]) -> torch.Tensor:
-        """hidden (B, T, d), centers (B, T, 2) normalized (x, y), mask (B, T) 1 = real token, grid_size
-        (H, W) the cell units -> (B, extra_features)."""
-        scores = self.score(hidden)  # (B, T, K)
-        if mask is not None:
-            scores = scores.masked_fill(~mask.bool()[..., None], torch.finfo(scores.dtype).min)
-        alpha = scores.softmax(dim=1)  # (B, T, K)
-        p = alpha.transpose(1, 2) @ centers.to(alpha.dtype)  # (B, K, 2)
-        i, j = torch.triu_indices(self.num_pools, self.num_pools, offset=1)
-        cells = p.new_tensor([grid_size[1], grid_size[0]])  # (W, H): x and y in cells
-        return torch.cat([p, p[:, i] - p[:, j]], dim=1).mul(cells).flatten(1)  # (B, 2K + K(K-1))
+        counts = torch.log1p(gate.sum(-1)).reshape(B, H)  # (B, H)
+        return torch.cat([pooled, counts], dim=-1)
 
 
 class BoxHead(MLP):  # torchvision's MLP: Linear -> ReLU -> ... -> Linear
@@ -595,9 +531,9 @@ class BoxHead(MLP):  # torchvision's MLP: Linear -> ReLU -> ... -> Linear
 
     center = sigmoid(logit(c) + Δ(h)), (w, h) = sigmoid(size logits); Δ and the size logits come from
     one 3-layer MLP (d -> d -> d -> 4) with a small init (std ``initializer_range``), so the first box
-    sits at c with w = h ~ 0.5. c is where the token attended in the last fusion layer (``center_from
-    = "attention"``: the box loss then reaches the attention logits directly, like a soft-argmax) or its
-    text reference center (``"text"``); without one (c is None) the MLP regresses the box directly.
+    sits at c with w = h ~ 0.5. c is where the token attended in the last fusion layer (the box loss then
+    reaches the attention logits directly, like a soft-argmax); without one (c is None) the MLP regresses
+    the box directly.
     """
 
     def __init__(self, d: int) -> None:
@@ -630,53 +566,41 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
 
     def __init__(self, config: VLCoAttnConfig) -> None:
         super().__init__(config)
-        d = config.fusion_hidden_size
+        fusion, heads = config.coattention_config, config.heads_config
+        d = fusion.hidden_size
         self.vlcoattn = VLCoAttnModel(config)
         if self.has_answers:
-            if not config.answer_vocab:
-                raise ValueError(f"{type(self).__name__} needs config.answer_vocab (the answer list)")
-            self.num_answers = len(config.answer_vocab)
-            self.image_pooling = self.token_pooling = None
-            if config.vqa_pooling != "cls":
-                centroids = config.vqa_pooling == "cls+gated+centroids"
-                self.image_pooling = GatedImagePooling(d, config.fusion_num_heads, centroids)
-            if config.vqa_pooling == "cls+gated+tokens":
-                self.token_pooling = TokenCenterPooling(d)
+            if not heads.answer_vocab:
+                raise ValueError(f"{type(self).__name__} needs config.heads_config.answer_vocab (the answer list)")
+            self.num_answers = len(heads.answer_vocab)
+            self.image_pooling = None
+            if heads.answer_pooling == "cls+gated":
+                self.image_pooling = GatedImagePooling(d, fusion.num_attention_heads)
             d_in = d if self.image_pooling is None else 2 * d + self.image_pooling.extra_features
-            d_in += self.token_pooling.extra_features if self.token_pooling is not None else 0
-            self.vqa_head = AnswerHead(d, self.num_answers, config.layer_norm_eps, float(config.fusion_dropout), d_in)
+            self.vqa_head = AnswerHead(d, self.num_answers, fusion.layer_norm_eps, fusion.hidden_dropout_prob, d_in)
         if self.has_boxes:
             self.box_head = BoxHead(d)
         self.post_init()
 
-    def answer_features(self, out: VLCoAttnModelOutput, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """What the answer head reads: the fused [CLS] (B, d), with ``vqa_pooling="cls+gated[+centroids]"``
-        followed by the :class:`GatedImagePooling` of the image cells (B, d + N_h [+ 2 N_h]), and with
-        ``"cls+gated+tokens"`` by the :class:`TokenCenterPooling` of the text tokens' centroids."""
+    def answer_features(self, out: VLCoAttnModelOutput) -> torch.Tensor:
+        """What the answer head reads: the fused [CLS] (B, d), with ``answer_pooling="cls+gated"`` followed by
+        the :class:`GatedImagePooling` of the image cells (B, 2d + N_h)."""
         if self.image_pooling is None:
             return out.pooler_output
         image = torch.cat([v + p for v, p in zip(out.image_hidden_states, out.image_positions)], dim=1)
-        cells = None
-        if self.image_pooling.centroids:  # (S, 2): every level's cell centers, in the order of `image`
-            cells = torch.cat([grid_coordinates(g, 1, image.dtype, image.device)[0, 0] for g in out.grid_sizes])
-        features = [out.pooler_output, self.image_pooling(out.pooler_output, image, cells)]
-        if self.token_pooling is not None:
-            finest = max(out.grid_sizes, key=lambda g: g[0] * g[1])
-            centers = out.attended_centers[-1].mean(dim=2)  # (B, T, 2): last layer, head mean
-            features.append(self.token_pooling(out.last_hidden_state, centers, attention_mask, finest))
-        return torch.cat(features, dim=-1)
+        return torch.cat([out.pooler_output, self.image_pooling(out.pooler_output, image)], dim=-1)
 
     def vqa_loss(self, logits: torch.Tensor, labels: torch.Tensor, mask=None, num_items=None) -> torch.Tensor:
-        """:func:`answer_loss` with ``config.vqa_loss``."""
-        return answer_loss(logits, labels, self.config.vqa_loss, mask, num_items)
+        """:func:`answer_loss` with ``config.heads_config.answer_loss``."""
+        return answer_loss(logits, labels, self.config.heads_config.answer_loss, mask, num_items)
 
     def predict_answers(self, logits: torch.Tensor) -> list[str]:
         """Top-1 answer string per sample."""
-        return [self.config.answer_vocab[i] for i in logits.argmax(-1).tolist()]
+        return [self.config.heads_config.answer_vocab[i] for i in logits.argmax(-1).tolist()]
 
     def answer_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-answer probabilities: sigmoid for the "bce" loss (independent scores), softmax for "ce"."""
-        return torch.sigmoid(logits) if self.config.vqa_loss == "bce" else logits.softmax(-1)
+        return torch.sigmoid(logits) if self.config.heads_config.answer_loss == "bce" else logits.softmax(-1)
 
     def forward(
         self,
@@ -717,7 +641,7 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         # every rank must produce a gradient for every parameter, whatever its batch holds.
         training = labels is not None or boxes is not None
         if self.has_answers:
-            result["logits"] = logits = self.vqa_head(self.answer_features(out, attention_mask))  # (B, A)
+            result["logits"] = logits = self.vqa_head(self.answer_features(out))  # (B, A)
             if labels is not None:
                 result["loss_vqa"] = self.vqa_loss(logits, labels, answer_mask, _num_items(num_items_in_batch, "vqa"))
             elif training:
@@ -725,18 +649,7 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
             if training:
                 losses.append(result["loss_vqa"])
         if self.has_boxes:
-            k = self.config.grounding_token_index
-            ref = out.base_centers[:, k] if out.base_centers is not None else None  # (B, 2)
-            result["pred_boxes"] = pred = self.box_head(out.last_hidden_state[:, k], ref)
-            if not self.training:  # read by evaluation and inference; a training step has no use for them
-                result["heatmaps"] = self.vlcoattn.token_heatmaps(out)
-            if boxes is not None:
-                total, result["loss_l1"], result["loss_giou"] = grounding_loss(
-                    pred, boxes.to(pred.dtype), float(self.config.box_l1_weight),
-                    float(self.config.box_giou_weight), box_mask, _num_items(num_items_in_batch, "ground"),
-                )
-            elif training:
-                total = result["loss_l1"] = result["loss_giou"] = pred.sum() * 0.0
+            total = self._box_outputs(out, boxes, box_mask, _num_items(num_items_in_batch, "ground"), training, result)
             if training:
                 losses.append(total)
         if losses:
@@ -744,6 +657,27 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         fields = {f.name for f in dataclasses.fields(self.output_class)}  # e.g. no loss_vqa for VQA alone
         output = self.output_class(**{k: v for k, v in result.items() if k in fields})
         return output if return_dict is not False else output.to_tuple()
+
+    def _box_outputs(self, out: VLCoAttnModelOutput, boxes: torch.Tensor | None, box_mask: torch.Tensor | None,
+                     num_items: int | None, training: bool, result: dict) -> torch.Tensor | None:
+        """The box head's entries of ``result`` (pred_boxes; heatmaps in eval mode; loss_l1 and loss_giou);
+        returns the weighted box loss (a zero one when training without box targets), None otherwise."""
+        heads = self.config.heads_config
+        k = heads.grounding_token_index
+        ref = out.base_centers[:, k] if out.base_centers is not None else None  # (B, 2)
+        result["pred_boxes"] = pred = self.box_head(out.last_hidden_state[:, k], ref)
+        if not self.training:  # read by evaluation and inference; a training step has no use for them
+            result["heatmaps"] = self.vlcoattn.token_heatmaps(out)
+        if boxes is not None:
+            total, result["loss_l1"], result["loss_giou"] = grounding_loss(
+                pred, boxes.to(pred.dtype), float(heads.box_l1_weight), float(heads.box_giou_weight), box_mask,
+                num_items,
+            )
+            return total
+        if training:
+            result["loss_l1"] = result["loss_giou"] = pred.sum() * 0.0
+            return result["loss_l1"]
+        return None
 
     @staticmethod
     def boxes_to_pixels(pred_boxes: torch.Tensor, image_sizes: torch.Tensor | tuple[int, int]) -> torch.Tensor:
@@ -762,7 +696,7 @@ class VLCoAttnForQuestionAnswering(_VLCoAttnTaskModel):
 
 
 class VLCoAttnForGrounding(_VLCoAttnTaskModel):
-    """One box per referring expression from the prior of token ``grounding_token_index`` (:class:`BoxHead`)."""
+    """One box per referring expression from token ``heads_config.grounding_token_index`` (:class:`BoxHead`)."""
 
     has_boxes = True
     output_class = VLCoAttnGroundingOutput

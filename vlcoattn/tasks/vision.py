@@ -58,7 +58,7 @@ def _answer_vocab_config(answer_vocab, label_vocab) -> dict:
     if not answer_vocab:
         raise ValueError("the training data has no answer vocabulary (dataset.json answer_vocab): "
                          "give data.answer_vocab=FILE|SHARD_DIR, or lower data.min_answer_count")
-    return {"answer_vocab": list(answer_vocab)}
+    return {"heads_config": {"answer_vocab": list(answer_vocab)}}
 
 
 def _score_vqa(model, out, batch: Batch, inputs: dict, acc, rows: list[dict]) -> None:

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, PreTrainedModel
 from ..assets import asset_names, asset_path
 from ..text import CooBertConfig, CooBertModel
 from ..vision.weights import cache_dir
+from .config import merge_configs
 from .distributed import build_once_per_node
 from .job_config import JobConfig, ModelConfig
 
@@ -71,7 +72,7 @@ def build_model(
         return model, load_tokenizer(cfg, None)
     text_dir = resolve_text_dir(cfg) if needs_text_dir(job) else None
     tokenizer = load_tokenizer(cfg, text_dir)
-    extra = {**cfg.config, **spec.model_config(answer_vocab, label_vocab)}  # the heads sized by the data
+    extra = merge_configs(cfg.config, spec.model_config(answer_vocab, label_vocab))  # the heads sized by the data
     if spec.needs_images:
         text = CooBertModel.from_pretrained(text_dir)
         if not cfg.pretrained_text:

@@ -104,7 +104,8 @@ class ModelConfig:
     """What to train. ``pretrained``: a save_pretrained dir of the task's class (fine-tune / continue).
     Otherwise the model is assembled: text encoder from ``text`` (a CooBERT dir; converted from
     ``convert_from`` at ``shared_key_dim`` when missing), backbone ``backbone`` (timm), and the
-    VLCoAttnConfig / CooBertConfig fields in ``config`` (e.g. ``spatial_prior``, ``fusion_num_layers``)."""
+    VLCoAttnConfig / CooBertConfig fields in ``config`` (for VLCoAttn nested by sub-config, e.g.
+    ``coattention_config: {num_layers: 2}``; docs/models.md)."""
 
     pretrained: str | None = None
     text: str | None = None  # CooBERT dir (config, weights, tokenizer)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import difflib
+from collections.abc import Collection, Mapping
 from typing import Any
 
-__all__ = ["check_choice", "check_multiple", "check_positive"]
+__all__ = ["check_choice", "check_multiple", "check_positive", "reject_unknown_keys"]
+
+# what transformers' config machinery itself passes to a config's ``__post_init__`` besides its fields
+_CONFIG_MACHINERY_KEYS = frozenset({
+    "model_type", "name_or_path", "output_attentions", "attn_implementation", "experts_implementation",
+    "torch_dtype", "num_labels",
+})
 
 
 def check_choice(name: str, value: Any, choices: Collection[Any]) -> None:
@@ -24,3 +31,13 @@ def check_multiple(name: str, value: int, of: int, why: str) -> None:
     """ValueError unless ``value`` is a multiple of ``of`` (``why``: what needs it)."""
     if value % of:
         raise ValueError(f"{name} must be a multiple of {of} ({why}), got {value}")
+
+
+def reject_unknown_keys(owner: str, extra: Mapping[str, Any], valid: Collection[str]) -> None:
+    """ValueError naming the first key of ``extra`` (a config's leftover keyword arguments) that is neither
+    transformers' own nor private, with the closest of ``valid``: a typo must not pass as an attribute."""
+    unknown = [k for k in extra if not k.startswith("_") and k not in _CONFIG_MACHINERY_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(sorted(valid))}"
+        raise ValueError(f"{owner}: unknown option {unknown[0]!r}{hint}")

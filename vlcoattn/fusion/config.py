@@ -1,0 +1,102 @@
+"""CoAttentionConfig: the SMCA fusion stack and its spatial prior, the one place their options are checked."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+from ..text.configuration_coobert import CooBertConfig
+from ..utils.checks import check_choice, check_multiple, check_positive, reject_unknown_keys
+from .smca import PRIOR_SHARING, SPATIAL_PRIORS
+
+__all__ = ["BLOCK_FIELDS", "CoAttentionConfig", "fusion_block_config"]
+
+# the fields a fusion layer's CooBERT blocks (self-attention, FFN) read, under CooBERT's own names
+BLOCK_FIELDS = (
+    "hidden_size", "num_attention_heads", "intermediate_size", "shared_key_dim", "hidden_dropout_prob",
+    "attention_probs_dropout_prob", "hidden_act", "layer_norm_eps",
+)
+
+
+@strict
+class CoAttentionConfig(PreTrainedConfig):
+    r"""The SMCA fusion stack (``SMCAFusionEncoder``) and its Gaussian spatial prior.
+
+    hidden_size / num_attention_heads (`int`): width and heads; None = the text encoder's (filled in by
+        ``VLCoAttnConfig``, see :meth:`inherit_text_width`). intermediate_size (`int`): the FFN's; None = 4x width.
+    num_layers (`int`): fusion layers.
+    shared_key_dim (`int`): D~k of the layers' collaborative self-attention (None = width).
+    hidden_dropout_prob / attention_probs_dropout_prob (`float`): dropout after each sub-block / on the
+        attention probabilities. hidden_act (`str`), layer_norm_eps (`float`): the blocks' activation and norm.
+    two_way (`bool`): image tokens also attend to the text (co-attention both ways).
+    spatial_prior (`str`): ``"gaussian"`` (SMCA) or ``"none"`` (plain co-attention).
+    beta (`float`): β of log G = -((x - c_x)^2 s_x^2 + (y - c_y)^2 s_y^2) / β, > 0.
+    prior_sharing (`str`): ``"shared_scales"`` (per-head offsets, one scale pair per token shared by the
+        heads), ``"per_head"`` (every head its own offset and scales) or ``"shared"`` (one Gaussian per
+        token for all heads: SMCA's head-shared ablation).
+    level_scale_multipliers (`list[float]`): per-level precision factors (one per backbone level, > 0);
+        None = stride_l / max stride, the same Gaussian width in pixels on every level.
+    """
+
+    model_type = "vlcoattn_coattention"
+    base_config_key = "coattention_config"
+
+    hidden_size: int | None = None
+    num_layers: int = 2
+    num_attention_heads: int | None = None
+    intermediate_size: int | None = None
+    shared_key_dim: int | None = None
+    hidden_dropout_prob: float | int = 0.1
+    attention_probs_dropout_prob: float | int = 0.1
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    two_way: bool = True
+    spatial_prior: str = "gaussian"
+    beta: float | int = 8.0
+    prior_sharing: str = "shared_scales"
+    level_scale_multipliers: list[float | int] | None = None
+
+    def __post_init__(self, **kwargs):
+        reject_unknown_keys(type(self).__name__, kwargs, [f.name for f in dataclasses.fields(self)])
+        super().__post_init__(**kwargs)
+        for name in ("hidden_size", "num_layers", "num_attention_heads", "intermediate_size", "shared_key_dim"):
+            if getattr(self, name) is not None:
+                check_positive(name, getattr(self, name))
+        self.hidden_dropout_prob = float(self.hidden_dropout_prob)
+        self.attention_probs_dropout_prob = float(self.attention_probs_dropout_prob)
+        check_choice("spatial_prior", self.spatial_prior, SPATIAL_PRIORS)
+        check_positive("beta", self.beta)
+        check_choice("prior_sharing", self.prior_sharing, PRIOR_SHARING)
+        if self.level_scale_multipliers is not None:
+            self.level_scale_multipliers = [float(m) for m in self.level_scale_multipliers]
+            if not self.level_scale_multipliers or min(self.level_scale_multipliers) <= 0:
+                raise ValueError(f"level_scale_multipliers must be numbers > 0, got {self.level_scale_multipliers}")
+        self._fill_and_check_width()
+
+    def inherit_text_width(self, hidden_size: int, num_attention_heads: int) -> None:
+        """Width and heads left None take the text encoder's; then the FFN size and the width are checked."""
+        if self.hidden_size is None:
+            self.hidden_size = hidden_size
+        if self.num_attention_heads is None:
+            self.num_attention_heads = num_attention_heads
+        self._fill_and_check_width()
+
+    def _fill_and_check_width(self) -> None:
+        """Once width and heads are known: the FFN defaults to 4x width, and the width must split into heads
+        and into the 2D sine encoding's four parts."""
+        if self.hidden_size is None or self.num_attention_heads is None:
+            return
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.hidden_size
+        check_multiple("hidden_size", self.hidden_size, self.num_attention_heads, "one slice per head")
+        check_multiple("hidden_size", self.hidden_size, 4, "2D sine position encoding")
+
+
+def fusion_block_config(config: CoAttentionConfig) -> CooBertConfig:
+    """The CooBERT block config of a fusion layer: the :data:`BLOCK_FIELDS` of ``config``, same names."""
+    if config.hidden_size is None or config.num_attention_heads is None:
+        raise ValueError("CoAttentionConfig needs hidden_size and num_attention_heads "
+                         "(VLCoAttnConfig takes the text encoder's)")
+    return CooBertConfig(**{name: getattr(config, name) for name in BLOCK_FIELDS})
