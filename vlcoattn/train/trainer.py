@@ -37,6 +37,7 @@ from ..data import (
     answer_vocab_of,
     build_eval_loader,
     build_loader,
+    image_transform,
     read_answer_vocab,
     resolve_shards,
     text_records,
@@ -255,12 +256,8 @@ class Trainer:
             answer_vocab=self.answer_vocab, label_vocab=self.label_vocab, rank=dist.rank, world_size=dist.world_size,
         )
         self.loader = build_loader(
-            job.data.train_sources, self.processor, weights=job.data.train_weights,
-            batch_size=job.data.batch_size, num_workers=job.data.num_workers,
-            seed=job.run.seed, shuffle=job.data.shuffle, shuffle_buffer=job.data.shuffle_buffer, augment=job.data.augment,
-            color_jitter=job.data.color_jitter,
-            samples_per_epoch=job.data.samples_per_epoch,
-            max_bad_fraction=job.data.max_bad_fraction, pin_memory=dist.device.type == "cuda",
+            job.data.train_sources, self.processor, job.data, transform=image_transform(self.processor, job.data),
+            weights=job.data.train_weights, seed=job.run.seed, pin_memory=dist.device.type == "cuda",
             **self.loader_kwargs,
         )
         self.step = 0
@@ -486,8 +483,9 @@ class Trainer:
         self.logger = MetricsLogger(self.run_dir, dist.is_main, resume_step=self.step if ckpt else None)
         bar = tqdm(total=job.train.steps, initial=self.step, disable=not (dist.is_main and job.run.progress),
                    desc="train", dynamic_ncols=True)
-        batches, window = self._batches(), LogWindow(self.loss_names)
-        with _StopSignal() as stop:
+        window = LogWindow(self.loss_names)
+        # closing: an error ends the loader's epoch (and its worker processes) here, not at interpreter exit
+        with _StopSignal() as stop, contextlib.closing(self._batches()) as batches:
             while self.step < job.train.steps:
                 if stop.on_any_rank(dist):
                     path = self._save()
