@@ -6,8 +6,16 @@ import io
 import itertools
 import json
 import logging
+import multiprocessing
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
 import tarfile
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,10 +24,21 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from vlcoattn.assets import minilm_dir
-from vlcoattn.data import LoaderConfig, SyntheticConfig, build_loader, resolve_shards, write_synthetic
+from vlcoattn.data import (
+    BadDataError,
+    LoaderConfig,
+    ShardSink,
+    SyntheticConfig,
+    build_loader,
+    resolve_shards,
+    write_synthetic,
+)
 from vlcoattn.data.inspection import inspect_shards
 
 from helpers import processor_for
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
 @pytest.fixture(scope="module")
@@ -308,6 +327,72 @@ def test_bad_fraction_limit_fails_with_a_clear_message(tmp_path, tokenizer):
                           answer_vocab=["green"])
     with pytest.raises(ValueError, match=r"of \d+ samples were bad .* > max_bad_fraction=20.0%.*bad_image=2"):
         _keys(loader)
+
+
+def damaged_text_source(folder, shards: int = 4, per_shard: int = 30) -> str:
+    """A text-only cls source whose dataset.json declares ``shards * per_shard`` samples, with the first
+    shard cut to a third of its bytes and the second overwritten by random bytes (made bad by hand)."""
+    with ShardSink(folder, "damaged", shard_size=per_shard) as sink:
+        for i in range(shards * per_shard):
+            sink.add(f"t{i:04d}", {"task": "cls", "text": f"sample {i}", "label": "ab"[i % 2]})
+    tars = sorted(folder.glob("*.tar"))
+    os.truncate(tars[0], tars[0].stat().st_size // 3)
+    tars[1].write_bytes(random.Random(0).randbytes(tars[1].stat().st_size))
+    return str(folder)
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_a_stop_in_a_worker_is_raised_with_its_own_message_and_ends_the_workers(tmp_path, tokenizer, workers):
+    """The bad-fraction check fires inside a worker; the main process raises it with the check's message
+    (not torch's "Caught ValueError in DataLoader worker process 0"), and no worker outlives the error."""
+    source = damaged_text_source(tmp_path / "damaged")
+    before = set(multiprocessing.active_children())
+    loader = build_loader(source, tokenizer, LoaderConfig(batch_size=4, num_workers=workers, bad_check_after=20))
+    with pytest.raises(BadDataError) as caught:
+        _keys(loader)
+    message = str(caught.value)
+    assert re.fullmatch(r"\d+ of \d+ samples were bad \(.* > max_bad_fraction=1\.0%\): unreadable_shard=\d+\. "
+                        r"Fix the data \(see the logged examples\) or raise max_bad_fraction\.", message), message
+    assert set(multiprocessing.active_children()) <= before
+
+
+CONSUMER = """
+import sys
+from transformers import AutoTokenizer
+from vlcoattn.assets import minilm_dir
+from vlcoattn.data import LoaderConfig, build_loader
+loader = build_loader(sys.argv[1], AutoTokenizer.from_pretrained(minilm_dir()),
+                      LoaderConfig(batch_size=4, num_workers=2, max_bad_fraction=float(sys.argv[2])))
+batches = iter(loader)  # held by name, as a training loop holds it: the error's traceback keeps it alive
+next(batches)
+if sys.argv[3] == "consumer":
+    raise RuntimeError("the consumer failed")
+for batch in batches:
+    pass
+"""
+
+
+@pytest.mark.parametrize("who", ["loader", "consumer"])
+def test_a_process_whose_loader_has_workers_exits_after_an_error(tmp_path, who):
+    """The process ends (with the error) whether the loader's stop or its consumer raised: its workers,
+    which ignore SIGTERM, are shut down before Python's exit handlers would wait for them forever."""
+    source = damaged_text_source(tmp_path / "damaged")
+    limit = "0.01" if who == "loader" else "1.0"
+    proc = subprocess.Popen([sys.executable, "-c", CONSUMER, source, limit, who], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"the process did not exit after the {who}'s error")
+    assert proc.returncode == 1
+    last = err.strip().splitlines()[-1]
+    assert last == ("RuntimeError: the consumer failed" if who == "consumer" else last)
+    if who == "loader":
+        assert last.startswith("vlcoattn.data.loader.BadDataError: ") and "samples were bad" in last
+    with pytest.raises(ProcessLookupError):  # nothing of the process group is left: no worker survived
+        os.killpg(proc.pid, 0)
 
 
 def test_bad_sample_logging_is_rate_limited(tmp_path, tokenizer, caplog):
