@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 import test_trainer
+import torch
 from test_trainer import ENV, ROOT, base_config, free_port, raw_samples, write_config
 
 from vlcoattn.data import LoaderConfig, ShardSink
 from vlcoattn.train.config import load_config
 from vlcoattn.train.job_config import JobConfig
 from vlcoattn.train.trainer import Trainer
+from vlcoattn.utils.cli import error_line, run_cli
 
 assets = test_trainer.assets  # the trainer tests' tiny CooBERT + CLEVR-lite (a module fixture)
 
@@ -159,3 +161,25 @@ def test_the_damaged_copy_reads_as_bad_samples(assets, tmp_path):
     shards, _ = resolve_shards([str(damaged_copy(assets, tmp_path / "damaged"))])
     errors = [sum("__error__" in raw for raw in read_shard(s.url, 0, s.samples)) for s in shards]
     assert errors[1] == shards[1].samples and 0 < errors[0] < shards[0].samples and not any(errors[2:])
+
+
+class _FailsInAWorker(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        raise ValueError("the worker's own reason")
+        yield
+
+
+def test_the_cli_shows_the_cause_of_a_user_error_raised_in_a_dataloader_worker(capsys):
+    """Any user error a worker raises (not only the loader's stops, which keep their message anyway) is
+    shown by its own message, not by torch's "Caught ValueError in DataLoader worker process 0"."""
+
+    def main(argv):
+        for _ in torch.utils.data.DataLoader(_FailsInAWorker(), batch_size=None, num_workers=1):
+            pass
+
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, [])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(": error: the worker's own reason")
+    assert error_line("Caught ValueError in DataLoader worker process 0.") == \
+        "Caught ValueError in DataLoader worker process 0."  # no traceback to read: the line as it is

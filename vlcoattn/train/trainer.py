@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..data import (
+    ShardLoader,
     answer_vocab_of,
     build_eval_loader,
     build_loader,
@@ -255,11 +256,7 @@ class Trainer:
         self.loader_kwargs = dict(
             answer_vocab=self.answer_vocab, label_vocab=self.label_vocab, rank=dist.rank, world_size=dist.world_size,
         )
-        self.loader = build_loader(
-            job.data.train_sources, self.processor, job.data, transform=image_transform(self.processor, job.data),
-            weights=job.data.train_weights, seed=job.run.seed, pin_memory=dist.device.type == "cuda",
-            **self.loader_kwargs,
-        )
+        self.loader = self._train_loader()
         self.step = 0
         self.step_rows: dict[str, int] = {}  # rows of each task in the last step, all ranks
         self.bad_in_row = self.bad_total = 0
@@ -270,6 +267,16 @@ class Trainer:
         # fp16 needs loss scaling: its gradients underflow where bf16's (fp32's exponent) do not
         self.scaler = torch.amp.GradScaler(dist.device.type) if precision == "fp16" else None
         self.logger: MetricsLogger | None = None
+
+    def _train_loader(self) -> ShardLoader:
+        """The training loader: ``job.data`` is its :class:`~vlcoattn.data.LoaderConfig`, passed whole, and
+        the image transform (with ``data.augment`` / ``color_jitter`` / ``crop_min_scale``) is built here, once."""
+        job = self.job
+        return build_loader(
+            job.data.train_sources, self.processor, job.data, transform=image_transform(self.processor, job.data),
+            weights=job.data.train_weights, seed=job.run.seed, pin_memory=self.dist.device.type == "cuda",
+            **self.loader_kwargs,
+        )
 
     # ------------------------------------------------------------------------------ checkpoints
 
