@@ -71,7 +71,7 @@ def test_every_loader_option_is_a_data_key_that_reaches_the_loader(assets, tmp_p
         ("data.num_workers=-1", "data.num_workers must be >= 0, got -1"),
         ("data.prefetch_factor=0", "data.prefetch_factor must be >= 1, got 0"),
         ("data.shuffle_buffer=0", "data.shuffle_buffer must be >= 1, got 0"),
-        ("data.samples_per_epoch=0", "data.samples_per_epoch must be >= 1 (or null: one pass over all sources), got 0"),
+        ("data.samples_per_epoch=0", "data.samples_per_epoch must be > 0 (or null: one pass over all sources), got 0"),
         ("data.max_bad_fraction=1.5", "data.max_bad_fraction must be in [0, 1], got 1.5"),
         ("data.bad_check_after=0", "data.bad_check_after must be >= 1, got 0"),
         ("data.color_jitter=1.0", "data.color_jitter must be in [0, 1), got 1.0"),

@@ -37,7 +37,7 @@ class LoaderConfig:
             ("prefetch_factor", self.prefetch_factor >= 1, "must be >= 1"),
             ("shuffle_buffer", self.shuffle_buffer >= 1, "must be >= 1"),
             ("samples_per_epoch", self.samples_per_epoch is None or self.samples_per_epoch >= 1,
-             "must be >= 1 (or null: one pass over all sources)"),
+             "must be > 0 (or null: one pass over all sources)"),
             ("max_bad_fraction", 0.0 <= self.max_bad_fraction <= 1.0, "must be in [0, 1]"),
             ("bad_check_after", self.bad_check_after >= 1, "must be >= 1"),
             ("color_jitter", 0.0 <= self.color_jitter < 1.0, "must be in [0, 1)"),
