@@ -458,7 +458,7 @@ class ShardLoader:
         self.sources = tuple(tuple(shards) for shards in sources)
         sizes = [sum(s.samples for s in shards) for shards in self.sources]
         self.weights = _check_weights(weights, sizes)
-        self.decoder, self.collator, self.cfg = decoder, collator, cfg
+        self.decoder, self.collator, self.cfg = decoder, collator, LoaderConfig.of(cfg)
         self.rank, self.world_size, self.seed, self.pin_memory = rank, world_size, seed, pin_memory
         self.mix_monitor = mix_monitor
         self.workers = max(1, cfg.num_workers)  # streams per rank

@@ -6,7 +6,7 @@ giving the YAML keys ``data.batch_size``, ``data.num_workers``, ...) stays light
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass
@@ -28,6 +28,12 @@ class LoaderConfig:
     augment: bool = False
     color_jitter: float = 0.2  # the default of ImageTransform.jitter (this module stays import-light)
     crop_min_scale: float | None = None
+
+    @classmethod
+    def of(cls, cfg: LoaderConfig) -> LoaderConfig:
+        """The loader options of ``cfg`` (a LoaderConfig, or a config that extends it such as the job's
+        ``DataConfig``) as a LoaderConfig of their own: what a loader keeps and sends to its workers."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
 
     def validate(self, prefix: str = "") -> None:
         """ValueError naming the option (``prefix`` + its name, e.g. ``data.batch_size``) for a bad value."""
