@@ -253,9 +253,6 @@ class Trainer:
             if dist.distributed and not self.sharded else None
         self.optimizer = build_optimizer(self.model, job.optim)
         self.scheduler = build_scheduler(self.optimizer, job.train.steps, job.optim)
-        self.loader_kwargs = dict(
-            answer_vocab=self.answer_vocab, label_vocab=self.label_vocab, rank=dist.rank, world_size=dist.world_size,
-        )
         self.loader = self._train_loader()
         self.step = 0
         self.step_rows: dict[str, int] = {}  # rows of each task in the last step, all ranks
@@ -267,6 +264,12 @@ class Trainer:
         # fp16 needs loss scaling: its gradients underflow where bf16's (fp32's exponent) do not
         self.scaler = torch.amp.GradScaler(dist.device.type) if precision == "fp16" else None
         self.logger: MetricsLogger | None = None
+
+    @property
+    def loader_kwargs(self) -> dict[str, Any]:
+        """What every loader of the run shares: the model's vocabularies and this rank's place."""
+        return dict(answer_vocab=self.answer_vocab, label_vocab=self.label_vocab, rank=self.dist.rank,
+                    world_size=self.dist.world_size)
 
     def _train_loader(self) -> ShardLoader:
         """The training loader: ``job.data`` is its :class:`~vlcoattn.data.LoaderConfig`, passed whole, and
