@@ -32,7 +32,7 @@ from transformers import AutoTokenizer
 
 from vlcoattn import VLCoAttnImageProcessor, VLCoAttnProcessor
 from vlcoattn.assets import minilm_dir, sample_photo
-from vlcoattn.data import ShardSink, build_loader, encode_image
+from vlcoattn.data import LoaderConfig, ShardSink, build_loader, encode_image
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "china", "flower")
 
@@ -86,7 +86,7 @@ def raw_rate(images: list[bytes], size: int, processes: int) -> float:
 def loader_rate(out_dir: Path, tokenizer, size: int, batch_size: int, workers: int, fast: bool) -> float:
     """Samples per second over one epoch, worker start-up included."""
     processor = VLCoAttnProcessor(VLCoAttnImageProcessor(size=size, fast_decode=fast), tokenizer)
-    loader = build_loader(str(out_dir), processor, batch_size=batch_size, num_workers=workers)
+    loader = build_loader(str(out_dir), processor, LoaderConfig(batch_size=batch_size, num_workers=workers))
     start = time.perf_counter()
     n = sum(len(batch["keys"]) for batch in loader)
     return n / (time.perf_counter() - start)

@@ -19,6 +19,7 @@ from vlcoattn.assets import minilm_dir
 from vlcoattn.cli.make_shards import main as make_shards_main
 from vlcoattn.data import (
     DatasetInfo,
+    LoaderConfig,
     build_loader,
     convert_jsonl,
     convert_refcoco,
@@ -103,7 +104,8 @@ def test_jsonl_roundtrip_with_skips(tmp_path, tokenizer):
     assert json.loads(samples["g_1"]["json"])["boxes"] == [[10, 20, 40, 60]]
     assert samples["q1"]["jpg"] == (tmp_path / "img/a.jpg").read_bytes()  # copied, not re-encoded
 
-    loader = build_loader(str(tmp_path / "out"), processor_for(tokenizer, 32), batch_size=3, shuffle=False)
+    loader = build_loader(str(tmp_path / "out"), processor_for(tokenizer, 32),
+                          LoaderConfig(batch_size=3, shuffle=False))
     (batch,) = list(loader)
     assert sorted(batch["tasks"]) == ["cls", "ground", "vqa"]
     assert batch["image_mask"].tolist() == [k != "000000003" for k in batch["keys"]]
@@ -120,12 +122,12 @@ def test_jsonl_cls_and_lm_batches_are_text_only(tmp_path, tokenizer):
         "\n".join(json.dumps({"text": f"text {i}", "task": "cls", "label": "ab"[i % 2]}) for i in range(6))
     )
     convert_jsonl(src, None, tmp_path / "out", progress=False, shuffle=False)
-    (batch,) = list(build_loader(str(tmp_path / "out"), tokenizer, batch_size=6, shuffle=False))
+    (batch,) = list(build_loader(str(tmp_path / "out"), tokenizer, LoaderConfig(batch_size=6, shuffle=False)))
     assert "pixel_values" not in batch and batch["labels"].tolist() == [0, 1, 0, 1, 0, 1]
     (tmp_path / "lm.jsonl").write_text(json.dumps({"text": "free text", "task": "lm"}))
     convert_jsonl(tmp_path / "lm.jsonl", None, tmp_path / "lm", progress=False)
     with pytest.raises(ValueError, match="mix 'cls' and 'lm'"):
-        build_loader([str(tmp_path / "out"), str(tmp_path / "lm")], tokenizer, batch_size=2)
+        build_loader([str(tmp_path / "out"), str(tmp_path / "lm")], tokenizer, LoaderConfig(batch_size=2))
 
 
 def test_jsonl_max_side_reencodes_and_scales_boxes(tmp_path):
@@ -194,7 +196,8 @@ def test_vqa2_roundtrip_keeps_ten_normalized_answers(tmp_path, tokenizer):
     samples = {s["__key__"]: json.loads(s["json"]) for s in _wds_samples(tmp_path / "out")}
     assert samples["vqa-420"]["answers"] == ["2"] * 8 + ["3", "3 dogs"]
     assert samples["vqa-420"]["meta"]["type"] == "how many"
-    loader = build_loader(str(tmp_path / "out"), processor_for(tokenizer, 32), batch_size=3, shuffle=False)
+    loader = build_loader(str(tmp_path / "out"), processor_for(tokenizer, 32),
+                          LoaderConfig(batch_size=3, shuffle=False))
     (batch,) = list(loader)
     vocab = info.answer_vocab
     i = batch["keys"].index("vqa-420")
@@ -283,7 +286,8 @@ def test_refcoco_roundtrip_one_sample_per_sentence(tmp_path, tokenizer):
     }
     assert samples["ref-1-101"]["text"] == "left guy"
     (batch,) = list(
-        build_loader(str(tmp_path / "out"), processor_for(tokenizer, 40), batch_size=2, shuffle=False)
+        build_loader(str(tmp_path / "out"), processor_for(tokenizer, 40),
+                     LoaderConfig(batch_size=2, shuffle=False))
     )
     assert torch.allclose(
         invert_boxes(batch["boxes"][0], batch["letterbox"][0]), torch.tensor([10.0, 5, 30, 35]), atol=0.5
@@ -321,7 +325,7 @@ def test_textcls_folder_and_csv(tmp_path, tokenizer):
     texts = {s["__key__"]: json.loads(s["json"]) for s in _wds_samples(tmp_path / "out")}
     assert texts["sport-000"] == {"task": "cls", "text": "Goal!\n\nA match.", "label": "sport"}
     assert texts["tech-002"]["text"] == "café latin-1"
-    (batch,) = list(build_loader(str(tmp_path / "out"), tokenizer, batch_size=4, shuffle=False))
+    (batch,) = list(build_loader(str(tmp_path / "out"), tokenizer, LoaderConfig(batch_size=4, shuffle=False)))
     assert sorted(batch["labels"].tolist()) == [0, 0, 1, 1]
 
     (tmp_path / "d.csv").write_text('body,topic\n"hello, world",greet\nbye,leave\n')
@@ -339,7 +343,7 @@ def test_text_paragraphs_for_lm(tmp_path, tokenizer):
     assert info.num_samples == 2 and info.skipped == {"too_short": 1} and info.tasks == {"lm": 2}
     texts = [json.loads(s["json"])["text"] for s in _wds_samples(tmp_path / "out")]
     assert texts == ["First para still first.", "Second."]
-    (batch,) = list(build_loader(str(tmp_path / "out"), tokenizer, batch_size=2, shuffle=False))
+    (batch,) = list(build_loader(str(tmp_path / "out"), tokenizer, LoaderConfig(batch_size=2, shuffle=False)))
     assert torch.equal(batch["labels"] == -100, batch["attention_mask"] == 0)
 
 
@@ -469,7 +473,8 @@ def test_real_photo_roundtrip(tmp_path, tokenizer):
         )
     )
     convert_jsonl(tmp_path / "d.jsonl", tmp_path / "img", tmp_path / "out", progress=False)
-    (batch,) = list(build_loader(str(tmp_path / "out"), processor_for(tokenizer, 64), batch_size=1))
+    (batch,) = list(build_loader(str(tmp_path / "out"), processor_for(tokenizer, 64),
+                                 LoaderConfig(batch_size=1)))
     assert batch["pixel_values"].shape == (1, 3, 64, 64)
     assert np.allclose(
         invert_boxes(batch["boxes"][0], batch["letterbox"][0]).numpy(),
@@ -512,7 +517,7 @@ def test_the_loader_warns_when_batches_are_far_from_the_declared_label_mix(tmp_p
     for name, warns in (("kept", True), ("mixed", False)):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="vlcoattn.data.loader"):
-            for _ in build_loader(str(tmp_path / name), tokenizer, batch_size=32, shuffle=False):
+            for _ in build_loader(str(tmp_path / name), tokenizer, LoaderConfig(batch_size=32, shuffle=False)):
                 pass
         warnings = [r.getMessage() for r in caplog.records if "look sorted" in r.getMessage()]
         assert len(warnings) == (1 if warns else 0), warnings

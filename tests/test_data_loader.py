@@ -6,8 +6,16 @@ import io
 import itertools
 import json
 import logging
+import multiprocessing
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
 import tarfile
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,10 +24,21 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from vlcoattn.assets import minilm_dir
-from vlcoattn.data import SyntheticConfig, build_loader, resolve_shards, write_synthetic
+from vlcoattn.data import (
+    BadDataError,
+    LoaderConfig,
+    ShardSink,
+    SyntheticConfig,
+    build_loader,
+    resolve_shards,
+    write_synthetic,
+)
 from vlcoattn.data.inspection import inspect_shards
 
 from helpers import processor_for
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +85,8 @@ def test_plain_webdataset_shards_with_images_load(tmp_path, tokenizer):
         for i in range(7):
             record = {"task": "ground", "text": f"the box {i}", "boxes": [[4, 3, 20, 15]]}
             sink.write({"__key__": f"img{i}", "jpg": _jpeg(), "json": json.dumps(record).encode()})
-    loader = build_loader(
-        str(tmp_path / "plain-{000000..000002}.tar"), processor_for(tokenizer, 32), batch_size=7, shuffle=False
-    )
+    loader = build_loader(str(tmp_path / "plain-{000000..000002}.tar"), processor_for(tokenizer, 32),
+                          LoaderConfig(batch_size=7, shuffle=False))
     (batch,) = list(loader)
     assert batch["keys"] == [f"img{i}" for i in range(7)]
     assert batch["pixel_values"].shape == (7, 3, 32, 32) and batch["pixel_values"].dtype == torch.float32
@@ -113,10 +131,12 @@ def test_pipe_urls_and_joined_sources(tmp_path, tokenizer):
     a, keys_a = _write_text_shards(tmp_path / "a", [4, 3], prefix="a")
     _b, keys_b = _write_text_shards(tmp_path / "b", [5], prefix="b")
     pipe = f"pipe:cat {tmp_path}/b/shard-000000.tar"
-    joined = build_loader(f"{a}::{pipe}", tokenizer, batch_size=3, shuffle=False, label_vocab=["a", "b"])
+    joined = build_loader(f"{a}::{pipe}", tokenizer, LoaderConfig(batch_size=3, shuffle=False),
+                          label_vocab=["a", "b"])
     assert len(joined) == 4
     assert _keys(joined) == keys_a + keys_b  # one source: its shards in order
-    mixed = build_loader([a, pipe], tokenizer, batch_size=3, shuffle=False, label_vocab=["a", "b"])
+    mixed = build_loader([a, pipe], tokenizer, LoaderConfig(batch_size=3, shuffle=False),
+                         label_vocab=["a", "b"])
     assert len(mixed) == 4
     got = _keys(mixed)  # two sources: mixed, each read in its order, pass after pass
     from_a, from_b = [k for k in got if k[0] == "a"], [k for k in got if k[0] == "b"]
@@ -128,17 +148,8 @@ def test_two_ranks_two_workers_disjoint_cover_equal_counts(tmp_path, tokenizer, 
     pattern, keys = _write_text_shards(tmp_path, sizes)
     seen, counts = [], []
     for rank in range(2):
-        loader = build_loader(
-            pattern,
-            tokenizer,
-            batch_size=2,
-            num_workers=2,
-            rank=rank,
-            world_size=2,
-            seed=5,
-            shuffle_buffer=4,
-            label_vocab=["a", "b"],
-        )
+        loader = build_loader(pattern, tokenizer, LoaderConfig(batch_size=2, num_workers=2, shuffle_buffer=4),
+                              rank=rank, world_size=2, seed=5, label_vocab=["a", "b"])
         got = _keys(loader)
         seen.append(got)
         counts.append(len(loader))
@@ -152,16 +163,8 @@ def test_two_ranks_two_workers_disjoint_cover_equal_counts(tmp_path, tokenizer, 
 def test_fixed_epoch_length_continues_the_stream(tmp_path, tokenizer):
     pattern, keys = _write_text_shards(tmp_path, [9, 2, 13])
     loaders = [
-        build_loader(
-            pattern,
-            tokenizer,
-            batch_size=2,
-            num_workers=2,
-            rank=r,
-            world_size=2,
-            samples_per_epoch=16,
-            label_vocab=["a", "b"],
-        )
+        build_loader(pattern, tokenizer, LoaderConfig(batch_size=2, num_workers=2, samples_per_epoch=16),
+                     rank=r, world_size=2, label_vocab=["a", "b"])
         for r in range(2)
     ]
     epochs = [[_keys(lo) for lo in loaders] for _ in range(3)]
@@ -176,15 +179,8 @@ def test_same_seed_same_order(tmp_path, tokenizer):
 
     def run(seed, workers):
         return _keys(
-            build_loader(
-                pattern,
-                tokenizer,
-                batch_size=3,
-                num_workers=workers,
-                seed=seed,
-                shuffle_buffer=5,
-                label_vocab=["a", "b"],
-            )
+            build_loader(pattern, tokenizer, LoaderConfig(batch_size=3, num_workers=workers, shuffle_buffer=5),
+                         seed=seed, label_vocab=["a", "b"])
         )
 
     a = run(1, 0)
@@ -198,16 +194,9 @@ def test_same_seed_same_order(tmp_path, tokenizer):
 @pytest.mark.parametrize("stop_after", [3, 8])  # mid-epoch (odd: worker rotation) and at the epoch's end
 def test_resume_gives_the_same_remaining_stream(synthetic_dir, tokenizer, workers, stop_after):
     def make():
-        return build_loader(
-            str(synthetic_dir / "train"),
-            processor_for(tokenizer, 32),
-            batch_size=5,
-            num_workers=workers,
-            seed=3,
-            shuffle_buffer=8,
-            augment=True,
-            samples_per_epoch=40,
-        )
+        return build_loader(str(synthetic_dir / "train"), processor_for(tokenizer, 32),
+                            LoaderConfig(batch_size=5, num_workers=workers, shuffle_buffer=8, augment=True, samples_per_epoch=40),
+                            seed=3)
 
     reference = make()
     ref_batches = [b for _ in range(2) for b in reference]
@@ -231,13 +220,13 @@ def test_resume_gives_the_same_remaining_stream(synthetic_dir, tokenizer, worker
 
 def test_state_mismatch_is_refused(tmp_path, tokenizer):
     pattern, _ = _write_text_shards(tmp_path, [8])
-    loader = build_loader(pattern, tokenizer, batch_size=2, label_vocab=["a", "b"])
+    loader = build_loader(pattern, tokenizer, LoaderConfig(batch_size=2), label_vocab=["a", "b"])
     state = loader.state_dict()
-    other = build_loader(pattern, tokenizer, batch_size=4, label_vocab=["a", "b"])
+    other = build_loader(pattern, tokenizer, LoaderConfig(batch_size=4), label_vocab=["a", "b"])
     with pytest.raises(ValueError, match="saved batch_size=2 but this loader has 4"):
         other.load_state_dict(state)
     with pytest.raises(ValueError, match="use fewer workers"):
-        build_loader(pattern, tokenizer, batch_size=4, num_workers=3, label_vocab=["a", "b"])
+        build_loader(pattern, tokenizer, LoaderConfig(batch_size=4, num_workers=3), label_vocab=["a", "b"])
 
 
 def _planted_shards(folder):
@@ -294,14 +283,9 @@ def test_planted_corrupt_samples_are_skipped_counted_and_nothing_valid_is_droppe
     tmp_path, tokenizer, caplog
 ):
     pattern, valid = _planted_shards(tmp_path / "bad")
-    loader = build_loader(
-        pattern,
-        processor_for(tokenizer, 32),
-        batch_size=1,
-        shuffle=False,
-        answer_vocab=["green"],
-        max_bad_fraction=0.8,
-    )
+    loader = build_loader(pattern, processor_for(tokenizer, 32),
+                          LoaderConfig(batch_size=1, shuffle=False, max_bad_fraction=0.8),
+                          answer_vocab=["green"])
     assert len(loader) == 10 + 3  # the cut tar still shows 3 sample headers
     with caplog.at_level(logging.WARNING, logger="vlcoattn.data.loader"):
         assert _keys(loader, limit=len(valid)) == valid  # every valid sample, in order, nothing else
@@ -323,15 +307,9 @@ def test_planted_corrupt_samples_are_skipped_counted_and_nothing_valid_is_droppe
 
 def test_planted_corrupt_shards_train_on_with_workers(tmp_path, tokenizer):
     pattern, valid = _planted_shards(tmp_path / "bad")
-    loader = build_loader(
-        pattern,
-        processor_for(tokenizer, 32),
-        batch_size=1,
-        num_workers=2,
-        shuffle=False,
-        answer_vocab=["green"],
-        max_bad_fraction=0.8,
-    )
+    loader = build_loader(pattern, processor_for(tokenizer, 32),
+                          LoaderConfig(batch_size=1, num_workers=2, shuffle=False, max_bad_fraction=0.8),
+                          answer_vocab=["green"])
     epochs = [Counter(_keys(loader)) for _ in range(2)]
     for keys in epochs:
         assert sum(keys.values()) == len(loader)  # every epoch is full length despite bad samples
@@ -344,17 +322,77 @@ def test_planted_corrupt_shards_train_on_with_workers(tmp_path, tokenizer):
 
 def test_bad_fraction_limit_fails_with_a_clear_message(tmp_path, tokenizer):
     pattern, _ = _planted_shards(tmp_path / "bad")
-    loader = build_loader(
-        pattern,
-        processor_for(tokenizer, 32),
-        batch_size=1,
-        shuffle=False,
-        answer_vocab=["green"],
-        max_bad_fraction=0.2,
-        bad_check_after=5,
-    )
+    loader = build_loader(pattern, processor_for(tokenizer, 32),
+                          LoaderConfig(batch_size=1, shuffle=False, max_bad_fraction=0.2, bad_check_after=5),
+                          answer_vocab=["green"])
     with pytest.raises(ValueError, match=r"of \d+ samples were bad .* > max_bad_fraction=20.0%.*bad_image=2"):
         _keys(loader)
+
+
+def damaged_text_source(folder, shards: int = 4, per_shard: int = 30) -> str:
+    """A text-only cls source whose dataset.json declares ``shards * per_shard`` samples, with the first
+    shard cut to a third of its bytes and the second overwritten by random bytes (made bad by hand)."""
+    with ShardSink(folder, "damaged", shard_size=per_shard) as sink:
+        for i in range(shards * per_shard):
+            sink.add(f"t{i:04d}", {"task": "cls", "text": f"sample {i}", "label": "ab"[i % 2]})
+    tars = sorted(folder.glob("*.tar"))
+    os.truncate(tars[0], tars[0].stat().st_size // 3)
+    tars[1].write_bytes(random.Random(0).randbytes(tars[1].stat().st_size))
+    return str(folder)
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_a_stop_in_a_worker_is_raised_with_its_own_message_and_ends_the_workers(tmp_path, tokenizer, workers):
+    """The bad-fraction check fires inside a worker; the main process raises it with the check's message
+    (not torch's "Caught ValueError in DataLoader worker process 0"), and no worker outlives the error."""
+    source = damaged_text_source(tmp_path / "damaged")
+    before = set(multiprocessing.active_children())
+    loader = build_loader(source, tokenizer, LoaderConfig(batch_size=4, num_workers=workers, bad_check_after=20))
+    with pytest.raises(BadDataError) as caught:
+        _keys(loader)
+    message = str(caught.value)
+    assert re.fullmatch(r"\d+ of \d+ samples were bad \(.* > max_bad_fraction=1\.0%\): unreadable_shard=\d+\. "
+                        r"Fix the data \(see the logged examples\) or raise max_bad_fraction\.", message), message
+    assert set(multiprocessing.active_children()) <= before
+
+
+CONSUMER = """
+import sys
+from transformers import AutoTokenizer
+from vlcoattn.assets import minilm_dir
+from vlcoattn.data import LoaderConfig, build_loader
+loader = build_loader(sys.argv[1], AutoTokenizer.from_pretrained(minilm_dir()),
+                      LoaderConfig(batch_size=4, num_workers=2, max_bad_fraction=float(sys.argv[2])))
+batches = iter(loader)  # held by name, as a training loop holds it: the error's traceback keeps it alive
+next(batches)
+if sys.argv[3] == "consumer":
+    raise RuntimeError("the consumer failed")
+for batch in batches:
+    pass
+"""
+
+
+@pytest.mark.parametrize("who", ["loader", "consumer"])
+def test_a_process_whose_loader_has_workers_exits_after_an_error(tmp_path, who):
+    """The process ends (with the error) whether the loader's stop or its consumer raised: its workers,
+    which ignore SIGTERM, are shut down before Python's exit handlers would wait for them forever."""
+    source = damaged_text_source(tmp_path / "damaged")
+    limit = "0.01" if who == "loader" else "1.0"
+    proc = subprocess.Popen([sys.executable, "-c", CONSUMER, source, limit, who], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"the process did not exit after the {who}'s error")
+    assert proc.returncode == 1
+    last = err.strip().splitlines()[-1]
+    assert last == ("RuntimeError: the consumer failed" if who == "consumer" else last)
+    if who == "loader":
+        assert last.startswith("vlcoattn.data.loader.BadDataError: ") and "samples were bad" in last
+    with pytest.raises(ProcessLookupError):  # nothing of the process group is left: no worker survived
+        os.killpg(proc.pid, 0)
 
 
 def test_bad_sample_logging_is_rate_limited(tmp_path, tokenizer, caplog):
@@ -364,9 +402,8 @@ def test_bad_sample_logging_is_rate_limited(tmp_path, tokenizer, caplog):
         for i in range(100):
             ok = i % 2 == 0
             tar.write({"__key__": f"k{i:03d}", "json": {"task": "lm", "text": "fine" if ok else " "}})
-    loader = build_loader(
-        str(folder / "shard-000000.tar"), tokenizer, batch_size=10, shuffle=False, max_bad_fraction=0.6
-    )
+    loader = build_loader(str(folder / "shard-000000.tar"), tokenizer,
+                          LoaderConfig(batch_size=10, shuffle=False, max_bad_fraction=0.6))
     with caplog.at_level(logging.WARNING, logger="vlcoattn.data.loader"):
         keys = _keys(loader, limit=5)
     assert len(keys) == 50 and loader.bad_samples() == {"empty_text": 49}
@@ -392,15 +429,14 @@ def _rows_by_source(batch):
 
 def test_mixing_follows_the_weights_and_every_batch_mixes(tmp_path, tokenizer):
     sources, _, _ = _two_sources(tmp_path, [30, 30], [20, 40])
-    loader = build_loader(
-        sources, tokenizer, batch_size=32, weights=[3, 1], samples_per_epoch=3200, label_vocab=["a", "b"]
-    )
+    loader = build_loader(sources, tokenizer, LoaderConfig(batch_size=32, samples_per_epoch=3200),
+                          weights=[3, 1], label_vocab=["a", "b"])
     counts = Counter()
     for batch in loader:
         counts += _rows_by_source(batch)
     # 3200 draws of p = 3/4: sd = sqrt(3200 * 3/4 * 1/4) = 24.5 rows (0.77%); 3% is > 3.9 sd (p < 1e-4)
     assert counts[0] / 3200 == pytest.approx(0.75, abs=0.03)
-    even = build_loader(sources, tokenizer, batch_size=16, weights=[1, 1], label_vocab=["a", "b"])
+    even = build_loader(sources, tokenizer, LoaderConfig(batch_size=16), weights=[1, 1], label_vocab=["a", "b"])
     shares = [_rows_by_source(batch) for _ in range(12) for batch in even]
     # a batch of 16 comes from one source with probability 2 * 2**-16 = 3e-5, < 3e-3 over these 84 batches
     assert len(shares) == 84 and all(len(rows) == 2 for rows in shares)
@@ -408,10 +444,13 @@ def test_mixing_follows_the_weights_and_every_batch_mixes(tmp_path, tokenizer):
 
 def test_default_weights_are_the_source_sizes(tmp_path, tokenizer):
     sources, _, _ = _two_sources(tmp_path, [50, 40], [30])
-    loader = build_loader(sources, tokenizer, batch_size=20, samples_per_epoch=2400, label_vocab=["a", "b"])
+    loader = build_loader(sources, tokenizer, LoaderConfig(batch_size=20, samples_per_epoch=2400),
+                          label_vocab=["a", "b"])
     assert loader.weights == (90.0, 30.0) and len(loader) == 120
-    same = build_loader(sources, tokenizer, batch_size=20, weights=[90, 30], label_vocab=["a", "b"])
-    other = build_loader(sources, tokenizer, batch_size=20, weights=[1, 1], label_vocab=["a", "b"])
+    same = build_loader(sources, tokenizer, LoaderConfig(batch_size=20), weights=[90, 30],
+                        label_vocab=["a", "b"])
+    other = build_loader(sources, tokenizer, LoaderConfig(batch_size=20), weights=[1, 1],
+                         label_vocab=["a", "b"])
     assert same.fingerprint == loader.fingerprint != other.fingerprint  # a saved position needs the same mix
     counts = sum((_rows_by_source(batch) for batch in loader), Counter())
     # 2400 draws of p = 3/4: sd = 21.2 rows (0.88%); 3.5% is 4 sd
@@ -423,10 +462,9 @@ def test_two_ranks_read_own_slices_of_every_source(tmp_path, tokenizer, workers)
     sources, keys_a, keys_b = _two_sources(tmp_path, [40, 24], [64])
     seen, lengths = [], []
     for rank in range(2):
-        loader = build_loader(
-            sources, tokenizer, batch_size=16, num_workers=workers, rank=rank, world_size=2, seed=1,
-            shuffle_buffer=8, samples_per_epoch=64, label_vocab=["a", "b"],
-        )
+        loader = build_loader(sources, tokenizer,
+                              LoaderConfig(batch_size=16, num_workers=workers, shuffle_buffer=8, samples_per_epoch=64),
+                              rank=rank, world_size=2, seed=1, label_vocab=["a", "b"])
         batches = list(loader)
         lengths.append(len(batches))
         assert len(batches) == len(loader) == 2
@@ -454,10 +492,9 @@ def test_resume_with_two_sources_gives_the_same_remaining_stream(tmp_path, token
     sources = [a, _bad_text_shard(tmp_path / "b")]
 
     def make():
-        return build_loader(
-            sources, tokenizer, batch_size=6, num_workers=workers, seed=4, shuffle_buffer=5, weights=[1, 2],
-            samples_per_epoch=60, max_bad_fraction=0.5, label_vocab=["a", "b"],
-        )
+        return build_loader(sources, tokenizer,
+                            LoaderConfig(batch_size=6, num_workers=workers, shuffle_buffer=5, samples_per_epoch=60, max_bad_fraction=0.5),
+                            seed=4, weights=[1, 2], label_vocab=["a", "b"])
 
     reference = make()
     ref_batches = [b for _ in range(3) for b in reference]  # 3 epochs of 10: several passes of b
@@ -473,8 +510,9 @@ def test_resume_with_two_sources_gives_the_same_remaining_stream(tmp_path, token
     assert [b["sources"] for b in got] == [b["sources"] for b in ref_batches]
     assert resumed.bad_samples() == reference.bad_samples() and resumed.bad_samples()["empty_text"] > 0
     assert resumed.epoch == reference.epoch == 3
-    other = build_loader(sources, tokenizer, batch_size=6, num_workers=workers, seed=4, weights=[1, 1],
-                         samples_per_epoch=60, label_vocab=["a", "b"])
+    other = build_loader(sources, tokenizer,
+                         LoaderConfig(batch_size=6, num_workers=workers, samples_per_epoch=60), seed=4,
+                         weights=[1, 1], label_vocab=["a", "b"])
     with pytest.raises(ValueError, match=r"saved weights=\[1.0, 2.0\] but this loader has \[1.0, 1.0\]"):
         other.load_state_dict(state)
 
@@ -483,10 +521,8 @@ def test_elastic_resume_on_more_ranks(tmp_path, tokenizer):
     sources, _, _ = _two_sources(tmp_path, [40], [40])
 
     def make(rank, world_size, workers=0):
-        return build_loader(
-            sources, tokenizer, batch_size=8, num_workers=workers, rank=rank, world_size=world_size,
-            shuffle=False, label_vocab=["a", "b"],
-        )
+        return build_loader(sources, tokenizer, LoaderConfig(batch_size=8, num_workers=workers, shuffle=False),
+                            rank=rank, world_size=world_size, label_vocab=["a", "b"])
 
     one = make(0, 1)
     assert len(one) == 10
@@ -531,15 +567,14 @@ def test_elastic_resume_on_more_ranks(tmp_path, tokenizer):
 def test_bad_weights_are_refused(tmp_path, tokenizer, weights, message):
     sources, _, _ = _two_sources(tmp_path, [8], [8])
     with pytest.raises(ValueError, match=message):
-        build_loader(sources, tokenizer, batch_size=2, weights=weights, label_vocab=["a", "b"])
+        build_loader(sources, tokenizer, LoaderConfig(batch_size=2), weights=weights, label_vocab=["a", "b"])
 
 
 def test_a_source_too_small_for_the_streams_is_refused(tmp_path, tokenizer):
     sources, _, _ = _two_sources(tmp_path, [40], [3])
     with pytest.raises(ValueError, match="source 1 has 3 samples, fewer than one for each of the 2 worker"):
-        build_loader(
-            sources, tokenizer, batch_size=4, num_workers=2, world_size=2, rank=0, label_vocab=["a", "b"]
-        )
+        build_loader(sources, tokenizer, LoaderConfig(batch_size=4, num_workers=2), world_size=2, rank=0,
+                     label_vocab=["a", "b"])
 
 
 def test_flip_only_augmentation_gives_the_plain_image_or_its_mirror(synthetic_dir, tokenizer):
@@ -549,8 +584,8 @@ def test_flip_only_augmentation_gives_the_plain_image_or_its_mirror(synthetic_di
     from vlcoattn.data.transforms import swap_left_right
 
     def batch(seed: int = 1, **kwargs):
-        loader = build_loader(str(synthetic_dir / "train"), processor_for(tokenizer, 32), batch_size=16,
-                              shuffle=False, seed=seed, **kwargs)
+        loader = build_loader(str(synthetic_dir / "train"), processor_for(tokenizer, 32),
+                              LoaderConfig(batch_size=16, shuffle=False, **kwargs), seed=seed)
         return next(iter(loader))
 
     plain = batch()

@@ -116,3 +116,26 @@ def test_image_transform_is_deterministic_given_the_rng_and_swaps_words_on_flip(
     assert pixels[:, 0, 0].tolist() == [128, 128, 128] and pixels[:, 10, 60].tolist() == [255, 255, 255]
     with pytest.raises(ValueError, match="rng"):
         t(image, np.zeros((0, 4)), [], None)
+
+
+def test_the_loader_options_make_the_processors_transform_once_and_a_given_one_is_used(tmp_path):
+    """``image_transform(processor, cfg)``: the processor's canvas, fill and resampling with ``cfg``'s
+    ``augment`` / ``color_jitter`` / ``crop_min_scale`` (none without ``cfg``; None for a tokenizer), and
+    the decoder of ``decoder_and_collator`` holds exactly the transform it is given."""
+    from transformers import AutoTokenizer
+
+    from vlcoattn import VLCoAttnImageProcessor, VLCoAttnProcessor
+    from vlcoattn.assets import minilm_dir
+    from vlcoattn.data import LoaderConfig, decoder_and_collator, image_transform
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    processor = VLCoAttnProcessor(VLCoAttnImageProcessor(size=(32, 48), image_mean=(0.2, 0.4, 0.6)), tokenizer)
+    cfg = LoaderConfig(augment=True, color_jitter=0.1, crop_min_scale=0.7)
+    assert image_transform(processor, cfg) == ImageTransform(
+        (32, 48), (51, 102, 153), augment=True, jitter=0.1, crop_min_scale=0.7, reducing_gap=3.0)
+    assert image_transform(processor) == ImageTransform((32, 48), (51, 102, 153), reducing_gap=3.0)
+    assert image_transform(tokenizer, cfg) is None
+    mine = ImageTransform((16, 16), (0, 0, 0), augment=True, flip_prob=1.0)
+    decoder, _ = decoder_and_collator(processor, mine, seed=5)
+    assert decoder.transform is mine and decoder.seed == 5
+    assert decoder_and_collator(processor)[0].transform == image_transform(processor)

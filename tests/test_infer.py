@@ -23,7 +23,7 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from vlcoattn.assets import minilm_dir, sample_photo
-from vlcoattn.data import build_loader, convert_jsonl, invert_boxes
+from vlcoattn.data import LoaderConfig, build_loader, convert_jsonl, invert_boxes
 from vlcoattn.infer import Predictor, draw_prediction, predict_jsonl, select_words
 from vlcoattn.loading import write_task_file
 from vlcoattn.models import (
@@ -228,7 +228,8 @@ def test_preprocessing_and_outputs_match_the_training_loader(models, predictors,
                         "boxes": [[1, 1, 9, 9]]})
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     convert_jsonl(tmp_path / "in.jsonl", tmp_path / "img", tmp_path / "shards", progress=False)
-    loader = build_loader(str(tmp_path / "shards"), predictor.processor, batch_size=3, shuffle=False)
+    loader = build_loader(str(tmp_path / "shards"), predictor.processor,
+                          LoaderConfig(batch_size=3, shuffle=False))
     batch = next(iter(loader))
     with torch.no_grad():
         out = model(batch["input_ids"], batch["pixel_values"], attention_mask=batch["attention_mask"],

@@ -241,7 +241,7 @@ def test_from_text_and_backbone_fills_the_vision_config_and_refuses_a_clash():
         text, "test_resnet", image_size=[64, 96], pretrained_backbone=False, vision_config=dict(out_indices=[2]))
     vision = model.config.vision_config
     assert (vision.backbone, vision.image_size, vision.out_indices) == ("test_resnet", [64, 96], [2])
-    with pytest.raises(ValueError, match="backbone='test_resnet' and vision_config.backbone='resnet18' disagree"):
+    with pytest.raises(ValueError, match=re.escape("backbone='test_resnet' and vision_config.backbone='resnet18' disagree")):
         VLCoAttnForGrounding.from_text_and_backbone(
             text, "test_resnet", pretrained_backbone=False, vision_config=dict(backbone="resnet18"))
 

@@ -20,6 +20,7 @@ from vlcoattn.assets import bbc_news_dir
 from vlcoattn.cli.make_shards import main as make_shards_main
 from vlcoattn.data import (
     DatasetInfo,
+    LoaderConfig,
     build_loader,
     convert_text,
     convert_text_split,
@@ -78,7 +79,8 @@ def test_bbc_split_is_stratified_disjoint_and_recorded(bbc_split, minilm_tokeniz
     assert not set(train_labels) & set(test_labels) and len(train_labels) + len(test_labels) == 2225
     for split, labels in (("train", train_labels), ("test", test_labels)):
         assert {c: list(labels.values()).count(c) for c in BBC_COUNTS} == expected[split]
-    (batch,) = list(build_loader(str(bbc_split / "test"), minilm_tokenizer, batch_size=444, shuffle=False))
+    (batch,) = list(build_loader(str(bbc_split / "test"), minilm_tokenizer,
+                                 LoaderConfig(batch_size=444, shuffle=False)))
     assert torch.bincount(batch["labels"]).tolist() == list(expected_test.values())
 
 

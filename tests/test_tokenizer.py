@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from vlcoattn.assets import bbc_news_dir
 from vlcoattn.cli.train_tokenizer import main as train_tokenizer_main
-from vlcoattn.data import build_loader, convert_text
+from vlcoattn.data import LoaderConfig, build_loader, convert_text
 from vlcoattn.text.tokenizer import TRAINING_FILE, train_tokenizer
 from vlcoattn.utils.cli import run_cli
 
@@ -81,7 +81,8 @@ def test_train_from_shards_and_feed_the_loader(tmp_path, bbc_sentences):
     info = convert_text([tmp_path / "a.txt"], tmp_path / "lm", progress=False)
     tok = train_tokenizer(tmp_path / "lm", tmp_path / "tok", vocab_size=400, min_frequency=1)
     assert json.loads((tmp_path / "tok" / TRAINING_FILE).read_text())["texts"] == info.num_samples
-    (batch,) = list(build_loader(str(tmp_path / "lm"), tok, batch_size=info.num_samples, shuffle=False))
+    (batch,) = list(build_loader(str(tmp_path / "lm"), tok,
+                                 LoaderConfig(batch_size=info.num_samples, shuffle=False)))
     assert (batch["input_ids"][:, 0] == tok.bos_token_id).all()
     # pad == eos == bos: padding is found through the attention mask, so real bos tokens stay targets
     assert torch.equal(batch["labels"] == -100, batch["attention_mask"] == 0)

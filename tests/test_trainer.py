@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoProcessor, pipeline
 
 from vlcoattn import VLCoAttnForMultitask, VLCoAttnImageProcessor, VLCoAttnProcessor
-from vlcoattn.data import ShardSink, build_eval_loader, build_loader, write_synthetic
+from vlcoattn.data import LoaderConfig, ShardSink, build_eval_loader, build_loader, write_synthetic
 from vlcoattn.data.loader import read_shard
 from vlcoattn.data.shards import resolve_shards
 from vlcoattn.data.synthetic import SyntheticConfig
@@ -237,8 +237,10 @@ def test_torchrun_over_two_single_task_sources_mixes_them_resumes_exactly_and_eq
     assert_same_weights(weights(tmp_path / "ddp"), weights(tmp_path / "resumed"), atol=1e-6)
 
     # one process, batch 8 = rank 0's batch g + rank 1's batch g, in shard order
-    loaders = [build_loader([str(single_task_dirs[t]) for t in ("vqa", "ground")], processor_for(minilm_tokenizer, 64, 24),
-                            weights=[1.0, 1.0], batch_size=4, rank=r, world_size=2, seed=0, shuffle_buffer=16)
+    loaders = [build_loader([str(single_task_dirs[t]) for t in ("vqa", "ground")],
+                            processor_for(minilm_tokenizer, 64, 24),
+                            LoaderConfig(batch_size=4, shuffle_buffer=16), weights=[1.0, 1.0], rank=r,
+                            world_size=2, seed=0)
                for r in range(2)]
     streams = [iter(loader) for loader in loaders]
     by_key = {r["__key__"]: r for t in ("vqa", "ground") for r in raw_samples(single_task_dirs[t])[0]}

@@ -2,9 +2,9 @@
 
 Typical use::
 
-    from vlcoattn.data import build_loader
+    from vlcoattn.data import LoaderConfig, build_loader
     processor = VLCoAttnProcessor.for_model(model, tokenizer)   # image preparation + tokenizer
-    loader = build_loader("data/clevr/train", processor, batch_size=32, num_workers=2)
+    loader = build_loader("data/clevr/train", processor, LoaderConfig(batch_size=32, num_workers=2))
     for batch in loader:            # one epoch; len(loader) batches, the same on every rank
         ...
     ckpt["loader"] = loader.state_dict()      # later: loader.load_state_dict(ckpt["loader"])
@@ -52,8 +52,18 @@ from .converters import (
     write_synthetic,
 )
 from .image import DEFAULT_MAX_PIXELS, ImageDecodeError, as_rgb_image, decode_image, encode_image, image_size
-from .loader import EvalLoader, ShardLoader, build_eval_loader, build_loader
-from .pipeline import IGNORE_INDEX, Collator, SampleDecoder, decoder_and_collator, letterbox_image, normalize_pixels, tokenize
+from .loader import BadDataError, EvalLoader, ShardLoader, build_eval_loader, build_loader
+from .loader_config import LoaderConfig
+from .pipeline import (
+    IGNORE_INDEX,
+    Collator,
+    SampleDecoder,
+    decoder_and_collator,
+    image_transform,
+    letterbox_image,
+    normalize_pixels,
+    tokenize,
+)
 from .schema import BAD_REASONS, TASKS, DatasetInfo, SampleError, check_record, sample_problems
 from .shards import (
     ShardRef,
@@ -83,12 +93,14 @@ __all__ = [
     "IGNORE_INDEX",
     "SYNTHETIC_ANSWERS",
     "TASKS",
+    "BadDataError",
     "Collator",
     "DatasetInfo",
     "EvalLoader",
     "ImageDecodeError",
     "ImageTransform",
     "Letterbox",
+    "LoaderConfig",
     "SampleDecoder",
     "SampleError",
     "ShardLoader",
@@ -96,10 +108,7 @@ __all__ = [
     "ShardSink",
     "SyntheticConfig",
     "answer_scores",
-    "decoder_and_collator",
-    "letterbox_image",
-    "normalize_pixels",
-    "tokenize",
+    "answer_vocab_of",
     "as_rgb_image",
     "build_eval_loader",
     "build_loader",
@@ -112,28 +121,32 @@ __all__ = [
     "convert_textcls",
     "convert_textcls_split",
     "convert_vqa2",
-    "answer_vocab_of",
     "count_samples",
-    "read_answer_vocab",
-    "scan_shard",
     "decode_image",
+    "decoder_and_collator",
     "encode_image",
     "generate_scene",
     "image_size",
+    "image_transform",
     "invert_boxes",
     "letterbox",
+    "letterbox_image",
     "letterbox_params",
     "load_refs",
     "majority_answer",
     "normalize_answer",
+    "normalize_pixels",
     "parse_holdout",
+    "read_answer_vocab",
     "render_scene",
     "resolve_reference",
     "resolve_shards",
     "sample_problems",
+    "scan_shard",
     "stratified_split",
     "swap_left_right",
     "synthetic_samples",
     "text_records",
+    "tokenize",
     "write_synthetic",
 ]

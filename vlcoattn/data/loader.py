@@ -33,6 +33,7 @@ may be seen twice or not at all, and the order differs from an uninterrupted run
 
 from __future__ import annotations
 
+import atexit
 import bisect
 import functools
 import hashlib
@@ -42,6 +43,7 @@ import math
 import os
 import random
 import signal
+import weakref
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +54,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
 from ..tasks import check_batchable
-from .pipeline import Collator, SampleDecoder, decoder_and_collator
+from .loader_config import LoaderConfig
+from .pipeline import Collator, SampleDecoder, decoder_and_collator, image_transform
 from .schema import BAD_REASONS, DatasetInfo, SampleError
 from .shards import ShardRef, answer_vocab_of, resolve_shards
 from .transforms import ImageTransform
@@ -176,12 +179,18 @@ class StreamCounters:
         return {"seen": self.seen, "bad": dict(self.bad)}
 
 
+class BadDataError(ValueError):
+    """The data is too bad to go on (too many bad samples, or a source without one valid sample). Raised in a
+    loader worker, it travels to the main process as a batch (see ``_RankStream.__iter__``) and is raised
+    there with its own message, which torch's re-raise of a worker exception would replace."""
+
+
 def check_bad_fraction(seen: int, bad: Counter[str], limit: float, min_seen: int) -> None:
-    """Raise ValueError once more than ``limit`` of at least ``min_seen`` samples were bad."""
+    """Raise BadDataError once more than ``limit`` of at least ``min_seen`` samples were bad."""
     total = sum(bad.values())
     if seen >= min_seen and total > limit * seen:
         reasons = ", ".join(f"{r}={n}" for r, n in sorted(bad.items()))
-        raise ValueError(
+        raise BadDataError(
             f"{total} of {seen} samples were bad ({total / seen:.1%} > max_bad_fraction={limit:.1%}): "
             f"{reasons}. Fix the data (see the logged examples) or raise max_bad_fraction."
         )
@@ -206,13 +215,14 @@ class PassCheck:
         if pass_index == self.pass_index:
             return
         if self.whole and self.good == 0:
-            raise ValueError(
+            raise BadDataError(
                 f"stream {stream}: a whole pass of source {source} gave no valid sample; is all its data bad?"
             )
         self.pass_index, self.whole, self.good = pass_index, True, 0
 
 
 Position = tuple[tuple[int, int], ...]  # per source: (pass, samples taken from its shuffle buffer)
+STOP = "_stop"  # a worker's "batch" that carries a BadDataError's message instead of samples
 
 
 @dataclass
@@ -225,10 +235,7 @@ class _RankStream(IterableDataset):
     rank: int
     decoder: SampleDecoder
     collator: Collator
-    batch_size: int
-    shuffle_buffer: int
-    max_bad_fraction: float
-    bad_check_after: int
+    cfg: LoaderConfig
     starts: dict[int, Position]  # logical worker -> position
     slots: dict[int, int]  # logical worker -> mixing slot counter
     counters: dict[int, dict[str, Any]]  # logical worker -> StreamCounters.as_dict()
@@ -249,7 +256,7 @@ class _RankStream(IterableDataset):
             )
             if plan.shuffle:
                 samples = shuffled(
-                    samples, self.shuffle_buffer, random.Random(f"samples:{plan.seed}:{pass_index}:{stream}")
+                    samples, self.cfg.shuffle_buffer, random.Random(f"samples:{plan.seed}:{pass_index}:{stream}")
                 )
             for i, raw in enumerate(samples):
                 if i >= offset:
@@ -264,6 +271,14 @@ class _RankStream(IterableDataset):
         return sample
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            yield from self._batches()
+        except BadDataError as e:
+            if get_worker_info() is None:
+                raise
+            yield {STOP: str(e)}  # ShardLoader raises it in the main process, message intact
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         physical = info.id if info is not None else 0
         workers, seed = self.plans[0].workers, self.plans[0].seed
@@ -291,11 +306,11 @@ class _RankStream(IterableDataset):
                 counters.bad[e.reason] += 1
                 key, url = raw.get("__key__", "?"), raw.get("__url__", "?")
                 log_bad_sample(counters.bad[e.reason], e.reason, key, url, str(e))
-                check_bad_fraction(counters.seen, counters.bad, self.max_bad_fraction, self.bad_check_after)
+                check_bad_fraction(counters.seen, counters.bad, self.cfg.max_bad_fraction, self.cfg.bad_check_after)
                 continue
             checks[source].good += 1
             rows.append(source)
-            if len(batch) == self.batch_size:
+            if len(batch) == self.cfg.batch_size:
                 out = self.collator(batch)
                 out["sources"] = rows
                 out["_stream"] = {
@@ -320,6 +335,28 @@ def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
     shuts its workers down itself, which it could not do if they had died under it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+# DataLoader iterators whose workers may still run. Their workers ignore SIGTERM (above), so they must be
+# shut down by the main process, through torch's own protocol, before it exits: otherwise multiprocessing's
+# exit handler terminates them with a SIGTERM they ignore and waits for them forever (their watchdog sees the
+# main process alive), and torch's own shutdown is a no-op once the interpreter exits.
+_LIVE_WORKERS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def shutdown_workers(batches: Iterator[Any]) -> None:
+    """Stop the worker processes of a DataLoader iterator now (a no-op for other iterators): an error
+    raised in or past the loop keeps the iterator alive in its traceback until the interpreter exits."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's, also what its __del__ calls
+    if shutdown is not None:
+        shutdown()
+        _LIVE_WORKERS.discard(batches)
+
+
+@atexit.register  # registered after torch's and multiprocessing's exit handlers, so it runs before them
+def _shutdown_live_workers() -> None:
+    for batches in list(_LIVE_WORKERS):
+        shutdown_workers(batches)
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -407,73 +444,59 @@ class ShardLoader:
         sources: Sequence[Sequence[ShardRef]],
         decoder: SampleDecoder,
         collator: Collator,
+        cfg: LoaderConfig,
         *,
-        batch_size: int,
         weights: Sequence[float] | None = None,
-        num_workers: int = 0,
+        seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        seed: int = 0,
-        shuffle: bool = True,
-        shuffle_buffer: int = 1000,
-        samples_per_epoch: int | None = None,
-        max_bad_fraction: float = 0.01,
-        bad_check_after: int = 200,
-        prefetch_factor: int = 2,
         pin_memory: bool = False,
         mix_monitor: MixMonitor | None = None,
     ):
-        if batch_size < 1 or num_workers < 0 or not 0 <= rank < world_size:
-            raise ValueError(
-                f"bad loader setup: batch_size={batch_size}, num_workers={num_workers}, "
-                f"rank={rank}, world_size={world_size}"
-            )
-        if not 0.0 <= max_bad_fraction <= 1.0:
-            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+        cfg.validate()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"bad loader setup: rank={rank}, world_size={world_size}")
         self.sources = tuple(tuple(shards) for shards in sources)
         sizes = [sum(s.samples for s in shards) for shards in self.sources]
         self.weights = _check_weights(weights, sizes)
-        self.decoder, self.collator = decoder, collator
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self.rank, self.world_size = rank, world_size
-        self.seed, self.shuffle, self.workers = seed, shuffle, max(1, num_workers)
-        self.shuffle_buffer, self.max_bad_fraction, self.bad_check_after = (
-            shuffle_buffer,
-            max_bad_fraction,
-            bad_check_after,
-        )
-        self.prefetch_factor, self.pin_memory = prefetch_factor, pin_memory
+        self.decoder, self.collator, self.cfg = decoder, collator, LoaderConfig.of(cfg)
+        self.rank, self.world_size, self.seed, self.pin_memory = rank, world_size, seed, pin_memory
         self.mix_monitor = mix_monitor
-        unit = batch_size if len(self.sources) == 1 else 1
+        self.workers = max(1, cfg.num_workers)  # streams per rank
+        unit = cfg.batch_size if len(self.sources) == 1 else 1
         self.plans = tuple(
-            Plan(tuple(s.samples for s in shards), seed, shuffle, world_size, self.workers, unit)
+            Plan(tuple(s.samples for s in shards), seed, cfg.shuffle, world_size, self.workers, unit)
             for shards in self.sources
         )
-        if sum(sizes) // (world_size * batch_size) < self.workers:
-            raise ValueError(
-                f"{sum(sizes)} samples cannot give each of {self.workers} worker(s) "
-                f"on {world_size} rank(s) a batch of {batch_size}: use fewer workers or smaller batches"
-            )
-        for i, plan in enumerate(self.plans):
-            if plan.units_per_rank < self.workers:
-                raise ValueError(
-                    f"source {i} has {sizes[i]} samples, fewer than one for each of the {self.workers} "
-                    f"worker(s) on {world_size} rank(s): use fewer workers or more data"
-                )
-        epoch_samples = samples_per_epoch if samples_per_epoch is not None else sum(sizes)
-        per_rank = epoch_samples // (world_size * batch_size)
-        if per_rank < 1:
-            raise ValueError(f"samples_per_epoch={samples_per_epoch} is less than one batch per rank")
-        self.batches_per_epoch = per_rank
-        self.samples_per_epoch = samples_per_epoch
+        self.batches_per_epoch = self._check_layout(sizes)
         self.epoch = 0
         self.batches_done = 0  # in the current epoch
         start: Position = ((0, 0),) * len(self.sources)
         self._positions = dict.fromkeys(range(self.workers), start)
         self._slots = dict.fromkeys(range(self.workers), 0)
         self._counters = {w: StreamCounters().as_dict() for w in range(self.workers)}
-        if num_workers > 0:
+        if cfg.num_workers > 0:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no Rust thread pool in forked workers
+
+    def _check_layout(self, sizes: Sequence[int]) -> int:
+        """Batches per epoch on each rank, after checking that every stream gets data."""
+        batch, world, workers = self.cfg.batch_size, self.world_size, self.workers
+        if sum(sizes) // (world * batch) < workers:
+            raise ValueError(
+                f"{sum(sizes)} samples cannot give each of {workers} worker(s) "
+                f"on {world} rank(s) a batch of {batch}: use fewer workers or smaller batches"
+            )
+        for i, plan in enumerate(self.plans):
+            if plan.units_per_rank < workers:
+                raise ValueError(
+                    f"source {i} has {sizes[i]} samples, fewer than one for each of the {workers} "
+                    f"worker(s) on {world} rank(s): use fewer workers or more data"
+                )
+        samples = self.cfg.samples_per_epoch
+        per_rank = (samples if samples is not None else sum(sizes)) // (world * batch)
+        if per_rank < 1:
+            raise ValueError(f"samples_per_epoch={samples} is less than one batch per rank")
+        return per_rank
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -490,7 +513,7 @@ class ShardLoader:
     @property
     def global_samples(self) -> int:
         """Samples yielded by all ranks together so far (every rank takes as many batches)."""
-        return (self.epoch * self.batches_per_epoch + self.batches_done) * self.batch_size * self.world_size
+        return (self.epoch * self.batches_per_epoch + self.batches_done) * self.cfg.batch_size * self.world_size
 
     def bad_samples(self) -> dict[str, int]:
         """Bad samples skipped so far on this rank, by reason (see ``schema.BAD_REASONS``)."""
@@ -517,10 +540,7 @@ class ShardLoader:
             self.rank,
             self.decoder,
             self.collator,
-            self.batch_size,
-            self.shuffle_buffer,
-            self.max_bad_fraction,
-            self.bad_check_after,
+            self.cfg,
             dict(self._positions),
             dict(self._slots),
             dict(self._counters),
@@ -528,44 +548,57 @@ class ShardLoader:
             rotation=done % workers,
         )
 
+    def _worker_batches(self, stream: _RankStream) -> Iterator[dict[str, Any]]:
+        """The epoch's batches: from ``stream`` itself, or from its DataLoader workers."""
+        if self.cfg.num_workers == 0:
+            return iter(stream)
+        batches = iter(
+            DataLoader(
+                stream,
+                batch_size=None,
+                num_workers=self.cfg.num_workers,
+                prefetch_factor=self.cfg.prefetch_factor,
+                pin_memory=self.pin_memory,
+                # its own generator: starting workers must not draw from the global torch RNG, or a
+                # resumed run (which starts them at another step) would see other dropout masks
+                generator=torch.Generator().manual_seed(self.seed),
+                worker_init_fn=leave_stop_signals_to_the_main_process,
+            )
+        )
+        _LIVE_WORKERS.add(batches)
+        return batches
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self.batches_done >= self.batches_per_epoch:
             self.epoch, self.batches_done = self.epoch + 1, 0
-        stream = self._epoch_stream()
-        if self.num_workers == 0:
-            batches: Iterator[dict[str, Any]] = iter(stream)
-        else:
-            batches = iter(
-                DataLoader(
-                    stream,
-                    batch_size=None,
-                    num_workers=self.num_workers,
-                    prefetch_factor=self.prefetch_factor,
-                    pin_memory=self.pin_memory,
-                    # its own generator: starting workers must not draw from the global torch RNG, or a
-                    # resumed run (which starts them at another step) would see other dropout masks
-                    generator=torch.Generator().manual_seed(self.seed),
-                    worker_init_fn=leave_stop_signals_to_the_main_process,
-                )
-            )
-        for batch in batches:
-            info = batch.pop("_stream")
-            worker = info["worker"]
-            self._positions[worker] = tuple((int(p), int(o)) for p, o in info["positions"])
-            self._slots[worker] = int(info["slot"])
-            self._counters[worker] = info["counters"]
-            self.batches_done += 1
-            check_bad_fraction(
-                self.samples_seen(), Counter(self.bad_samples()), self.max_bad_fraction, self.bad_check_after
-            )
-            if self.mix_monitor is not None:
-                self.mix_monitor.observe(batch)
-            yield batch
+        batches = self._worker_batches(self._epoch_stream())
+        try:
+            for batch in batches:
+                if STOP in batch:
+                    raise BadDataError(batch[STOP])
+                self._take(batch)
+                yield batch
+        finally:  # now, whatever ended the epoch (see shutdown_workers)
+            shutdown_workers(batches)
         if self.batches_done != self.batches_per_epoch:
             raise RuntimeError(
                 f"rank {self.rank} got {self.batches_done} of {self.batches_per_epoch} batches"
             )
         self.epoch, self.batches_done = self.epoch + 1, 0
+
+    def _take(self, batch: dict[str, Any]) -> None:
+        """Record the position a batch carries, check the rank's bad fraction and watch the mix."""
+        info = batch.pop("_stream")
+        worker = info["worker"]
+        self._positions[worker] = tuple((int(p), int(o)) for p, o in info["positions"])
+        self._slots[worker] = int(info["slot"])
+        self._counters[worker] = info["counters"]
+        self.batches_done += 1
+        check_bad_fraction(
+            self.samples_seen(), Counter(self.bad_samples()), self.cfg.max_bad_fraction, self.cfg.bad_check_after
+        )
+        if self.mix_monitor is not None:
+            self.mix_monitor.observe(batch)
 
     def state_dict(self) -> dict[str, Any]:
         """The position on this rank; save one per rank. ``global_samples`` (the same on every rank)
@@ -581,10 +614,10 @@ class ShardLoader:
             "rank": self.rank,
             "world_size": self.world_size,
             "workers": self.workers,
-            "batch_size": self.batch_size,
+            "batch_size": self.cfg.batch_size,
             "seed": self.seed,
-            "shuffle": self.shuffle,
-            "samples_per_epoch": self.samples_per_epoch,
+            "shuffle": self.cfg.shuffle,
+            "samples_per_epoch": self.cfg.samples_per_epoch,
             "weights": list(self.weights),
             "fingerprint": self.fingerprint,
         }
@@ -622,7 +655,7 @@ class ShardLoader:
     def _place(self, global_samples: int) -> None:
         """Elastic resume: the approximate position of this layout after ``global_samples`` samples.
         Bad-sample counters start again from zero."""
-        per_step = self.batch_size * self.world_size
+        per_step = self.cfg.batch_size * self.world_size
         self.epoch, rest = divmod(global_samples, self.batches_per_epoch * per_step)
         self.batches_done = rest // per_step
         total = sum(self.weights)
@@ -666,77 +699,53 @@ def _decoder_and_collator(
 def build_loader(
     sources: str | Sequence[str],
     processor: Any,
+    cfg: LoaderConfig | None = None,
     *,
-    batch_size: int = 32,
+    transform: ImageTransform | None = None,
     weights: Sequence[float] | None = None,
-    num_workers: int = 0,
+    seed: int = 0,
     rank: int | None = None,
     world_size: int | None = None,
-    seed: int = 0,
-    shuffle: bool = True,
-    shuffle_buffer: int = 1000,
-    samples_per_epoch: int | None = None,
-    augment: bool = False,
-    color_jitter: float = ImageTransform.jitter,
-    crop_min_scale: float | None = None,
     answer_vocab: Sequence[str] | None = None,
     label_vocab: Sequence[str] | None = None,
-    max_bad_fraction: float = 0.01,
-    bad_check_after: int = 200,
-    prefetch_factor: int = 2,
     pin_memory: bool = False,
 ) -> ShardLoader:
     """A resumable, distributed-aware loader over shard directories / patterns (see module doc).
 
     ``processor``: the model's :class:`~vlcoattn.models.VLCoAttnProcessor` (image preparation and
     tokenizer, the one used at evaluation and inference too), or a tokenizer for text-only models.
-    Texts are truncated at the tokenizer's ``model_max_length``.
+    Texts are truncated at the tokenizer's ``model_max_length``. ``cfg``: every loader option
+    (:class:`~vlcoattn.data.LoaderConfig`; default its defaults). ``transform``: the image transform,
+    built once by the caller (default: the processor's, with ``cfg``'s augmentation; see
+    :func:`~vlcoattn.data.image_transform`).
 
     ``sources``: shard dirs, ``dataset.json`` paths or URL patterns (brace-expanded, ``::``-joined,
     ``pipe:`` allowed); each entry is one source, and every batch mixes the sources at random in
     proportion to ``weights`` (one per source, finite and > 0; default: their sample counts).
-    ``rank`` / ``world_size`` default to torch.distributed when initialized. ``answer_vocab`` /
-    ``label_vocab`` default to the union of the sources' ``dataset.json`` vocabularies.
-    ``samples_per_epoch`` is global (all ranks); default all sources' samples. ``augment``: a random
-    horizontal flip (left/right words swapped), colour jitter of strength ``color_jitter`` (0: none) and,
-    with ``crop_min_scale``, a crop keeping the boxes (see :class:`~vlcoattn.data.transforms.ImageTransform`).
+    ``seed`` fixes shard order, shuffling, mixing and augmentation. ``rank`` / ``world_size`` default
+    to torch.distributed when initialized. ``answer_vocab`` / ``label_vocab`` default to the union of
+    the sources' ``dataset.json`` vocabularies.
     """
+    cfg = cfg if cfg is not None else LoaderConfig()
     items = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     if not items:
         raise ValueError("no data source given")
     resolved = [resolve_shards(item) for item in items]
     if rank is None or world_size is None:
         rank, world_size = _dist_rank_world()
-    decoder, collator = _decoder_and_collator(
-        [info for _, infos in resolved for info in infos], processor, answer_vocab, label_vocab,
-        seed=seed, augment=augment, color_jitter=color_jitter, crop_min_scale=crop_min_scale,
-    )
-    sizes = [sum(s.samples for s in shards) for shards, _ in resolved]
-    mix_weights = _check_weights(weights, sizes)
+    transform = transform if transform is not None else image_transform(processor, cfg)
     infos_per_source = [infos for _, infos in resolved]
-    monitor = MixMonitor(
-        {kind: declared_mix(infos_per_source, mix_weights, kind) for kind in ("tasks", "labels")},
+    decoder, collator = _decoder_and_collator(
+        [info for infos in infos_per_source for info in infos], processor, answer_vocab, label_vocab,
+        transform=transform, seed=seed,
+    )
+    loader = ShardLoader([shards for shards, _ in resolved], decoder, collator, cfg, weights=weights, seed=seed,
+                         rank=rank, world_size=world_size, pin_memory=pin_memory)
+    loader.mix_monitor = MixMonitor(
+        {kind: declared_mix(infos_per_source, loader.weights, kind) for kind in ("tasks", "labels")},
         collator.label_vocab,
     )
-    return ShardLoader(
-        [shards for shards, _ in resolved],
-        decoder,
-        collator,
-        mix_monitor=monitor,
-        batch_size=batch_size,
-        weights=weights,
-        num_workers=num_workers,
-        rank=rank,
-        world_size=world_size,
-        seed=seed,
-        shuffle=shuffle,
-        shuffle_buffer=shuffle_buffer,
-        samples_per_epoch=samples_per_epoch,
-        max_bad_fraction=max_bad_fraction,
-        bad_check_after=bad_check_after,
-        prefetch_factor=prefetch_factor,
-        pin_memory=pin_memory,
-    )
+    return loader
 
 
 class EvalLoader:

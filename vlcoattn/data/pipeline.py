@@ -24,6 +24,7 @@ import torch
 
 from ..tasks import IGNORE_INDEX, check_batchable, get_task, sample_task_names  # noqa: F401 (IGNORE_INDEX: re-exported)
 from .image import DEFAULT_MAX_PIXELS, IMAGE_EXTS, ImageDecodeError, as_rgb_image, decode_image_and_size, image_size
+from .loader_config import LoaderConfig
 from .schema import SampleError, check_record
 from .transforms import ImageTransform, Letterbox, normalize_boxes
 
@@ -201,19 +202,29 @@ class Collator:
         }
 
 
+def image_transform(processor: Any, augmentation: LoaderConfig | None = None) -> ImageTransform | None:
+    """The image transform of ``processor`` (its letterbox), with the training augmentation of
+    ``augmentation`` (``augment``, ``color_jitter``, ``crop_min_scale``) when given; None for a text-only
+    model's processor (a tokenizer). The one place where the loader options become an :class:`ImageTransform`."""
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        return None
+    if augmentation is None:
+        return image_processor.transform()
+    return image_processor.transform(augmentation.augment, augmentation.color_jitter, augmentation.crop_min_scale)
+
+
 def decoder_and_collator(
     processor: Any,
+    transform: ImageTransform | None = None,
     *,
     seed: int = 0,
-    augment: bool = False,
-    color_jitter: float = ImageTransform.jitter,
-    crop_min_scale: float | None = None,
     answer_vocab: Sequence[str] = (),
     label_vocab: Sequence[str] = (),
 ) -> tuple[SampleDecoder, Collator]:
     """The sample decoder and collator of ``processor``: a :class:`~vlcoattn.models.VLCoAttnProcessor`
-    (image processor + tokenizer) or, for text-only models, a tokenizer. ``augment`` / ``color_jitter``
-    / ``crop_min_scale`` / ``seed``: training augmentation (see :class:`ImageTransform`)."""
+    (image processor + tokenizer) or, for text-only models, a tokenizer. ``transform``: the image transform
+    (default the processor's letterbox, see :func:`image_transform`); ``seed`` draws its augmentation."""
     image_processor = getattr(processor, "image_processor", None)
     tokenizer = getattr(processor, "tokenizer", processor) if image_processor is not None else processor
     if getattr(tokenizer, "pad_token", None) is None:
@@ -221,5 +232,5 @@ def decoder_and_collator(
     if image_processor is None:
         decoder = SampleDecoder(None, seed=seed)
     else:
-        decoder = image_processor.sample_decoder(seed, augment, color_jitter, crop_min_scale)
+        decoder = image_processor.sample_decoder(transform or image_processor.transform(), seed)
     return decoder, Collator(tokenizer, image_processor, list(answer_vocab), list(label_vocab))

@@ -94,10 +94,10 @@ class VLCoAttnImageProcessor(BaseImageProcessor):
             jitter=color_jitter, crop_min_scale=crop_min_scale, reducing_gap=3.0 if self.fast_decode else None,
         )
 
-    def sample_decoder(self, seed: int = 0, augment: bool = False, color_jitter: float = ImageTransform.jitter,
-                       crop_min_scale: float | None = None) -> SampleDecoder:
-        """The loader's per-sample decoder with this processor's image preparation."""
-        return SampleDecoder(self.transform(augment, color_jitter, crop_min_scale), self.max_pixels, self.fast_decode, seed)
+    def sample_decoder(self, transform: ImageTransform | None = None, seed: int = 0) -> SampleDecoder:
+        """The loader's per-sample decoder with this processor's decoding limits and ``transform`` (default
+        :meth:`transform`: the letterbox; a training one, see :func:`vlcoattn.data.image_transform`)."""
+        return SampleDecoder(transform or self.transform(), self.max_pixels, self.fast_decode, seed)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) canvases -> float pixel values."""

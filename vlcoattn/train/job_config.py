@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data.loader_config import LoaderConfig
 from ..tasks import TaskSpec, get_task, task_names
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -58,31 +59,38 @@ class SourceConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(LoaderConfig):
+    """The job's data: which shards, how to evaluate, and every training-loader option of
+    :class:`~vlcoattn.data.LoaderConfig` (``batch_size``, ``num_workers``, ``augment``, ...) as ``data.*`` keys;
+    the trainer hands it to ``build_loader`` whole."""
+
     # shard dirs / patterns, or {source, weight} mappings; every batch draws from the sources by weight
     # (default: each source's sample count, i.e. the natural mixture). Weights on all entries or none.
     train: list[str | SourceConfig] = field(default_factory=list)
     val: list[str] = field(default_factory=list)  # evaluated every train.eval_every steps
     test: dict[str, list[str]] = field(default_factory=dict)  # split name -> sources, evaluated at the end
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
-    batch_size: int = 32  # per rank and micro-batch; the step's batch = batch_size * accum_steps * world
-    eval_batch_size: int = 64
-    num_workers: int = 0
-    max_text_len: int = 40
+    max_text_len: int = 40  # the tokenizer's model_max_length: the processor saved with the model keeps it
     # VQA answers: a vocabulary file (JSON list or one per line) or a shard dir to take it from; default
     # the training sources' (their dataset.json, or one read of remote shards). With min_answer_count > 1
     # only answers counted that often are kept (VQA v2's usual 3,129: >= 9); the rest score 0.
     answer_vocab: str | None = None
     min_answer_count: int = 1
-    # training augmentation: a random horizontal flip (left/right words swapped with it) and colour jitter
-    # (brightness, contrast, saturation by up to color_jitter; 0: flip only, which keeps the feature cache's hits)
-    augment: bool = False
-    color_jitter: float = 0.2  # ImageTransform.jitter (this module stays import-light)
-    shuffle: bool = True  # shard order and a sample buffer, reseeded every pass (False: file order)
-    shuffle_buffer: int = 1000
-    samples_per_epoch: int | None = None  # global (all ranks); None = one pass over all training sources
-    max_bad_fraction: float = 0.01
+    eval_batch_size: int = 64
     eval_limit: int | None = None  # evaluate only the first N samples of each split (None = all)
+
+    def validate(self, prefix: str = "data.") -> None:
+        """The loader options' checks, then the job's own, each a ValueError naming its ``data.*`` key."""
+        super().validate(prefix)
+        checks = [
+            ("max_text_len", self.max_text_len >= 1, "must be >= 1"),
+            ("min_answer_count", self.min_answer_count >= 1, "must be >= 1"),
+            ("eval_batch_size", self.eval_batch_size >= 1, "must be >= 1"),
+            ("eval_limit", self.eval_limit is None or self.eval_limit >= 1, "must be >= 1 (or null: all)"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{prefix}{name} {rule}, got {getattr(self, name)!r}")
 
     @property
     def train_sources(self) -> list[str]:
@@ -173,7 +181,6 @@ class JobConfig:
              "only this rank's shards); use bf16"),
             (self.optim.schedule in SCHEDULES, f"optim.schedule must be one of {SCHEDULES}"),
             (self.train.steps > 0, "train.steps must be > 0"),
-            (self.data.batch_size > 0 and self.data.eval_batch_size > 0, "data batch sizes must be > 0"),
             (self.optim.accum_steps > 0, "optim.accum_steps must be > 0"),
             (self.optim.lr > 0, "optim.lr must be > 0"),
             (len(self.optim.betas) == 2, "optim.betas needs two numbers"),
@@ -183,9 +190,6 @@ class JobConfig:
             (self.train.eval_every >= 0 and self.train.save_every >= 0, "eval_every / save_every must be >= 0"),
             (self.data.train or self.data.synthetic.dir is not None, "data.train names no shards"),
             (all(w > 0 for w in self.data.train_weights or ()), "data.train weights must be > 0"),
-            (self.data.samples_per_epoch is None or self.data.samples_per_epoch > 0, "data.samples_per_epoch must be > 0"),
-            (self.data.min_answer_count >= 1, "data.min_answer_count must be >= 1"),
-            (0.0 <= self.data.color_jitter < 1.0, "data.color_jitter must be in [0, 1)"),
             (self.model.feature_cache_gib >= 0, "model.feature_cache_gib must be >= 0"),
             (self.model.feature_cache_gib == 0 or self.spec.needs_images,
              f"model.feature_cache_gib is for the vision-language tasks ({', '.join(vision)})"),

@@ -34,9 +34,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..data import (
+    ShardLoader,
     answer_vocab_of,
     build_eval_loader,
     build_loader,
+    image_transform,
     read_answer_vocab,
     resolve_shards,
     write_synthetic,
@@ -247,18 +249,7 @@ class Trainer:
             if dist.distributed and not self.sharded else None
         self.optimizer = build_optimizer(self.model, job.optim)
         self.scheduler = build_scheduler(self.optimizer, job.train.steps, job.optim)
-        self.loader_kwargs = dict(
-            answer_vocab=self.answer_vocab, label_vocab=self.label_vocab, rank=dist.rank, world_size=dist.world_size,
-        )
-        self.loader = build_loader(
-            job.data.train_sources, self.processor, weights=job.data.train_weights,
-            batch_size=job.data.batch_size, num_workers=job.data.num_workers,
-            seed=job.run.seed, shuffle=job.data.shuffle, shuffle_buffer=job.data.shuffle_buffer, augment=job.data.augment,
-            color_jitter=job.data.color_jitter,
-            samples_per_epoch=job.data.samples_per_epoch,
-            max_bad_fraction=job.data.max_bad_fraction, pin_memory=dist.device.type == "cuda",
-            **self.loader_kwargs,
-        )
+        self.loader = self._train_loader()
         self.step = 0
         self.step_rows: dict[str, int] = {}  # rows of each task in the last step, all ranks
         self.bad_in_row = self.bad_total = 0
@@ -269,6 +260,22 @@ class Trainer:
         # fp16 needs loss scaling: its gradients underflow where bf16's (fp32's exponent) do not
         self.scaler = torch.amp.GradScaler(dist.device.type) if precision == "fp16" else None
         self.logger: MetricsLogger | None = None
+
+    @property
+    def loader_kwargs(self) -> dict[str, Any]:
+        """What every loader of the run shares: the model's vocabularies and this rank's place."""
+        return dict(answer_vocab=self.answer_vocab, label_vocab=self.label_vocab, rank=self.dist.rank,
+                    world_size=self.dist.world_size)
+
+    def _train_loader(self) -> ShardLoader:
+        """The training loader: ``job.data`` is its :class:`~vlcoattn.data.LoaderConfig`, passed whole, and
+        the image transform (with ``data.augment`` / ``color_jitter`` / ``crop_min_scale``) is built here, once."""
+        job = self.job
+        return build_loader(
+            job.data.train_sources, self.processor, job.data, transform=image_transform(self.processor, job.data),
+            weights=job.data.train_weights, seed=job.run.seed, pin_memory=self.dist.device.type == "cuda",
+            **self.loader_kwargs,
+        )
 
     # ------------------------------------------------------------------------------ checkpoints
 
@@ -477,8 +484,9 @@ class Trainer:
         self.logger = MetricsLogger(self.run_dir, dist.is_main, resume_step=self.step if ckpt else None)
         bar = tqdm(total=job.train.steps, initial=self.step, disable=not (dist.is_main and job.run.progress),
                    desc="train", dynamic_ncols=True)
-        batches, window = self._batches(), LogWindow(self.loss_names)
-        with _StopSignal() as stop:
+        window = LogWindow(self.loss_names)
+        # closing: an error ends the loader's epoch (and its worker processes) here, not at interpreter exit
+        with _StopSignal() as stop, contextlib.closing(self._batches()) as batches:
             while self.step < job.train.steps:
                 if stop.on_any_rank(dist):
                     path = self._save()

@@ -8,6 +8,7 @@ guard below turns those into that line. Anything else is a bug and keeps its tra
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -23,10 +24,26 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+# how torch re-raises an exception of a DataLoader worker in the main process: its type and the worker on the
+# first line, then the worker's traceback, whose last line is the original "<type>: <message>"
+_WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.")
+
+
+def error_line(message: str) -> str:
+    """The line of an error message that says what went wrong: its first, or for an error that torch
+    re-raised from a DataLoader worker, the worker's own message (the last line of its traceback)."""
+    lines = str(message).strip().splitlines() or ["unknown error"]
+    worker = _WORKER_ERROR.fullmatch(lines[0])
+    if worker is not None and len(lines) > 1:
+        original = re.fullmatch(rf"(?:[\w.]+\.)?{worker.group(1)}: (.+)", lines[-1])
+        if original is not None:
+            return original.group(1)
+    return lines[0]
+
+
 def fail(prog: str, message: str) -> NoReturn:
-    """Print one error line to stderr and exit with code 2."""
-    first_line = str(message).strip().splitlines()[0] if str(message).strip() else "unknown error"
-    print(f"{prog}: error: {first_line}", file=sys.stderr)
+    """Print one error line (see :func:`error_line`) to stderr and exit with code 2."""
+    print(f"{prog}: error: {error_line(message)}", file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
 
 
