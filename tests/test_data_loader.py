@@ -387,10 +387,13 @@ def test_a_process_whose_loader_has_workers_exits_after_an_error(tmp_path, who):
         proc.communicate()
         pytest.fail(f"the process did not exit after the {who}'s error")
     assert proc.returncode == 1
-    last = err.strip().splitlines()[-1]
-    assert last == ("RuntimeError: the consumer failed" if who == "consumer" else last)
-    if who == "loader":
-        assert last.startswith("vlcoattn.data.loader.BadDataError: ") and "samples were bad" in last
+    # the traceback's last line; a worker still running may log a bad sample after it, before its shutdown
+    lines = err.strip().splitlines()
+    if who == "consumer":
+        assert "RuntimeError: the consumer failed" in lines
+    else:
+        assert any(line.startswith("vlcoattn.data.loader.BadDataError: ") and "samples were bad" in line
+                   for line in lines)
     with pytest.raises(ProcessLookupError):  # nothing of the process group is left: no worker survived
         os.killpg(proc.pid, 0)
 
