@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from vlcoattn.data import write_synthetic
-from vlcoattn.data.synthetic import SyntheticConfig
+from vlcoattn.data.write.synthetic import SyntheticConfig
 from vlcoattn.utils.reporting import machine, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]

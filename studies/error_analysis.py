@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from vlcoattn.data.synthetic import SceneObject, SyntheticConfig, generate_scene, relation_margin
+from vlcoattn.data.write.synthetic import SceneObject, SyntheticConfig, generate_scene, relation_margin
 from vlcoattn.utils.reporting import markdown_table
 
 SPLITS = ("val", "test", "holdout")

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
-from vlcoattn.data.synthetic import SyntheticConfig, synthetic_samples
+from vlcoattn.data.write.synthetic import SyntheticConfig, synthetic_samples
 from vlcoattn.utils.reporting import machine, markdown_table
 from vlcoattn.vision import VisionBackbone, VisionConfig
 

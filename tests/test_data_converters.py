@@ -516,7 +516,7 @@ def test_the_loader_warns_when_batches_are_far_from_the_declared_label_mix(tmp_p
     assert DatasetInfo.load(tmp_path / "kept").label_counts == [600, 600]
     for name, warns in (("kept", True), ("mixed", False)):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="vlcoattn.data.loader"):
+        with caplog.at_level(logging.WARNING, logger="vlcoattn.data.read.loader"):
             for _ in build_loader(str(tmp_path / name), tokenizer, LoaderConfig(batch_size=32, shuffle=False)):
                 pass
         warnings = [r.getMessage() for r in caplog.records if "look sorted" in r.getMessage()]

@@ -33,7 +33,7 @@ from vlcoattn.data import (
     resolve_shards,
     write_synthetic,
 )
-from vlcoattn.data.inspection import inspect_shards
+from vlcoattn.data.write.inspection import inspect_shards
 
 from helpers import processor_for
 
@@ -287,7 +287,7 @@ def test_planted_corrupt_samples_are_skipped_counted_and_nothing_valid_is_droppe
                           LoaderConfig(batch_size=1, shuffle=False, max_bad_fraction=0.8),
                           answer_vocab=["green"])
     assert len(loader) == 10 + 3  # the cut tar still shows 3 sample headers
-    with caplog.at_level(logging.WARNING, logger="vlcoattn.data.loader"):
+    with caplog.at_level(logging.WARNING, logger="vlcoattn.data.read.loader"):
         assert _keys(loader, limit=len(valid)) == valid  # every valid sample, in order, nothing else
     assert loader.bad_samples() == {
         "missing_json": 1,
@@ -392,7 +392,7 @@ def test_a_process_whose_loader_has_workers_exits_after_an_error(tmp_path, who):
     if who == "consumer":
         assert "RuntimeError: the consumer failed" in lines
     else:
-        assert any(line.startswith("vlcoattn.data.loader.BadDataError: ") and "samples were bad" in line
+        assert any(line.startswith("vlcoattn.data.read.loader.BadDataError: ") and "samples were bad" in line
                    for line in lines)
     with pytest.raises(ProcessLookupError):  # nothing of the process group is left: no worker survived
         os.killpg(proc.pid, 0)
@@ -407,7 +407,7 @@ def test_bad_sample_logging_is_rate_limited(tmp_path, tokenizer, caplog):
             tar.write({"__key__": f"k{i:03d}", "json": {"task": "lm", "text": "fine" if ok else " "}})
     loader = build_loader(str(folder / "shard-000000.tar"), tokenizer,
                           LoaderConfig(batch_size=10, shuffle=False, max_bad_fraction=0.6))
-    with caplog.at_level(logging.WARNING, logger="vlcoattn.data.loader"):
+    with caplog.at_level(logging.WARNING, logger="vlcoattn.data.read.loader"):
         keys = _keys(loader, limit=5)
     assert len(keys) == 50 and loader.bad_samples() == {"empty_text": 49}
     logged = [r for r in caplog.records if "empty_text" in r.getMessage()]
@@ -584,7 +584,7 @@ def test_flip_only_augmentation_gives_the_plain_image_or_its_mirror(synthetic_di
     """``augment`` with ``color_jitter=0``: each sample comes back as it is or mirrored with its left/right
     words swapped, so a frozen encoder's feature cache still hits (two versions per sample); with the
     default jitter the pixels are neither."""
-    from vlcoattn.data.transforms import swap_left_right
+    from vlcoattn.data.read.transforms import swap_left_right
 
     def batch(seed: int = 1, **kwargs):
         loader = build_loader(str(synthetic_dir / "train"), processor_for(tokenizer, 32),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlcoattn.data.synthetic import (
+from vlcoattn.data.write.synthetic import (
     ANSWERS,
     BACKGROUNDS,
     COGENT_HOLDOUT,

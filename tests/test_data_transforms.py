@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from vlcoattn.data.transforms import (
+from vlcoattn.data.read.transforms import (
     ImageTransform,
     Letterbox,
     crop_keeping_boxes,

@@ -135,10 +135,36 @@ def test_the_registry_imports_only_light_modules_and_each_layer_imports_alone():
                 assert node.level == 1 or node.module in light, (path.name, node.module)
             elif isinstance(node, ast.Import):
                 assert all(a.name in light for a in node.names), (path.name, [a.name for a in node.names])
-    for module in ("tasks", "data"):
+    for module in ("tasks", "data", "data.read", "data.write"):
         proc = subprocess.run([sys.executable, "-c", f"import vlcoattn.{module}"], capture_output=True, text=True,
                               cwd=ROOT)
         assert proc.returncode == 0, (module, proc.stderr[-2000:])
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The absolute names of the modules that the package file ``path`` imports, anywhere in it."""
+    package = path.relative_to(ROOT).with_suffix("").parts[:-1]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else ()
+            names.add(".".join((*base, node.module or "")).rstrip("."))
+    return names
+
+
+def test_the_data_read_side_and_the_shared_format_never_import_the_write_side():
+    """data/read/ (shard reading, loader, pipeline, transforms) stands without data/write/ (shard
+    writer, converters, generator), and the shared format in data/ without either side."""
+    data = PACKAGE / "data"
+    for path in sorted(data.rglob("*.py")):
+        side = path.relative_to(data).parts[0]
+        if side == "write" or path == data / "__init__.py":
+            continue
+        banned = ("vlcoattn.data.write",) if side == "read" else ("vlcoattn.data.write", "vlcoattn.data.read")
+        wrong = sorted(m for m in imported_modules(path) if m.startswith(banned))
+        assert not wrong, (path.relative_to(ROOT).as_posix(), wrong)
 
 
 # ------------------------------------------------------------------------------ task-name branches

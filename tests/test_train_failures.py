@@ -155,8 +155,8 @@ def test_a_data_stop_under_torchrun_ends_every_rank(assets, tmp_path):
 
 def test_the_damaged_copy_reads_as_bad_samples(assets, tmp_path):
     """The damage is what the stop tests rely on: a readable remainder, and unreadable samples counted."""
-    from vlcoattn.data.loader import read_shard
-    from vlcoattn.data.shards import resolve_shards
+    from vlcoattn.data.read.loader import read_shard
+    from vlcoattn.data.read.shards import resolve_shards
 
     shards, _ = resolve_shards([str(damaged_copy(assets, tmp_path / "damaged"))])
     errors = [sum("__error__" in raw for raw in read_shard(s.url, 0, s.samples)) for s in shards]

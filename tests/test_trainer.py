@@ -23,9 +23,9 @@ from transformers import AutoImageProcessor, AutoProcessor, pipeline
 
 from vlcoattn import VLCoAttnForMultitask, VLCoAttnImageProcessor, VLCoAttnProcessor
 from vlcoattn.data import LoaderConfig, ShardSink, build_eval_loader, build_loader, write_synthetic
-from vlcoattn.data.loader import read_shard
-from vlcoattn.data.shards import resolve_shards
-from vlcoattn.data.synthetic import SyntheticConfig
+from vlcoattn.data.read.loader import read_shard
+from vlcoattn.data.read.shards import resolve_shards
+from vlcoattn.data.write.synthetic import SyntheticConfig
 from vlcoattn.eval.runner import evaluate
 from vlcoattn.infer import Predictor
 from vlcoattn.text import CooBertConfig, CooBertModel

@@ -19,8 +19,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from vlcoattn.data.converters import clevr_lite, jsonl, refcoco, text, vqa2
-from vlcoattn.data.inspection import inspect_shards
+from vlcoattn.data.write.converters import clevr_lite, jsonl, refcoco, text, vqa2
+from vlcoattn.data.write.inspection import inspect_shards
 from vlcoattn.utils.cli import ArgumentParser, run_cli
 
 

@@ -1,4 +1,5 @@
-"""Data: webdataset shards, converters, the CLEVR-lite generator and a resumable streaming loader.
+"""Data: the shared sample format, its write side (``write/``: shard writer, converters, the CLEVR-lite
+generator) and its read side (``read/``: a resumable streaming loader).
 
 Typical use::
 
@@ -25,7 +26,7 @@ key                 type / shape         present
 ``pixel_values``    float (B, 3, H, W)   if any sample has an image: letterboxed, (x/255 - mean) / std
 ``image_mask``      bool (B,)            with pixel_values: False rows are text-only (all zeros)
 ``letterbox``       float (B, 8)         with pixel_values: scale_x, scale_y, pad_x, pad_y, orig_w,
-                                         orig_h, out_w, out_h (see ``transforms.invert_boxes``)
+                                         orig_h, out_w, out_h (see ``read.transforms.invert_boxes``)
 ``boxes``           float (B, 4)         if any "ground" sample: first box, cxcywh in [0, 1] of the
                                          letterboxed image
 ``box_mask``        bool (B,)            with boxes: True for "ground" rows
@@ -38,7 +39,37 @@ key                 type / shape         present
 """
 
 from .answers import answer_scores, build_vocab, majority_answer, normalize_answer
-from .converters import (
+from .image import DEFAULT_MAX_PIXELS, ImageDecodeError, as_rgb_image, decode_image, encode_image, image_size
+from .read.loader import BadDataError, EvalLoader, ShardLoader, build_eval_loader, build_loader
+from .read.loader_config import LoaderConfig
+from .read.pipeline import (
+    IGNORE_INDEX,
+    Collator,
+    SampleDecoder,
+    decoder_and_collator,
+    image_transform,
+    letterbox_image,
+    normalize_pixels,
+    tokenize,
+)
+from .read.shards import (
+    ShardRef,
+    answer_vocab_of,
+    count_samples,
+    read_answer_vocab,
+    resolve_shards,
+    scan_shard,
+)
+from .read.transforms import (
+    ImageTransform,
+    Letterbox,
+    invert_boxes,
+    letterbox,
+    letterbox_params,
+    swap_left_right,
+)
+from .schema import BAD_REASONS, TASKS, DatasetInfo, SampleError, check_record, sample_problems
+from .write.converters import (
     convert_jsonl,
     convert_refcoco,
     convert_text,
@@ -51,31 +82,9 @@ from .converters import (
     text_records,
     write_synthetic,
 )
-from .image import DEFAULT_MAX_PIXELS, ImageDecodeError, as_rgb_image, decode_image, encode_image, image_size
-from .loader import BadDataError, EvalLoader, ShardLoader, build_eval_loader, build_loader
-from .loader_config import LoaderConfig
-from .pipeline import (
-    IGNORE_INDEX,
-    Collator,
-    SampleDecoder,
-    decoder_and_collator,
-    image_transform,
-    letterbox_image,
-    normalize_pixels,
-    tokenize,
-)
-from .schema import BAD_REASONS, TASKS, DatasetInfo, SampleError, check_record, sample_problems
-from .shards import (
-    ShardRef,
-    ShardSink,
-    answer_vocab_of,
-    count_samples,
-    read_answer_vocab,
-    resolve_shards,
-    scan_shard,
-)
-from .synthetic import ANSWERS as SYNTHETIC_ANSWERS
-from .synthetic import (
+from .write.sink import ShardSink
+from .write.synthetic import ANSWERS as SYNTHETIC_ANSWERS
+from .write.synthetic import (
     COGENT_HOLDOUT,
     SyntheticConfig,
     generate_scene,
@@ -84,7 +93,6 @@ from .synthetic import (
     resolve_reference,
     synthetic_samples,
 )
-from .transforms import ImageTransform, Letterbox, invert_boxes, letterbox, letterbox_params, swap_left_right
 
 __all__ = [
     "BAD_REASONS",

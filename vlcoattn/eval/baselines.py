@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..data.read.transforms import invert_boxes
 from ..data.schema import sample_type, trained_answers
-from ..data.transforms import invert_boxes
 from .metrics import MetricAccumulator, normalize_answer
 
 

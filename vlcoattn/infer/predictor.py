@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from transformers import PreTrainedModel
 
 from ..data.image import ImageDecodeError
-from ..data.pipeline import tokenize
+from ..data.read.pipeline import tokenize
 from ..loading import load_model_dir, model_class
 from ..models import VLCoAttnPreTrainedModel, VLCoAttnProcessor
 from ..tasks import canonical_name, get_task, task_names, task_of_model

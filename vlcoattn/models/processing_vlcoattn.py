@@ -27,7 +27,7 @@ from transformers import BatchFeature, ProcessorMixin
 from transformers.image_processing_utils import BaseImageProcessor
 
 from ..data.image import DEFAULT_MAX_PIXELS
-from ..data.pipeline import (
+from ..data.read.pipeline import (
     Collator,
     SampleDecoder,
     decoder_and_collator,
@@ -35,7 +35,7 @@ from ..data.pipeline import (
     normalize_pixels,
     tokenize,
 )
-from ..data.transforms import ImageTransform, as_size, invert_boxes, letterbox_params
+from ..data.read.transforms import ImageTransform, as_size, invert_boxes, letterbox_params
 
 __all__ = ["ImageLike", "VLCoAttnImageProcessor", "VLCoAttnProcessor"]
 

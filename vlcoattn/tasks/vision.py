@@ -111,8 +111,8 @@ def _collate_ground(collator, samples, enc: Batch) -> Batch:
 
 
 def _score_ground(model, out, batch: Batch, inputs: dict, acc, rows: list[dict]) -> None:
+    from ..data.read.transforms import invert_boxes
     from ..data.schema import sample_type
-    from ..data.transforms import invert_boxes
 
     if getattr(out, "pred_boxes", None) is None:
         return

@@ -28,8 +28,8 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from vlcoattn.data.converters.text import read_text_file, text_records
 from vlcoattn.data.schema import INFO_FILE
+from vlcoattn.data.write.converters.text import read_text_file, text_records
 
 TOKENIZER_KINDS = ("bpe", "wordpiece")
 ENDOFTEXT = "<|endoftext|>"

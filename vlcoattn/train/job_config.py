@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..data.loader_config import LoaderConfig
+from ..data.read.loader_config import LoaderConfig
 from ..tasks import TaskSpec, get_task, task_names
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

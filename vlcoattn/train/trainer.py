@@ -43,7 +43,7 @@ from ..data import (
     resolve_shards,
     write_synthetic,
 )
-from ..data.synthetic import SyntheticConfig, parse_holdout
+from ..data.write.synthetic import SyntheticConfig, parse_holdout
 from ..eval.runner import EvalResult, evaluate
 from ..loading import write_task_file
 from ..models import VLCoAttnPreTrainedModel, VLCoAttnProcessor

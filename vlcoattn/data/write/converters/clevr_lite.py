@@ -1,4 +1,4 @@
-"""CLEVR-lite (the synthetic generator in :mod:`vlcoattn.data.synthetic`) written to shard splits."""
+"""CLEVR-lite (the synthetic generator in :mod:`vlcoattn.data.write.synthetic`) written to shard splits."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
-from ..schema import DatasetInfo
-from ..shards import ShardSink
+from ...schema import DatasetInfo
+from ..sink import ShardSink
 from ..synthetic import ANSWERS, SPLITS, SyntheticConfig, parse_holdout, synthetic_samples
 from .common import add_shard_command, progress_bar, report, sink_options
 

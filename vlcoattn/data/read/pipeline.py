@@ -22,10 +22,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..tasks import IGNORE_INDEX, check_batchable, get_task, sample_task_names  # noqa: F401 (IGNORE_INDEX: re-exported)
-from .image import DEFAULT_MAX_PIXELS, IMAGE_EXTS, ImageDecodeError, as_rgb_image, decode_image_and_size, image_size
+from ...tasks import IGNORE_INDEX, check_batchable, get_task, sample_task_names  # noqa: F401 (IGNORE_INDEX: re-exported)
+from ..image import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTS,
+    ImageDecodeError,
+    as_rgb_image,
+    decode_image_and_size,
+    image_size,
+)
+from ..schema import SampleError, check_record
 from .loader_config import LoaderConfig
-from .schema import SampleError, check_record
 from .transforms import ImageTransform, Letterbox, normalize_boxes
 
 

@@ -17,8 +17,9 @@ from typing import Any
 
 from webdataset.tariterators import tarfile_samples
 
-from ..schema import DatasetInfo, SampleError, sample_problems
-from ..shards import ShardSink, resolve_shards
+from ...read.shards import resolve_shards
+from ...schema import DatasetInfo, SampleError, sample_problems
+from ..sink import ShardSink
 from .common import (
     add_shard_command,
     progress_bar,

@@ -13,13 +13,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .answers import build_vocab
-from .image import DEFAULT_MAX_PIXELS
-from .loader import read_shard
-from .pipeline import SampleDecoder
-from .schema import DatasetInfo, SampleError, trained_answers
-from .shards import SCANNED, resolve_shards
-from .transforms import ImageTransform
+from ..answers import build_vocab
+from ..image import DEFAULT_MAX_PIXELS
+from ..read.loader import read_shard
+from ..read.pipeline import SampleDecoder
+from ..read.shards import SCANNED, resolve_shards
+from ..read.transforms import ImageTransform
+from ..schema import DatasetInfo, SampleError, trained_answers
 
 __all__ = ["ShardInspection", "inspect_shards"]
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 @dataclass
 class LoaderConfig:
-    """Every option of the training loader (see :mod:`vlcoattn.data.loader` for what each controls)."""
+    """Every option of the training loader (see :mod:`vlcoattn.data.read.loader` for what each controls)."""
 
     batch_size: int = 32  # per rank and micro-batch
     num_workers: int = 0  # DataLoader worker processes per rank (0: decode in the main process)

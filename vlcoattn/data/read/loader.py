@@ -53,10 +53,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
-from ..tasks import check_batchable
+from ...tasks import check_batchable
+from ..schema import BAD_REASONS, DatasetInfo, SampleError
 from .loader_config import LoaderConfig
 from .pipeline import Collator, SampleDecoder, decoder_and_collator, image_transform
-from .schema import BAD_REASONS, DatasetInfo, SampleError
 from .shards import ShardRef, answer_vocab_of, resolve_shards
 from .transforms import ImageTransform
 

@@ -7,8 +7,8 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from ..schema import DatasetInfo, SampleError
-from ..shards import ShardSink
+from ...schema import DatasetInfo, SampleError
+from ..sink import ShardSink
 from .common import (
     ImageStore,
     add_shard_command,

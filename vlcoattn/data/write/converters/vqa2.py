@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..answers import normalize_answer
-from ..schema import DatasetInfo
-from ..shards import ShardSink
+from ...answers import normalize_answer
+from ...schema import DatasetInfo
+from ..sink import ShardSink
 from .common import (
     ImageStore,
     add_shard_command,

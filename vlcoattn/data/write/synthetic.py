@@ -24,7 +24,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from .image import encode_image
+from ..image import encode_image
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLORS = {

@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 from PIL import Image
 from tqdm import tqdm
 
-from ..image import ImageDecodeError, decode_image, encode_image, image_format, image_size
-from ..schema import DatasetInfo, SampleError, sample_problems
-from ..shards import ShardSink
+from ...image import ImageDecodeError, decode_image, encode_image, image_format, image_size
+from ...schema import DatasetInfo, SampleError, sample_problems
+from ..sink import ShardSink
 
 BOX_FORMATS = ("xyxy", "xywh")
 

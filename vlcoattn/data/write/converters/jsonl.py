@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..answers import normalize_answer
-from ..schema import DatasetInfo, SampleError
-from ..shards import ShardSink
+from ...answers import normalize_answer
+from ...schema import DatasetInfo, SampleError
+from ..sink import ShardSink
 from .common import (
     BOX_FORMATS,
     ImageStore,
