@@ -196,7 +196,8 @@ def build_attention_mask(
     Masked entries get the dtype's minimum rather than -inf so a fully masked row (a padding
     query in a left-padded causal batch) stays finite instead of turning into NaN.
     """
-    no_padding = padding_mask is None or bool(padding_mask.all())
+    # under torch.compile the mask is always built: skipping it would make the graph depend on the data
+    no_padding = padding_mask is None or (not torch.compiler.is_compiling() and bool(padding_mask.all()))
     if no_padding and (not causal or query_len == 1):
         return None, False  # every key visible (one new token sees its whole past)
     if no_padding and past_len == 0:
