@@ -81,6 +81,21 @@ def test_constructors_leave_the_callers_config_alone():
     assert models[0].config is c  # only the causal LM, which must be causal, holds a copy
 
 
+def test_a_transformers_users_first_calls():
+    """Calls a BERT user makes without thinking: two heads from one config, hidden states asked for by
+    the call or by the config (SDPA model), a resized masked LM."""
+    kw = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    c = CooBertConfig(**kw)
+    CooBertForCausalLM(c)
+    CooBertForMaskedLM(c)
+    assert len(CooBertForMaskedLM(CooBertConfig(**kw))(ids, output_hidden_states=True).hidden_states) == 3
+    assert len(CooBertModel(CooBertConfig(**kw, output_hidden_states=True))(ids).hidden_states) == 3
+    m = CooBertForMaskedLM(CooBertConfig(**kw))
+    m.resize_token_embeddings(109)
+    assert m(ids).logits.shape == (1, 4, 109)
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [(dict(position_embedding_type="relative_key"), "position_embedding_type must be 'absolute'"),
