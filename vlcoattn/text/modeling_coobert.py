@@ -9,6 +9,9 @@ checkpoint maps onto CooBERT by renaming nothing but the attention projections
 - ``CooBertForMaskedLM``: BERT's MLM head, tied to the word embeddings;
 - ``CooBertForCausalLM``: causal encoder + LM head + ``GenerationMixin`` (KV cache: ``DynamicCache``
   holding ONE shared key head per layer and per-head values).
+
+Attention runs on SDPA by default, or on the explicit softmax (``attn_implementation="eager"``) that also
+returns each head's probabilities; ``output_hidden_states`` / ``output_attentions`` are recorded as in BERT.
 """
 
 from __future__ import annotations
@@ -397,7 +400,9 @@ class _CooBertLMBase(CooBertPreTrainedModel):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.cls.predictions.decoder = value
 
-    def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True) -> nn.Embedding:
+    def _resize_token_embeddings(
+        self, new_num_tokens: int | None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
         """transformers' resize of the embeddings and the decoder, plus the LM bias (kept, or cut, per token;
         new tokens start at 0, as the bias is initialised)."""
         embeddings = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
