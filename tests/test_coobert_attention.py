@@ -32,21 +32,26 @@ def explicit_mask(padding: torch.Tensor, causal: bool) -> torch.Tensor:
     return torch.where(visible, 0.0, -1e9)
 
 
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shared_key_dim", [12, 32, 5])
-def test_sdpa_matches_einsum_reference(causal, shared_key_dim):
+def test_sdpa_and_eager_match_einsum_reference(causal, shared_key_dim, implementation):
     attn = random_attention(K=shared_key_dim)
     x = torch.randn(3, 7, 32)
     padding = torch.ones(3, 7, dtype=torch.long)
     padding[1, 5:] = 0
     padding[2, 2:] = 0
     mask, is_causal = build_attention_mask(padding, 7, 0, causal, x.dtype)
-    fast = attn(x, mask, is_causal)
+    fast, fast_probs = attn(x, mask, is_causal, attn_implementation=implementation)
     ref, probs = collaborative_attention_reference(attn, x, explicit_mask(padding, causal))
     real = padding.bool()
     torch.testing.assert_close(fast[real], ref[real], atol=1e-5, rtol=1e-5)
     assert probs.shape == (3, 4, 7, 7)
     torch.testing.assert_close(probs.sum(-1), torch.ones(3, 4, 7))
+    if implementation == "sdpa":
+        assert fast_probs is None
+    else:  # the eager path's probabilities are the literal softmax, on every real query row
+        torch.testing.assert_close(fast_probs.transpose(1, 2)[real], probs.transpose(1, 2)[real], atol=1e-6, rtol=1e-5)
 
 
 def test_sdpa_is_causal_flag_path_matches_reference():
@@ -55,7 +60,8 @@ def test_sdpa_is_causal_flag_path_matches_reference():
     mask, is_causal = build_attention_mask(None, 6, 0, True, x.dtype)
     assert mask is None and is_causal  # the no-padding causal case uses SDPA's own masking
     ref, _ = collaborative_attention_reference(attn, x, explicit_mask(torch.ones(2, 6), True))
-    torch.testing.assert_close(attn(x, mask, is_causal), ref, atol=1e-5, rtol=1e-5)
+    for implementation in ("sdpa", "eager"):  # eager builds the causal mask SDPA's flag stands for
+        torch.testing.assert_close(attn(x, mask, is_causal, attn_implementation=implementation)[0], ref, atol=1e-5, rtol=1e-5)
 
 
 def test_concatenation_mixing_equals_standard_mha():
@@ -79,7 +85,7 @@ def test_concatenation_mixing_equals_standard_mha():
     padding[1, 6:] = 0
     mask, _ = build_attention_mask(padding, 9, 0, False, x.dtype)
     expected, _ = mha(x, x, x, key_padding_mask=~padding.bool(), need_weights=False)
-    torch.testing.assert_close(attn(x, mask), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attn(x, mask)[0], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_cp_factors_define_the_scores():

@@ -18,6 +18,8 @@ SDPA form. Appending one coordinate per head folds the content bias into a dot p
 
 so q'_i · k' = ((x W~_Q) ⊙ m_i) · (y W~_K) + C_i(y) and ``F.scaled_dot_product_attention(...,
 scale=scale)`` computes exactly the scores above; causal and padding masks need nothing extra.
+The eager path (``attn_implementation="eager"``) computes the same softmax explicitly and returns
+the per-head probabilities, as transformers' eager attention does.
 A KV cache stores k' (ONE head of width D~k + N_h) and the per-head values: at D=384, N_h=12,
 D~k=192 that is 204 key numbers per token and layer instead of BERT's 384.
 """
@@ -40,6 +42,34 @@ def concatenation_mixing(num_heads: int, shared_key_dim: int) -> torch.Tensor:
     """
     owner = torch.arange(shared_key_dim) * num_heads // shared_key_dim  # head owning each dimension
     return (owner[None, :] == torch.arange(num_heads)[:, None]).float()  # (N_h, D~k)
+
+
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def eager_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    is_causal: bool,
+    scale: float,
+    dropout: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SDPA call written out: softmax(q' k'^T * scale + mask) v, keeping the probabilities.
+
+    q (B, N_h, Tq, D~k + N_h), the shared key k (B, 1, Tk, D~k + N_h), v (B, N_h, Tk, d_h).
+    Returns (context (B, N_h, Tq, d_h), probabilities (B, N_h, Tq, Tk), before dropout).
+    """
+    scores = (q @ k.transpose(-1, -2)) * scale  # the one key head broadcasts over the heads
+    if is_causal and attn_mask is None:  # query i is the (Tk - Tq + i)-th key position
+        Tq, Tk = scores.shape[-2:]
+        visible = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq)
+        scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
+    if attn_mask is not None:
+        scores = scores + attn_mask
+    probs = scores.softmax(dim=-1)
+    return F.dropout(probs, dropout) @ v, probs
 
 
 class CollaborativeSelfAttention(nn.Module):
@@ -91,28 +121,38 @@ class CollaborativeSelfAttention(nn.Module):
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
         cache: Cache | None = None,
-    ) -> torch.Tensor:
-        """x (B, T, D) -> context (B, T, D), before the output projection.
+        attn_implementation: str = "sdpa",
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, D) -> (context (B, T, D) before the output projection, probabilities or None).
 
         attn_mask: additive float mask broadcastable to (B, N_h, T, T_past + T), or None.
         is_causal: lower-triangular masking without a mask tensor (only when there is no past).
         cache: a transformers ``Cache``; this layer appends its k' and v and attends over the whole
             cached sequence.
+        attn_implementation: "sdpa" (fused kernel, no probabilities) or "eager" (explicit softmax that
+            also returns the per-head probabilities (B, N_h, T, T_past + T)), as transformers names them.
         """
+        if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {attn_implementation!r}")
         B, T, _ = x.shape
         q, k, v = self.project(x)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        y = F.scaled_dot_product_attention(
-            q,
-            k.expand(-1, self.num_heads, -1, -1),  # the one shared key head, a stride-0 view
-            v,
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal and attn_mask is None,
-            scale=self.scale,
-        )  # (B, N_h, T, d_h)
-        return y.transpose(1, 2).reshape(B, T, -1)  # (B, T, D)
+        dropout = self.dropout if self.training else 0.0
+        probs = None
+        if attn_implementation == "eager":
+            y, probs = eager_attention(q, k, v, attn_mask, is_causal, self.scale, dropout)
+        else:
+            y = F.scaled_dot_product_attention(
+                q,
+                k.expand(-1, self.num_heads, -1, -1),  # the one shared key head, a stride-0 view
+                v,
+                attn_mask=attn_mask,
+                dropout_p=dropout,
+                is_causal=is_causal and attn_mask is None,
+                scale=self.scale,
+            )  # (B, N_h, T, d_h)
+        return y.transpose(1, 2).reshape(B, T, -1), probs  # (B, T, D)
 
     def kv_cache_numbers_per_token(self) -> tuple[int, int]:
         """(key, value) numbers one token adds to this layer's KV cache: D~k + N_h and D."""
@@ -156,7 +196,8 @@ def build_attention_mask(
     Masked entries get the dtype's minimum rather than -inf so a fully masked row (a padding
     query in a left-padded causal batch) stays finite instead of turning into NaN.
     """
-    no_padding = padding_mask is None or bool(padding_mask.all())
+    # under torch.compile the mask is always built: skipping it would make the graph depend on the data
+    no_padding = padding_mask is None or (not torch.compiler.is_compiling() and bool(padding_mask.all()))
     if no_padding and (not causal or query_len == 1):
         return None, False  # every key visible (one new token sees its whole past)
     if no_padding and past_len == 0:

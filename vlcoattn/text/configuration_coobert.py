@@ -18,6 +18,9 @@ class CooBertConfig(PreTrainedConfig):
         heads. ``None`` means ``hidden_size`` (the exact-conversion setting). The attention scale
         stays ``1/sqrt(hidden_size / num_attention_heads)`` whatever D~k is.
     is_decoder (`bool`): causal self-attention (used by ``CooBertForCausalLM``).
+
+    BERT options CooBERT does not implement are rejected rather than ignored: ``position_embedding_type``
+    other than "absolute" and ``add_cross_attention=True``.
     """
 
     model_type = "coobert"
@@ -41,6 +44,8 @@ class CooBertConfig(PreTrainedConfig):
     use_cache: bool = True
     classifier_dropout: float | int | None = None
     is_decoder: bool = False
+    add_cross_attention: bool = False
+    position_embedding_type: str = "absolute"
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
@@ -49,6 +54,11 @@ class CooBertConfig(PreTrainedConfig):
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "shared_key_dim", "max_position_embeddings"):
             check_positive(f"CooBertConfig.{name}", getattr(self, name))
+        if self.position_embedding_type != "absolute":
+            raise ValueError(f"CooBertConfig.position_embedding_type must be 'absolute' (CooBERT has no relative "
+                             f"position scores), got {self.position_embedding_type!r}")
+        if self.add_cross_attention:
+            raise ValueError("CooBertConfig.add_cross_attention must be False (CooBERT has no cross-attention)")
         check_multiple("CooBertConfig.hidden_size", self.hidden_size, self.num_attention_heads,
                        "one slice per num_attention_heads head")
         super().__post_init__(**kwargs)

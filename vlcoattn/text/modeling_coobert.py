@@ -9,10 +9,14 @@ checkpoint maps onto CooBERT by renaming nothing but the attention projections
 - ``CooBertForMaskedLM``: BERT's MLM head, tied to the word embeddings;
 - ``CooBertForCausalLM``: causal encoder + LM head + ``GenerationMixin`` (KV cache: ``DynamicCache``
   holding ONE shared key head per layer and per-head values).
+
+Attention runs on SDPA by default, or on the explicit softmax (``attn_implementation="eager"``) that also
+returns each head's probabilities; ``output_hidden_states`` / ``output_attentions`` are recorded as in BERT.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -30,9 +34,14 @@ from transformers.modeling_outputs import (
     MaskedLMOutput,
     SequenceClassifierOutput,
 )
+from transformers.utils import logging
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
 from .attention import CollaborativeSelfAttention, build_attention_mask, concatenation_mixing
 from .configuration_coobert import CooBertConfig
+
+logger = logging.get_logger(__name__)
 
 # transformers renamed the KV cache from ``past_key_values`` to ``cache`` (5.24: ``generate()`` passes
 # ``cache=`` and reads ``outputs.cache``; a model that only reads ``past_key_values`` silently decodes
@@ -105,8 +114,13 @@ class CooBertAttention(nn.Module):
         )
         self.output = CooBertSelfOutput(config)
 
-    def forward(self, x: torch.Tensor, attn_mask=None, is_causal=False, cache=None) -> torch.Tensor:
-        return self.output(self.self(x, attn_mask, is_causal, cache), x)
+    def forward(
+        self, x: torch.Tensor, attn_mask=None, is_causal=False, cache=None, attn_implementation: str = "sdpa"
+    ) -> torch.Tensor:
+        """The probabilities the eager path returns are recorded from ``self.self`` by the model's
+        ``output_attentions`` hooks; this block passes on the hidden states only."""
+        context, _ = self.self(x, attn_mask, is_causal, cache, attn_implementation)
+        return self.output(context, x)
 
 
 class CooBertIntermediate(nn.Module):
@@ -139,8 +153,10 @@ class CooBertLayer(GradientCheckpointingLayer):
         self.intermediate = CooBertIntermediate(config)
         self.output = CooBertOutput(config)
 
-    def forward(self, x: torch.Tensor, attn_mask=None, is_causal=False, cache=None) -> torch.Tensor:
-        x = self.attention(x, attn_mask, is_causal, cache)
+    def forward(
+        self, x: torch.Tensor, attn_mask=None, is_causal=False, cache=None, attn_implementation: str = "sdpa"
+    ) -> torch.Tensor:
+        x = self.attention(x, attn_mask, is_causal, cache, attn_implementation)
         return self.output(self.intermediate(x), x)
 
 
@@ -169,6 +185,15 @@ class CooBertPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["CooBertLayer"]
+    # output_hidden_states / output_attentions (call or config) are recorded by transformers' hooks, as in BERT:
+    # every block's output, and the probabilities the eager attention path returns
+    _can_record_outputs = {"hidden_states": CooBertLayer, "attentions": CollaborativeSelfAttention}
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """``set_attn_implementation("eager" | "sdpa")`` works: every call reads ``config._attn_implementation``
+        (transformers' own check looks for its attention-function registry in the module source)."""
+        return True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -195,6 +220,19 @@ class CooBertModel(CooBertPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
+    def attention_implementation(self, output_attentions: bool) -> str:
+        """The config's attention path, or "eager" for a call that asks for the probabilities (SDPA
+        cannot return them; BERT's SDPA path then returns none, CooBERT computes this call eagerly)."""
+        implementation = self.config._attn_implementation or "sdpa"
+        if output_attentions and implementation != "eager":
+            logger.warning_once(
+                "CooBERT: output_attentions=True runs this call on the eager attention path (SDPA returns no "
+                "probabilities); load with attn_implementation='eager' to make it the default"
+            )
+            return "eager"
+        return implementation
+
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -204,20 +242,23 @@ class CooBertModel(CooBertPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
         past_key_values: Cache | None = None,
-        return_dict: bool | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPoolingAndCrossAttentions | tuple:
+    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
         """input_ids (B, T) [or inputs_embeds (B, T, D)], attention_mask (B, T_past + T) of 1/0.
 
         Causal when ``config.is_decoder``; then ``use_cache`` returns a ``DynamicCache`` in the output's
         ``CACHE_FIELD`` (``cache``, or ``past_key_values`` before transformers 5.24; both names are
         accepted as input). Positions are ``T_past + arange(T)`` for the bidirectional encoder (as
         BERT) and count real tokens only in causal mode, so left-padded generation is correct.
+        ``output_hidden_states`` / ``output_attentions`` / ``return_dict`` (keywords, or the config's
+        defaults) work as in transformers; the attentions are (B, N_h, T, T_past + T) per layer.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if encoder_hidden_states is not None or kwargs.get("encoder_attention_mask") is not None:
+            raise ValueError("CooBERT has no cross-attention: encoder_hidden_states is not supported")
         causal = self.config.is_decoder
         if use_cache is None:
             use_cache = self.config.use_cache and causal
@@ -226,8 +267,7 @@ class CooBertModel(CooBertPreTrainedModel):
         cache = resolve_cache(cache, past_key_values)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
-        B, T = shape
+        B, T = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         past_len = cache.get_seq_length() if cache is not None else 0
         device = input_ids.device if input_ids is not None else inputs_embeds.device
 
@@ -238,20 +278,14 @@ class CooBertModel(CooBertPreTrainedModel):
                 position_ids = torch.arange(past_len, past_len + T, device=device)[None].expand(B, -1)
         x = self.embeddings(input_ids, position_ids, token_type_ids, inputs_embeds)  # (B, T, D)
         attn_mask, is_causal = build_attention_mask(attention_mask, T, past_len, causal, x.dtype)
-
-        hidden_states = [x] if output_hidden_states else None
+        implementation = self.attention_implementation(kwargs.get("output_attentions", self.config.output_attentions))
         for block in self.encoder.layer:
-            x = block(x, attn_mask, is_causal, cache)
-            if output_hidden_states:
-                hidden_states.append(x)
-        pooled = self.pooler(x) if self.pooler is not None else None
-        out = BaseModelOutputWithPoolingAndCrossAttentions(
+            x = block(x, attn_mask, is_causal, cache, implementation)
+        return BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=x,
-            pooler_output=pooled,
-            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+            pooler_output=self.pooler(x) if self.pooler is not None else None,
             **{CACHE_FIELD: cache if use_cache else None},
         )
-        return out if return_dict is not False else out.to_tuple()
 
 
 class CooBertForSequenceClassification(CooBertPreTrainedModel):
@@ -266,6 +300,7 @@ class CooBertForSequenceClassification(CooBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -275,16 +310,19 @@ class CooBertForSequenceClassification(CooBertPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         num_items_in_batch: int | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> SequenceClassifierOutput | tuple:
+    ) -> SequenceClassifierOutput:
         """num_items_in_batch: labelled rows in the whole optimizer step (micro-batches x ranks); the
-        single-label loss is then its sum over rows divided by it (default: the batch mean)."""
-        out = self.coobert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, use_cache=False)
+        single-label loss is then its sum over rows divided by it (default: the batch mean). Other
+        keywords (``output_hidden_states``, ``output_attentions``, ...) go to the encoder."""
+        out = self.coobert(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, use_cache=False, **kwargs
+        )
         logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
         loss = None if labels is None else self.classification_loss(logits, labels, num_items_in_batch)
-        result = SequenceClassifierOutput(loss=loss, logits=logits)
-        return result if return_dict is not False else result.to_tuple()
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
+        )
 
     def classification_loss(
         self, logits: torch.Tensor, labels: torch.Tensor, num_items: int | None = None
@@ -362,6 +400,19 @@ class _CooBertLMBase(CooBertPreTrainedModel):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.cls.predictions.decoder = value
 
+    def _resize_token_embeddings(
+        self, new_num_tokens: int | None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """transformers' resize of the embeddings and the decoder, plus the LM bias (kept, or cut, per token;
+        new tokens start at 0, as the bias is initialised)."""
+        embeddings = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        old = self.cls.predictions.bias
+        new = old.new_zeros(embeddings.num_embeddings)
+        n = min(old.numel(), new.numel())
+        new[:n] = old.detach()[:n]
+        self.cls.predictions.bias = nn.Parameter(new, requires_grad=old.requires_grad)
+        return embeddings
+
 
 class CooBertForMaskedLM(_CooBertLMBase):
     """Bidirectional CooBERT + MLM head; ``labels`` of -100 are ignored."""
@@ -371,6 +422,7 @@ class CooBertForMaskedLM(_CooBertLMBase):
             raise ValueError("CooBertForMaskedLM needs a bidirectional config (is_decoder=False)")
         super().__init__(config)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -379,25 +431,29 @@ class CooBertForMaskedLM(_CooBertLMBase):
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> MaskedLMOutput | tuple:
-        out = self.coobert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, use_cache=False)
+    ) -> MaskedLMOutput:
+        out = self.coobert(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, use_cache=False, **kwargs
+        )
         logits = self.cls(out.last_hidden_state)  # (B, T, V)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
-        result = MaskedLMOutput(loss=loss, logits=logits)
-        return result if return_dict is not False else result.to_tuple()
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
 class CooBertForCausalLM(_CooBertLMBase, GenerationMixin):
-    """Causal CooBERT + LM head, for ``generate()``. Sets ``config.is_decoder = True``."""
+    """Causal CooBERT + LM head, for ``generate()``. Always causal: a config with ``is_decoder=False`` is
+    copied with ``is_decoder=True`` (the caller's config is left as it is)."""
 
     def __init__(self, config: CooBertConfig) -> None:
-        config.is_decoder = True
+        if not config.is_decoder:
+            config = copy.deepcopy(config)
+            config.is_decoder = True
         super().__init__(config)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -410,10 +466,9 @@ class CooBertForCausalLM(_CooBertLMBase, GenerationMixin):
         labels: torch.Tensor | None = None,
         logits_to_keep: int = 0,
         num_items_in_batch: int | None = None,
-        return_dict: bool | None = None,
         past_key_values: Cache | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithCrossAttentions | tuple:
+    ) -> CausalLMOutputWithCrossAttentions:
         """labels (B, T): next-token targets are ``labels[:, 1:]`` (shifted here); -100 is ignored.
         num_items_in_batch: target tokens in the whole optimizer step; the loss is then the summed token
         NLL divided by it (default: the mean over this batch's targets)."""
@@ -421,7 +476,7 @@ class CooBertForCausalLM(_CooBertLMBase, GenerationMixin):
             use_cache = False
         out = self.coobert(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-            cache=resolve_cache(cache, past_key_values), use_cache=use_cache,
+            cache=resolve_cache(cache, past_key_values), use_cache=use_cache, **kwargs,
         )
         hidden = out.last_hidden_state
         if logits_to_keep:
@@ -435,5 +490,7 @@ class CooBertForCausalLM(_CooBertLMBase, GenerationMixin):
                 loss = F.cross_entropy(shifted, targets, ignore_index=-100)
             else:
                 loss = F.cross_entropy(shifted, targets, ignore_index=-100, reduction="sum") / max(num_items_in_batch, 1)
-        result = CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, **{CACHE_FIELD: output_cache(out)})
-        return result if return_dict is not False else result.to_tuple()
+        return CausalLMOutputWithCrossAttentions(
+            loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions,
+            **{CACHE_FIELD: output_cache(out)},
+        )
