@@ -635,7 +635,8 @@ def test_every_shipped_config_builds_its_model(path, minilm_dir):
     assert isinstance(model, job.spec.model_class_object()) and tokenizer.pad_token is not None
     assert sum(p.numel() for p in model.parameters()) > 1e6
     if job.spec.needs_images:
-        assert model.config.spatial_prior == job.model.config.get("spatial_prior", "gaussian")
+        prior = job.model.config.get("coattention_config", {}).get("spatial_prior", "gaussian")
+        assert model.config.coattention_config.spatial_prior == prior
         assert model.config.answer_vocab == ["yes", "no", "2"]
 
 
