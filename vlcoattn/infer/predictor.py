@@ -231,6 +231,14 @@ class Predictor:
                 setattr(image_processor, key, value)
         return cls.for_model(model, processor, task=task, name=str(model_dir))
 
+    def parse_row(self, row: dict[str, Any], n: int, root: Path, head: dict[str, Any]) -> Any:
+        """The input of one JSONL row (line ``n``; ``head`` gets the fields to echo); ValueError names
+        what is missing. Here a ``{"text"}`` row, what classification reads; subclasses read more."""
+        text = row.get("text")
+        if not isinstance(text, str):
+            raise ValueError(f"line {n}: needs a string 'text'")
+        return text
+
     def resolve_task(self, task: str = "auto") -> str:
         """The registered name of ``task``: ``auto`` -> the model's own task (``vqa``, ``ground``,
         ``vqa+ground``, ``cls``, ``lm``), an alias -> its task (``classify`` -> ``cls``); a task the model
@@ -280,11 +288,8 @@ class VisionPredictor(Predictor):
     """VQA (top-k answers), grounding (a box in original pixels) or both, with every token's prior."""
 
     def parse_row(self, row: dict[str, Any], n: int, root: Path, head: dict[str, Any]) -> Any:
-        """The input of one JSONL row (line ``n``; ``head`` gets the fields to echo); ValueError names
-        what is missing. Image-text rows: ``{"image", "text"}``, relative paths from ``root``."""
-        text = row.get("text")
-        if not isinstance(text, str):
-            raise ValueError(f"line {n}: needs a string 'text'")
+        """Image-text rows: ``{"image", "text"}``, relative paths from ``root``."""
+        text = super().parse_row(row, n, root, head)
         image = row.get("image")
         if not isinstance(image, str) or not image:
             raise ValueError(f"line {n}: needs an 'image' path")
@@ -398,12 +403,6 @@ class ClassifierPredictor(Predictor):
     def classify_batch(self, texts: Sequence[str], *, top_k: int = 5) -> list[dict[str, Any]]:
         """:meth:`classify` for many texts in one forward pass; a bad text gives ``{"error": ...}``."""
         return self._each(texts, lambda text, _i: _check_text(text), lambda good: self._run(good, top_k))
-
-    def parse_row(self, row: dict[str, Any], n: int, root: Path, head: dict[str, Any]) -> Any:
-        text = row.get("text")
-        if not isinstance(text, str):
-            raise ValueError(f"line {n}: needs a string 'text'")
-        return text
 
     def predict_rows(self, inputs: list[Any], task: str, top_k: int, generate_kwargs: dict[str, Any]) -> list[dict]:
         return self.classify_batch(inputs, top_k=top_k) if inputs else []
