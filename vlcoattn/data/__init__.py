@@ -30,6 +30,9 @@ key                 type / shape         present
 ``boxes``           float (B, 4)         if any "ground" sample: first box, cxcywh in [0, 1] of the
                                          letterboxed image
 ``box_mask``        bool (B,)            with boxes: True for "ground" rows
+``phrases``         list[list[dict]]     if any sample has phrases (any task): per row, each phrase's ``span``
+                                         (start, end) in ``texts``, ``boxes`` (K, 4) cxcywh in [0, 1] of
+                                         the letterboxed image, ``type`` / ``id`` if given
 ``answer_scores``   float (B, A)         if any "vqa" sample: official VQA accuracy of each answer
 ``answer_ids``      long (B,)            with answer_scores: majority answer index, -100 if none/OOV
 ``answers``         list[list[str]]      with answer_scores: all annotator answers (for the metric)

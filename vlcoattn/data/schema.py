@@ -6,7 +6,16 @@ A sample is ``__key__`` + an image member (``jpg``/``png``/..., absent for text-
      "answers": [str],                 # vqa: every annotator's answer (VQA v2 keeps all 10)
      "boxes": [[x0, y0, x1, y1]],      # pixels of the stored image after EXIF orientation; ground: >= 1
      "label": str,                     # cls
+     "phrases": [{"span": [start, end], "boxes": [[x0, y0, x1, y1]], "type": str, "id": str}],
+                                       # any image task: the objects that spans of ``text`` name
      "meta": {...}}                    # free-form provenance; "type": the kind of question / expression
+
+A phrase is a character span ``[start, end)`` of ``text`` (no space at either end; two phrases never
+share a character, so each token names at most one object) with the boxes of everything it names:
+``boxes: []`` marks a phrase with no box in the image (not visual, or the whole scene), which
+training and Recall@1 skip, as MDETR does. ``type`` is its kind, several joined by ``/`` as
+Flickr30k Entities writes them (``bodyparts/people``); ``id`` names the entity (Flickr30k's
+coreference chain across the captions of an image).
 
 :func:`sample_problems` lists everything wrong with a record; :func:`check_record` raises a
 :class:`SampleError` whose ``reason`` is one of :data:`BAD_REASONS` (the loader counts by it).
@@ -14,6 +23,7 @@ A sample is ``__key__`` + an image member (``jpg``/``png``/..., absent for text-
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -25,7 +35,9 @@ from typing import Any
 from ..tasks import get_task, sample_task_names
 
 TASKS = sample_task_names()  # what a sample's "task" may say: the registry's single tasks
-FIELDS = frozenset({"text", "task", "answers", "boxes", "label", "meta"})
+FIELDS = frozenset({"text", "task", "answers", "boxes", "label", "phrases", "meta"})
+PHRASE_FIELDS = frozenset({"span", "boxes", "type", "id"})
+TYPE_SEPARATOR = "/"  # a phrase of several types joins them, as Flickr30k Entities writes "bodyparts/people"
 log = logging.getLogger(__name__)
 _warned_fields: set[str] = set()  # unknown field names already warned about in this process
 BOX_TOLERANCE = 1.0  # pixels a box may stick out of the image (rounding in annotation tools)
@@ -58,26 +70,83 @@ class SampleError(ValueError):
         self.reason = reason
 
 
-def _box_problems(boxes: Any, image_size: tuple[int, int] | None) -> list[tuple[str, str]]:
+def _box_problems(boxes: Any, image_size: tuple[int, int] | None, name: str = "boxes") -> list[tuple[str, str]]:
     if not isinstance(boxes, list):
-        return [("bad_field", f"'boxes' must be a list of [x0, y0, x1, y1], got {type(boxes).__name__}")]
+        return [("bad_field", f"'{name}' must be a list of [x0, y0, x1, y1], got {type(boxes).__name__}")]
     problems = []
     for i, box in enumerate(boxes):
         if not (isinstance(box, (list, tuple)) and len(box) == 4):
-            problems.append(("bad_box", f"boxes[{i}] must be 4 numbers [x0, y0, x1, y1], got {box!r}"))
+            problems.append(("bad_box", f"{name}[{i}] must be 4 numbers [x0, y0, x1, y1], got {box!r}"))
             continue
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box):
-            problems.append(("bad_box", f"boxes[{i}] has a non-finite or non-numeric value: {box!r}"))
+            problems.append(("bad_box", f"{name}[{i}] has a non-finite or non-numeric value: {box!r}"))
             continue
         x0, y0, x1, y1 = box
         if x1 <= x0 or y1 <= y0:
-            problems.append(("bad_box", f"boxes[{i}] = {box!r} is empty or inverted (need x1 > x0, y1 > y0)"))
+            problems.append(("bad_box", f"{name}[{i}] = {box!r} is empty or inverted (need x1 > x0, y1 > y0)"))
         elif image_size is not None:
             w, h = image_size
             t = BOX_TOLERANCE
             if x0 < -t or y0 < -t or x1 > w + t or y1 > h + t:
-                problems.append(("bad_box", f"boxes[{i}] = {box!r} lies outside the {w}x{h} image"))
+                problems.append(("bad_box", f"{name}[{i}] = {box!r} lies outside the {w}x{h} image"))
     return problems
+
+
+def _span_problems(span: Any, text: Any, where: str) -> list[tuple[str, str]]:
+    """A span is [start, end) character offsets into ``text`` around a non-blank run of characters."""
+    if not (isinstance(span, (list, tuple)) and len(span) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in span)):
+        return [("bad_field", f"{where}.span must be [start, end] (two integers), got {span!r}")]
+    start, end = span
+    if not isinstance(text, str):
+        return []  # the text's own problem is reported already
+    if not 0 <= start < end <= len(text):
+        return [("bad_field", f"{where}.span {list(span)} lies outside the text (need 0 <= start < end <= "
+                              f"{len(text)})")]
+    words = text[start:end]
+    if words != words.strip():
+        return [("bad_field", f"{where}.span {list(span)} = {words!r} must start and end on a non-space character")]
+    return []
+
+
+def _overlap_problems(spans: list[tuple[int, int, int]]) -> list[tuple[str, str]]:
+    """Spans (start, end, phrase index) may not share a character: each token names at most one object."""
+    ordered = sorted(spans)
+    return [("bad_field", f"phrases[{b[2]}].span {list(b[:2])} overlaps phrases[{a[2]}].span {list(a[:2])}")
+            for a, b in itertools.pairwise(ordered) if b[0] < a[1]]
+
+
+def _phrase_problems(phrases: Any, text: Any, image_size: tuple[int, int] | None) -> list[tuple[str, str]]:
+    """Every way a ``phrases`` list breaks the schema (see the module docstring and docs/data.md)."""
+    if not isinstance(phrases, list):
+        return [("bad_field", f"'phrases' must be a list of objects, got {type(phrases).__name__}")]
+    problems: list[tuple[str, str]] = []
+    spans: list[tuple[int, int, int]] = []
+    for j, phrase in enumerate(phrases):
+        where = f"phrases[{j}]"
+        if not isinstance(phrase, Mapping):
+            problems.append(("bad_field", f"{where} must be an object, got {type(phrase).__name__}"))
+            continue
+        unknown = sorted(set(phrase) - PHRASE_FIELDS)
+        if unknown:
+            problems.append(("bad_field", f"{where} has unknown keys {unknown} (known: {sorted(PHRASE_FIELDS)})"))
+        span_problems = _span_problems(phrase.get("span"), text, where)
+        problems += span_problems
+        if not span_problems and isinstance(text, str):
+            spans.append((phrase["span"][0], phrase["span"][1], j))
+        if "boxes" not in phrase:
+            problems.append(("bad_field", f"{where} needs 'boxes' (a list; [] for a phrase with no box)"))
+        else:
+            problems += _box_problems(phrase["boxes"], image_size, f"{where}.boxes")
+        for key in ("type", "id"):
+            if key in phrase and not (isinstance(phrase[key], str) and phrase[key].strip()):
+                problems.append(("bad_field", f"{where}.{key} must be a non-empty string, got {phrase[key]!r}"))
+    return problems + _overlap_problems(spans)
+
+
+def phrase_types(phrase: Mapping[str, Any]) -> list[str]:
+    """The types of a phrase (``"bodyparts/people"`` -> ``["bodyparts", "people"]``; none: ``[]``)."""
+    return [t for t in phrase.get("type", "").split(TYPE_SEPARATOR) if t]
 
 
 def sample_problems(
@@ -106,6 +175,8 @@ def sample_problems(
         problems.append(("bad_field", f"'answers' must be a list of non-empty strings, got {answers!r}"))
     if "boxes" in record:
         problems += _box_problems(record["boxes"], image_size)
+    if "phrases" in record:
+        problems += _phrase_problems(record["phrases"], text, image_size)
     label = record.get("label")
     if label is not None and not (isinstance(label, str) and label.strip()):
         problems.append(("bad_field", f"'label' must be a non-empty string, got {label!r}"))

@@ -33,7 +33,7 @@ from ..image import (
 )
 from ..schema import SampleError, check_record
 from .loader_config import LoaderConfig
-from .transforms import ImageTransform, Letterbox, normalize_boxes
+from .transforms import ImageTransform, Letterbox, follow_spans, normalize_boxes
 
 
 def _parse_json(raw: dict[str, Any]) -> dict[str, Any]:
@@ -86,11 +86,34 @@ def letterbox_image(
     return pixels, boxes, texts, params
 
 
+def phrase_boxes(record: dict[str, Any]) -> np.ndarray:
+    """The record's ``boxes`` and then every phrase's, stacked (N, 4) xyxy pixels: one array through the
+    transform, so a crop keeps them all whole and a flip moves them all (:func:`carry_phrases` splits it)."""
+    groups = [record.get("boxes", []), *(p["boxes"] for p in record.get("phrases", ()))]
+    return np.concatenate([np.asarray(g, dtype=np.float64).reshape(-1, 4) for g in groups])
+
+
+def carry_phrases(
+    phrases: Sequence[dict[str, Any]], text: str, new_text: str, boxes: np.ndarray, out_w: int, out_h: int
+) -> list[dict[str, Any]]:
+    """The record's ``phrases`` after the transform: spans moved from ``text`` onto ``new_text`` (the
+    flip swaps left/right), boxes (the phrases' rows of the transformed stack, in order) as normalized
+    cxcywh (K, 4) of the ``out_w x out_h`` canvas; ``type`` and ``id`` as they were."""
+    spans = follow_spans(text, new_text, [p["span"] for p in phrases])
+    out, row = [], 0
+    for phrase, span in zip(phrases, spans):
+        k = len(phrase["boxes"])
+        carried = {key: phrase[key] for key in ("type", "id") if key in phrase}
+        out.append({"span": span, "boxes": normalize_boxes(boxes[row:row + k], out_w, out_h), **carried})
+        row += k
+    return out
+
+
 @dataclass(frozen=True)
 class SampleDecoder:
     """Raw sample -> dict with ``key``, ``task``, ``text``, ``meta`` and, as present, ``pixels`` (uint8
-    3xHxW), ``letterbox`` (8,), ``box`` (4,) normalized cxcywh, ``answers``, ``label``. Without a
-    ``transform`` (text-only models) image members are ignored."""
+    3xHxW), ``letterbox`` (8,), ``box`` (4,) normalized cxcywh, ``answers``, ``label``, ``phrases`` (see
+    :func:`carry_phrases`). Without a ``transform`` (text-only models) image members and phrases are ignored."""
 
     transform: ImageTransform | None
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -118,17 +141,21 @@ class SampleDecoder:
         except ImageDecodeError as e:
             raise SampleError("bad_image", str(e)) from e
         check_record(record, image_size=(orig_w, orig_h))  # boxes inside the image
-        boxes = np.asarray(record.get("boxes", []), dtype=np.float64).reshape(-1, 4)
         rng = random.Random(f"{self.seed}:{pass_index}:{sample['key']}") if self.transform.augment else None
         try:
             pixels, boxes, texts, params = letterbox_image(
-                image_bytes, self.transform, self.max_pixels, self.fast_decode, boxes, [record["text"], *answers], rng
+                image_bytes, self.transform, self.max_pixels, self.fast_decode, phrase_boxes(record),
+                [record["text"], *answers], rng,
             )
         except ImageDecodeError as e:
             raise SampleError("bad_image", str(e)) from e
         sample.update(text=texts[0], answers=texts[1:], pixels=pixels, letterbox=params.as_tensor().float())
-        if len(boxes):
+        if record.get("boxes"):
             sample["box"] = normalize_boxes(boxes[:1], params.out_w, params.out_h)[0]
+        if record.get("phrases"):
+            rows = len(record.get("boxes", []))
+            sample["phrases"] = carry_phrases(record["phrases"], record["text"], texts[0], boxes[rows:],
+                                              params.out_w, params.out_h)
         return sample
 
 
@@ -192,6 +219,8 @@ class Collator:
         }
         if any("pixels" in s for s in samples):
             batch.update(self._images(samples))
+        if any("phrases" in s for s in samples):  # any task's samples may carry them
+            batch["phrases"] = [s.get("phrases", []) for s in samples]
         check_batchable(tasks)
         for name in sample_task_names():  # each task present fills its own target fields (see vlcoattn.tasks)
             spec = get_task(name)

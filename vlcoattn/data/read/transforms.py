@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import astuple, dataclass
 
 import numpy as np
@@ -122,15 +123,51 @@ def normalize_boxes(boxes: np.ndarray, width: int, height: int) -> torch.Tensor:
 _LEFT_RIGHT = re.compile(r"\b(left|right)", re.IGNORECASE)
 
 
+Span = tuple[int, int]  # [start, end) character offsets into a text
+
+
+def _swapped(word: str) -> str:
+    new = "right" if word.lower() == "left" else "left"
+    return new.upper() if word.isupper() else new.capitalize() if word[0].isupper() else new
+
+
 def swap_left_right(text: str) -> str:
     """Swap the words left/right (also leftmost, left-hand, ...) keeping their case."""
+    return _LEFT_RIGHT.sub(lambda m: _swapped(m.group(1)), text)
 
-    def swap(match: re.Match[str]) -> str:
-        word = match.group(1)
-        new = "right" if word.lower() == "left" else "left"
-        return new.upper() if word.isupper() else new.capitalize() if word[0].isupper() else new
 
-    return _LEFT_RIGHT.sub(swap, text)
+def swap_left_right_spans(text: str, spans: Sequence[Span]) -> tuple[str, list[Span]]:
+    """:func:`swap_left_right` of ``text`` and ``spans`` moved with the words they cover ("left" has 4
+    characters, "right" 5, so every offset after a swapped word shifts by one). A span edge inside a
+    swapped word moves to that word's edge."""
+    edits = []  # (old start, old end, new start, new end) of each swapped word
+    shift = 0
+    for m in _LEFT_RIGHT.finditer(text):
+        delta = len(_swapped(m.group(1))) - len(m.group(1))
+        edits.append((m.start(), m.end(), m.start() + shift, m.end() + shift + delta))
+        shift += delta
+
+    def moved(pos: int, is_end: bool) -> int:
+        out = pos
+        for old0, old1, new0, new1 in edits:
+            if old0 < pos < old1:
+                return new1 if is_end else new0
+            if old1 <= pos:
+                out = pos + (new1 - old1)
+        return out
+
+    return swap_left_right(text), [(moved(a, False), moved(b, True)) for a, b in spans]
+
+
+def follow_spans(before: str, after: str, spans: Sequence[Span]) -> list[Span]:
+    """``spans`` of ``before`` moved onto ``after``: ``before`` itself, or its left/right swap (the
+    transform's one rewrite of a text, see :class:`ImageTransform`). Other texts are a ValueError."""
+    if after == before:
+        return [tuple(s) for s in spans]
+    swapped, moved = swap_left_right_spans(before, spans)
+    if swapped != after:
+        raise ValueError(f"{after!r} is neither {before!r} nor its left/right swap: the spans cannot follow")
+    return moved
 
 
 def hflip(image: Image.Image, boxes: np.ndarray) -> tuple[Image.Image, np.ndarray]:

@@ -218,6 +218,80 @@ def describe(desc: Description, plural: bool = False) -> str:
     return " ".join([*words, noun + "s" if plural else noun])
 
 
+Part = str | tuple[str, str]  # literal words, or (words, role) of a phrase that names objects
+Span = tuple[int, int, str]  # [start, end) of a phrase in the rendered text, and its role
+
+
+def render(parts: Sequence[Part]) -> tuple[str, list[Span]]:
+    """Join ``parts`` into a text and the spans of its phrases: the one way every text is built, so each
+    phrase's offsets are known exactly rather than searched for."""
+    text, spans = "", []
+    for part in parts:
+        words = part if isinstance(part, str) else part[0]
+        if not isinstance(part, str):
+            spans.append((len(text), len(text) + len(words), part[1]))
+        text += words
+    return text, spans
+
+
+def question_parts(kind: str, program: dict[str, Any]) -> list[Part]:
+    """The words of a question of type ``kind`` asking ``program``; its phrases are ``target`` and ``anchor``."""
+    target = describe(program["target"])
+    if kind == "attribute":
+        return ["What ", program["ask"], " is ", ("the " + target, "target"), "?"]
+    if kind == "count":
+        return ["How many ", (describe(program["target"], plural=True), "target"), " are there?"]
+    if kind == "exists":
+        return ["Is there ", ("a " + target, "target"), "?"]
+    if kind == "spatial":
+        rel = program["relation"]
+        return ["Is ", ("the " + target, "target"), f" {RELATIONS[rel['dir']]} ",
+                ("the " + describe(rel["anchor"]), "anchor"), "?"]
+    raise ValueError(f"unknown question type {kind!r}")
+
+
+def expression_parts(program: dict[str, Any]) -> list[Part]:
+    """The words of a referring expression: "the <target>" (a superlative inside it), then "<relation>
+    the <anchor>" for a relational one."""
+    if program.get("superlative"):
+        return [(f"the {SUPERLATIVES[program['superlative']]} {describe(program['target'])}", "target")]
+    rel = program.get("relation")
+    anchor = [f" {RELATIONS[rel['dir']]} ", ("the " + describe(rel["anchor"]), "anchor")] if rel else []
+    return [("the " + describe(program["target"]), "target"), *anchor]
+
+
+def program_phrases(
+    objects: Sequence[SceneObject], program: dict[str, Any], spans: Sequence[Span], referent: int | None = None
+) -> list[dict[str, Any]]:
+    """The ``phrases`` of a text rendered from ``program`` (sample schema): the ``target`` phrase boxes
+    ``referent`` (a referring expression's object) or, in a question, every object its description
+    matches (none for "Is there a ...?" answered no); the ``anchor`` phrase boxes the anchor."""
+    phrases = []
+    for start, end, role in spans:
+        if role == "anchor":
+            named = _matching(objects, program["relation"]["anchor"])
+        else:
+            named = [referent] if referent is not None else _matching(objects, program["target"])
+        phrases.append({"span": [start, end], "boxes": [list(objects[i].box) for i in named], "type": role})
+    return phrases
+
+
+def scene_caption(objects: Sequence[SceneObject], image_size: int) -> tuple[str, list[dict[str, Any]]]:
+    """A caption naming every object once, left to right ("a small red square left of a large blue circle
+    and a small green diamond"), and its ``phrases``: one per object, with its box and its index as ``id``.
+    Consecutive objects are joined by "left of" where their centres lie a clear margin apart, else "and"."""
+    order = sorted(range(len(objects)), key=lambda i: objects[i].center)
+    parts: list[Part] = []
+    for k, i in enumerate(order):
+        if k:
+            apart = relation_margin(objects[i], objects[order[k - 1]], "right") >= _margin(image_size)
+            parts.append(" left of " if apart else " and ")
+        obj = objects[i]
+        parts.append(("a " + describe({"size": obj.size, "color": obj.color, "shape": obj.shape}), str(i)))
+    text, spans = render(parts)
+    return text, [{"span": [a, b], "boxes": [list(objects[int(i)].box)], "id": i} for a, b, i in spans]
+
+
 def _subsets(obj: SceneObject, exclude: str | None = None) -> list[Description]:
     """Descriptions of ``obj`` from fewest attributes to all, shape-bearing ones first."""
     keys = [k for k in ATTRIBUTES if k != exclude]
@@ -313,9 +387,7 @@ def _relational_ref(
     # prefer targets that are ambiguous on their own: there the relation does the work
     ambiguous = [p for p in options if len(_matching(objects, p["target"])) > 1]
     program = rng.choice(ambiguous or options)
-    rel = program["relation"]
-    text = f"the {describe(program['target'])} {RELATIONS[rel['dir']]} the {describe(rel['anchor'])}"
-    return text, program
+    return render(expression_parts(program))[0], program
 
 
 def _superlative_ref(
@@ -334,7 +406,7 @@ def _superlative_ref(
     if not options:
         return None
     program = rng.choice(options)
-    return f"the {SUPERLATIVES[program['superlative']]} {describe(program['target'])}", program
+    return render(expression_parts(program))[0], program
 
 
 def referring_expression(
@@ -347,7 +419,7 @@ def referring_expression(
     for kind in kinds:
         if kind == "attribute":
             desc = _unique_description(objects, t)
-            found = (f"the {describe(desc)}", {"target": desc}) if desc else None
+            found = (render(expression_parts({"target": desc}))[0], {"target": desc}) if desc else None
         elif kind == "relational":
             found = _relational_ref(objects, t, rng, margin)
         else:
@@ -373,21 +445,18 @@ def _question(
         desc = _unique_description(objects, t, exclude=asked)
         if desc is None:
             return None
-        return (
-            f"What {asked} is the {describe(desc)}?",
-            getattr(objects[t], asked),
-            {"target": desc, "ask": asked},
-        )
+        program = {"target": desc, "ask": asked}
+        return render(question_parts(kind, program))[0], getattr(objects[t], asked), program
     if kind == "count":
         desc = _random_description(rng) if rng.random() < 0.3 else rng.choice(_subsets(rng.choice(objects)))
         count = len(_matching(objects, desc))
-        return f"How many {describe(desc, plural=True)} are there?", str(count), {"target": desc}
+        return render(question_parts(kind, {"target": desc}))[0], str(count), {"target": desc}
     if kind == "exists":
         want = rng.random() < 0.5
         for _ in range(20):
             desc = rng.choice(_subsets(rng.choice(objects))) if want else _random_description(rng)
             if bool(_matching(objects, desc)) == want:
-                return f"Is there a {describe(desc)}?", "yes" if want else "no", {"target": desc}
+                return render(question_parts(kind, {"target": desc}))[0], "yes" if want else "no", {"target": desc}
         return None
     if kind == "spatial":
         margin = _margin(image_size)
@@ -399,8 +468,8 @@ def _question(
             if da is None or db is None or not _clear_margin(objects, [a], objects[b], direction, margin):
                 continue
             answer = "yes" if relation_holds(objects[a], objects[b], direction) else "no"
-            text = f"Is the {describe(da)} {RELATIONS[direction]} the {describe(db)}?"
-            return text, answer, {"target": da, "relation": {"dir": direction, "anchor": db}}
+            program = {"target": da, "relation": {"dir": direction, "anchor": db}}
+            return render(question_parts(kind, program))[0], answer, program
         return None
     raise ValueError(f"unknown question type {kind!r}")
 
@@ -443,9 +512,9 @@ def generate_scene(seed: int, split: str, index: int, config: SyntheticConfig) -
                 text, answer, program = found
                 asked.add(text)
                 meta = {"type": attempt_kind, "program": program, "objects": described}
-                scene.records.append(
-                    (f"q{j}", {"task": "vqa", "text": text, "answers": [answer], "meta": meta})
-                )
+                phrases = program_phrases(objects, program, render(question_parts(attempt_kind, program))[1])
+                record = {"task": "vqa", "text": text, "answers": [answer], "phrases": phrases, "meta": meta}
+                scene.records.append((f"q{j}", record))
                 break
     targets = list(range(len(objects)))
     rng.shuffle(targets)
@@ -459,7 +528,9 @@ def generate_scene(seed: int, split: str, index: int, config: SyntheticConfig) -
         if found:
             ref_type, text, program = found
             meta = {"type": ref_type, "program": program, "object": t, "objects": described}
-            record = {"task": "ground", "text": text, "boxes": [list(objects[t].box)], "meta": meta}
+            phrases = program_phrases(objects, program, render(expression_parts(program))[1], referent=t)
+            record = {"task": "ground", "text": text, "boxes": [list(objects[t].box)], "phrases": phrases,
+                      "meta": meta}
             scene.records.append((f"r{refs}", record))
             refs += 1
     return scene
