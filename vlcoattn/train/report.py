@@ -43,7 +43,7 @@ def plot_curves(metrics: Sequence[dict[str, Any]], out: str | Path) -> Path:
 
 def plot_examples(examples: Sequence[dict[str, Any]], out: str | Path, cols: int = 4) -> Path:
     """Grid of validation images: true box green, predicted box red, the [CLS] prior as a faint
-    heatmap; the title holds the text and the predicted vs true answer (or the answer / label alone,
+    heatmap, phrases' boxes dashed in a colour per phrase with its words; the title holds the text and the predicted vs true answer (or the answer / label alone,
     for shard previews). A text-only sample gets a blank panel with its title."""
     rows = max(1, -(-len(examples) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.7 * rows), squeeze=False)
@@ -65,6 +65,7 @@ def plot_examples(examples: Sequence[dict[str, Any]], out: str | Path, cols: int
             if key in ex:
                 x0, y0, x1, y1 = ex[key]
                 ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color=color, lw=2))
+        _draw_phrases(ax, ex.get("phrases", ()))
         title = textwrap.fill(ex["text"], 34)
         truth = max(set(ex["answers"]), key=ex["answers"].count) if ex.get("answers") else "?"
         if "pred_answer" in ex:
@@ -78,6 +79,16 @@ def plot_examples(examples: Sequence[dict[str, Any]], out: str | Path, cols: int
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return Path(out)
+
+
+def _draw_phrases(ax: Any, phrases: Sequence[dict[str, Any]]) -> None:
+    """Each phrase's boxes (xyxy pixels) dashed in a colour of its own, labelled with its words."""
+    for k, phrase in enumerate(phrases):
+        color = plt.get_cmap("tab10")(k % 10)
+        for x0, y0, x1, y1 in phrase["boxes"]:
+            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color=color, lw=1.5, ls="--"))
+            ax.text(x0, y0, phrase["text"], color="white", fontsize=6, va="bottom",
+                    bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "lw": 0})
 
 
 def _baseline_table(final: dict[str, dict[str, float]]) -> list[str]:

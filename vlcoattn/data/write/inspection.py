@@ -19,7 +19,7 @@ from ..read.loader import read_shard
 from ..read.pipeline import SampleDecoder
 from ..read.shards import SCANNED, resolve_shards
 from ..read.transforms import ImageTransform
-from ..schema import DatasetInfo, SampleError, trained_answers
+from ..schema import DatasetInfo, SampleError, phrase_types, trained_answers
 
 __all__ = ["ShardInspection", "inspect_shards"]
 
@@ -37,6 +37,8 @@ class ShardInspection:
     tasks: Counter[str] = field(default_factory=Counter)  # usable samples per task
     answers: Counter[str] = field(default_factory=Counter)  # annotator answers of usable VQA samples
     labels: Counter[str] = field(default_factory=Counter)
+    phrases: Counter[str] = field(default_factory=Counter)  # "samples" with phrases, "phrases", "without_box"
+    phrase_types: Counter[str] = field(default_factory=Counter)  # phrases per type (a multi-type one in each)
     bad: Counter[str] = field(default_factory=Counter)  # reason -> samples
     bad_examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> "key: message", a few
     previews: list[dict[str, Any]] = field(default_factory=list)  # the first usable samples, to look at
@@ -66,7 +68,20 @@ class ShardInspection:
             lines.append(f"answers: {len(self.answers)} distinct; most given: {common}")
         if self.labels:
             lines.append("labels: " + ", ".join(f"{label} {n}" for label, n in sorted(self.labels.items())))
-        return "\n".join(lines)
+        return "\n".join(lines + self._phrase_lines(top))
+
+    def _phrase_lines(self, top: int) -> list[str]:
+        """The phrase counts and types, then each preview's phrases: its words and how many boxes."""
+        if not self.phrases:
+            return []
+        p = self.phrases
+        lines = [f"phrases: {p['phrases']} in {p['samples']} samples ({p['without_box']} without a box)"]
+        if self.phrase_types:
+            lines.append("phrase types: " + ", ".join(f"{t} {n}" for t, n in self.phrase_types.most_common(top)))
+        for preview in (pv for pv in self.previews if pv.get("phrases")):
+            listed = "; ".join(f"[{ph['text']}] {len(ph['boxes'])} box(es)" for ph in preview["phrases"])
+            lines.append(f"  {preview['key']}: {preview['text']!r}: {listed}")
+        return lines
 
 
 def inspect_shards(
@@ -79,8 +94,8 @@ def inspect_shards(
 ) -> ShardInspection:
     """Read every sample of ``source`` (a shard dir, dataset.json or URL pattern) once; count tasks,
     answers and labels of the usable ones and the bad ones by reason, and keep the first ``show``
-    usable samples letterboxed at ``image_size`` (``image``, ``text``, ``task``, ``true_box`` in its
-    pixels, ``answers``, ``label``) to look at."""
+    usable samples letterboxed at ``image_size`` (``key``, ``image``, ``text``, ``task``, ``true_box`` in its
+    pixels, ``answers``, ``label``, ``phrases``: words and boxes in its pixels) to look at."""
     shards, infos = resolve_shards(source)
     declared = [info for info in infos if info.source != SCANNED]
     result = ShardInspection(str(source), declared[0] if len(declared) == 1 else None, shards=len(shards))
@@ -105,19 +120,35 @@ def inspect_shards(
                 result.answers.update(sample["answers"])
             if "label" in sample:
                 result.labels[sample["label"]] += 1
+            _count_phrases(result, sample.get("phrases", ()))
             if len(result.previews) < show:
                 result.previews.append(_preview(sample, image_size))
     bar.close()
     return result
 
 
+def _count_phrases(result: ShardInspection, phrases: Any) -> None:
+    if not phrases:
+        return
+    result.phrases.update(samples=1, phrases=len(phrases), without_box=sum(len(p["boxes"]) == 0 for p in phrases))
+    result.phrase_types.update(t for p in phrases for t in phrase_types(p))
+
+
+def _xyxy(box: Any, size: int) -> list[float]:
+    """Normalized cxcywh -> xyxy pixels of the ``size`` x ``size`` preview canvas."""
+    cx, cy, w, h = (float(v) * size for v in box)
+    return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+
+
 def _preview(sample: dict[str, Any], size: int) -> dict[str, Any]:
-    preview = {"text": sample["text"], "task": sample["task"]}
+    preview = {"key": sample["key"], "text": sample["text"], "task": sample["task"]}
     if "pixels" in sample:
         preview["image"] = sample["pixels"].permute(1, 2, 0).numpy()
     if "box" in sample:
-        cx, cy, w, h = (float(v) * size for v in sample["box"])
-        preview["true_box"] = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+        preview["true_box"] = _xyxy(sample["box"], size)
+    if sample.get("phrases"):  # each phrase's words and boxes, drawn in a colour of their own
+        preview["phrases"] = [{"text": sample["text"][slice(*p["span"])], "boxes": [_xyxy(b, size) for b in p["boxes"]]}
+                              for p in sample["phrases"]]
     if trained_answers(sample):
         preview["answers"] = sample["answers"]
     if "label" in sample:
