@@ -293,3 +293,42 @@ def test_synthetic_shards_decode_with_their_phrases(tmp_path):
             if original["boxes"]:
                 expected = box_convert(torch.tensor(original["boxes"], dtype=torch.float32), "xyxy", "cxcywh") / 48
                 torch.testing.assert_close(phrase["boxes"], expected)
+
+
+# ----------------------------------------------------------------------------- inspect
+
+
+def test_inspect_counts_lists_and_draws_the_phrases(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from vlcoattn.data.write.converters import write_synthetic
+    from vlcoattn.data.write.inspection import inspect_shards
+    from vlcoattn.train.report import _draw_phrases, plot_examples
+
+    config = SyntheticConfig(image_size=48)
+    write_synthetic(tmp_path, 4, seed=0, config=config, progress=False)
+    records = {key: record for key, _, _, record in synthetic_samples("train", 4, 0, config)}
+    phrases = [p for r in records.values() for p in r["phrases"]]
+    found = inspect_shards(str(tmp_path / "train"), show=3, image_size=48, progress=False)
+    without = sum(not p["boxes"] for p in phrases)
+    report = found.report()
+    assert f"phrases: {len(phrases)} in {len(records)} samples ({without} without a box)" in report
+    targets = sum(p["type"] == "target" for p in phrases)
+    assert f"phrase types: target {targets}, anchor {len(phrases) - targets}" in report
+    for preview in found.previews:
+        record = records[preview["key"]]
+        assert [p["text"] for p in preview["phrases"]] == [record["text"][slice(*p["span"])] for p in record["phrases"]]
+        for shown, phrase in zip(preview["phrases"], record["phrases"]):  # a 48 px image on a 48 px canvas
+            torch.testing.assert_close(torch.tensor(shown["boxes"]).reshape(-1, 4),
+                                       torch.tensor(phrase["boxes"], dtype=torch.float32).reshape(-1, 4))
+        listed = "; ".join(f"[{p['text']}] {len(p['boxes'])} box(es)" for p in preview["phrases"])
+        assert f"  {preview['key']}: {record['text']!r}: {listed}" in report.splitlines()
+    shown = [p for preview in found.previews for p in preview["phrases"]]
+    fig, ax = plt.subplots()
+    _draw_phrases(ax, shown)
+    assert len(ax.patches) == sum(len(p["boxes"]) for p in shown)
+    assert [t.get_text() for t in ax.texts] == [p["text"] for p in shown for _ in p["boxes"]]
+    colours = [tuple(patch.get_edgecolor()) for patch in ax.patches]
+    assert len(set(colours)) == min(10, sum(bool(p["boxes"]) for p in shown))  # one colour per phrase
+    plt.close(fig)
+    assert plot_examples(found.previews, tmp_path / "inspect.png").stat().st_size > 0
