@@ -332,3 +332,23 @@ def test_inspect_counts_lists_and_draws_the_phrases(tmp_path):
     assert len(set(colours)) == min(10, sum(bool(p["boxes"]) for p in shown))  # one colour per phrase
     plt.close(fig)
     assert plot_examples(found.previews, tmp_path / "inspect.png").stat().st_size > 0
+
+
+def test_jsonl_phrase_boxes_follow_the_box_format_and_the_downscale(tmp_path):
+    from vlcoattn.data.read.loader import read_shard
+    from vlcoattn.data.write.converters import convert_jsonl
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (64, 48), (0, 90, 0)).save(tmp_path / "img" / "a.png")
+    record = {"image": "a.png", "task": "ground", "text": TEXT, "boxes": [[4, 6, 16, 16]],  # xywh
+              "phrases": [{"span": [0, 14], "boxes": [[4, 6, 16, 16]]},
+                          {"span": [23, 38], "boxes": [[30, 8, 14, 22], [40, 2, 20, 10]], "type": "anchor"}]}
+    (tmp_path / "in.jsonl").write_text(json.dumps(record) + "\n")
+    info = convert_jsonl(tmp_path / "in.jsonl", tmp_path / "img", tmp_path / "out", box_format="xywh",
+                         max_side=32, progress=False)
+    assert info.num_samples == 1 and not info.skipped
+    (raw,) = read_shard(str(tmp_path / "out" / "shard-000000.tar"), 0, 1)
+    written = json.loads(raw["json"])
+    half = [[2, 3, 10, 11]]  # [x, y, x + w, y + h] / 2
+    assert written["boxes"] == half and written["phrases"][0]["boxes"] == half
+    assert written["phrases"][1] == {"span": [23, 38], "boxes": [[15, 4, 22, 15], [20, 1, 30, 6]], "type": "anchor"}

@@ -7,7 +7,7 @@ import argparse
 import functools
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,6 +67,16 @@ def xywh_to_xyxy(box: Sequence[float]) -> list[float]:
     return [x, y, x + w, y + h]
 
 
+def map_boxes(record: dict[str, Any], fn: Callable[[Any], list[float]]) -> None:
+    """Replace every box of ``record`` by ``fn(box)``, in place: its ``boxes`` and each phrase's (where
+    they are lists; a malformed record is left for the schema check to name)."""
+    if isinstance(record.get("boxes"), list):
+        record["boxes"] = [fn(box) for box in record["boxes"]]
+    for phrase in record["phrases"] if isinstance(record.get("phrases"), list) else ():
+        if isinstance(phrase, dict) and isinstance(phrase.get("boxes"), list):
+            phrase["boxes"] = [fn(box) for box in phrase["boxes"]]
+
+
 def write_image_sample(
     sink: ShardSink, store: ImageStore, key: str, relpath: str, record: dict[str, Any]
 ) -> None:
@@ -76,8 +86,8 @@ def write_image_sample(
     except SampleError as e:
         sink.skip(e.reason, f"{key}: {e}")
         return
-    if scale != 1.0 and "boxes" in record and not sample_problems(record):  # sink.add reports bad ones
-        record["boxes"] = [[round(v * scale, 2) for v in box] for box in record["boxes"]]
+    if scale != 1.0 and not sample_problems(record):  # sink.add reports bad ones
+        map_boxes(record, lambda box: [round(v * scale, 2) for v in box])
     sink.add(key, record, data, ext, size)
 
 

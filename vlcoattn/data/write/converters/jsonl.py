@@ -13,6 +13,7 @@ from .common import (
     BOX_FORMATS,
     ImageStore,
     add_shard_command,
+    map_boxes,
     progress_bar,
     report,
     sink_options,
@@ -37,7 +38,8 @@ def convert_jsonl(
 ) -> DatasetInfo:
     """Generic JSONL: one object per line with ``text``, ``task`` and, as the task needs, ``image``
     (path relative to ``images``), ``answers`` (list) or ``answer`` (str), ``boxes`` (``box_format``
-    pixels), ``label``, ``meta`` and an optional ``id`` (the sample key; else the line number)."""
+    pixels), ``label``, ``phrases`` (their boxes in ``box_format`` too), ``meta`` and an optional ``id``
+    (the sample key; else the line number)."""
     if box_format not in BOX_FORMATS:
         raise ValueError(f"box format must be one of {BOX_FORMATS}, got {box_format!r}")
     input_path = Path(input_path)
@@ -65,9 +67,9 @@ def convert_jsonl(
                 raw.setdefault("answers", [answer] if isinstance(answer, str) else answer)
             if normalize_answers and isinstance(raw.get("answers"), list):
                 raw["answers"] = [normalize_answer(a) if isinstance(a, str) else a for a in raw["answers"]]
-            if box_format == "xywh" and isinstance(raw.get("boxes"), list):
+            if box_format == "xywh":
                 try:
-                    raw["boxes"] = [xywh_to_xyxy(b) for b in raw["boxes"]]
+                    map_boxes(raw, xywh_to_xyxy)  # the sample's boxes and its phrases'
                 except (SampleError, TypeError) as e:
                     sink.skip("bad_box", f"line {lineno}: {e}")
                     continue
