@@ -86,7 +86,7 @@ def letterbox_image(
     return pixels, boxes, texts, params
 
 
-def phrase_boxes(record: dict[str, Any]) -> np.ndarray:
+def stacked_boxes(record: dict[str, Any]) -> np.ndarray:
     """The record's ``boxes`` and then every phrase's, stacked (N, 4) xyxy pixels: one array through the
     transform, so a crop keeps them all whole and a flip moves them all (:func:`carry_phrases` splits it)."""
     groups = [record.get("boxes", []), *(p["boxes"] for p in record.get("phrases", ()))]
@@ -144,7 +144,7 @@ class SampleDecoder:
         rng = random.Random(f"{self.seed}:{pass_index}:{sample['key']}") if self.transform.augment else None
         try:
             pixels, boxes, texts, params = letterbox_image(
-                image_bytes, self.transform, self.max_pixels, self.fast_decode, phrase_boxes(record),
+                image_bytes, self.transform, self.max_pixels, self.fast_decode, stacked_boxes(record),
                 [record["text"], *answers], rng,
             )
         except ImageDecodeError as e:

@@ -216,7 +216,8 @@ class ImageTransform:
 
     With ``augment``: random horizontal flip (swapping left/right in the texts), colour jitter, and,
     when ``crop_min_scale`` is set and the sample has boxes, a crop that keeps the boxes whole
-    (off by default: a crop can cut away the anchor of a relational expression).
+    (off by default: a crop can cut away the anchor of a relational expression whose phrases are not
+    given). The decoder passes a sample's ``boxes`` and its phrases' boxes as one array.
     """
 
     size: tuple[int, int]

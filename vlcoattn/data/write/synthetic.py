@@ -219,10 +219,10 @@ def describe(desc: Description, plural: bool = False) -> str:
 
 
 Part = str | tuple[str, str]  # literal words, or (words, role) of a phrase that names objects
-Span = tuple[int, int, str]  # [start, end) of a phrase in the rendered text, and its role
+RoleSpan = tuple[int, int, str]  # [start, end) of a phrase in the rendered text, and its role
 
 
-def render(parts: Sequence[Part]) -> tuple[str, list[Span]]:
+def render(parts: Sequence[Part]) -> tuple[str, list[RoleSpan]]:
     """Join ``parts`` into a text and the spans of its phrases: the one way every text is built, so each
     phrase's offsets are known exactly rather than searched for."""
     text, spans = "", []
@@ -261,7 +261,7 @@ def expression_parts(program: dict[str, Any]) -> list[Part]:
 
 
 def program_phrases(
-    objects: Sequence[SceneObject], program: dict[str, Any], spans: Sequence[Span], referent: int | None = None
+    objects: Sequence[SceneObject], program: dict[str, Any], spans: Sequence[RoleSpan], referent: int | None = None
 ) -> list[dict[str, Any]]:
     """The ``phrases`` of a text rendered from ``program`` (sample schema): the ``target`` phrase boxes
     ``referent`` (a referring expression's object) or, in a question, every object its description
