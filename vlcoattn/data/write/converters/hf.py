@@ -107,6 +107,8 @@ class HFColumns:
         """One record per text of the row (a list-valued text column gives several)."""
         texts = column_value(row, self.text)
         texts = texts if isinstance(texts, list) else [texts]
+        if not texts:
+            raise SampleError("empty_text", f"{self.text!r} is an empty list")
         targets = self.targets(row)
         if self.type is not None:
             meta = {**meta, "type": column_value(row, self.type)}
@@ -159,8 +161,9 @@ def load_saved(path: str | Path) -> Any:
 
 
 def split_plan(available: Sequence[str] | None, splits: Sequence[str] | None) -> dict[str | None, str | None]:
-    """HF split -> our split folder. ``splits`` items are ``HF`` or ``HF=OURS``; by default every split,
-    ``validation`` named ``val``. A plain Dataset (``available`` None) is written to the output itself."""
+    """HF split -> our split folder. ``splits`` items are ``HF`` or ``HF=OURS`` (default: every split);
+    ``validation`` is named ``val`` unless renamed. A plain Dataset (``available`` None) is written to the
+    output itself."""
     if available is None:
         if splits:
             raise ValueError("--split applies to a DatasetDict; the input is a single Dataset")
@@ -169,7 +172,7 @@ def split_plan(available: Sequence[str] | None, splits: Sequence[str] | None) ->
     plan: dict[str | None, str | None] = {}
     for item in items:
         hf_name, _, ours = item.partition("=")
-        ours = ours or (hf_name if splits else DEFAULT_SPLIT_NAMES.get(hf_name, hf_name))
+        ours = ours or DEFAULT_SPLIT_NAMES.get(hf_name, hf_name)
         if hf_name not in available:
             raise ValueError(f"--split {item!r}: the dataset has no split {hf_name!r}; available: {list(available)}")
         if not _SPLIT_NAME.fullmatch(ours) or ours in plan.values():
@@ -219,8 +222,8 @@ def _write_split(
 ) -> None:
     """Every row of one (prepared) split into ``sink``: one sample per text, bad ones counted."""
     prefix = f"{hf_split}-" if hf_split else ""
-    for index in progress_bar(write_order(range(len(dataset)), shuffle), f"hf {hf_split}" if hf_split else "hf", len(dataset),
-                              progress):
+    rows = write_order(range(len(dataset)), shuffle)
+    for index in progress_bar(rows, f"hf {hf_split}" if hf_split else "hf", len(dataset), progress):
         row, key = dataset[index], f"{prefix}{index:09d}"
         meta = {"index": index, **({"split": hf_split} if hf_split else {})}
         try:
@@ -256,7 +259,7 @@ def convert_hf(
     ``min_answer_count`` times in that split; labels are sorted, as the other converters do."""
     dataset = load_saved(input_path)
     out_dir = Path(out_dir)
-    plan = split_plan(list(dataset) if hasattr(dataset, "keys") else None, splits)
+    plan = split_plan(list(dataset) if isinstance(dataset, Mapping) else None, splits)  # a DatasetDict is a dict
     prepared = {hf_split: _prepare(dataset if hf_split is None else dataset[hf_split], columns) for hf_split in plan}
     check_split_dirs(out_dir, [s for s in plan.values() if s is not None], overwrite)
     infos: dict[str, DatasetInfo] = {}
