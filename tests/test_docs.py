@@ -40,7 +40,7 @@ def _tiny_text(tok, **kw) -> CooBertConfig:
 def pristine(tmp_path_factory):
     """What the doc examples name, built small: runs/demo/final (and runs/ground, runs/vqa: model dirs as the
     trainer writes them), runs/coobert-minilm-k192 (a real conversion), runs/bbc-cls, runs/lm, shards (and
-    shards/vqa2 in place of a VQA v2 conversion), data/clevr-lite-4000, corpus/*.txt, photo.jpg. Built
+    shards/vqa2 in place of a VQA v2 conversion), data/clevr-lite-4000, corpus/*.txt, photo.jpg, hf/vqa. Built
     once; each doc runs in its own copy (``workspace``)."""
     root = tmp_path_factory.mktemp("docs")
     tok = AutoTokenizer.from_pretrained(minilm_dir())
@@ -72,7 +72,20 @@ def pristine(tmp_path_factory):
     for i, text in enumerate(["The market rose today.\n\nShares in the bank fell.", "A new film opened."]):
         (root / "corpus" / f"{i}.txt").write_text(text)
     (root / "pairs.jsonl").write_text(json.dumps({"image": "photo.jpg", "text": "the cup"}) + "\n")
+    _save_hf_vqa(root)
     return root
+
+
+def _save_hf_vqa(root: Path) -> None:
+    """hf/vqa: a DatasetDict as save_to_disk writes it, VQA v2-style columns (what docs/data.md converts)."""
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
+                                  "answers": datasets.List({"answer": datasets.Value("string")})})
+    rows = {"image": [str(root / "photo.jpg"), str(root / "b.png")], "question": ["What is in the cup?", "What is it?"],
+            "answers": [[{"answer": "coffee"}] * 3, [{"answer": "cat"}] * 3]}
+    split = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict({"train": split, "validation": split}).save_to_disk(str(root / "hf" / "vqa"))
 
 
 SHARED = ("runs/coobert-minilm-k192",)  # large and only read by the docs: linked into each copy, not copied

@@ -9,6 +9,7 @@
     python tools/make_shards.py text --input a.txt b.txt --out shards/lm [--test-fraction 0.1 --seed 0]
     python tools/make_shards.py synthetic --out shards/clevr --num 2000 --seed 0 --size 128 \\
         --split-holdout cogent
+    python tools/make_shards.py hf --input saved/ --task vqa --text-column question --out shards/hf-vqa
     python tools/make_shards.py inspect shards/clevr/train --show 8 --show-out preview.png
 """
 
@@ -19,7 +20,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from vlcoattn.data.write.converters import clevr_lite, jsonl, refcoco, text, vqa2
+from vlcoattn.data.write.converters import clevr_lite, hf, jsonl, refcoco, text, vqa2
 from vlcoattn.data.write.inspection import inspect_shards
 from vlcoattn.utils.cli import ArgumentParser, run_cli
 
@@ -65,6 +66,7 @@ COMMANDS = (  # each adds its sub-command(s) with the function that runs them (a
     refcoco.add_commands,
     text.add_commands,  # textcls, text
     clevr_lite.add_commands,  # synthetic
+    hf.add_commands,
     add_inspect_command,
 )
 

@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ...image import ImageDecodeError, decode_image, encode_image, image_format, image_size
-from ...schema import DatasetInfo, SampleError, sample_problems
+from ...schema import INFO_FILE, DatasetInfo, SampleError, sample_problems
 from ..sink import ShardSink
 
 BOX_FORMATS = ("xyxy", "xywh")
@@ -89,6 +89,17 @@ def write_image_sample(
     if scale != 1.0 and not sample_problems(record):  # sink.add reports bad ones
         map_boxes(record, lambda box: [round(v * scale, 2) for v in box])
     sink.add(key, record, data, ext, size)
+
+
+def check_split_dirs(out_dir: Path, splits: Iterable[str], overwrite: bool) -> None:
+    """Refuse before writing anything when a split dir ``out_dir/<split>`` already holds shards
+    (:class:`ShardSink`'s rule, checked for every split up front so that no split is half written)."""
+    for split in splits:
+        folder = out_dir / split
+        if not overwrite and (any(folder.glob("shard-*.tar")) or (folder / INFO_FILE).exists()):
+            raise ValueError(
+                f"{folder} already holds shards or {INFO_FILE}; pass --overwrite to replace them"
+            )
 
 
 T = TypeVar("T")

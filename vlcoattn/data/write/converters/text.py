@@ -22,6 +22,7 @@ from ...schema import DatasetInfo, SampleError, sample_problems
 from ..sink import ShardSink
 from .common import (
     add_shard_command,
+    check_split_dirs,
     progress_bar,
     report,
     sink_options,
@@ -64,16 +65,6 @@ def _split_counts(n: int, test_fraction: float, what: str) -> int:
 def _check_fraction(test_fraction: float) -> None:
     if not 0 < test_fraction < 1:
         raise ValueError(f"--test-fraction must lie strictly between 0 and 1, got {test_fraction}")
-
-
-def _check_split_dirs(out_dir: Path, overwrite: bool) -> None:
-    """Refuse before writing anything when a split dir already holds shards (ShardSink's rule)."""
-    for split in SPLIT_NAMES:
-        folder = out_dir / split
-        if not overwrite and (any(folder.glob("shard-*.tar")) or (folder / "dataset.json").exists()):
-            raise ValueError(
-                f"{folder} already holds shards or dataset.json; pass --overwrite to replace them"
-            )
 
 
 def _class_folders(path: Path) -> list[Path]:
@@ -262,7 +253,7 @@ def convert_textcls_split(
     counted in train's ``skipped``."""
     path, out_dir = Path(input_path), Path(out_dir)
     _check_fraction(test_fraction)
-    _check_split_dirs(out_dir, overwrite)
+    check_split_dirs(out_dir, SPLIT_NAMES, overwrite)
     records, skipped = _textcls_records(path, text_column, label_column)
     splits = stratified_split(records, test_fraction, seed)
     counts = {
@@ -420,7 +411,7 @@ def convert_text_split(
         "test": [(i, f) for i, f in enumerate(files) if i in test],
     }
     out_dir = Path(out_dir)
-    _check_split_dirs(out_dir, overwrite)
+    check_split_dirs(out_dir, SPLIT_NAMES, overwrite)
     units = {s: _nonempty_units(fs, unit, min_chars, f"the {s} split") for s, fs in chosen.items()}
     infos = {}
     for split, split_files in chosen.items():
