@@ -70,8 +70,8 @@ def build_backbone(backbone: str, strides: Sequence[int] = (), weights: str | No
     model = VisionBackbone(config).eval()
     missing = model.model.load_state_dict(trained.model.state_dict(), strict=False).missing_keys
     if missing:
-        raise ValueError(f"--backbone {backbone}: the model's backbone stops before the levels asked "
-                         f"(no weights for {missing[0]}); ask for coarser --level values")
+        raise ValueError(f"--backbone {backbone}: the model's backbone ends at stride {max(trained.strides)} "
+                         f"(no weights for {missing[0]}): ask for --level values up to that")
     size = trained.config.image_size or model.data_config["input_size"][1:]
     return model, tuple(size)
 
