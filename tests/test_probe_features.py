@@ -7,7 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from transformers import AutoTokenizer
 
+from vlcoattn import VLCoAttnForMultitask, VLCoAttnProcessor
+from vlcoattn.assets import minilm_dir
 from vlcoattn.cli.probe_features import main as probe_main
 from vlcoattn.data import SyntheticConfig, generate_scene, write_synthetic
 from vlcoattn.probe import (
@@ -23,6 +26,8 @@ from vlcoattn.probe import (
     read_samples,
 )
 from vlcoattn.utils.cli import run_cli
+
+from helpers import tiny_config
 
 SCENES = 40
 CONFIG = SyntheticConfig(image_size=64)
@@ -164,6 +169,21 @@ def test_the_recommendation_is_the_cheapest_setting_within_the_tolerance_of_the_
     # within 6 points: (64, 8) serves both; b alone takes the coarser (64, 16), and its best is 5 over chance
     assert ProbeReport(results, "mean", "by image", tolerance=0.06).recommendation() == {
         "all": ((64, 64), 8), "per_attribute": {"a": ((64, 64), 8), "b": ((64, 64), 16)}, "unread": ["b"]}
+
+
+def test_a_trained_model_dir_gives_its_own_backbone_weights_and_input_size(tmp_path):
+    """A model dir's backbone is probed as trained (here: random weights, not ImageNet's), at its image size;
+    a level past where its backbone ends is refused."""
+    model = VLCoAttnForMultitask(tiny_config(vision_config={"image_size": [48, 64]},
+                                             heads_config={"answer_vocab": ["a", "b"]}))
+    model.save_pretrained(tmp_path / "model")
+    VLCoAttnProcessor.for_model(model, AutoTokenizer.from_pretrained(minilm_dir())).save_pretrained(tmp_path / "model")
+    probed, size = build_backbone(str(tmp_path / "model"), [8])
+    assert probed.strides == [8] and size == (48, 64)
+    trained = model.base_model.backbone.model.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in probed.model.state_dict().items())
+    with pytest.raises(ValueError, match="the model's backbone ends at stride 8"):
+        build_backbone(str(tmp_path / "model"), [32])
 
 
 # ------------------------------------------------------------------------------------------ the CLI
