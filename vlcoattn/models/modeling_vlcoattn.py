@@ -13,7 +13,6 @@ Boxes are normalized (cx, cy, w, h) in [0, 1] relative to the (unpadded) image, 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -738,7 +737,7 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
             input_ids, pixel_values, attention_mask, token_type_ids, output_attentions=output_attentions,
             return_dict=True, output_hidden_states=output_hidden_states, inputs_embeds=inputs_embeds,
         )
-        result = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}  # those the output has stay
+        result = dict(out.items())  # the base model's fields that are set; those the output class has stay
         losses = []
         # A training micro-batch without rows of one task still gives that head a (zero) loss: under DDP
         # every rank must produce a gradient for every parameter, whatever its batch holds.
@@ -758,7 +757,7 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
                 losses.append(total)
         if losses:
             result["loss"] = sum(losses)
-        fields = {f.name for f in dataclasses.fields(self.output_class)}  # e.g. no loss_vqa for VQA alone
+        fields = self.output_class.__dataclass_fields__  # e.g. no loss_vqa for VQA alone
         output = self.output_class(**{k: v for k, v in result.items() if k in fields})
         return output if return_dict else output.to_tuple()
 
