@@ -51,6 +51,8 @@ __all__ = [
     "answer_loss",
     "grounding_loss",
     "prior_heatmaps",
+    "text_positions",
+    "token_at",
 ]
 
 
@@ -210,7 +212,7 @@ def token_at(x: torch.Tensor, attention_mask: torch.Tensor | None, k: int = 0) -
     return x[torch.arange(x.shape[0], device=x.device), first + k]
 
 
-def reject_extra_arguments(owner: str, kwargs: dict) -> None:
+def _reject_extra_arguments(owner: str, kwargs: dict) -> None:
     """One ValueError naming forward() keywords the model does not take (they would be silently ignored)."""
     if kwargs:
         raise ValueError(f"{owner}.forward got unexpected argument(s) {sorted(kwargs)}")
@@ -532,11 +534,11 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         The attentions are computed by the explicit softmax path (same numbers as the SDPA path, which
         ``config._attn_implementation`` "sdpa" runs otherwise; "eager" always takes the explicit path).
         """
-        reject_extra_arguments(type(self).__name__, kwargs)
+        _reject_extra_arguments(type(self).__name__, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("VLCoAttnModel: pass exactly one of input_ids or inputs_embeds")
         if pixel_values is None:
-            raise ValueError("VLCoAttnModel needs both input_ids and pixel_values")
+            raise ValueError("VLCoAttnModel needs pixel_values (B, 3, H, W)")
         output_attentions, output_hidden_states, return_dict = self.output_flags(
             output_attentions, output_hidden_states, return_dict
         )
@@ -731,7 +733,7 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         output_attentions / output_hidden_states / inputs_embeds: as :meth:`VLCoAttnModel.forward`; the
         output carries the base model's fields of the same names.
         """
-        reject_extra_arguments(type(self).__name__, kwargs)
+        _reject_extra_arguments(type(self).__name__, kwargs)
         return_dict = self.output_flags(None, None, return_dict)[2]
         out = self.vlcoattn(
             input_ids, pixel_values, attention_mask, token_type_ids, output_attentions=output_attentions,
