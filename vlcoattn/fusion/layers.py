@@ -86,6 +86,8 @@ class FusionOutput:
     log_priors: tuple[list[torch.Tensor], ...] = ()  # per layer, per level (B, N_h, T, S_l)
     self_attentions: tuple[torch.Tensor, ...] = ()  # per layer (B, N_h, T, T)
     image_attentions: tuple[torch.Tensor, ...] = ()  # per layer (B, N_h, S, T), two-way only
+    # the text stream entering the stack, then after every layer: num_layers + 1 of (B, T, d)
+    text_hidden_states: tuple[torch.Tensor, ...] = ()
 
 
 class SMCAFusionLayer(GradientCheckpointingLayer):
@@ -198,16 +200,19 @@ class SMCAFusionEncoder(nn.Module):
         image: Sequence[torch.Tensor],
         image_pos: Sequence[torch.Tensor],
         grid_sizes: Sequence[tuple[int, int]],
+        output_hidden_states: bool = False,
         **layer_kwargs,
     ) -> FusionOutput:
-        """See :meth:`SMCAFusionLayer.forward` (the keyword arguments go to every layer); returns the last
-        layer's streams and per-layer records."""
+        """See :meth:`SMCAFusionLayer.forward` (the other keyword arguments go to every layer); returns the
+        last layer's streams and per-layer records (``output_hidden_states``: the text stream too)."""
         maps = layer_kwargs.get("output_attentions", False)
         reference = first_reference = None
         layers = []
+        texts = [text]
         for i, layer in enumerate(self.layers):
             out = layer(text, image, image_pos, grid_sizes, reference_centers=reference, **layer_kwargs)
             text, image, reference = out.text, out.image, out.reference_centers
+            texts.append(text)
             if i == 0:
                 first_reference = reference
             if reference is not None:
@@ -229,4 +234,5 @@ class SMCAFusionEncoder(nn.Module):
             log_priors=tuple(c.log_priors for c in cross) if maps else (),
             self_attentions=tuple(o.self_attention for o in layers) if maps else (),
             image_attentions=tuple(o.image_attention for o in layers if o.image_attention is not None) if maps else (),
+            text_hidden_states=tuple(texts) if output_hidden_states else (),
         )

@@ -7,13 +7,16 @@ transformers 5 removed its ``visual-question-answering`` task, so the two tasks 
 
     vqa = pipeline("vlcoattn-vqa", model="runs/demo/final")
     vqa(image, "what color is the cube?", top_k=3)       # [{"answer": "red", "score": 0.93}, ...]
+    vqa(image=image, question="what color is the cube?")  # transformers' VQA pipeline's call shapes
     ground = pipeline("vlcoattn-grounding", model="runs/demo/final")
     ground(image, "the red cube")                        # {"box": [x0, y0, x1, y1], "heatmaps": [...]}
 
-An image is a PIL image, a uint8 array, a path or encoded bytes. Several inputs go as a list of
-``{"image": ..., "text": ...}`` dicts, batched by the pipeline's ``batch_size``. Preprocessing is the
-model's saved :class:`~vlcoattn.models.VLCoAttnProcessor`; answers and boxes are post-processed by
-the same functions as :class:`~vlcoattn.infer.Predictor`'s.
+An image is a PIL image, a uint8 array, a path or encoded bytes. The text comes second or by keyword
+(``text=``; the VQA pipeline also takes ``question=``, as transformers' own), or the pair is one dict
+(``{"image": ..., "text": ...}``, or ``"question"`` for VQA). Several inputs go as a list of such dicts,
+as a list of images with one text, or as one image with a list of texts, batched by the pipeline's
+``batch_size``. Preprocessing is the model's saved :class:`~vlcoattn.models.VLCoAttnProcessor`;
+answers and boxes are post-processed by the same functions as :class:`~vlcoattn.infer.Predictor`'s.
 """
 
 from __future__ import annotations
@@ -41,24 +44,60 @@ class SavedVLCoAttnModel:
 
 
 class _VLCoAttnPipeline(Pipeline):
-    """Shared input handling: ``pipe(image, text)``, ``pipe({"image", "text"})`` or a list of dicts."""
+    """Shared input handling: an image and a text, given as described in the module docstring; every pair
+    reaches :meth:`preprocess` as ``{"image", "text"}``, anything else is one ``ValueError``."""
 
     _load_processor = True
     _load_image_processor = False
     _load_tokenizer = False
     _load_feature_extractor = False
-    text_key = "text"
+    text_keys: tuple[str, ...] = ("text",)  # the names the text goes by, in a call and in a dict
 
-    def __call__(self, image: Any, text: str | None = None, **kwargs: Any) -> Any:
-        inputs = {"image": image, "text": text} if text is not None else image
-        return super().__call__(inputs, **kwargs)
+    @property
+    def usage(self) -> str:
+        key = self.text_keys[0]
+        also = f" ({' or '.join(repr(k) for k in self.text_keys[1:])} also names the text)" if self.text_keys[1:] else ""
+        return (f"give an image and a {key}: pipe(image, {key}), pipe(image=..., {key}=...), "
+                f"pipe({{'image': ..., '{key}': ...}}) or a list of such dicts{also}")
+
+    def __call__(self, image: Any = None, text: str | list[str] | None = None, **kwargs: Any) -> Any:
+        named = {k: kwargs.pop(k) for k in self.text_keys if k in kwargs}  # text= / question= by keyword
+        if text is not None:
+            named["text"] = text
+        if image is None or len(named) > 1:
+            raise ValueError(self.usage)
+        if not named:  # a dict, or a list of dicts
+            return super().__call__(image, **kwargs)
+        (text,) = named.values()
+        if isinstance(text, list) and not isinstance(image, list):  # one image, several texts
+            return super().__call__([{"image": image, "text": t} for t in text], **kwargs)
+        if isinstance(text, list):
+            raise ValueError(f"{self.usage}; a list of images takes one text")
+        if isinstance(image, list):  # several images, one text
+            return super().__call__([{"image": im, "text": text} for im in image], **kwargs)
+        return super().__call__({"image": image, "text": text}, **kwargs)
+
+    def pair(self, inputs: Any) -> tuple[Any, str]:
+        """(image, text) of one input dict: ``"image"`` and exactly one of :attr:`text_keys`."""
+        if not isinstance(inputs, dict):
+            raise ValueError(f"{self.usage}; got {type(inputs).__name__}")
+        names = [k for k in self.text_keys if k in inputs]
+        extra = sorted(set(inputs) - {"image", *self.text_keys})
+        if "image" not in inputs or len(names) != 1 or extra:
+            raise ValueError(f"{self.usage}; got the keys {sorted(inputs)}")
+        text = inputs[names[0]]
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"the {names[0]} must be a non-empty string, got {text!r}")
+        return inputs["image"], text
 
     def preprocess(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(inputs, dict) or not {"image", "text"} <= inputs.keys():
-            raise ValueError("give an image and a text: pipe(image, text) or pipe({'image': ..., 'text': ...})")
-        if not isinstance(inputs["text"], str) or not inputs["text"].strip():
-            raise ValueError(f"the text must be a non-empty string, got {inputs['text']!r}")
-        return {**self.processor(images=inputs["image"], text=inputs["text"]), "text": inputs["text"]}
+        image, text = self.pair(inputs)
+        return {**self.processor(images=image, text=text), "text": text}
+
+    def _sanitize_parameters(self, **kwargs: Any):
+        if kwargs:
+            raise ValueError(f"{type(self).__name__} got unexpected argument(s) {sorted(kwargs)}; {self.usage}")
+        return {}, {}, {}
 
     def _model_inputs(self, model_inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
         keys = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
@@ -69,7 +108,10 @@ class VLCoAttnVQAPipeline(_VLCoAttnPipeline):
     """Image + question -> the ``top_k`` answers with their scores (sigmoid or softmax probabilities, as
     the model was trained: ``heads_config.answer_loss``)."""
 
+    text_keys = ("question", "text")
+
     def _sanitize_parameters(self, top_k: int | None = None, **kwargs: Any):
+        super()._sanitize_parameters(**kwargs)
         return {}, {}, ({"top_k": top_k} if top_k is not None else {})
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
@@ -86,9 +128,6 @@ class VLCoAttnGroundingPipeline(_VLCoAttnPipeline):
     ``heatmaps``: every text token's spatial prior on the feature grid of the letterboxed canvas
     (``[{"token", "word", "heatmap": (H, W) tensor summing to 1}]``; none without a prior). The box
     head regresses one box per expression: there is no confidence score to report."""
-
-    def _sanitize_parameters(self, **kwargs: Any):
-        return {}, {}, {}
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
         out = self.model(**self._model_inputs(model_inputs))

@@ -13,7 +13,6 @@ Boxes are normalized (cx, cy, w, h) in [0, 1] relative to the (unpadded) image, 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from torch import nn
 from torchvision.ops import MLP, box_convert, generalized_box_iou
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
 from ..fusion.layers import SMCAFusionEncoder
@@ -51,6 +51,8 @@ __all__ = [
     "answer_loss",
     "grounding_loss",
     "prior_heatmaps",
+    "text_positions",
+    "token_at",
 ]
 
 
@@ -59,15 +61,25 @@ __all__ = [
 
 @dataclass
 class VLCoAttnModelOutput(ModelOutput):
-    """last_hidden_state: fused text tokens (B, T, d); pooler_output: fused [CLS] (B, d).
+    """last_hidden_state: fused text tokens (B, T, d); pooler_output: the fused [CLS], each row's first real
+    token (B, d).
 
+    text_encoder_hidden_state: the text encoder's output projected to the fusion width (B, T, d).
     image_hidden_states: per level (B, H_l*W_l, d); image_positions: their 2D sine positions (B|1, H_l*W_l, d);
     grid_sizes: per level (H_l, W_l).
     reference_centers: (B, T, 2) normalized (x, y) from the first fusion layer (None without prior).
     attended_centers: per fusion layer (B, T, N_h, 2) normalized centroid of each head's attention.
     base_centers: (B, T, 2) where each token's box starts: the last layer's head-mean attended center.
     centers / scales: per fusion layer (B, T, N_h, 2); level_weights: per layer (B, T, L) (multi-scale).
-    cross_attentions / log_priors: per layer, per level (B, N_h, T, S_l) (``output_attentions=True``).
+
+    With ``output_attentions`` (call or config), per fusion layer: cross_attentions / log_priors, per level
+    (B, N_h, T, S_l), the text -> image probabilities and the log G added to their logits (log_priors'
+    entries are None without a prior); attentions (B, N_h, T, T), the fused text self-attention;
+    image_attentions (B, N_h, S, T), image -> text (two-way; every layer but the last); and
+    text_encoder_attentions, CooBERT's per layer (B, N_h_text, T, T).
+    With ``output_hidden_states``: hidden_states, the fused text stream entering the stack and after every
+    layer (num_layers + 1 of (B, T, d); the last is last_hidden_state), and text_encoder_hidden_states,
+    CooBERT's (num_hidden_layers + 1 of (B, T, d_text)).
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -86,11 +98,15 @@ class VLCoAttnModelOutput(ModelOutput):
     log_priors: tuple | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
     image_attentions: tuple[torch.Tensor, ...] | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    text_encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    text_encoder_attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
 class VLCoAttnQuestionAnsweringOutput(ModelOutput):
-    """loss (scalar), logits (B, num_answers), plus the fused outputs of the base model."""
+    """loss (scalar), logits (B, num_answers), plus the fused outputs of the base model (the records that
+    ``output_attentions`` / ``output_hidden_states`` add as in :class:`VLCoAttnModelOutput`)."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
@@ -100,6 +116,12 @@ class VLCoAttnQuestionAnsweringOutput(ModelOutput):
     centers: tuple[torch.Tensor, ...] | None = None
     scales: tuple[torch.Tensor, ...] | None = None
     cross_attentions: tuple | None = None
+    log_priors: tuple | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    image_attentions: tuple[torch.Tensor, ...] | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    text_encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    text_encoder_attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -121,6 +143,12 @@ class VLCoAttnGroundingOutput(ModelOutput):
     scales: tuple[torch.Tensor, ...] | None = None
     heatmaps: torch.Tensor | None = None
     cross_attentions: tuple | None = None
+    log_priors: tuple | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    image_attentions: tuple[torch.Tensor, ...] | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    text_encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    text_encoder_attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -140,6 +168,12 @@ class VLCoAttnMultitaskOutput(ModelOutput):
     scales: tuple[torch.Tensor, ...] | None = None
     heatmaps: torch.Tensor | None = None
     cross_attentions: tuple | None = None
+    log_priors: tuple | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    image_attentions: tuple[torch.Tensor, ...] | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    text_encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    text_encoder_attentions: tuple[torch.Tensor, ...] | None = None
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -159,6 +193,29 @@ def prior_heatmaps(
     H, W = grid_size
     log_g = gaussian_log_prior(centers, scales, grid_size, beta)  # (B, N_h, T, H*W)
     return log_g.softmax(-1).mean(1).unflatten(-1, (H, W))  # (B, T, H, W)
+
+
+def text_positions(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, T) position ids that count real tokens only, so a row's tokens get 0, 1, ... whichever side it
+    is padded on (right padding: the usual arange at every real token); None without a mask."""
+    if attention_mask is None:
+        return None
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def token_at(x: torch.Tensor, attention_mask: torch.Tensor | None, k: int = 0) -> torch.Tensor:
+    """x (B, T, ...) at each row's k-th real token -> (B, ...): the [CLS] (k = 0) is a row's first real
+    token, at 0 with right padding and after the padding with left padding."""
+    if attention_mask is None:
+        return x[:, k]
+    first = attention_mask.to(torch.int32).argmax(-1)  # (B,) the first 1 of each row
+    return x[torch.arange(x.shape[0], device=x.device), first + k]
+
+
+def _reject_extra_arguments(owner: str, kwargs: dict) -> None:
+    """One ValueError naming forward() keywords the model does not take (they would be silently ignored)."""
+    if kwargs:
+        raise ValueError(f"{owner}.forward got unexpected argument(s) {sorted(kwargs)}")
 
 
 def _reduce_rows(per_row: torch.Tensor, mask: torch.Tensor | None, num_items: int | None) -> torch.Tensor:
@@ -297,6 +354,16 @@ class VLCoAttnPreTrainedModel(PreTrainedModel):
             base.backbone.model.load_state_dict(pre.model.state_dict(), strict=True)
         return model
 
+    def output_flags(
+        self, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None
+    ) -> tuple[bool, bool, bool]:
+        """A call's output options, each the call's value or, when None, the config's (as transformers
+        models resolve them)."""
+        c = self.config
+        calls = (output_attentions, output_hidden_states, return_dict)
+        defaults = (c.output_attentions, c.output_hidden_states, c.return_dict)
+        return tuple(bool(default if value is None else value) for value, default in zip(calls, defaults))
+
     def preprocessing(self) -> dict[str, tuple]:
         """What :class:`VLCoAttnImageProcessor` needs to know of this model (``VLCoAttnProcessor.for_model``):
         ``image_size`` (H, W) = ``config.vision_config.image_size`` or the backbone's native size, and the
@@ -357,11 +424,15 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, d_text) the text encoder's last hidden state; rows the feature cache holds are not recomputed
-        (their padding positions are then zeros, which the fusion masks out)."""
+        """(B, T, d_text) the text encoder's last hidden state, positions counting real tokens
+        (:func:`text_positions`); rows the feature cache holds are not recomputed (their padding positions
+        are then zeros, which the fusion masks out)."""
         def run(rows: torch.Tensor | slice) -> torch.Tensor:
             mask, types = (x[rows] if x is not None else None for x in (attention_mask, token_type_ids))
-            return self.text_encoder(input_ids[rows], attention_mask=mask, token_type_ids=types).last_hidden_state
+            return self.text_encoder(
+                input_ids[rows], attention_mask=mask, token_type_ids=types, position_ids=text_positions(mask),
+                output_attentions=False, output_hidden_states=False,
+            ).last_hidden_state
 
         cache = self._cached("text")
         if cache is None:
@@ -377,6 +448,35 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         for i, (row,) in enumerate(found):
             out[i][real[i]] = row
         return out
+
+    def text_outputs(
+        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None = None, output_attentions: bool = False, output_hidden_states: bool = False,
+    ) -> BaseModelOutput:
+        """The text encoder's output: :meth:`encode_text` (feature cache included) or, for ``inputs_embeds``
+        (B, T, d_text) or recorded attentions / hidden states, one full CooBERT call (no cache)."""
+        if inputs_embeds is None and not (output_attentions or output_hidden_states):
+            return BaseModelOutput(last_hidden_state=self.encode_text(input_ids, attention_mask, token_type_ids))
+        return self.text_encoder(
+            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=text_positions(attention_mask), inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+        )
+
+    def image_tokens(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list]:
+        """Per level: image tokens (B, H_l*W_l, d) (1x1 conv + GroupNorm, + level embedding), their 2D sine
+        positions (1, H_l*W_l, d) and the grid size (H_l, W_l)."""
+        tokens, pos, grid = [], [], []
+        for lvl, f in enumerate(self.encode_image(pixel_values)):  # f (B, C_l, H_l, W_l)
+            x = self.input_proj[lvl](f)  # (B, d, H_l, W_l)
+            H, W = x.shape[-2:]
+            t = x.flatten(2).transpose(1, 2)  # (B, H*W, d)
+            if self.level_embed is not None:
+                t = t + self.level_embed.weight[lvl]
+            tokens.append(t)
+            pos.append(self.position(x))  # (1, H*W, d)
+            grid.append((H, W))
+        return tokens, pos, grid
 
     def encode_image(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """The backbone's feature maps, per level (B, C_l, H_l, W_l); images the feature cache holds are
@@ -423,38 +523,37 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        output_hidden_states: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> VLCoAttnModelOutput | tuple:
-        """input_ids (B, T), attention_mask (B, T) 1 = real token; pixel_values (B, 3, H, W).
+        """input_ids (B, T) [or inputs_embeds (B, T, d_text)], attention_mask (B, T) 1 = real token, padded on
+        either side; pixel_values (B, 3, H, W).
 
-        output_attentions: also return attention maps and log-priors (computed by the explicit
-            softmax path; same numbers as the SDPA path, which ``config._attn_implementation`` "sdpa" runs
-            otherwise; "eager" always takes the explicit path).
+        output_attentions / output_hidden_states / return_dict: the call's or, when None, the config's.
+        The attentions are computed by the explicit softmax path (same numbers as the SDPA path, which
+        ``config._attn_implementation`` "sdpa" runs otherwise; "eager" always takes the explicit path).
         """
-        if input_ids is None or pixel_values is None:
-            raise ValueError("VLCoAttnModel needs both input_ids and pixel_values")
-        output_attentions = bool(output_attentions)
-        text = self.text_proj(self.encode_text(input_ids, attention_mask, token_type_ids))  # (B, T, d)
-
-        feats = self.encode_image(pixel_values)  # per level (B, C_l, H_l, W_l)
-        tokens, pos, grid = [], [], []
-        for lvl, f in enumerate(feats):
-            x = self.input_proj[lvl](f)  # (B, d, H_l, W_l)
-            H, W = x.shape[-2:]
-            t = x.flatten(2).transpose(1, 2)  # (B, H*W, d)
-            if self.level_embed is not None:
-                t = t + self.level_embed.weight[lvl]
-            tokens.append(t)
-            pos.append(self.position(x))  # (1, H*W, d)
-            grid.append((H, W))
-
+        _reject_extra_arguments(type(self).__name__, kwargs)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("VLCoAttnModel: pass exactly one of input_ids or inputs_embeds")
+        if pixel_values is None:
+            raise ValueError("VLCoAttnModel needs pixel_values (B, 3, H, W)")
+        output_attentions, output_hidden_states, return_dict = self.output_flags(
+            output_attentions, output_hidden_states, return_dict
+        )
+        encoded = self.text_outputs(input_ids, attention_mask, token_type_ids, inputs_embeds, output_attentions,
+                                    output_hidden_states)
+        text = self.text_proj(encoded.last_hidden_state)  # (B, T, d)
+        tokens, pos, grid = self.image_tokens(pixel_values)
         fused = self.fusion(
-            text, tokens, pos, grid, text_mask=attention_mask, output_attentions=output_attentions, attn_implementation=self.config._attn_implementation,
+            text, tokens, pos, grid, output_hidden_states=output_hidden_states, text_mask=attention_mask,
+            output_attentions=output_attentions, attn_implementation=self.config._attn_implementation,
         )
         hidden = fused.text_hidden_state
         out = VLCoAttnModelOutput(
             last_hidden_state=hidden,
-            pooler_output=hidden[:, 0],
+            pooler_output=token_at(hidden, attention_mask),
             text_encoder_hidden_state=text,
             image_hidden_states=tuple(fused.image_hidden_states),
             image_positions=tuple(pos),
@@ -469,8 +568,11 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
             log_priors=fused.log_priors or None,
             attentions=fused.self_attentions or None,
             image_attentions=fused.image_attentions or None,
+            hidden_states=fused.text_hidden_states or None,
+            text_encoder_hidden_states=encoded.hidden_states,
+            text_encoder_attentions=encoded.attentions,
         )
-        return out if return_dict is not False else out.to_tuple()
+        return out if return_dict else out.to_tuple()
 
     def token_heatmaps(self, outputs: VLCoAttnModelOutput, layer: int = -1, level: int = -1) -> torch.Tensor | None:
         """(B, T, H_l, W_l) head-averaged Gaussian prior of every token (see :func:`prior_heatmaps`)."""
@@ -615,6 +717,8 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         num_items_in_batch: int | dict[str, int] | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        output_hidden_states: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> ModelOutput | tuple:
         """input_ids (B, T), attention_mask (B, T), pixel_values (B, 3, H, W) (letterboxed canvases).
@@ -626,16 +730,16 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         num_items_in_batch: the number of rows of the task ({"vqa": n, "ground": m} for both) in the
         whole optimizer step (all micro-batches and ranks); losses are then sums divided by it, so
         gradient accumulation and DDP give the gradient of the full batch. Default: per-batch means.
+        output_attentions / output_hidden_states / inputs_embeds: as :meth:`VLCoAttnModel.forward`; the
+        output carries the base model's fields of the same names.
         """
+        _reject_extra_arguments(type(self).__name__, kwargs)
+        return_dict = self.output_flags(None, None, return_dict)[2]
         out = self.vlcoattn(
             input_ids, pixel_values, attention_mask, token_type_ids, output_attentions=output_attentions,
-            return_dict=True,
+            return_dict=True, output_hidden_states=output_hidden_states, inputs_embeds=inputs_embeds,
         )
-        result = dict(
-            last_hidden_state=out.last_hidden_state, reference_centers=out.reference_centers,
-            attended_centers=out.attended_centers, centers=out.centers, scales=out.scales,
-            cross_attentions=out.cross_attentions,
-        )
+        result = dict(out.items())  # the base model's fields that are set; those the output class has stay
         losses = []
         # A training micro-batch without rows of one task still gives that head a (zero) loss: under DDP
         # every rank must produce a gradient for every parameter, whatever its batch holds.
@@ -649,23 +753,25 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
             if training:
                 losses.append(result["loss_vqa"])
         if self.has_boxes:
-            total = self._box_outputs(out, boxes, box_mask, _num_items(num_items_in_batch, "ground"), training, result)
+            total = self._box_outputs(out, attention_mask, boxes, box_mask, _num_items(num_items_in_batch, "ground"),
+                                      training, result)
             if training:
                 losses.append(total)
         if losses:
             result["loss"] = sum(losses)
-        fields = {f.name for f in dataclasses.fields(self.output_class)}  # e.g. no loss_vqa for VQA alone
+        fields = self.output_class.__dataclass_fields__  # e.g. no loss_vqa for VQA alone
         output = self.output_class(**{k: v for k, v in result.items() if k in fields})
-        return output if return_dict is not False else output.to_tuple()
+        return output if return_dict else output.to_tuple()
 
-    def _box_outputs(self, out: VLCoAttnModelOutput, boxes: torch.Tensor | None, box_mask: torch.Tensor | None,
-                     num_items: int | None, training: bool, result: dict) -> torch.Tensor | None:
+    def _box_outputs(self, out: VLCoAttnModelOutput, attention_mask: torch.Tensor | None, boxes: torch.Tensor | None,
+                     box_mask: torch.Tensor | None, num_items: int | None, training: bool,
+                     result: dict) -> torch.Tensor | None:
         """The box head's entries of ``result`` (pred_boxes; heatmaps in eval mode; loss_l1 and loss_giou);
         returns the weighted box loss (a zero one when training without box targets), None otherwise."""
         heads = self.config.heads_config
-        k = heads.grounding_token_index
-        ref = out.base_centers[:, k] if out.base_centers is not None else None  # (B, 2)
-        result["pred_boxes"] = pred = self.box_head(out.last_hidden_state[:, k], ref)
+        k = heads.grounding_token_index  # counted from each row's first real token
+        ref = token_at(out.base_centers, attention_mask, k) if out.base_centers is not None else None  # (B, 2)
+        result["pred_boxes"] = pred = self.box_head(token_at(out.last_hidden_state, attention_mask, k), ref)
         if not self.training:  # read by evaluation and inference; a training step has no use for them
             result["heatmaps"] = self.vlcoattn.token_heatmaps(out)
         if boxes is not None:
