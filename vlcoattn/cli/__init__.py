@@ -9,5 +9,6 @@ vlcoattn-infer             answers / boxes / per-word priors for image-text pair
 vlcoattn-make-shards       write webdataset shards from JSONL, VQA v2, RefCOCO, text, CLEVR-lite
 vlcoattn-convert-bert      convert a BERT checkpoint into CooBERT
 vlcoattn-train-tokenizer   train a WordPiece / byte-level BPE tokenizer on text
+vlcoattn-export            export a saved model to ONNX, with a runner that needs no torch
 =========================  =====================================================================
 """
