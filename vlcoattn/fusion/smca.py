@@ -106,7 +106,8 @@ def merge_masks(
 
     Padding keys get the dtype's minimum (set, not added, so nothing overflows to -inf/NaN).
     """
-    if key_valid is None or (not torch.compiler.is_compiling() and bool(key_valid.all())):  # no data-dependent branch in a graph
+    # under torch.compile / torch.export the mask is always built: skipping it would make the graph depend on the data
+    if key_valid is None or (not torch.compiler.is_compiling() and bool(key_valid.all())):
         return log_prior.to(dtype) if log_prior is not None else None
     pad = ~key_valid.bool()[:, None, None, :]  # (B, 1, 1, S)
     base = log_prior.to(dtype) if log_prior is not None else torch.zeros(pad.shape, dtype=dtype, device=pad.device)
