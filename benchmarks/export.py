@@ -103,7 +103,7 @@ def main() -> None:
     print(f"Machine: {machine()}; onnxruntime {onnxruntime.__version__} ({args.threads} intra-op threads)")
     print(f"Model: {type(model).__name__} from {args.model or 'the demo build'}, input {size[0]}x{size[1]}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, median of {args.repeats}")
-    print(markdown_table(["runtime", "batch", "ms / call", "ms / pair", "speed vs eager", "max |diff| logits, boxes"],
+    print(markdown_table(["runtime", "batch", "ms / call", "ms / pair", "speed vs eager", "max abs diff, logits and boxes"],
                          rows))
 
 

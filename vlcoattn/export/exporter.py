@@ -121,10 +121,14 @@ def load_for_export(model_dir: str | Path) -> tuple[PreTrainedModel, Any, str]:
     return load_model_dir(model_dir)
 
 
+def max_positions(model: PreTrainedModel) -> int:
+    """The longest text the model's position embeddings take."""
+    return int(getattr(model.config, "text_config", model.config).max_position_embeddings)
+
+
 def max_text_len(model: PreTrainedModel, tokenizer: Any) -> int:
     """The text length the predictor cuts at: the tokenizer's, never past the model's positions."""
-    config = getattr(model.config, "text_config", model.config)
-    return min(int(tokenizer.model_max_length), int(config.max_position_embeddings))
+    return min(int(tokenizer.model_max_length), max_positions(model))
 
 
 def example_inputs(model: PreTrainedModel, processor: Any) -> dict[str, torch.Tensor]:
@@ -140,11 +144,11 @@ def example_inputs(model: PreTrainedModel, processor: Any) -> dict[str, torch.Te
     return inputs
 
 
-def _trace(module: ExportModule, inputs: dict[str, torch.Tensor], text_len: int, opset: int | None) -> Any:
+def _trace(module: ExportModule, inputs: dict[str, torch.Tensor], opset: int | None) -> Any:
     """``torch.onnx.export`` with a dynamic batch and text length. SDPA is pinned to its math backend while
     tracing: the CPU flash kernel's output strides make the exporter's decomposition fail on the
     reshape that follows attention, and both backends compute the same softmax."""
-    batch, text = torch.export.Dim("batch", min=1), torch.export.Dim("text", min=1, max=text_len)
+    batch, text = torch.export.Dim("batch", min=1), torch.export.Dim("text", min=1, max=max_positions(module.model))
     shapes = {name: {0: batch, 1: text} for name in ("input_ids", "attention_mask", "token_type_ids")}
     if "pixel_values" in inputs:
         shapes["pixel_values"] = {0: batch}
@@ -233,7 +237,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, opset: int | None
         eager = model(**inputs, return_dict=True)
     expected = {n: output_field(eager, n) for n in OUTPUTS if output_field(eager, n) is not None}
     text = text_settings(model, processor, "tokenizer.json")
-    program = _trace(ExportModule(model, list(expected)), inputs, text["max_length"], opset)
+    program = _trace(ExportModule(model, list(expected)), inputs, opset)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     program.save(str(out_dir / ONNX_FILE))
