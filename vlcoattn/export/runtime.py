@@ -203,6 +203,8 @@ class OnnxPredictor:
         images, ``letterbox`` (B, 8)."""
         inputs = self.encode(texts)
         letterboxes = None
+        if self.images is None and images is not None:
+            raise ValueError(f"a {self.config['model_class']} takes no images")
         if self.images is not None:
             if images is None or len(images) != len(texts):
                 raise ValueError("an image-text model needs one image per text")
