@@ -16,6 +16,7 @@ COMMANDS = {
     "vlcoattn-train": "train", "vlcoattn-evaluate": "evaluate", "vlcoattn-infer": "infer",
     "vlcoattn-make-shards": "make_shards", "vlcoattn-convert-bert": "convert_bert",
     "vlcoattn-train-tokenizer": "train_tokenizer", "vlcoattn-probe-features": "probe_features",
+    "vlcoattn-export": "export",
 }
 
 

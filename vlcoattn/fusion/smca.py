@@ -105,7 +105,8 @@ def merge_masks(
     """One additive float mask from a log-prior (B, N_h, T, S) and a key mask (B, S) (True = real).
 
     Padding keys get the dtype's minimum (set, not added, so nothing overflows to -inf/NaN). Under
-    ``torch.compile`` the key mask is always applied: skipping it would make the graph depend on the data.
+    ``torch.compile`` / ``torch.export`` the key mask is always applied: skipping it would make the
+    graph depend on the data.
     """
     if key_valid is None or (not torch.compiler.is_compiling() and bool(key_valid.all())):
         return log_prior.to(dtype) if log_prior is not None else None
