@@ -67,11 +67,21 @@ class TaskSpec:
     score: Callable[..., None] | None = None  # (model, out, batch, inputs, acc, rows): metrics + prediction rows
     baselines: Callable[..., list[Callable[[], Any]]] | None = None  # (sources, loader) -> baseline factories
     predict: Callable[..., list[dict]] | None = None  # (model, out, image processor, letterbox, top_k) -> fields per sample
+    # --- model card and the Hub (single tasks; see vlcoattn.train.model_card)
+    hub_pipeline_tag: str | None = None  # the Hub's pipeline tag (its fixed list: text-classification, ...)
+    headline_metrics: tuple[str, ...] = ()  # the evaluation figures a report and a card lead with
+    summary: str = ""  # what a model of the task does: one sentence of its card's intended use
+    usage: str = ""  # runnable lines that use a saved model: ``model_dir``, ``predictor`` (and ``image``) are set
 
     @property
     def units(self) -> tuple[TaskSpec, ...]:
         """The single tasks this task trains on: its parts, or itself."""
         return self.parts or (self,)
+
+    @property
+    def pipeline_tag(self) -> str | None:
+        """The Hub's pipeline tag: its own, or its first part's (a card has one)."""
+        return self.hub_pipeline_tag or self.units[0].hub_pipeline_tag
 
     @property
     def sample_tasks(self) -> tuple[str, ...]:
