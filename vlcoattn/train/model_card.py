@@ -123,12 +123,12 @@ def _model_section(model_dir: Path, spec: TaskSpec) -> list[str]:
     config = AutoConfig.from_pretrained(model_dir)
     text = getattr(config, "text_config", config)
     vision = getattr(config, "vision_config", None)
-    parts = [f"a CooBERT text encoder ({text.num_hidden_layers} layers, hidden size {text.hidden_size}, "
+    parts = [f"a CooBERT text encoder (layers {text.num_hidden_layers}, hidden size {text.hidden_size}, "
              f"shared key dim {getattr(text, 'shared_key_dim', None) or 'full'})"]
     if vision is not None:
         parts.append(f"a timm `{vision.backbone}` backbone at {'x'.join(map(str, vision.image_size))} pixels, "
                      "fused by SMCA co-attention (a Gaussian spatial prior per text token)")
-    what = "; ".join(u.summary for u in spec.units)
+    what = " and ".join(u.summary for u in spec.units)
     return [f"A `{config.architectures[0]}` ({parameter_count(model_dir) / 1e6:.2f}M parameters): "
             + " and ".join(parts) + ".", "", "## Intended use", "",
             f"The model {what}. It was trained on the data below only, and its figures hold for that data: "
