@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl, constants, metadata_load, metadata_save
+from huggingface_hub import ModelCard, constants, metadata_load, metadata_save
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 
@@ -30,6 +30,8 @@ from vlcoattn.train.config import load_config
 from vlcoattn.train.job_config import JobConfig
 from vlcoattn.train.model_card import base_models
 from vlcoattn.train.trainer import train
+
+from helpers import FakeHub
 
 # the Hub's pipeline tag of each headline metric, written out here (not read from the task registry)
 METRIC_TAGS = {"vqa_acc": "visual-question-answering", "acc@0.5": "zero-shot-object-detection",
@@ -184,25 +186,6 @@ def test_base_models_name_the_hub_models_the_weights_start_from(tmp_path):
     assert base_models(job("vqa", pretrained=str(tmp_path))) == ["a/b", "c/d"]
 
 
-class FakeHub:
-    """HfApi's create_repo / create_commit, answered here: each commit's files (path -> bytes) are kept."""
-
-    def __init__(self) -> None:
-        self.commits: list[tuple[str, dict[str, bytes]]] = []
-
-    def create_repo(self, repo_id: str, **kwargs):
-        return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def create_commit(self, repo_id: str, operations, commit_message: str = "", **kwargs):
-        files = {}
-        for op in operations:
-            src = op.path_or_fileobj
-            files[op.path_in_repo] = Path(src).read_bytes() if isinstance(src, str) else bytes(src)
-        self.commits.append((commit_message, files))
-        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{len(self.commits):040x}",
-                          commit_message=commit_message, commit_description="", oid=f"{len(self.commits):040x}")
-
-
 def _sub_dtypes_dropped(config: dict) -> dict:
     """A config less its sub-configs' ``dtype`` (a load + save adds float32 to those that had none)."""
     return {k: {n: x for n, x in v.items() if n != "dtype"} if isinstance(v, dict) else v for k, v in config.items()}
@@ -215,15 +198,11 @@ def test_push_model_dir_uploads_the_dir_with_its_card_offline(vl_run, monkeypatc
     assert constants.HF_HUB_OFFLINE  # conftest: transformers' remote card look-up answers "none" locally
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket.socket, "connect_ex", no_network)
-    hub = FakeHub()
-    monkeypatch.setattr(HfApi, "create_repo", hub.create_repo)
-    monkeypatch.setattr(HfApi, "create_commit", hub.create_commit)
+    hub = FakeHub(monkeypatch)
     final = vl_run / "final"
     info = push_model_dir(final, "someone/tiny-vl")
     assert info.repo_url.repo_id == "someone/tiny-vl" and len(hub.commits) == 3
-    repo: dict[str, bytes] = {}
-    for _, files in hub.commits:  # later commits overwrite earlier files, as on the Hub
-        repo.update(files)
+    repo = hub.files
     assert set(repo) == {p.name for p in final.iterdir()}  # exactly the dir: config, weights, processor, card, task
     assert repo["README.md"] == (final / "README.md").read_bytes()
     assert repo["vlcoattn_task.json"] == (final / "vlcoattn_task.json").read_bytes()
