@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import copy
 import io
 import json
 import re
@@ -94,6 +95,22 @@ def lm_run(root) -> Path:
     return _run(root, "lm", "lm", model, {"train": [str(root / "lm")], "test": {"test": [str(root / "lm")]}})
 
 
+@pytest.fixture(scope="module")
+def gpt2_run(root, minilm_tokenizer) -> Path:
+    """A transformers GPT-2 handed to the trainer, as the LM benchmark does."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = copy.copy(minilm_tokenizer)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id)
+    cfg = {"task": "lm", "run": {"dir": str(root / "runs" / "gpt2"), "progress": False},
+           "data": {"train": [str(root / "lm")], "test": {"test": [str(root / "lm")]}, "batch_size": 4,
+                    "max_text_len": 24}, "train": {"steps": 2, "report": False}}
+    (root / "gpt2.yaml").write_text(yaml.safe_dump(cfg))
+    train(load_config(JobConfig, root / "gpt2.yaml"), model=GPT2LMHeadModel(config), tokenizer=tokenizer)
+    return root / "runs" / "gpt2"
+
+
 def _figures(card: ModelCard) -> dict[tuple[str, str], tuple[str, float]]:
     """(split, metric) -> (the Hub task, value) of the card's model-index."""
     return {(r.dataset_split, r.metric_type): (r.task_type, r.metric_value) for r in card.data.eval_results or []}
@@ -165,6 +182,17 @@ def test_text_classification_card(cls_run, tmp_path, monkeypatch):
 def test_language_model_card(lm_run, tmp_path, monkeypatch):
     card = _check_header(lm_run, "text-generation", ["text"], ("perplexity",))
     pipe_text, *_ = _run_snippet(card, tmp_path, monkeypatch)  # the completion may be empty or span lines
+    assert pipe_text.startswith("The market")
+
+
+def test_a_transformers_model_handed_to_the_trainer_is_carded_as_transformers(gpt2_run, tmp_path, monkeypatch):
+    """Its dir loads with transformers alone, and the job's model options (MiniLM by default) did not build it."""
+    card = ModelCard.load(gpt2_run / "final" / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert "gpt2" in card.data.tags and card.data.base_model is None
+    assert "`GPT2LMHeadModel`" in card.text and "| started from | a model the caller built |" in card.text
+    assert _figures(card) == _expected_figures(gpt2_run, ("perplexity",))
+    pipe_text, *_ = _run_snippet(card, tmp_path, monkeypatch)
     assert pipe_text.startswith("The market")
 
 

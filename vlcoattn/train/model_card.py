@@ -8,10 +8,12 @@ of :class:`~huggingface_hub.EvalResult` s, one per split and headline metric of 
 The body says what the model does, how to load it (lines that run), how it was trained, and its
 figures beside the image-blind baselines of the same samples (``vlcoattn.eval.baselines``).
 
-``library_name`` is ``vlcoattn``, not ``transformers``: the files are transformers' own (config.json,
-model.safetensors, the processor), but their ``model_type`` (``vlcoattn``, ``coobert``) and pipelines
-are registered by ``import vlcoattn``, so the Hub's transformers snippet (``AutoModel`` / ``pipeline``
-by repo id, without that import) would fail. ``transformers`` is a tag, so the model is listed under it.
+``library_name`` is ``vlcoattn`` for this package's models, not ``transformers``: the files are
+transformers' own (config.json, model.safetensors, the processor), but their ``model_type`` (``vlcoattn``,
+``coobert``) and pipelines are registered by ``import vlcoattn``, so the Hub's transformers snippet
+(``AutoModel`` / ``pipeline`` by repo id, without that import) would fail. ``transformers`` is a tag, so
+the model is listed under it. A transformers model the caller hands the trainer (a GPT-2 or BERT baseline)
+loads with transformers alone: its card says ``transformers``.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, metadata_load
 from safetensors import safe_open
-from transformers import AutoConfig
+from transformers import AutoConfig, PretrainedConfig
 
 from ..assets import asset_hub_model
 from ..data.schema import INFO_FILE, DatasetInfo
 from ..hub import CARD_FILE
+from ..models import VLCoAttnConfig
 from ..tasks import TaskSpec
+from ..text import CooBertConfig
 from ..utils.reporting import markdown_table
 from .config import config_to_dict
 from .job_config import JobConfig
@@ -98,14 +102,23 @@ def eval_results(job: JobConfig, metrics: Metrics, model_name: str) -> list[Eval
     return results
 
 
-def card_data(job: JobConfig, metrics: Metrics | None, model_name: str) -> ModelCardData:
-    """The Hub metadata of a model of ``job`` (``metrics``: None for an unevaluated checkpoint)."""
+def is_ours(config: PretrainedConfig) -> bool:
+    """Whether the model is one of this package's (CooBERT, VLCoAttn), not transformers' own (a baseline
+    handed to the trainer: its dir loads with transformers alone)."""
+    return config.model_type in (CooBertConfig.model_type, VLCoAttnConfig.model_type)
+
+
+def card_data(job: JobConfig, config: PretrainedConfig, bases: Sequence[str], metrics: Metrics | None,
+              model_name: str) -> ModelCardData:
+    """The Hub metadata of the model ``job`` trained (``config``: the saved one; ``bases``: its base models;
+    ``metrics``: None for an unevaluated checkpoint)."""
     spec = job.spec
-    tags = [LIBRARY, "transformers", "coobert", *(["smca", job.model.backbone] if spec.needs_images else []),
+    tags = [LIBRARY, "transformers", config.model_type, *(["smca", job.model.backbone] if spec.needs_images else []),
             *(u.hub_pipeline_tag for u in spec.units if u.hub_pipeline_tag != spec.pipeline_tag)]
     results = eval_results(job, metrics, model_name) if metrics else []
     return ModelCardData(
-        library_name=LIBRARY, pipeline_tag=spec.pipeline_tag, tags=tags, base_model=base_models(job) or None,
+        library_name=LIBRARY if is_ours(config) else "transformers", pipeline_tag=spec.pipeline_tag, tags=tags,
+        base_model=list(bases) or None,
         datasets=dataset_names(job.data.train_sources), metrics=sorted({r.metric_type for r in results}) or None,
         model_name=model_name if results else None, eval_results=results or None,
     )
@@ -118,13 +131,13 @@ def parameter_count(model_dir: Path) -> int:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in names)
 
 
-def _model_section(model_dir: Path, spec: TaskSpec) -> list[str]:
-    """What the model is: its class, text encoder and backbone (from its config.json), size and purpose."""
-    config = AutoConfig.from_pretrained(model_dir)
+def _model_section(model_dir: Path, config: PretrainedConfig, spec: TaskSpec) -> list[str]:
+    """What the model is: its class, text encoder and backbone (from its saved config), size and purpose."""
     text = getattr(config, "text_config", config)
     vision = getattr(config, "vision_config", None)
     parts = [f"a CooBERT text encoder (layers {text.num_hidden_layers}, hidden size {text.hidden_size}, "
-             f"shared key dim {getattr(text, 'shared_key_dim', None) or 'full'})"]
+             f"shared key dim {getattr(text, 'shared_key_dim', None) or 'full'})" if is_ours(config)
+             else f"transformers' `{config.model_type}`"]
     if vision is not None:
         parts.append(f"a timm `{vision.backbone}` backbone at {'x'.join(map(str, vision.image_size))} pixels, "
                      "fused by SMCA co-attention (a Gaussian spatial prior per text token)")
@@ -146,14 +159,15 @@ def usage_snippet(spec: TaskSpec, location: str) -> str:
     return "\n".join(lines)
 
 
-def _training_section(job: JobConfig, summary: Mapping[str, Any]) -> list[str]:
-    """The job's key options, the training data and the whole job config (collapsed)."""
+def _training_section(job: JobConfig, summary: Mapping[str, Any], start: str) -> list[str]:
+    """The job's key options (``start``: what the weights started from), the training data and the whole
+    job config (collapsed)."""
     cfg, optim = job.model, job.optim
     rows = [*([k, v] for k, v in summary.items()),
             ["optimizer", f"AdamW, lr {optim.lr:g}, {optim.schedule} schedule, {optim.warmup_steps} warm-up steps, "
                           f"weight decay {optim.weight_decay:g}, grad clip {optim.grad_clip}"],
             ["precision", job.run.precision], ["seed", job.run.seed], ["text length", job.data.max_text_len],
-            ["started from", cfg.pretrained or ", ".join(base_models(job)) or "random weights"]]
+            ["started from", start]]
     if job.spec.needs_images:
         rows.append(["backbone / image size", f"{cfg.backbone} / {cfg.image_size} px"])
     data = [[f"`{s}`", info.source, info.num_samples, ", ".join(f"{t} {n}" for t, n in info.tasks.items())]
@@ -164,13 +178,13 @@ def _training_section(job: JobConfig, summary: Mapping[str, Any]) -> list[str]:
             "<details><summary>The job's config</summary>", "", "```yaml", config.rstrip(), "```", "", "</details>"]
 
 
-def card_text(model_dir: Path, job: JobConfig, metrics: Metrics | None, summary: Mapping[str, Any],
-              location: str) -> str:
+def card_text(model_dir: Path, job: JobConfig, config: PretrainedConfig, metrics: Metrics | None,
+              summary: Mapping[str, Any], location: str, start: str) -> str:
     """The card's body (markdown, after the metadata header)."""
-    lines = [f"# {Path(job.run.dir).name}: {job.task}", "", *_model_section(model_dir, job.spec), "",
+    lines = [f"# {Path(job.run.dir).name}: {job.task}", "", *_model_section(model_dir, config, job.spec), "",
              "## How to use", "", "```python", usage_snippet(job.spec, location), "```", "",
              "Batches, JSONL files and the command line: `vlcoattn-infer` (the project's docs/inference.md).",
-             "", *_training_section(job, summary), "", "## Evaluation", ""]
+             "", *_training_section(job, summary, start), "", "## Evaluation", ""]
     if metrics:
         lines += ["The model's figures per split; the trivial baselines (image-blind answer priors, the centred "
                   "mean box) are scored on the same samples:", "", metrics_table(metrics)]
@@ -180,15 +194,20 @@ def card_text(model_dir: Path, job: JobConfig, metrics: Metrics | None, summary:
 
 
 def write_model_card(model_dir: str | Path, job: JobConfig, metrics: Metrics | None = None,
-                     summary: Mapping[str, Any] | None = None, location: str | Path | None = None) -> Path:
+                     summary: Mapping[str, Any] | None = None, location: str | Path | None = None,
+                     prebuilt: bool = False) -> Path:
     """Write ``model_dir/README.md``: the card of the model ``job`` trained. ``metrics``: its final metrics
     (split -> metric -> value); ``summary``: facts of the run (steps, batch per step, ...); ``location``:
-    where the dir will be read from (default: ``model_dir``; the trainer writes into a temporary dir first)."""
+    where the dir will be read from (default: ``model_dir``; the trainer writes into a temporary dir first);
+    ``prebuilt``: the caller built the model (not ``job.model``), so what it started from is unknown here."""
     model_dir = Path(model_dir)
     name = Path(job.run.dir).name
-    data = card_data(job, metrics, name)
-    text = card_text(model_dir, job, metrics, summary or {"task": job.task, "steps": job.train.steps},
-                     str(location or model_dir))
+    config = AutoConfig.from_pretrained(model_dir)
+    bases = [] if prebuilt else base_models(job)
+    start = "a model the caller built" if prebuilt else job.model.pretrained or ", ".join(bases) or "random weights"
+    data = card_data(job, config, bases, metrics, name)
+    text = card_text(model_dir, job, config, metrics, summary or {"task": job.task, "steps": job.train.steps},
+                     str(location or model_dir), start)
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}")
     path = model_dir / CARD_FILE
     card.save(path)

@@ -218,6 +218,7 @@ class Trainer:
         torch.manual_seed(job.run.seed)  # the same initial weights on every rank
         self.answer_vocab, self.label_vocab, self.row_tasks = data_vocabularies(
             job.data.train_sources, job.data.answer_vocab, job.data.min_answer_count)
+        self.prebuilt = model is not None  # the caller's model: its card cannot say what it started from
         if model is None:
             model, tokenizer = build_model(job, self.answer_vocab, self.label_vocab)
         elif tokenizer is None:
@@ -312,7 +313,7 @@ class Trainer:
         """The save_pretrained dir (see :func:`save_model_dir`) and its model card; ``location``: where the dir
         lives once renamed into place, ``metrics``: the final ones (None for a checkpoint)."""
         save_model_dir(self.model, self.processor, out, self.job.task, full)
-        write_model_card(out, self.job, metrics, self._summary(), location)
+        write_model_card(out, self.job, metrics, self._summary(), location, self.prebuilt)
 
     def resume(self, path: str | Path) -> None:
         """Restore model, optimizer, scheduler, step, RNG and data position from a checkpoint.
