@@ -239,3 +239,11 @@ def test_push_model_dir_uploads_the_dir_with_its_card_offline(vl_run, monkeypatc
         assert _sub_dtypes_dropped(pushed_config) == _sub_dtypes_dropped(saved_config), name
     pushed, saved = load_safetensors(repo["model.safetensors"]), load_file(final / "model.safetensors")
     assert pushed.keys() == saved.keys() and all(torch.equal(pushed[k], saved[k]) for k in saved)
+
+
+def test_push_model_dir_refuses_a_dir_without_its_card(cls_run, tmp_path, monkeypatch):
+    hub = FakeHub(monkeypatch)
+    shutil.copytree(cls_run / "final", tmp_path / "final", ignore=shutil.ignore_patterns("README.md"))
+    with pytest.raises(FileNotFoundError, match=r"has no README\.md"):
+        push_model_dir(tmp_path / "final", "someone/tiny-cls")
+    assert hub.commits == []  # nothing was uploaded before the check

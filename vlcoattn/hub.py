@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from huggingface_hub import CommitInfo, CommitOperationAdd
-from transformers.utils.hub import hf_api
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 
 from .loading import TASK_FILE, load_model_dir
 
@@ -35,7 +34,7 @@ def push_model_dir(model_dir: str | Path, repo_id: str, *, private: bool | None 
     repo_id = pushed.repo_url.repo_id  # with the namespace the Hub gave it
     processor.push_to_hub(repo_id, token=token)
     files = [f for f in (CARD_FILE, TASK_FILE) if (model_dir / f).is_file()]
-    return hf_api().create_commit(
+    return HfApi().create_commit(
         repo_id=repo_id, token=token, commit_message="Upload the model card",
         operations=[CommitOperationAdd(path_or_fileobj=str(model_dir / f), path_in_repo=f) for f in files],
     )
