@@ -29,7 +29,7 @@ from vlcoattn.hub import push_model_dir
 from vlcoattn.text import CooBertConfig, CooBertModel
 from vlcoattn.train.config import load_config
 from vlcoattn.train.job_config import JobConfig
-from vlcoattn.train.model_card import base_models
+from vlcoattn.train.model_card import base_models, write_model_card
 from vlcoattn.train.trainer import train
 
 from helpers import FakeHub
@@ -177,6 +177,9 @@ def test_text_classification_card(cls_run, tmp_path, monkeypatch):
     card = _check_header(cls_run, "text-classification", ["textcls"], ("accuracy", "macro_f1"))
     pipe, label = _run_snippet(card, tmp_path, monkeypatch)
     assert label in ("business", "sport") and ast.literal_eval(pipe)[0]["label"] == label
+    job = load_config(JobConfig, cls_run / "config.yaml")  # the resolved config the run saved
+    with pytest.raises(ValueError, match="split 'holdout', which the job does not evaluate"):
+        write_model_card(cls_run / "final", job, {"holdout": {"accuracy": 0.5}})
 
 
 def test_language_model_card(lm_run, tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import timm
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, metadata_load
 from safetensors import safe_open
@@ -72,8 +73,6 @@ def base_models(job: JobConfig) -> list[str]:
     if text:
         found.append(text)
     if job.spec.needs_images and cfg.pretrained_backbone and cfg.backbone_pretrained_file is None:
-        import timm
-
         pretrained = timm.models.get_pretrained_cfg(cfg.backbone)
         if pretrained is not None and pretrained.hf_hub_id:
             found.append(pretrained.hf_hub_id)
@@ -91,7 +90,9 @@ def eval_results(job: JobConfig, metrics: Metrics, model_name: str) -> list[Eval
     sources = eval_sources(job)
     results = []
     for split, values in metrics.items():
-        dataset = "+".join(dataset_names(sources.get(split, [])) or [model_name])
+        if split not in sources:
+            raise ValueError(f"metrics of split {split!r}, which the job does not evaluate (data.val, data.test)")
+        dataset = "+".join(dataset_names(sources[split]))
         for unit in job.spec.units:
             for name in unit.headline_metrics:
                 if name in values and math.isfinite(values[name]):
@@ -112,8 +113,8 @@ def card_data(job: JobConfig, config: PretrainedConfig, bases: Sequence[str], me
               model_name: str) -> ModelCardData:
     """The Hub metadata of the model ``job`` trained (``config``: the saved one; ``bases``: its base models;
     ``metrics``: None for an unevaluated checkpoint)."""
-    spec = job.spec
-    tags = [LIBRARY, "transformers", config.model_type, *(["smca", job.model.backbone] if spec.needs_images else []),
+    spec, vision = job.spec, getattr(config, "vision_config", None)
+    tags = [LIBRARY, "transformers", config.model_type, *(["smca", vision.backbone] if vision is not None else []),
             *(u.hub_pipeline_tag for u in spec.units if u.hub_pipeline_tag != spec.pipeline_tag)]
     results = eval_results(job, metrics, model_name) if metrics else []
     return ModelCardData(
@@ -162,14 +163,12 @@ def usage_snippet(spec: TaskSpec, location: str) -> str:
 def _training_section(job: JobConfig, summary: Mapping[str, Any], start: str) -> list[str]:
     """The job's key options (``start``: what the weights started from), the training data and the whole
     job config (collapsed)."""
-    cfg, optim = job.model, job.optim
+    optim = job.optim
     rows = [*([k, v] for k, v in summary.items()),
             ["optimizer", f"AdamW, lr {optim.lr:g}, {optim.schedule} schedule, {optim.warmup_steps} warm-up steps, "
                           f"weight decay {optim.weight_decay:g}, grad clip {optim.grad_clip}"],
             ["precision", job.run.precision], ["seed", job.run.seed], ["text length", job.data.max_text_len],
             ["started from", start]]
-    if job.spec.needs_images:
-        rows.append(["backbone / image size", f"{cfg.backbone} / {cfg.image_size} px"])
     data = [[f"`{s}`", info.source, info.num_samples, ", ".join(f"{t} {n}" for t, n in info.tasks.items())]
             if (info := dataset_info(s)) else [f"`{s}`", "webdataset", "", ""] for s in job.data.train_sources]
     config = yaml.safe_dump(config_to_dict(job), sort_keys=False)
