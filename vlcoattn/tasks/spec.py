@@ -3,8 +3,9 @@
 torchtitan's ``TrainSpec`` is the model: a task is a frozen record of everything that differs between
 tasks (the model class and its head's config, whether it needs images, the batch fields the loader
 builds, how a batch becomes the model's inputs and targets, what each loss averages over, how
-evaluation scores a batch, the baselines it must beat, the predictor that serves it), registered once
-by name (:func:`register_task`) and looked up everywhere else (:func:`get_task`).
+evaluation scores a batch, the baselines it must beat, the predictor that serves it, what its model
+card says), registered once by name (:func:`register_task`) and looked up everywhere else
+(:func:`get_task`).
 
 One vocabulary of names. A single task (``vqa``, ``ground``, ``cls``, ``lm``) is also what a sample's
 ``task`` field says; a multitask spec (``vqa+ground``) has ``parts``, the single tasks whose samples it
