@@ -82,3 +82,40 @@ def batch(B=2, T=6, H=64, W=96, seed=0):
     ids = torch.randint(5, VOCAB, (B, T), generator=g)
     ids[:, 0] = 1  # [CLS]
     return ids, torch.randn(B, 3, H, W, generator=g)
+
+
+class FakeHub:
+    """The Hub's write calls answered here: ``HfApi.create_repo`` / ``create_commit`` (what transformers'
+    ``push_to_hub`` and ``vlcoattn.hub`` call) are patched for the test, and each commit's files
+    (path in the repo -> bytes) are kept in ``commits``; nothing goes over the network."""
+
+    def __init__(self, monkeypatch) -> None:
+        from huggingface_hub import HfApi
+
+        self.commits: list[tuple[str, dict[str, bytes]]] = []
+        monkeypatch.setattr(HfApi, "create_repo", self.create_repo)
+        monkeypatch.setattr(HfApi, "create_commit", self.create_commit)
+
+    def create_repo(self, repo_id: str, **kwargs):
+        from huggingface_hub import RepoUrl
+
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_commit(self, repo_id: str, operations, commit_message: str = "", **kwargs):
+        from pathlib import Path
+
+        from huggingface_hub import CommitInfo
+
+        files = {}
+        for op in operations:
+            src = op.path_or_fileobj
+            files[op.path_in_repo] = Path(src).read_bytes() if isinstance(src, str) else bytes(src)
+        self.commits.append((commit_message, files))
+        oid = f"{len(self.commits):040x}"
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{oid}", commit_message=commit_message,
+                          commit_description="", oid=oid)
+
+    @property
+    def files(self) -> dict[str, bytes]:
+        """The repo after all commits: a later commit's file replaces an earlier one's, as on the Hub."""
+        return {path: data for _, files in self.commits for path, data in files.items()}

@@ -21,6 +21,10 @@ from vlcoattn.data import SyntheticConfig, parse_holdout, write_synthetic
 from vlcoattn.loading import write_task_file
 from vlcoattn.text import CooBertConfig, CooBertForCausalLM, CooBertForSequenceClassification
 from vlcoattn.text.convert import convert_bert_dir
+from vlcoattn.train.job_config import JobConfig, RunConfig
+from vlcoattn.train.model_card import write_model_card
+
+from helpers import FakeHub
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -62,6 +66,9 @@ def pristine(tmp_path_factory):
     convert_bert_dir(minilm_dir(), root / "runs" / "coobert-minilm-k192", shared_key_dim=192)
     write_synthetic(root / "shards" / "clevr", 40, seed=0, progress=False,
                     config=SyntheticConfig(image_size=64, holdout=parse_holdout("cogent")))
+    job = JobConfig(task="vqa+ground", run=RunConfig(dir="runs/demo"))
+    job.data.train = [str(root / "shards" / "clevr" / "train")]
+    write_model_card(root / "runs" / "demo" / "final", job, location="runs/demo/final")  # as the trainer does
     shutil.copytree(root / "shards" / "clevr", root / "data" / "clevr-lite-4000")
     for name in ("vqav2", "refcoco"):
         shutil.copytree(root / "shards" / "clevr" / "train", root / "shards" / name / "train")
@@ -115,6 +122,7 @@ def test_every_python_block_of_the_docs_runs(doc, workspace, monkeypatch):
     """A doc's blocks run in order in one namespace (a later block may use an earlier one's names), in a
     folder holding the files they name."""
     monkeypatch.chdir(workspace)
+    FakeHub(monkeypatch)  # what the docs push to the Hub stays here
     namespace: dict = {"__name__": f"doc_{doc.stem}"}
     for i, block in enumerate(PYTHON_BLOCK.findall(doc.read_text())):
         exec(compile(block, f"{doc.name} python block {i + 1}", "exec"), namespace)

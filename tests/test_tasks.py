@@ -61,6 +61,7 @@ def test_every_task_is_whole(minilm_tokenizer):
         assert all(get_task(t).parts == () for t in spec.sample_tasks), name
         for unit in spec.units:
             assert unit.collate and unit.targets and unit.count_items and unit.score, (name, unit.name)
+            assert unit.hub_pipeline_tag and unit.headline_metrics and unit.summary and unit.usage, (name, unit.name)
     assert get_task("classify") is get_task("cls") and get_task("generate") is get_task("lm")
 
 

@@ -33,6 +33,15 @@ _PIP_NAMES = {
 }
 
 
+# the Hub model an asset packages (a card's base_model when a model starts from it)
+_HUB_MODELS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def asset_hub_model(name: str) -> str | None:
+    """The Hub id of the model that asset ``name`` packages, or None (not a model, or not from the Hub)."""
+    return _HUB_MODELS.get(name)
+
+
 def asset_path(name: str) -> Path:
     """Return the installed path of asset ``name`` (one of :func:`asset_names`)."""
     if name not in _ASSETS:

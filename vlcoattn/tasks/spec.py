@@ -3,8 +3,9 @@
 torchtitan's ``TrainSpec`` is the model: a task is a frozen record of everything that differs between
 tasks (the model class and its head's config, whether it needs images, the batch fields the loader
 builds, how a batch becomes the model's inputs and targets, what each loss averages over, how
-evaluation scores a batch, the baselines it must beat, the predictor that serves it), registered once
-by name (:func:`register_task`) and looked up everywhere else (:func:`get_task`).
+evaluation scores a batch, the baselines it must beat, the predictor that serves it, what its model
+card says), registered once by name (:func:`register_task`) and looked up everywhere else
+(:func:`get_task`).
 
 One vocabulary of names. A single task (``vqa``, ``ground``, ``cls``, ``lm``) is also what a sample's
 ``task`` field says; a multitask spec (``vqa+ground``) has ``parts``, the single tasks whose samples it
@@ -67,11 +68,21 @@ class TaskSpec:
     score: Callable[..., None] | None = None  # (model, out, batch, inputs, acc, rows): metrics + prediction rows
     baselines: Callable[..., list[Callable[[], Any]]] | None = None  # (sources, loader) -> baseline factories
     predict: Callable[..., list[dict]] | None = None  # (model, out, image processor, letterbox, top_k) -> fields per sample
+    # --- model card and the Hub (single tasks; see vlcoattn.train.model_card)
+    hub_pipeline_tag: str | None = None  # the Hub's pipeline tag (its fixed list: text-classification, ...)
+    headline_metrics: tuple[str, ...] = ()  # the evaluation figures a report and a card lead with
+    summary: str = ""  # what a model of the task does: one sentence of its card's intended use
+    usage: str = ""  # runnable lines that use a saved model: ``model_dir``, ``predictor`` (and ``image``) are set
 
     @property
     def units(self) -> tuple[TaskSpec, ...]:
         """The single tasks this task trains on: its parts, or itself."""
         return self.parts or (self,)
+
+    @property
+    def pipeline_tag(self) -> str | None:
+        """The Hub's pipeline tag: its own, or its first part's (a card has one)."""
+        return self.hub_pipeline_tag or self.units[0].hub_pipeline_tag
 
     @property
     def sample_tasks(self) -> tuple[str, ...]:

@@ -66,6 +66,11 @@ register_task(TaskSpec(
     head_config=_label_config, saved_labels=_saved_labels,
     metric_options=lambda model: {"num_classes": getattr(getattr(model, "config", None), "num_labels", None)},
     score=_score_classes,
+    hub_pipeline_tag="text-classification", headline_metrics=("accuracy", "macro_f1"),
+    summary="gives a text one of the labels of its training data",
+    usage="""classify = pipeline("text-classification", model=model_dir)
+print(classify("Shares in the bank fell today."))  # [{"label": ..., "score": ...}]
+print(predictor.classify("Shares in the bank fell today.")["label"])""",
 ))
 
 
@@ -99,4 +104,9 @@ register_task(TaskSpec(
     targets=lambda batch: {"labels": batch["labels"]},
     count_items=lambda batch: int((batch["labels"][:, 1:] != IGNORE).sum()),
     score=_score_tokens,
+    hub_pipeline_tag="text-generation", headline_metrics=("perplexity",),
+    summary="continues a text (a causal language model)",
+    usage="""generate = pipeline("text-generation", model=model_dir)
+print(generate("The market", max_new_tokens=8)[0]["generated_text"])
+print(predictor.generate("The market", max_new_tokens=8)["completion"])""",
 ))

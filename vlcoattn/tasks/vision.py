@@ -98,6 +98,11 @@ VQA_TASK = register_task(TaskSpec(
     check_sample=_check_vqa, collate=_collate_vqa, batch_keys=("answer_scores", "answer_ids", "answers"),
     targets=_vqa_targets, count_items=lambda batch: int(rows_of(batch, VQA).sum()),
     head_config=_answer_vocab_config, score=_score_vqa, baselines=_answer_priors, predict=_predict_answers,
+    hub_pipeline_tag="visual-question-answering", headline_metrics=("vqa_acc",),
+    summary="answers a question about an image with one of the answers of its training data",
+    usage="""vqa = pipeline("vlcoattn-vqa", model=model_dir)
+print(vqa(image, "what color is the object?", top_k=3))  # [{"answer": ..., "score": ...}, ...]
+print(predictor.predict(image, "what color is the object?", task="vqa")["answers"])""",
 ))
 
 
@@ -145,6 +150,11 @@ GROUND_TASK = register_task(TaskSpec(
     targets=lambda batch: {"boxes": batch["boxes"], "box_mask": batch["box_mask"]} if "boxes" in batch else {},
     count_items=lambda batch: int(batch["box_mask"].sum()) if "box_mask" in batch else 0,
     score=_score_ground, baselines=_center_box, predict=_predict_box,
+    hub_pipeline_tag="zero-shot-object-detection", headline_metrics=("acc@0.5", "mean_iou"),
+    summary="finds the box of the object that a referring expression names in an image (one box per expression)",
+    usage="""ground = pipeline("vlcoattn-grounding", model=model_dir)
+print(ground(image, "the object on the left")["box"])  # [x0, y0, x1, y1] in the image's pixels
+print(predictor.predict(image, "the object on the left", task="ground")["box"])""",
 ))
 
 

@@ -13,9 +13,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..tasks import get_task, sample_task_names
 from .metrics_log import read_metrics
 
-HEADLINE = ("vqa_acc", "acc@0.5", "mean_iou", "accuracy", "macro_f1", "perplexity")
+HEADLINE = tuple(m for name in sample_task_names() for m in get_task(name).headline_metrics)  # each task's figures
 BASELINES = ("answer_prior", "question_prior", "center_box")  # metric prefixes of vlcoattn.eval.baselines
 
 
@@ -109,7 +110,8 @@ def _baseline_table(final: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
-def _table(final: dict[str, dict[str, float]]) -> str:
+def metrics_table(final: dict[str, dict[str, float]]) -> str:
+    """The final metrics per split, the trivial baselines beside them and the per-type breakdown (markdown)."""
     names = [n for n in (*HEADLINE, "loss") if any(n in m for m in final.values())]
     extra = sorted({n for m in final.values() for n in m if "/" in n and n.split("/")[0] not in BASELINES})
     lines = ["| split | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
@@ -133,7 +135,7 @@ def write_report(
     parts = ["# Training report", ""]
     if summary:
         parts += [f"- {k}: {v}" for k, v in summary.items()] + [""]
-    parts += ["## Final metrics", "", _table(final), ""]
+    parts += ["## Final metrics", "", metrics_table(final), ""]
     metrics = read_metrics(run_dir / "metrics.jsonl")
     if metrics:
         plot_curves(metrics, run_dir / "curves.png")
@@ -148,4 +150,4 @@ def write_report(
     return path
 
 
-__all__ = ["np", "plot_curves", "plot_examples", "write_report"]
+__all__ = ["metrics_table", "np", "plot_curves", "plot_examples", "write_report"]

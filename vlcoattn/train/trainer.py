@@ -63,6 +63,7 @@ from .config import save_config
 from .distributed import build_once_per_node, destroy_distributed, init_distributed
 from .job_config import JobConfig
 from .metrics_log import MetricsLogger, peak_memory_gib
+from .model_card import write_model_card
 from .optim import build_optimizer, build_scheduler
 from .parallel import (
     apply_fsdp,
@@ -217,6 +218,7 @@ class Trainer:
         torch.manual_seed(job.run.seed)  # the same initial weights on every rank
         self.answer_vocab, self.label_vocab, self.row_tasks = data_vocabularies(
             job.data.train_sources, job.data.answer_vocab, job.data.min_answer_count)
+        self.prebuilt = model is not None  # the caller's model: its card cannot say what it started from
         if model is None:
             model, tokenizer = build_model(job, self.answer_vocab, self.label_vocab)
         elif tokenizer is None:
@@ -294,10 +296,24 @@ class Trainer:
         rank_state = {"rng": rng_state(), "loader": self.loader.state_dict()}
         return save_checkpoint(
             self.ckpt_dir, self.step,
-            lambda d: save_model_dir(model, self.processor, d, self.job.task, full),
+            lambda d: self._write_model_dir(d, self.ckpt_dir / checkpoint_name(self.step) / "model", full),
             trainer_state, rank_state, self.dist.rank, self.job.train.keep_last, self.dist.barrier,
             save_shards=(lambda d: save_sharded(d, model, self.optimizer)) if self.sharded else None,
         )
+
+    def _summary(self) -> dict[str, Any]:
+        """The facts of the run so far that its report and model cards list."""
+        job, dist = self.job, self.dist
+        return {"task": job.task, "steps": self.step, "processes": dist.world_size,
+                "batch per step": job.data.batch_size * job.optim.accum_steps * dist.world_size,
+                "skipped steps": self.bad_total, "bad samples": self.loader.bad_samples() or 0}
+
+    def _write_model_dir(self, out: Path, location: Path, full: dict[str, torch.Tensor] | None,
+                         metrics: dict[str, dict[str, float]] | None = None) -> None:
+        """The save_pretrained dir (see :func:`save_model_dir`) and its model card; ``location``: where the dir
+        lives once renamed into place, ``metrics``: the final ones (None for a checkpoint)."""
+        save_model_dir(self.model, self.processor, out, self.job.task, full)
+        write_model_card(out, self.job, metrics, self._summary(), location, self.prebuilt)
 
     def resume(self, path: str | Path) -> None:
         """Restore model, optimizer, scheduler, step, RNG and data position from a checkpoint.
@@ -536,15 +552,12 @@ class Trainer:
         if dist.is_main:
             out, tmp = self.run_dir / "final", self.run_dir / ".tmp-final"
             shutil.rmtree(tmp, ignore_errors=True)
-            save_model_dir(self.model, self.processor, tmp, job.task, full)
+            self._write_model_dir(tmp, out, full, final)
             shutil.rmtree(out, ignore_errors=True)
             os.replace(tmp, out)
             (self.run_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
             if job.train.report:
-                summary = {"task": job.task, "steps": self.step, "processes": dist.world_size,
-                           "batch per step": job.data.batch_size * job.optim.accum_steps * dist.world_size,
-                           "skipped steps": self.bad_total, "bad samples": self.loader.bad_samples() or 0}
-                write_report(self.run_dir, final, examples, summary)
+                write_report(self.run_dir, final, examples, self._summary())
         self.logger.close()
         dist.barrier()
         return TrainResult(self.run_dir, self.step, final, skipped_steps=self.bad_total)
