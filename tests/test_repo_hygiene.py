@@ -76,3 +76,16 @@ def test_no_file_names_a_work_period_an_issue_or_an_experiment_code():
             continue
         found += [f"{path.relative_to(ROOT)}:{n}: {hit}" for n, hit in history_references(text)]
     assert not found, "history belongs in git, not in the repo's text:\n" + "\n".join(found)
+
+
+CONFLICT_MARKER = re.compile(r"^(?:<{7} |>{7} |={7}$)", re.M)
+
+
+def test_no_file_keeps_a_merge_conflict_marker():
+    """A merge resolved in a hurry can commit ``<<<<<<< HEAD`` ... ``>>>>>>> branch``; docs render it as text."""
+    assert CONFLICT_MARKER.findall("a\n<<<<<<< HEAD\nb\n=======\nc\n>>>>>>> topic\n") == ["<<<<<<< ", "=======",
+                                                                                         ">>>>>>> "]
+    assert not CONFLICT_MARKER.findall("=========  =====\n# ======= heading rule\n")
+    found = [str(path.relative_to(ROOT)) for path in _text_files()
+             if CONFLICT_MARKER.search(path.read_text(encoding="utf-8", errors="replace"))]
+    assert not found, f"merge conflict markers in: {found}"
