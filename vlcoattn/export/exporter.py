@@ -114,7 +114,7 @@ def load_for_export(model_dir: str | Path) -> tuple[PreTrainedModel, Any, str]:
         model = CooBertModel.from_pretrained(model_dir).eval()
         return model, load_processor(model_dir, model), ENCODER_TASK
     spec = task_of_model(cls)
-    if spec is None or spec.name == "lm":
+    if spec is None or cls.can_generate():  # a generating LM decodes step by step: not one forward graph
         names = ["VLCoAttnForQuestionAnswering", "VLCoAttnForGrounding", "VLCoAttnForMultitask",
                  "CooBertForSequenceClassification", "CooBertModel"]
         raise ValueError(f"model dir {model_dir}: cannot export a {cls.__name__}; export takes {', '.join(names)}")

@@ -225,11 +225,11 @@ class OnnxPredictor:
         for b, text in enumerate(texts):
             result: dict[str, Any] = {"task": self.config["task"], "text": text,
                                       "image_size": [int(out["letterbox"][b, 4]), int(out["letterbox"][b, 5])]}
-            if "vqa" in self.config["predicts"]:
+            if "answers" in self.config:  # an answer head: its vocabulary and probability
                 answers = self.config["answers"]
                 probs = probabilities(out["logits"][b:b + 1], answers["probability"])[0]
                 result["answers"] = top(probs, top_k, answers["vocab"], "answer")
-            if "ground" in self.config["predicts"]:
+            if "pred_boxes" in out:  # a box head
                 box = boxes_to_pixels(out["pred_boxes"][b:b + 1], out["letterbox"][b:b + 1])[0]
                 result["box"] = [round(float(v), 2) for v in box]
             results.append({**result, "truncated": bool(out["truncated"][b])})

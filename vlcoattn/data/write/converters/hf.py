@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ....tasks import get_task
 from ...answers import normalize_answer
 from ...image import ImageDecodeError, image_format, image_size
 from ...schema import DatasetInfo, SampleError
@@ -32,8 +33,13 @@ from .common import (
     xywh_to_xyxy,
 )
 
-HF_TASKS = ("vqa", "ground", "cls")
-TARGET_OPTIONS = {"vqa": "answers", "ground": "boxes", "cls": "label"}  # the column each task's targets come from
+HF_TASKS = ("vqa", "ground", "cls")  # the registry's tasks whose sample has one target field a column can fill
+
+
+def target_field(task: str) -> str:
+    """The sample field that holds ``task``'s targets, as the task registry's schema requirement names it:
+    ``answers`` (vqa), ``boxes`` (ground), ``label`` (cls); the column option is ``--<field>-column``."""
+    return get_task(task).requires[0]
 DEFAULT_SPLIT_NAMES = {"validation": "val", "valid": "val"}  # other splits keep their name
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -58,26 +64,28 @@ class HFColumns:
             raise ValueError(f"--task must be one of {HF_TASKS}, got {self.task!r}")
         if self.box_format not in BOX_FORMATS:
             raise ValueError(f"--box-format must be one of {BOX_FORMATS}, got {self.box_format!r}")
-        if self.task == "cls" and self.image is not None:
-            raise ValueError("--task cls is text-only: drop --image-column")
-        if self.task != "cls" and self.image is None:
+        needs_images = get_task(self.task).needs_images
+        if not needs_images and self.image is not None:
+            raise ValueError(f"--task {self.task} is text-only: drop --image-column")
+        if needs_images and self.image is None:
             object.__setattr__(self, "image", "image")
 
     def used(self) -> dict[str, str]:
         """option -> column, for every column this task reads."""
         named = {"--text-column": self.text, "--image-column": self.image, "--type-column": self.type,
-                 f"--{TARGET_OPTIONS[self.task]}-column": getattr(self, TARGET_OPTIONS[self.task])}
+                 f"--{target_field(self.task)}-column": getattr(self, target_field(self.task))}
         return {option: column for option, column in named.items() if column is not None}
 
     def targets(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """The task's target field of the record, as the schema wants it (the sink rejects bad ones)."""
-        value = column_value(row, getattr(self, TARGET_OPTIONS[self.task]))
-        if self.task == "vqa":
+        name = target_field(self.task)
+        value = column_value(row, getattr(self, name))
+        if name == "answers":
             answers = [value] if isinstance(value, str) else value
             if self.normalize_answers and isinstance(answers, list):
                 answers = [normalize_answer(a) if isinstance(a, str) else a for a in answers]
             return {"answers": answers}
-        if self.task == "ground":
+        if name == "boxes":
             return {"boxes": self.boxes_xyxy(value)}
         return {"label": self.label_name(value)}
 
@@ -211,7 +219,7 @@ def _prepare(dataset: Any, columns: HFColumns) -> tuple[Any, HFColumns]:
             raise ValueError(f"--image-column {columns.image!r} holds {feature}, not a datasets.Image feature "
                              f"(a column of paths: cast_column({columns.image!r}, datasets.Image()) first)")
         dataset = dataset.cast_column(columns.image, datasets.Image(decode=False))
-    label = column_feature(dataset.features, columns.label, "--label-column") if columns.task == "cls" else None
+    label = column_feature(dataset.features, columns.label, "--label-column") if target_field(columns.task) == "label" else None
     if isinstance(label, datasets.ClassLabel):
         columns = replace(columns, label_names=tuple(label.names))
     return dataset, columns
