@@ -169,3 +169,68 @@ def test_make_shards_flickr30k_writes_phrase_samples_skipping_zero_size_boxes(tm
     batch_ = Collator(minilm_tokenizer, processor_for(minilm_tokenizer, 64).image_processor)([decoder(r) for r in raws])
     trained = [[bool(batch_["phrase_mask"][i, j]) for j in range(len(r["phrases"]))] for i, r in enumerate(records)]
     assert trained == [[bool(p["boxes"]) for p in r["phrases"]] for r in records]
+
+
+# ----------------------------------------------------------------------------- training and evaluation
+
+
+@pytest.fixture(scope="module")
+def caption_job(tmp_path_factory, minilm_tokenizer):
+    """A tiny CooBERT dir (MiniLM's tokenizer) and CLEVR-lite captions alone at 64 px."""
+    from vlcoattn.data import write_synthetic
+    from vlcoattn.text import CooBertConfig, CooBertModel
+
+    root = tmp_path_factory.mktemp("phrase")
+    config = CooBertConfig(vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=64, shared_key_dim=16, max_position_embeddings=64)
+    torch.manual_seed(0)
+    CooBertModel(config).save_pretrained(root / "text")
+    minilm_tokenizer.save_pretrained(root / "text")
+    captions = SyntheticConfig(image_size=64, questions_per_scene=0, refs_per_scene=0, captions=True)
+    write_synthetic(root / "data", 16, seed=0, config=captions, progress=False)
+    return root
+
+
+def test_a_tiny_phrase_training_reports_recall_at_1_and_the_evaluation_tool_reproduces_it(caption_job, capsys):
+    import yaml
+
+    from vlcoattn.cli.evaluate import main as evaluate_main
+    from vlcoattn.train.config import load_config
+    from vlcoattn.train.job_config import JobConfig
+    from vlcoattn.train.trainer import train
+
+    data, run = caption_job / "data", caption_job / "run"
+    cfg = {
+        "task": "phrase",
+        "run": {"dir": str(run), "seed": 0, "log_every": 1, "progress": False},
+        "model": {"text": str(caption_job / "text"), "convert_from": None, "backbone": "convnext_atto",
+                  "pretrained_backbone": False, "image_size": 64,
+                  "config": {"coattention_config": {"num_layers": 1}, "vision_config": {"out_indices": [-2]}}},
+        "data": {"train": [str(data / "train")], "val": [str(data / "val")], "test": {"test": [str(data / "test")]},
+                 "batch_size": 4, "eval_batch_size": 8, "max_text_len": 48, "shuffle_buffer": 8},
+        "optim": {"lr": 1e-3, "warmup_steps": 1},
+        "train": {"steps": 2, "report": True, "report_images": 2},
+    }
+    (caption_job / "job.yaml").write_text(yaml.safe_dump(cfg))
+    result = train(load_config(JobConfig, caption_job / "job.yaml"))
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final == result.metrics
+    for split in ("val", "test"):
+        m = final[split]
+        assert m["phrases"] >= 2 and m["phrases_without_box"] == 0
+        for protocol in ("any", "merged"):  # one box per CLEVR-lite phrase: the protocols agree
+            assert 0 <= m[f"recall@1_{protocol}"] <= 1
+            assert m[f"recall@1_{protocol}"] == m["recall@1_any"]
+            for baseline in ("whole_image", "center_box"):
+                assert 0 <= m[f"{baseline}/recall@1_{protocol}"] <= 1
+    report = (run / "report.md").read_text()
+    assert "recall@1_any" in report and "| whole image |" in report
+    capsys.readouterr()
+    assert evaluate_main(["--model", str(run / "final"), "--data", str(data / "test"), "--no-progress",
+                          "--predictions", str(caption_job / "p.jsonl")]) == 0
+    reproduced = json.loads(capsys.readouterr().out)
+    expected = {k: v for k, v in final["test"].items() if not k.startswith(("whole_image/", "center_box/"))}
+    assert reproduced == pytest.approx(expected, rel=1e-5)
+    preds = [json.loads(line) for line in (caption_job / "p.jsonl").read_text().splitlines()]
+    assert sum(len(p["phrases"]) for p in preds) == final["test"]["phrases"]
+    assert all(len(q["box"]) == 4 and set(q["hit"]) == {"any", "merged"} for p in preds for q in p["phrases"])

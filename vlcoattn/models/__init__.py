@@ -17,6 +17,7 @@ from .configuration_vlcoattn import (
     VLCoAttnConfig,
     convert_flat_config,
 )
+from .modeling_phrase_grounding import VLCoAttnForPhraseGrounding, VLCoAttnPhraseGroundingOutput
 from .modeling_vlcoattn import (
     AnswerHead,
     BoxHead,
@@ -33,7 +34,6 @@ from .modeling_vlcoattn import (
     grounding_loss,
     prior_heatmaps,
 )
-from .modeling_phrase_grounding import VLCoAttnForPhraseGrounding, VLCoAttnPhraseGroundingOutput
 from .processing_vlcoattn import VLCoAttnImageProcessor, VLCoAttnProcessor
 
 AutoConfig.register(VLCoAttnConfig.model_type, VLCoAttnConfig, exist_ok=True)

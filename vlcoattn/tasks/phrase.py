@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .spec import Batch, TaskSpec, register_task, rows_of
+from .spec import Batch, TaskSpec, register_task
 
 PHRASE = "phrase"
 PREDICTOR = "vlcoattn.infer.predictor:VisionPredictor"

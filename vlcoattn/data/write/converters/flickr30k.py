@@ -30,7 +30,15 @@ from typing import Any
 
 from ...schema import TYPE_SEPARATOR, DatasetInfo
 from ..sink import ShardSink
-from .common import ImageStore, add_shard_command, progress_bar, report, sink_options, write_image_sample, write_order
+from .common import (
+    ImageStore,
+    add_shard_command,
+    progress_bar,
+    report,
+    sink_options,
+    write_image_sample,
+    write_order,
+)
 
 __all__ = ["Annotation", "Caption", "Mention", "caption_phrases", "convert_flickr30k", "parse_annotation",
            "parse_sentence", "parse_sentences", "read_image", "split_ids"]
