@@ -234,3 +234,20 @@ def test_a_tiny_phrase_training_reports_recall_at_1_and_the_evaluation_tool_repr
     preds = [json.loads(line) for line in (caption_job / "p.jsonl").read_text().splitlines()]
     assert sum(len(p["phrases"]) for p in preds) == final["test"]["phrases"]
     assert all(len(q["box"]) == 4 and set(q["hit"]) == {"any", "merged"} for p in preds for q in p["phrases"])
+
+
+def test_a_saved_phrase_model_reloads_through_auto_and_knows_its_task(tmp_path):
+    from transformers import AutoModelForZeroShotObjectDetection
+
+    from vlcoattn.loading import model_class, saved_task
+
+    torch.manual_seed(0)
+    model = VLCoAttnForPhraseGrounding(tiny_config()).eval()
+    model.save_pretrained(tmp_path)
+    auto = AutoModelForZeroShotObjectDetection.from_pretrained(tmp_path).eval()
+    assert type(auto) is VLCoAttnForPhraseGrounding and model_class(tmp_path) is VLCoAttnForPhraseGrounding
+    assert saved_task(tmp_path, VLCoAttnForPhraseGrounding) == "phrase"
+    ids, pixels = batch(B=1, T=5)
+    tokens = torch.tensor([[[False, True, True, False, False]]])
+    torch.testing.assert_close(auto(ids, pixels, phrase_tokens=tokens).pred_boxes,
+                               model(ids, pixels, phrase_tokens=tokens).pred_boxes)
