@@ -41,15 +41,6 @@ def span_token_mask(offsets: torch.Tensor, spans: Sequence[Sequence[int]]) -> to
     return real & (start < span[..., 1]) & (end > span[..., 0])  # (P, T)
 
 
-def token_offsets(tokenizer, texts: Sequence[str]) -> torch.Tensor:
-    """(B, T, 2) character offsets of the tokens :func:`vlcoattn.data.read.pipeline.tokenize` gives."""
-    from ..data.read.pipeline import TEXT_PAD_MULTIPLE
-
-    enc = tokenizer(list(texts), padding="longest", pad_to_multiple_of=TEXT_PAD_MULTIPLE, truncation=True,
-                    max_length=int(tokenizer.model_max_length), return_offsets_mapping=True, return_tensors="pt")
-    return enc["offset_mapping"]
-
-
 def merged_target(boxes: torch.Tensor) -> torch.Tensor:
     """(K >= 1, 4) normalized cxcywh -> (4,): the box enclosing all K, the training target of a phrase."""
     from torchvision.ops import box_convert
@@ -67,9 +58,9 @@ def _collate_phrase(collator, samples, enc: Batch) -> Batch:
     tokens = torch.zeros(B, P, T, dtype=torch.bool)
     boxes = torch.zeros(B, P, 4)
     mask = torch.zeros(B, P, dtype=torch.bool)
-    offsets = token_offsets(collator.tokenizer, [s["text"] for s in samples])
-    if offsets.shape[1] != T:
-        raise ValueError(f"the tokenizer's offsets cover {offsets.shape[1]} tokens, the batch {T}")
+    from ..data.read.pipeline import tokenize
+
+    offsets = tokenize(collator.tokenizer, [s["text"] for s in samples], offsets=True)["offset_mapping"]  # (B, T, 2)
     for i, s in enumerate(samples):
         phrases = s.get("phrases", [])
         tokens[i, :len(phrases)] = span_token_mask(offsets[i], [p["span"] for p in phrases])
