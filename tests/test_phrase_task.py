@@ -15,7 +15,7 @@ from torchvision.ops import box_convert, generalized_box_iou
 
 from vlcoattn.data.read.loader import read_shard
 from vlcoattn.data.read.pipeline import Collator, SampleDecoder
-from vlcoattn.data.read.transforms import ImageTransform, swap_left_right
+from vlcoattn.data.read.transforms import ImageTransform, letterbox_params, swap_left_right
 from vlcoattn.data.write.converters.flickr30k import read_image
 from vlcoattn.data.write.synthetic import SyntheticConfig, generate_scene, scene_caption
 from vlcoattn.models import VLCoAttnForPhraseGrounding
@@ -251,3 +251,38 @@ def test_a_saved_phrase_model_reloads_through_auto_and_knows_its_task(tmp_path):
     tokens = torch.tensor([[[False, True, True, False, False]]])
     torch.testing.assert_close(auto(ids, pixels, phrase_tokens=tokens).pred_boxes,
                                model(ids, pixels, phrase_tokens=tokens).pred_boxes)
+
+
+def test_scoring_finds_a_phrase_in_original_pixels_and_counts_one_without_a_box_apart(minilm_tokenizer):
+    from types import SimpleNamespace
+
+    from vlcoattn.eval.baselines import PhraseBoxBaseline
+
+    text = "a dog and the sky and a red ball"
+    record = {"task": "phrase", "text": text,
+              "phrases": [{"span": [0, 5], "boxes": [[0, 0, 48, 40]], "type": "animals"}, {"span": [10, 17], "boxes": []},
+                          {"span": [22, 32], "boxes": [[4, 6, 12, 10], [30, 20, 44, 36]], "type": "other"}]}
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 40)).save(buf, "PNG")
+    sample = SampleDecoder(ImageTransform((32, 32), (0, 0, 0)))({"__key__": "k", "json": json.dumps(record).encode(),
+                                                                  "png": buf.getvalue()})
+    batch_ = Collator(minilm_tokenizer, processor_for(minilm_tokenizer, 32).image_processor)([sample])
+    # predictions in canvas cxcywh (48 x 40 letterboxed into 32 x 32): the whole image for the dog; the
+    # second ball box alone for the ball (Any-Box hit, Merged-Box miss)
+    lb = letterbox_params(48, 40, 32)
+    original = torch.tensor([[0.0, 0, 48, 40], [0, 0, 1, 1], [30, 20, 44, 36]])
+    canvas = original * torch.tensor([lb.scale_x, lb.scale_y] * 2) + torch.tensor([lb.pad_x, lb.pad_y] * 2)
+    pred = box_convert(canvas / 32, "xyxy", "cxcywh")[None]
+    spec, rows = get_task("phrase"), [{}]
+    acc = spec.metric_accumulator(None)
+    spec.score_batch(None, SimpleNamespace(pred_boxes=pred), batch_, {}, acc, rows)
+    metrics = acc.all_reduce().compute()
+    assert metrics["recall@1_any"] == 1.0 and metrics["recall@1_merged"] == 0.5
+    assert metrics["recall@1_merged/animals"] == 1.0 and metrics["recall@1_merged/other"] == 0.0
+    assert metrics["phrases"] == 2 and metrics["phrases_without_box"] == 1
+    found = torch.tensor([p["box"] for p in rows[0]["phrases"]])
+    torch.testing.assert_close(found[::2], original[::2], atol=0.01, rtol=0)  # back in original pixels
+    assert "hit" not in rows[0]["phrases"][1]
+    whole = PhraseBoxBaseline("phrase")
+    whole.add(batch_)
+    assert whole.compute()["whole_image/recall@1_any"] == 0.5  # the dog fills the image; the ball does not

@@ -158,5 +158,5 @@ class PhraseBoxBaseline(_Baseline):
             width, height = float(lb[4]), float(lb[5])
             guess = whole_image_box(width, height) if self.size is None else center_box(width, height, self.size)
             for phrase in row:
-                truth = invert_boxes(phrase["boxes"], lb) if len(phrase["boxes"]) else torch.zeros(0, 4)
+                truth = invert_boxes(phrase["boxes"], lb)  # (K, 4), K = 0 for a phrase without a box
                 self.acc.phrases.add(guess, truth, phrase_types(phrase))

@@ -53,13 +53,13 @@ def merged_target(boxes: torch.Tensor) -> torch.Tensor:
 def _collate_phrase(collator, samples, enc: Batch) -> Batch:
     """Every row's phrases, padded to the batch's most (P): their tokens (B, P, T), their merged target
     boxes (B, P, 4) and which of them train (B, P): phrase rows' phrases with a box and a token."""
+    from ..data.read.pipeline import tokenize
+
     B, T = enc["input_ids"].shape
     P = max([len(s.get("phrases", ())) for s in samples] + [1])
     tokens = torch.zeros(B, P, T, dtype=torch.bool)
     boxes = torch.zeros(B, P, 4)
     mask = torch.zeros(B, P, dtype=torch.bool)
-    from ..data.read.pipeline import tokenize
-
     offsets = tokenize(collator.tokenizer, [s["text"] for s in samples], offsets=True)["offset_mapping"]  # (B, T, 2)
     for i, s in enumerate(samples):
         phrases = s.get("phrases", [])
@@ -95,7 +95,7 @@ def _score_phrase(model, out, batch: Batch, inputs: dict, acc, rows: list[dict])
         lb, found = batch["letterbox"][i], []
         for j, phrase in enumerate(batch["phrases"][i]):
             box = invert_boxes(pred[i, j], lb)
-            truth = invert_boxes(phrase["boxes"], lb) if len(phrase["boxes"]) else torch.zeros(0, 4)
+            truth = invert_boxes(phrase["boxes"], lb)  # (K, 4), K = 0 for a phrase without a box
             hits = acc.phrases.add(box, truth, phrase_types(phrase))
             found.append({"span": list(phrase["span"]), "box": [round(v, 2) for v in box.tolist()],
                           **({"hit": hits} if hits is not None else {})})
