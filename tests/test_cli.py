@@ -56,7 +56,8 @@ def test_make_shards_collects_the_sub_command_of_every_converter():
     from vlcoattn.cli.make_shards import build_parser
 
     (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    assert list(sub.choices) == ["jsonl", "vqa2", "refcoco", "textcls", "text", "synthetic", "hf", "inspect"]
+    assert list(sub.choices) == ["jsonl", "vqa2", "refcoco", "flickr30k", "textcls", "text", "synthetic", "hf",
+                                 "inspect"]
     for name, parser in sub.choices.items():
         assert callable(parser.get_default("run")), name
         if name != "inspect":  # every converter writes a shard directory

@@ -228,6 +228,9 @@ NOT_RUN = {
     "refcoco/refs.json": "the user's RefCOCO files; "
                          "tests/test_data_converters.py::test_refcoco_roundtrip_one_sample_per_sentence "
                          "converts a fixture",
+    "flickr30k_entities": "the user's Flickr30k Entities files; tests/test_phrase_task.py::"
+                          "test_make_shards_flickr30k_writes_phrase_samples_skipping_zero_size_boxes converts "
+                          "the fixtures in their formats",
     "data.jsonl": "the user's JSONL; tests/test_data_converters.py::test_jsonl_roundtrip_with_skips converts "
                   "a fixture",
     "BERT_DIR": "a placeholder; README's `--src minilm` call runs, as does "

@@ -5,10 +5,12 @@
         --out shards/vqa
     python tools/make_shards.py refcoco --refs refs.json --instances instances.json --images train2014/ \\
         --split val --out shards/refcoco-val
+    python tools/make_shards.py flickr30k --root flickr30k_entities --images flickr30k-images --split val \\
+        --out shards/flickr30k-val
     python tools/make_shards.py textcls --input bbcnews/data --out shards/bbc --test-fraction 0.2 --seed 0
     python tools/make_shards.py text --input a.txt b.txt --out shards/lm [--test-fraction 0.1 --seed 0]
     python tools/make_shards.py synthetic --out shards/clevr --num 2000 --seed 0 --size 128 \\
-        --split-holdout cogent
+        --split-holdout cogent [--captions]
     python tools/make_shards.py hf --input saved/ --task vqa --text-column question --out shards/hf-vqa
     python tools/make_shards.py inspect shards/clevr/train --show 8 --show-out preview.png
 """
@@ -20,7 +22,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from vlcoattn.data.write.converters import clevr_lite, hf, jsonl, refcoco, text, vqa2
+from vlcoattn.data.write.converters import clevr_lite, flickr30k, hf, jsonl, refcoco, text, vqa2
 from vlcoattn.data.write.inspection import inspect_shards
 from vlcoattn.utils.cli import ArgumentParser, run_cli
 
@@ -64,6 +66,7 @@ COMMANDS = (  # each adds its sub-command(s) with the function that runs them (a
     jsonl.add_commands,
     vqa2.add_commands,
     refcoco.add_commands,
+    flickr30k.add_commands,
     text.add_commands,  # textcls, text
     clevr_lite.add_commands,  # synthetic
     hf.add_commands,

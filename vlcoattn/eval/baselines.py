@@ -15,8 +15,9 @@ import torch
 import torch.distributed as dist
 
 from ..data.read.transforms import invert_boxes
-from ..data.schema import sample_type, trained_answers
+from ..data.schema import phrase_types, sample_type, trained_answers
 from .metrics import MetricAccumulator, normalize_answer
+from .phrase_grounding import center_box, mean_phrase_box_size, whole_image_box
 
 
 def mean_box_size(batches: Iterable[dict[str, Any]]) -> tuple[float, float]:
@@ -123,3 +124,39 @@ class AnswerPriorBaseline(_Baseline):
             if answers:  # a VQA row (other rows have none)
                 qtype = sample_type(batch["meta"][i])
                 self.acc.add_vqa(self.predict(batch["texts"][i], qtype), answers, qtype)
+
+
+def phrase_box_size(batches: Iterable[dict[str, Any]], task: str) -> tuple[float, float]:
+    """Mean (w, h), as fractions of the original image, of the merged boxes of the phrases of the rows of
+    sample task ``task`` in ``batches`` (e.g. the training split; see
+    :func:`~vlcoattn.eval.phrase_grounding.mean_phrase_box_size`)."""
+    def phrases() -> Iterator[tuple[torch.Tensor, float, float]]:
+        for batch in batches:
+            for i, row in enumerate(batch.get("phrases", ())):
+                if batch["tasks"][i] == task:
+                    lb = batch["letterbox"][i]
+                    yield from ((invert_boxes(p["boxes"], lb), float(lb[4]), float(lb[5])) for p in row)
+
+    return mean_phrase_box_size(phrases())
+
+
+class PhraseBoxBaseline(_Baseline):
+    """Recall@1 of one fixed box for every phrase of the rows of sample task ``task``: the whole image
+    (``whole_image``) or, given ``size`` (w, h as fractions of the image), a box of that size at the
+    centre (``center_box``). Phrases are scored like the model's, in original-image pixels."""
+
+    def __init__(self, task: str, size: tuple[float, float] | None = None) -> None:
+        super().__init__()
+        self.task, self.size = task, size
+        self.name = "whole_image" if size is None else "center_box"
+
+    def add(self, batch: dict[str, Any]) -> None:
+        for i, row in enumerate(batch.get("phrases", ())):
+            if batch["tasks"][i] != self.task:
+                continue
+            lb = batch["letterbox"][i]
+            width, height = float(lb[4]), float(lb[5])
+            guess = whole_image_box(width, height) if self.size is None else center_box(width, height, self.size)
+            for phrase in row:
+                truth = invert_boxes(phrase["boxes"], lb)  # (K, 4), K = 0 for a phrase without a box
+                self.acc.phrases.add(guess, truth, phrase_types(phrase))

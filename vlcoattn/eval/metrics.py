@@ -5,6 +5,7 @@
 - Grounding: Acc@0.5 (share of boxes with IoU >= 0.5) and mean IoU of paired xyxy boxes.
 - Classification: accuracy and macro-F1 (sklearn's ``f1_score(average="macro")``).
 - Language modelling: perplexity = exp(total NLL / total tokens).
+- Phrase grounding: Recall@1 under the Flickr30k Entities protocols (:mod:`.phrase_grounding`).
 
 :class:`MetricAccumulator` keeps only sums and counts, so ``all_reduce()`` across DDP ranks followed
 by ``compute()`` gives the single-process result on the union of the ranks' samples (counts exactly,
@@ -152,10 +153,14 @@ class MetricAccumulator:
 
     Every rank adds its own samples, then all ranks call :meth:`all_reduce` once, after which
     :meth:`compute` on any rank equals single-process evaluation on the union of the samples.
-    ``num_classes`` is needed only for classification (it sizes the confusion matrix).
+    ``num_classes`` is needed only for classification (it sizes the confusion matrix). Phrases are
+    scored by its :class:`~vlcoattn.eval.phrase_grounding.PhraseRecall`, ``acc.phrases.add(...)``.
     """
 
     def __init__(self, num_classes: int | None = None) -> None:
+        from .phrase_grounding import PhraseRecall  # (it imports this module's IoU)
+
+        self.phrases = PhraseRecall()
         self.sums = dict.fromkeys(
             ("vqa_score", "vqa_count", "iou_sum", "iou_hits", "box_count", "nll_sum", "token_count"), 0.0
         )
@@ -211,6 +216,7 @@ class MetricAccumulator:
         if self.reduced:
             raise RuntimeError("MetricAccumulator.all_reduce() was already called; it would double-count")
         self.reduced = True
+        self.phrases.all_reduce()
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return self
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
@@ -234,7 +240,8 @@ class MetricAccumulator:
 
     def compute(self) -> dict[str, float]:
         """The metrics of every task that received samples: ``vqa_acc`` (+ ``vqa_acc/<qtype>``),
-        ``acc@0.5`` (+ ``acc@0.5/<rtype>``) and ``mean_iou``, ``accuracy`` and ``macro_f1``, ``perplexity``."""
+        ``acc@0.5`` (+ ``acc@0.5/<rtype>``) and ``mean_iou``, ``accuracy`` and ``macro_f1``, ``perplexity``,
+        ``recall@1_any`` and ``recall@1_merged`` (+ ``/<phrase type>``, see :class:`PhraseRecall`)."""
         s = self.sums
         out: dict[str, float] = {}
         if s["vqa_count"]:
@@ -250,4 +257,4 @@ class MetricAccumulator:
             out.update(_classification_from_confusion(self.confusion))
         if s["token_count"]:
             out["perplexity"] = perplexity(s["nll_sum"], int(s["token_count"]))
-        return out
+        return {**out, **self.phrases.compute()}

@@ -52,6 +52,10 @@ def _keep_examples(out, batch, examples: list[dict], limit: int, image_processor
         if boxes is not None and bool(grounded[i]):
             ex["pred_box"] = (box_convert(boxes[i].float().cpu(), "cxcywh", "xyxy") * scale).tolist()
             ex["true_box"] = (box_convert(batch["boxes"][i], "cxcywh", "xyxy") * scale).tolist()
+        if boxes is not None and boxes.dim() == 3 and batch.get("phrases"):  # a box per phrase, labelled
+            ex["phrases"] = [{"text": batch["texts"][i][slice(*p["span"])],
+                              "boxes": [(box_convert(boxes[i, j].float().cpu(), "cxcywh", "xyxy") * scale).tolist()]}
+                             for j, p in enumerate(batch["phrases"][i])]
         if logits is not None and answered[i]:
             ex["pred_answer"] = answer_vocab[int(logits[i].argmax())]
             ex["answers"] = batch["answers"][i]

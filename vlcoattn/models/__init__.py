@@ -1,10 +1,12 @@
-"""VLCoAttn vision-language models (config, base model, VQA and grounding heads), Auto-registered."""
+"""VLCoAttn vision-language models (config, base model, VQA, grounding and phrase grounding heads),
+Auto-registered."""
 
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
     AutoModelForVisualQuestionAnswering,
+    AutoModelForZeroShotObjectDetection,
     AutoProcessor,
 )
 
@@ -15,6 +17,7 @@ from .configuration_vlcoattn import (
     VLCoAttnConfig,
     convert_flat_config,
 )
+from .modeling_phrase_grounding import VLCoAttnForPhraseGrounding, VLCoAttnPhraseGroundingOutput
 from .modeling_vlcoattn import (
     AnswerHead,
     BoxHead,
@@ -36,6 +39,8 @@ from .processing_vlcoattn import VLCoAttnImageProcessor, VLCoAttnProcessor
 AutoConfig.register(VLCoAttnConfig.model_type, VLCoAttnConfig, exist_ok=True)
 AutoModel.register(VLCoAttnConfig, VLCoAttnModel, exist_ok=True)
 AutoModelForVisualQuestionAnswering.register(VLCoAttnConfig, VLCoAttnForQuestionAnswering, exist_ok=True)
+# a box per phrase of a caption: the task of transformers' Grounding DINO
+AutoModelForZeroShotObjectDetection.register(VLCoAttnConfig, VLCoAttnForPhraseGrounding, exist_ok=True)
 # one class for both of transformers' image backends: it letterboxes with PIL, as the training loader does
 AutoImageProcessor.register(
     VLCoAttnConfig, image_processor_classes={"pil": VLCoAttnImageProcessor, "torchvision": VLCoAttnImageProcessor},
@@ -52,12 +57,14 @@ __all__ = [
     "VLCoAttnConfig",
     "VLCoAttnForGrounding",
     "VLCoAttnForMultitask",
+    "VLCoAttnForPhraseGrounding",
     "VLCoAttnForQuestionAnswering",
     "VLCoAttnGroundingOutput",
     "VLCoAttnImageProcessor",
     "VLCoAttnModel",
     "VLCoAttnModelOutput",
     "VLCoAttnMultitaskOutput",
+    "VLCoAttnPhraseGroundingOutput",
     "VLCoAttnPreTrainedModel",
     "VLCoAttnProcessor",
     "VLCoAttnQuestionAnsweringOutput",

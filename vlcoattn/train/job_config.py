@@ -48,6 +48,9 @@ class SyntheticDataConfig:
     image_size: int = 128
     seed: int = 0
     holdout: str | None = "cogent"  # (colour, shape) pairs kept for the compositional hold-out split
+    questions_per_scene: int = 3  # VQA samples per scene
+    refs_per_scene: int = 2  # referring expressions (grounding samples) per scene
+    captions: bool = False  # also a caption per scene, a phrase per object (task "phrase")
 
 
 @dataclass

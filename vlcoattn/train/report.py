@@ -17,7 +17,7 @@ from ..tasks import get_task, sample_task_names
 from .metrics_log import read_metrics
 
 HEADLINE = tuple(m for name in sample_task_names() for m in get_task(name).headline_metrics)  # each task's figures
-BASELINES = ("answer_prior", "question_prior", "center_box")  # metric prefixes of vlcoattn.eval.baselines
+BASELINES = ("answer_prior", "question_prior", "center_box", "whole_image")  # metric prefixes of vlcoattn.eval.baselines
 
 
 def plot_curves(metrics: Sequence[dict[str, Any]], out: str | Path) -> Path:
@@ -99,11 +99,12 @@ def _baseline_table(final: dict[str, dict[str, float]]) -> list[str]:
         return []
     lines = ["", "The model next to trivial baselines on the same samples (answer prior: the most frequent",
              "training answer; question prior: the most frequent training answer to the same question, no",
-             "image; center box: the mean training box at the image center):", "",
+             "image; center box: the mean training box, or phrase box, at the image center; whole image: the",
+             "image's box for every phrase):", "",
              "| split | metric | model | " + " | ".join(b.replace("_", " ") for b in names) + " |",
              "|---" * (len(names) + 3) + "|"]
     for split, m in final.items():
-        for metric in ("vqa_acc", "acc@0.5", "mean_iou"):
+        for metric in ("vqa_acc", "acc@0.5", "mean_iou", "recall@1_any", "recall@1_merged"):
             cells = [f"{m[f'{b}/{metric}']:.4f}" if f"{b}/{metric}" in m else "" for b in names]
             if metric in m and any(cells):
                 lines.append(f"| {split} | {metric} | {m[metric]:.4f} | " + " | ".join(cells) + " |")
@@ -119,7 +120,7 @@ def metrics_table(final: dict[str, dict[str, float]]) -> str:
         lines.append(f"| {split} | " + " | ".join(f"{m[n]:.4f}" if n in m else "" for n in names) + " |")
     lines += _baseline_table(final)
     if extra:
-        lines += ["", "Breakdown by question / expression type:", "", "| split | metric | value |", "|---|---|---|"]
+        lines += ["", "Breakdown by question / expression / phrase type:", "", "| split | metric | value |", "|---|---|---|"]
         lines += [f"| {s} | {n} | {m[n]:.4f} |" for s, m in final.items() for n in extra if n in m]
     return "\n".join(lines)
 

@@ -111,7 +111,9 @@ def resolve_data(job: JobConfig) -> None:
 
     def generate(out: Path) -> None:
         log.info("generating CLEVR-lite (%d scenes) into %s", syn.num_scenes, root)
-        config = SyntheticConfig(image_size=syn.image_size, holdout=parse_holdout(syn.holdout))
+        config = SyntheticConfig(image_size=syn.image_size, holdout=parse_holdout(syn.holdout),
+                                 questions_per_scene=syn.questions_per_scene, refs_per_scene=syn.refs_per_scene,
+                                 captions=syn.captions)
         write_synthetic(out, syn.num_scenes, seed=syn.seed, config=config, val_num=syn.val_scenes,
                         test_num=syn.test_scenes, progress=job.run.progress)
 

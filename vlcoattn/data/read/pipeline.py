@@ -164,9 +164,10 @@ class SampleDecoder:
 TEXT_PAD_MULTIPLE = 8
 
 
-def tokenize(tokenizer: Any, texts: list[str]) -> dict[str, torch.Tensor]:
+def tokenize(tokenizer: Any, texts: list[str], offsets: bool = False) -> dict[str, torch.Tensor]:
     """The one text preparation: pad to the longest (a multiple of :data:`TEXT_PAD_MULTIPLE`), truncate at
-    ``tokenizer.model_max_length`` (the length the model trains with)."""
+    ``tokenizer.model_max_length`` (the length the model trains with). ``offsets``: also each token's
+    ``offset_mapping`` (B, T, 2), its [start, end) characters in the text ((0, 0) for special tokens)."""
     enc = tokenizer(
         texts,
         padding="longest",
@@ -175,8 +176,10 @@ def tokenize(tokenizer: Any, texts: list[str]) -> dict[str, torch.Tensor]:
         max_length=int(tokenizer.model_max_length),
         return_tensors="pt",
         return_token_type_ids=True,
+        return_offsets_mapping=offsets,
     )
-    return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    keys = ("input_ids", "attention_mask", "token_type_ids", *(("offset_mapping",) if offsets else ()))
+    return {k: enc[k] for k in keys}
 
 
 def normalize_pixels(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -87,6 +87,7 @@ class SyntheticConfig:
     holdout: tuple[tuple[str, str], ...] = ()
     image_format: str = "png"
     duplicate_prob: float = 0.35  # chance an object copies an earlier one's colour+shape (needs relations)
+    captions: bool = False  # also one caption per scene (task "phrase"): every object a phrase with its box
 
     def __post_init__(self) -> None:
         if not 2 <= self.min_objects <= self.max_objects <= MAX_OBJECTS:
@@ -494,7 +495,8 @@ def scene_rng(seed: int, split: str, index: int) -> random.Random:
 
 
 def generate_scene(seed: int, split: str, index: int, config: SyntheticConfig) -> Scene:
-    """Objects, questions and referring expressions of scene ``index`` of ``split``."""
+    """Objects, questions and referring expressions of scene ``index`` of ``split`` (and its caption, with
+    ``config.captions``)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
     if split == "holdout" and not config.holdout:
@@ -533,6 +535,10 @@ def generate_scene(seed: int, split: str, index: int, config: SyntheticConfig) -
                       "meta": meta}
             scene.records.append((f"r{refs}", record))
             refs += 1
+    if config.captions:  # drawn last and with no random numbers: every other sample stays as it was
+        text, phrases = scene_caption(objects, config.image_size)
+        meta = {"type": "caption", "objects": described}
+        scene.records.append(("c0", {"task": "phrase", "text": text, "phrases": phrases, "meta": meta}))
     return scene
 
 

@@ -11,6 +11,7 @@ scaled); boxes always refer to the stored image after EXIF orientation.
 
 from .clevr_lite import write_synthetic
 from .common import BOX_FORMATS, ImageStore, write_order, xywh_to_xyxy
+from .flickr30k import convert_flickr30k
 from .jsonl import convert_jsonl
 from .refcoco import convert_refcoco, load_refs
 from .text import (
@@ -30,6 +31,7 @@ __all__ = [
     "SPLIT_NAMES",
     "TEXT_UNITS",
     "ImageStore",
+    "convert_flickr30k",
     "convert_jsonl",
     "convert_refcoco",
     "convert_text",

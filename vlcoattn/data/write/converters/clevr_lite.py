@@ -41,7 +41,7 @@ def write_synthetic(
     elif holdout_num:
         raise ValueError("--holdout-num needs --split-holdout")
     infos = {}
-    per_scene = config.questions_per_scene + config.refs_per_scene
+    per_scene = config.questions_per_scene + config.refs_per_scene + int(config.captions)
     for split in (s for s in SPLITS if counts.get(s)):
         options = {"split": split, "seed": seed, "scenes": counts[split], **asdict(config)}
         with ShardSink(
@@ -81,6 +81,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--questions-per-scene", type=int, default=3)
     p.add_argument("--refs-per-scene", type=int, default=2)
+    p.add_argument("--captions", action="store_true",
+                   help="also write one caption per scene, each object a phrase with its box (task 'phrase')")
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image encoding")
     p.set_defaults(run=_run)
 
@@ -90,6 +92,7 @@ def _run(args: argparse.Namespace) -> int:
         image_size=args.size,
         questions_per_scene=args.questions_per_scene,
         refs_per_scene=args.refs_per_scene,
+        captions=args.captions,
         holdout=parse_holdout(args.split_holdout),
         image_format=args.format,
     )

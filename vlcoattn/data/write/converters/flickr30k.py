@@ -13,19 +13,35 @@ entities (``<name>``) and has a ``<bndbox>`` or, for entities with no box, ``<no
 flags. An entity can have several boxes (a group of people), kept in the order of the file; entity
 ``0`` (type ``notvisual``) and the entities without a box get ``boxes: []``, which training and
 Recall@1 skip. Boxes are the file's integer pixels ``[xmin, ymin, xmax, ymax]``, as MDETR evaluates them.
+
+:func:`convert_flickr30k` (``make-shards flickr30k``) writes one ``phrase`` sample per caption of the
+images a split file (``<root>/<split>.txt``, one image id a line) lists. A box of zero width or height
+(the annotations have a few) is dropped and counted as ``zero_size_box``; a phrase left without a box
+keeps ``boxes: []``.
 """
 
 from __future__ import annotations
 
+import argparse
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...schema import TYPE_SEPARATOR
+from ...schema import TYPE_SEPARATOR, DatasetInfo
+from ..sink import ShardSink
+from .common import (
+    ImageStore,
+    add_shard_command,
+    progress_bar,
+    report,
+    sink_options,
+    write_image_sample,
+    write_order,
+)
 
-__all__ = ["Annotation", "Caption", "Mention", "caption_phrases", "parse_annotation", "parse_sentence",
-           "parse_sentences", "read_image"]
+__all__ = ["Annotation", "Caption", "Mention", "caption_phrases", "convert_flickr30k", "parse_annotation",
+           "parse_sentence", "parse_sentences", "read_image", "split_ids"]
 
 _OPEN = "[/EN#"
 
@@ -157,3 +173,70 @@ def read_image(root: str | Path, image_id: str) -> tuple[Annotation, list[tuple[
     annotation = parse_annotation(paths["Annotations"].read_text(encoding="utf-8"), str(paths["Annotations"]))
     captions = parse_sentences(paths["Sentences"].read_text(encoding="utf-8"))
     return annotation, [(c.text, caption_phrases(c, annotation)) for c in captions]
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def split_ids(root: str | Path, split: str) -> list[str]:
+    """The image ids of ``<root>/<split>.txt`` (the dataset's ``train.txt``, ``val.txt``, ``test.txt``)."""
+    path = Path(root) / f"{split}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"Flickr30k Entities split file {path} does not exist (--split names <root>/<split>.txt)")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def drop_zero_size_boxes(phrases: list[dict[str, Any]], sink: ShardSink, key: str) -> None:
+    """Remove, in place, every phrase box of zero width or height (counted as ``zero_size_box``)."""
+    for phrase in phrases:
+        kept = [b for b in phrase["boxes"] if b[2] > b[0] and b[3] > b[1]]
+        for box in (b for b in phrase["boxes"] if b not in kept):
+            sink.skip("zero_size_box", f"{key}: phrase {phrase['id']} box {box} has no area")
+        phrase["boxes"] = kept
+
+
+def convert_flickr30k(
+    root: str | Path,
+    images: str | Path,
+    out_dir: str | Path,
+    *,
+    split: str,
+    max_side: int | None = None,
+    shard_size: int = 10_000,
+    overwrite: bool = False,
+    progress: bool = True,
+    shuffle: bool = True,
+) -> DatasetInfo:
+    """Flickr30k Entities (``root`` holding ``Sentences/``, ``Annotations/`` and ``<split>.txt``; the images
+    ``<id>.jpg`` in ``images``) as ``phrase`` samples: one per caption, its phrases with their entities' boxes."""
+    ids = split_ids(root, split)
+    store = ImageStore(images, max_side)
+    captions = write_order(
+        [(image_id, k, text, phrases) for image_id in ids for k, (text, phrases) in enumerate(read_image(root, image_id)[1])],
+        shuffle,
+    )
+    options = {"root": str(root), "split": split, "max_side": max_side}
+    with ShardSink(out_dir, "flickr30k", shard_size=shard_size, overwrite=overwrite, options=options) as sink:
+        for image_id, k, text, phrases in progress_bar(captions, f"flickr30k {split}", len(captions), progress):
+            key = f"flickr30k-{image_id}-{k}"
+            drop_zero_size_boxes(phrases, sink, key)
+            record = {"task": "phrase", "text": text, "phrases": phrases,
+                      "meta": {"image_id": image_id, "caption": k, "split": split}}
+            write_image_sample(sink, store, key, f"{image_id}.jpg", record)
+    return sink.info
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """``make-shards flickr30k``."""
+    p = add_shard_command(sub, "flickr30k", "Flickr30k Entities captions and phrase boxes (phrase grounding)",
+                          images=True)
+    p.add_argument("--root", required=True, help="the annotations: Sentences/, Annotations/, train.txt, val.txt, test.txt")
+    p.add_argument("--images", required=True, help="the flickr30k-images folder (<id>.jpg)")
+    p.add_argument("--split", required=True, help="train, val or test: the image ids of <root>/<split>.txt")
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    info = convert_flickr30k(args.root, args.images, args.out, split=args.split, max_side=args.max_side,
+                             **sink_options(args))
+    return report(args.out, info)

@@ -1,0 +1,106 @@
+"""Phrase grounding: one box for every phrase of a caption, from the fused tokens of its span.
+
+    fused text tokens h (B, T, d), base centers c (B, T, 2), phrase_tokens m (B, P, T)
+    ─► w = m / |m|  (the mean over each span's tokens)
+    ─► h_p = w h (B, P, d),  c_p = w c (B, P, 2)
+    ─► BoxHead(h_p, c_p): center sigmoid(logit(c_p) + Δ), (w, h) from the same MLP ─► pred_boxes (B, P, 4)
+
+The reference point of a phrase is the mean of its tokens' base centers (where they attended in the
+last fusion layer, as for the grounding head's token), so the box loss reaches every span token's
+attention. The loss is the grounding task's L1 + GIoU (:func:`grounding_loss`), averaged over the
+trained phrases; a phrase with several boxes is trained against their enclosing box (the collator's
+``phrase_boxes``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.utils import ModelOutput
+
+from .modeling_vlcoattn import _num_items, _VLCoAttnTaskModel, grounding_loss
+
+__all__ = ["VLCoAttnForPhraseGrounding", "VLCoAttnPhraseGroundingOutput", "span_means"]
+
+
+@dataclass
+class VLCoAttnPhraseGroundingOutput(ModelOutput):
+    """pred_boxes (B, P, 4) normalized (cx, cy, w, h), one per phrase; phrase_mask (B, P) the phrases that
+    have tokens (the others are padding, or cut off by the text length, and their boxes mean nothing);
+    loss = w_l1 * loss_l1 + w_giou * loss_giou over the trained phrases."""
+
+    loss: torch.Tensor | None = None
+    loss_l1: torch.Tensor | None = None
+    loss_giou: torch.Tensor | None = None
+    pred_boxes: torch.Tensor | None = None
+    phrase_mask: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    reference_centers: torch.Tensor | None = None
+    attended_centers: tuple[torch.Tensor, ...] | None = None
+    centers: tuple[torch.Tensor, ...] | None = None
+    scales: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple | None = None
+
+
+def span_means(phrase_tokens: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` (B, T, k) over each phrase's tokens: phrase_tokens (B, P, T) bool -> (B, P, k);
+    a phrase without tokens gets zeros."""
+    w = phrase_tokens.to(values.dtype)
+    return (w / w.sum(-1, keepdim=True).clamp_min(1.0)) @ values
+
+
+class VLCoAttnForPhraseGrounding(_VLCoAttnTaskModel):
+    """A box per phrase from the mean of its span's fused tokens (:class:`BoxHead`, reference point: the
+    mean of their base centers). Targets: ``phrase_tokens`` (B, P, T), ``phrase_boxes`` (B, P, 4) and
+    ``phrase_mask`` (B, P), as the ``phrase`` task's collator builds them."""
+
+    has_boxes = True
+    output_class = VLCoAttnPhraseGroundingOutput
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        phrase_tokens: torch.Tensor | None = None,
+        phrase_boxes: torch.Tensor | None = None,
+        phrase_mask: torch.Tensor | None = None,
+        num_items_in_batch: int | dict[str, int] | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VLCoAttnPhraseGroundingOutput | tuple:
+        """input_ids (B, T), attention_mask (B, T), pixel_values (B, 3, H, W); phrase_tokens (B, P, T) bool,
+        which tokens each phrase covers (required: it says which boxes to predict).
+
+        phrase_boxes (B, P, 4) normalized cxcywh targets, phrase_mask (B, P) the phrases that train
+        (default: every phrase with tokens). num_items_in_batch: the trained phrases of the whole
+        optimizer step (``{"phrase": n}`` or n); default: the mean over this batch's.
+        """
+        if phrase_tokens is None:
+            raise ValueError("VLCoAttnForPhraseGrounding needs phrase_tokens (B, P, T): which tokens each phrase covers")
+        out = self.vlcoattn(input_ids, pixel_values, attention_mask, token_type_ids,
+                            output_attentions=output_attentions, return_dict=True)
+        B, P = phrase_tokens.shape[:2]
+        present = phrase_tokens.any(-1)  # (B, P)
+        hidden = span_means(phrase_tokens, out.last_hidden_state)  # (B, P, d)
+        ref = None
+        if out.base_centers is not None:
+            ref = span_means(phrase_tokens, out.base_centers)  # (B, P, 2)
+            ref = torch.where(present[..., None], ref, torch.full_like(ref, 0.5)).flatten(0, 1)
+        pred = self.box_head(hidden.flatten(0, 1), ref).unflatten(0, (B, P))  # (B, P, 4)
+        result = VLCoAttnPhraseGroundingOutput(
+            pred_boxes=pred, phrase_mask=present, last_hidden_state=out.last_hidden_state,
+            reference_centers=out.reference_centers, attended_centers=out.attended_centers, centers=out.centers,
+            scales=out.scales, cross_attentions=out.cross_attentions,
+        )
+        if phrase_boxes is not None:
+            mask = (present if phrase_mask is None else phrase_mask.bool() & present).flatten()
+            heads = self.config.heads_config
+            result.loss, result.loss_l1, result.loss_giou = grounding_loss(
+                pred.flatten(0, 1), phrase_boxes.flatten(0, 1).to(pred.dtype), float(heads.box_l1_weight),
+                float(heads.box_giou_weight), mask, _num_items(num_items_in_batch, "phrase"),
+            )
+        return result if return_dict is not False else result.to_tuple()
