@@ -62,7 +62,7 @@ def involves_holdout_pair(record: dict[str, Any], objects: list[SceneObject], ho
         program = meta["program"]
         descriptions = [program["target"], *([program["relation"]["anchor"]] if program.get("relation") else [])]
         involved = [o for o in objects if any(o.matches(d) for d in descriptions)]
-    return any((o.color, o.shape) in holdout for o in involved)
+    return any(o.pair in holdout for o in involved)
 
 
 def correct(row: dict[str, Any]) -> float:

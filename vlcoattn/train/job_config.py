@@ -48,6 +48,7 @@ class SyntheticDataConfig:
     image_size: int = 128
     seed: int = 0
     holdout: str | None = "cogent"  # (colour, shape) pairs kept for the compositional hold-out split
+    family: str = "clevr-lite"  # or glyphs: one-colour tiles told apart by a small mark ((mark, shape) hold-out)
 
 
 @dataclass
