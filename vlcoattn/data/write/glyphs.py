@@ -43,10 +43,12 @@ def draw_glyph(draw: ImageDraw.ImageDraw, mark: str, x: int, y: int, side: int, 
 
     if mark == "plus":
         hbar(c), vbar(c)
-    elif mark in ("cross", "slash"):
-        draw.line([(x + e, y), (x, y + e)], fill=fill, width=w)
+    elif mark in ("cross", "slash"):  # diagonal bands as polygons: a wide line would spill out of the box
+        k = w - 1
+        draw.polygon([(x + e - k, y), (x + e, y), (x + e, y + k), (x + k, y + e), (x, y + e), (x, y + e - k)], fill=fill)
         if mark == "cross":
-            draw.line([(x, y), (x + e, y + e)], fill=fill, width=w)
+            draw.polygon([(x, y), (x + k, y), (x + e, y + e - k), (x + e, y + e), (x + e - k, y + e), (x, y + k)],
+                         fill=fill)
     elif mark == "ring":
         draw.ellipse([x, y, x + e, y + e], outline=fill, width=w)
     elif mark == "dot":

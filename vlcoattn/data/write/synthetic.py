@@ -30,7 +30,16 @@ from typing import Any, ClassVar
 from PIL import Image, ImageDraw
 
 from ..image import encode_image
-from .glyphs import GLYPH_HOLDOUT, GLYPH_SIZES, MARK_COLOR, MARKS, TILE_COLOR, TILE_SHAPES, draw_glyph, glyph_side
+from .glyphs import (
+    GLYPH_HOLDOUT,
+    GLYPH_SIZES,
+    MARK_COLOR,
+    MARKS,
+    TILE_COLOR,
+    TILE_SHAPES,
+    draw_glyph,
+    glyph_side,
+)
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLORS = {
