@@ -14,7 +14,7 @@ train/val/test; the ``holdout`` split puts at least one of them in every scene.
 
 A :class:`Family` is the vocabulary a scene is made of; the scenes, programs, questions and expressions
 are shared. ``clevr-lite`` (above) tells objects apart by colour; ``glyphs`` draws tiles of one colour,
-10-20 px at 128 px, that differ by the small mark inside them (:mod:`.glyphs`, ``SyntheticConfig.family``):
+13-18 px at 128 px, that differ by the small mark inside them (:mod:`.glyphs`, ``SyntheticConfig.family``):
 "the large plus square", "What mark is the small circle?", hold-out pairs (mark, shape).
 """
 
@@ -76,24 +76,29 @@ ADJECTIVES = ("size", "color", "mark")  # the words before the noun (the shape),
 
 @dataclass(frozen=True)
 class Family:
-    """A scene family's vocabulary. ``values`` maps each attribute to its values in description order
-    (fewest-attribute descriptions name them in this order); the hold-out pairs are (identity, shape)."""
+    """A scene family's vocabulary: sizes, identities and shapes; the hold-out pairs are (identity, shape)."""
 
     name: str  # also the namespace of the scene RNG
-    values: dict[str, tuple[str, ...]]
-    sizes: dict[str, float]  # object side as a fraction of the image side
     identity: str  # the attribute that tells objects of one shape apart: "color", "mark"
+    identities: tuple[str, ...]
+    shapes: tuple[str, ...]
+    sizes: dict[str, float]  # object side as a fraction of the image side
     cogent: tuple[tuple[str, str], ...]  # the CoGenT-like preset of hold-out pairs
 
     @property
+    def values(self) -> dict[str, tuple[str, ...]]:
+        """Each attribute's values, in description order: descriptions name attributes in this order."""
+        return {"size": tuple(self.sizes), self.identity: self.identities, "shape": self.shapes}
+
+    @property
     def attributes(self) -> tuple[str, ...]:
-        return tuple(self.values)
+        return ("size", self.identity, "shape")
 
     @property
     def answers(self) -> tuple[str, ...]:
         """Every answer a question can have: the answer vocabulary written to ``dataset.json``."""
         numbers = tuple(str(i) for i in range(MAX_OBJECTS + 1))
-        return ("yes", "no", *numbers, *self.values["shape"], *self.values[self.identity], *self.values["size"])
+        return ("yes", "no", *numbers, *self.shapes, *self.identities, *self.sizes)
 
     def side(self, size: str, image_size: int) -> int:
         """An object's side in pixels."""
@@ -101,13 +106,11 @@ class Family:
 
     def allowed_pairs(self, holdout: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         """(identity, shape) pairs outside ``holdout``, shape-major."""
-        return [(i, s) for s in self.values["shape"] for i in self.values[self.identity] if (i, s) not in set(holdout)]
+        return [(i, s) for s in self.shapes for i in self.identities if (i, s) not in set(holdout)]
 
 
-CLEVR_LITE = Family("clevr-lite", {"size": tuple(SIZES), "color": tuple(COLORS), "shape": SHAPES}, SIZES, "color",
-                    COGENT_HOLDOUT)
-GLYPHS = Family("glyphs", {"size": tuple(GLYPH_SIZES), "mark": MARKS, "shape": TILE_SHAPES}, GLYPH_SIZES, "mark",
-                GLYPH_HOLDOUT)
+CLEVR_LITE = Family("clevr-lite", "color", tuple(COLORS), SHAPES, SIZES, COGENT_HOLDOUT)
+GLYPHS = Family("glyphs", "mark", MARKS, TILE_SHAPES, GLYPH_SIZES, GLYPH_HOLDOUT)
 
 
 class SceneObject:
@@ -189,7 +192,7 @@ class SyntheticConfig:
     refs_per_scene: int = 2
     holdout: tuple[tuple[str, str], ...] = ()
     image_format: str = "png"
-    duplicate_prob: float = 0.35  # chance an object copies an earlier one's colour+shape (needs relations)
+    duplicate_prob: float = 0.35  # chance an object copies an earlier one's identity+shape (needs relations)
     family: str = "clevr-lite"  # the scenes' vocabulary: clevr-lite or glyphs (FAMILIES)
 
     def __post_init__(self) -> None:
@@ -198,9 +201,8 @@ class SyntheticConfig:
             raise ValueError(f"need 2 <= min_objects <= max_objects <= {MAX_OBJECTS}")
         if self.image_size < 48:
             raise ValueError(f"image_size {self.image_size} too small: use >= 48 px")
-        identities, shapes = family.values[family.identity], family.values["shape"]
         for identity, shape in self.holdout:
-            if identity not in identities or shape not in shapes:
+            if identity not in family.identities or shape not in family.shapes:
                 raise ValueError(f"hold-out pair {identity}:{shape} is not a known {family.identity}:shape")
         if not family.allowed_pairs(self.holdout):
             raise ValueError(f"the hold-out cannot contain every {family.identity}:shape pair")
@@ -214,15 +216,14 @@ def parse_holdout(spec: str | None, family: str = "clevr-lite") -> tuple[tuple[s
         return ()
     if spec.strip().lower() == "cogent":
         return vocab.cogent
-    identities, shapes = vocab.values[vocab.identity], vocab.values["shape"]
     pairs = []
     for item in spec.split(","):
         identity, sep, shape = item.strip().partition(":")
-        if not sep or identity not in identities or shape not in shapes:
+        if not sep or identity not in vocab.identities or shape not in vocab.shapes:
             name = "colour" if vocab.identity == "color" else vocab.identity
             raise ValueError(
-                f"bad hold-out pair {item!r}: use {name}:shape with {name}s {list(identities)} "
-                f"and shapes {list(shapes)}, or 'cogent'"
+                f"bad hold-out pair {item!r}: use {name}:shape with {name}s {list(vocab.identities)} "
+                f"and shapes {list(vocab.shapes)}, or 'cogent'"
             )
         pairs.append((identity, shape))
     return tuple(pairs)
