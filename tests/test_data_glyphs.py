@@ -197,3 +197,16 @@ def test_make_shards_writes_the_glyphs_family(tmp_path):
     assert Image.open(io.BytesIO(data)).size == (SIZE, SIZE)
     with pytest.raises(ValueError, match="bad hold-out pair 'red:circle'"):
         make_shards_main([*argv[:-3], "--split-holdout", "red:circle", "--overwrite"])
+
+
+def test_the_trainer_generates_the_family_its_config_names(tmp_path):
+    from vlcoattn.train.config import load_config
+    from vlcoattn.train.job_config import JobConfig
+    from vlcoattn.train.trainer import resolve_data
+
+    job = load_config(JobConfig, None, [f"data.synthetic.dir={tmp_path}", "data.synthetic.num_scenes=10",
+                                        "data.synthetic.family=glyphs", "run.progress=false"])
+    resolve_data(job)
+    assert set(job.data.test) == {"test", "holdout"}
+    options = json.loads((tmp_path / "holdout" / "dataset.json").read_text())["options"]
+    assert options["family"] == "glyphs" and [tuple(p) for p in options["holdout"]] == list(GLYPH_HOLDOUT)
