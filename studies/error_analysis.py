@@ -11,7 +11,7 @@ deterministic per scene), then writes two tables:
   cells of ``--cell`` px. "Is the red square left of the blue circle?" asks for the sign of that
   distance; the generator keeps it >= 4% of the image (5 px at 128), under one cell at stride 16.
 - the CoGenT hold-out split by whether a sample involves an object of a held-out (colour, shape)
-  pair (grounding: the referred object; VQA: any object the question's descriptions match), against
+  pair ((mark, shape) in the glyphs family) (grounding: the referred object; VQA: any object the question's descriptions match), against
   val. The hold-out split puts such objects in its scenes and refers to them first.
 """
 
@@ -62,7 +62,7 @@ def involves_holdout_pair(record: dict[str, Any], objects: list[SceneObject], ho
         program = meta["program"]
         descriptions = [program["target"], *([program["relation"]["anchor"]] if program.get("relation") else [])]
         involved = [o for o in objects if any(o.matches(d) for d in descriptions)]
-    return any((o.color, o.shape) in holdout for o in involved)
+    return any(o.pair in holdout for o in involved)
 
 
 def correct(row: dict[str, Any]) -> float:

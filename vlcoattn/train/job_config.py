@@ -51,6 +51,7 @@ class SyntheticDataConfig:
     questions_per_scene: int = 3  # VQA samples per scene
     refs_per_scene: int = 2  # referring expressions (grounding samples) per scene
     captions: bool = False  # also a caption per scene, a phrase per object (task "phrase")
+    family: str = "clevr-lite"  # or glyphs: one-colour tiles told apart by a small mark ((mark, shape) hold-out)
 
 
 @dataclass

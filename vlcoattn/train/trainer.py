@@ -110,10 +110,10 @@ def resolve_data(job: JobConfig) -> None:
     root = Path(syn.dir)
 
     def generate(out: Path) -> None:
-        log.info("generating CLEVR-lite (%d scenes) into %s", syn.num_scenes, root)
-        config = SyntheticConfig(image_size=syn.image_size, holdout=parse_holdout(syn.holdout),
+        log.info("generating %s (%d scenes) into %s", syn.family, syn.num_scenes, root)
+        config = SyntheticConfig(image_size=syn.image_size, holdout=parse_holdout(syn.holdout, syn.family),
                                  questions_per_scene=syn.questions_per_scene, refs_per_scene=syn.refs_per_scene,
-                                 captions=syn.captions)
+                                 captions=syn.captions, family=syn.family)
         write_synthetic(out, syn.num_scenes, seed=syn.seed, config=config, val_num=syn.val_scenes,
                         test_num=syn.test_scenes, progress=job.run.progress)
 

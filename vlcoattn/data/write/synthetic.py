@@ -1,4 +1,4 @@
-"""CLEVR-lite: rendered 2D scenes with questions and unique referring expressions.
+"""CLEVR-lite and its fine-detail sibling: rendered 2D scenes with questions and unique referring expressions.
 
 A scene holds 2-6 non-overlapping objects (4 shapes x 8 colours x 2 sizes) on a plain light
 background, drawn without anti-aliasing so every box is exact: it is the bounding box of the
@@ -11,6 +11,11 @@ question/expression, so answers and referents can be re-derived.
 Everything is a pure function of (seed, split, scene index): the same call gives the same bytes.
 A compositional hold-out (as CLEVR CoGenT) removes chosen (colour, shape) pairs from
 train/val/test; the ``holdout`` split puts at least one of them in every scene.
+
+A :class:`Family` is the vocabulary a scene is made of; the scenes, programs, questions and expressions
+are shared. ``clevr-lite`` (above) tells objects apart by colour; ``glyphs`` draws tiles of one colour,
+13-18 px at 128 px, that differ by the small mark inside them (:mod:`.glyphs`, ``SyntheticConfig.family``):
+"the large plus square", "What mark is the small circle?", hold-out pairs (mark, shape).
 """
 
 from __future__ import annotations
@@ -20,11 +25,21 @@ import itertools
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image, ImageDraw
 
 from ..image import encode_image
+from .glyphs import (
+    GLYPH_HOLDOUT,
+    GLYPH_SIZES,
+    MARK_COLOR,
+    MARKS,
+    TILE_COLOR,
+    TILE_SHAPES,
+    draw_glyph,
+    glyph_side,
+)
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLORS = {
@@ -55,29 +70,120 @@ COGENT_HOLDOUT = tuple(
 )
 
 Box = tuple[int, int, int, int]
-Description = dict[str, str]  # subset of {"size", "color", "shape"}
+Description = dict[str, str]  # subset of a family's attributes, e.g. {"size", "color", "shape"}
+ADJECTIVES = ("size", "color", "mark")  # the words before the noun (the shape), in this order
 
 
 @dataclass(frozen=True)
-class SceneObject:
-    """One drawn object; ``box`` is the tight [x0, y0, x1, y1) box of its pixels."""
+class Family:
+    """A scene family's vocabulary: sizes, identities and shapes; the hold-out pairs are (identity, shape)."""
 
-    shape: str
-    color: str
-    size: str
+    name: str  # also the namespace of the scene RNG
+    identity: str  # the attribute that tells objects of one shape apart: "color", "mark"
+    identities: tuple[str, ...]
+    shapes: tuple[str, ...]
+    sizes: dict[str, float]  # object side as a fraction of the image side
+    cogent: tuple[tuple[str, str], ...]  # the CoGenT-like preset of hold-out pairs
+
+    @property
+    def values(self) -> dict[str, tuple[str, ...]]:
+        """Each attribute's values, in description order: descriptions name attributes in this order."""
+        return {"size": tuple(self.sizes), self.identity: self.identities, "shape": self.shapes}
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        return ("size", self.identity, "shape")
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        """Every answer a question can have: the answer vocabulary written to ``dataset.json``."""
+        numbers = tuple(str(i) for i in range(MAX_OBJECTS + 1))
+        return ("yes", "no", *numbers, *self.shapes, *self.identities, *self.sizes)
+
+    def side(self, size: str, image_size: int) -> int:
+        """An object's side in pixels."""
+        return max(6, round(self.sizes[size] * image_size))
+
+    def allowed_pairs(self, holdout: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """(identity, shape) pairs outside ``holdout``, shape-major."""
+        return [(i, s) for s in self.shapes for i in self.identities if (i, s) not in set(holdout)]
+
+
+CLEVR_LITE = Family("clevr-lite", "color", tuple(COLORS), SHAPES, SIZES, COGENT_HOLDOUT)
+GLYPHS = Family("glyphs", "mark", MARKS, TILE_SHAPES, GLYPH_SIZES, GLYPH_HOLDOUT)
+
+
+class SceneObject:
+    """What every scene object shares: the tight [x0, y0, x1, y1) ``box`` of its pixels, its family's
+    attributes, and the drawing of itself in a cell."""
+
+    family: ClassVar[Family]
     box: Box
+    shape: str
+    size: str
 
     @property
     def center(self) -> tuple[float, float]:
         return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
 
+    @property
+    def pair(self) -> tuple[str, str]:
+        """(identity, shape): what a hold-out pair names."""
+        return getattr(self, self.family.identity), self.shape
+
     def matches(self, desc: Description) -> bool:
         return all(getattr(self, k) == v for k, v in desc.items())
+
+    def draw(self, draw: ImageDraw.ImageDraw, x: int, y: int, side: int) -> None:
+        """Draw the object in the ``side`` x ``side`` cell at (x, y); its pixels fill its shape's box."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ColorObject(SceneObject):
+    """One drawn CLEVR-lite object: a ``shape`` filled with ``color``."""
+
+    family: ClassVar[Family] = CLEVR_LITE
+    shape: str
+    color: str
+    size: str
+    box: Box
+
+    def draw(self, draw: ImageDraw.ImageDraw, x: int, y: int, side: int) -> None:
+        _draw_shape(draw, self.shape, x, y, side, COLORS[self.color])
+
+
+@dataclass(frozen=True)
+class GlyphObject(SceneObject):
+    """One tile of the ``glyphs`` family: a dark ``shape`` with a light ``mark`` inside (:mod:`.glyphs`)."""
+
+    family: ClassVar[Family] = GLYPHS
+    shape: str
+    mark: str
+    size: str
+    box: Box
+
+    def draw(self, draw: ImageDraw.ImageDraw, x: int, y: int, side: int) -> None:
+        _draw_shape(draw, self.shape, x, y, side, TILE_COLOR)
+        g = glyph_side(side)
+        draw_glyph(draw, self.mark, x + (side - g) // 2, y + (side - g) // 2, g, MARK_COLOR)
+
+
+OBJECT_TYPES: dict[str, type[SceneObject]] = {cls.family.name: cls for cls in (ColorObject, GlyphObject)}
+FAMILIES = {name: cls.family for name, cls in OBJECT_TYPES.items()}
+
+
+def family_named(name: str) -> Family:
+    """The family called ``name`` (``SyntheticConfig.family``)."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown scene family {name!r}; choose from {list(FAMILIES)}")
+    return FAMILIES[name]
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """Generator settings; ``holdout`` lists (colour, shape) pairs kept out of train/val/test."""
+    """Generator settings; ``holdout`` lists (identity, shape) pairs kept out of train/val/test: (colour,
+    shape) in ``clevr-lite``, (mark, shape) in ``glyphs``."""
 
     image_size: int = 128
     min_objects: int = 2
@@ -86,36 +192,41 @@ class SyntheticConfig:
     refs_per_scene: int = 2
     holdout: tuple[tuple[str, str], ...] = ()
     image_format: str = "png"
-    duplicate_prob: float = 0.35  # chance an object copies an earlier one's colour+shape (needs relations)
+    duplicate_prob: float = 0.35  # chance an object copies an earlier one's identity+shape (needs relations)
     captions: bool = False  # also one caption per scene (task "phrase"): every object a phrase with its box
+    family: str = "clevr-lite"  # the scenes' vocabulary: clevr-lite or glyphs (FAMILIES)
 
     def __post_init__(self) -> None:
+        family = family_named(self.family)
         if not 2 <= self.min_objects <= self.max_objects <= MAX_OBJECTS:
             raise ValueError(f"need 2 <= min_objects <= max_objects <= {MAX_OBJECTS}")
         if self.image_size < 48:
             raise ValueError(f"image_size {self.image_size} too small: use >= 48 px")
-        for color, shape in self.holdout:
-            if color not in COLORS or shape not in SHAPES:
-                raise ValueError(f"hold-out pair {color}:{shape} is not a known colour:shape")
-        if len(set(self.holdout)) == len(COLORS) * len(SHAPES):
-            raise ValueError("the hold-out cannot contain every colour:shape pair")
+        for identity, shape in self.holdout:
+            if identity not in family.identities or shape not in family.shapes:
+                raise ValueError(f"hold-out pair {identity}:{shape} is not a known {family.identity}:shape")
+        if not family.allowed_pairs(self.holdout):
+            raise ValueError(f"the hold-out cannot contain every {family.identity}:shape pair")
 
 
-def parse_holdout(spec: str | None) -> tuple[tuple[str, str], ...]:
-    """``"cogent"`` (the preset) or ``"red:circle,blue:square"`` -> (colour, shape) pairs."""
+def parse_holdout(spec: str | None, family: str = "clevr-lite") -> tuple[tuple[str, str], ...]:
+    """``"cogent"`` (the family's preset) or ``"red:circle,blue:square"`` -> (identity, shape) pairs:
+    (colour, shape) in clevr-lite, (mark, shape) in glyphs (``"plus:circle"``)."""
+    vocab = family_named(family)
     if not spec:
         return ()
     if spec.strip().lower() == "cogent":
-        return COGENT_HOLDOUT
+        return vocab.cogent
     pairs = []
     for item in spec.split(","):
-        color, sep, shape = item.strip().partition(":")
-        if not sep or color not in COLORS or shape not in SHAPES:
+        identity, sep, shape = item.strip().partition(":")
+        if not sep or identity not in vocab.identities or shape not in vocab.shapes:
+            name = "colour" if vocab.identity == "color" else vocab.identity
             raise ValueError(
-                f"bad hold-out pair {item!r}: use colour:shape with colours {list(COLORS)} "
-                f"and shapes {list(SHAPES)}, or 'cogent'"
+                f"bad hold-out pair {item!r}: use {name}:shape with {name}s {list(vocab.identities)} "
+                f"and shapes {list(vocab.shapes)}, or 'cogent'"
             )
-        pairs.append((color, shape))
+        pairs.append((identity, shape))
     return tuple(pairs)
 
 
@@ -154,26 +265,19 @@ def render_scene(
     image = Image.new("RGB", (image_size, image_size), background)
     draw = ImageDraw.Draw(image)
     for obj in objects:
-        side = _side(obj.size, image_size)
+        side = obj.family.side(obj.size, image_size)
         dx, dy, _, _ = _pixel_box(obj.shape, side)
-        _draw_shape(draw, obj.shape, obj.box[0] - dx, obj.box[1] - dy, side, COLORS[obj.color])
+        obj.draw(draw, obj.box[0] - dx, obj.box[1] - dy, side)
     return image
-
-
-def _side(size: str, image_size: int) -> int:
-    return max(6, round(SIZES[size] * image_size))
 
 
 # ---------------------------------------------------------------------------------------------- scenes
 
 
-def _allowed_pairs(holdout: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(c, s) for s in SHAPES for c in COLORS if (c, s) not in set(holdout)]
-
-
 def generate_objects(rng: random.Random, config: SyntheticConfig, split: str) -> list[SceneObject]:
     """Sample attributes and non-overlapping positions (cells >= 3 px apart) for one scene."""
-    allowed = _allowed_pairs(config.holdout)
+    family, make = family_named(config.family), OBJECT_TYPES[config.family]
+    allowed = family.allowed_pairs(config.holdout)
     n = rng.randint(config.min_objects, config.max_objects)
     size_px = config.image_size
     while True:  # rejection sampling of a full placement; succeeds in a few tries at these densities
@@ -188,9 +292,9 @@ def generate_objects(rng: random.Random, config: SyntheticConfig, split: str) ->
         rng.shuffle(pairs)
         objects: list[SceneObject] = []
         cells: list[Box] = []
-        for color, shape in pairs:
-            size = rng.choice(tuple(SIZES))
-            side = _side(size, size_px)
+        for identity, shape in pairs:
+            size = rng.choice(tuple(family.sizes))
+            side = family.side(size, size_px)
             for _ in range(50):
                 x, y = rng.randint(2, size_px - side - 2), rng.randint(2, size_px - side - 2)
                 cell = (x, y, x + side, y + side)
@@ -200,7 +304,8 @@ def generate_objects(rng: random.Random, config: SyntheticConfig, split: str) ->
                 break
             cells.append(cell)
             bx0, by0, bx1, by1 = _pixel_box(shape, side)
-            objects.append(SceneObject(shape, color, size, (x + bx0, y + by0, x + bx1, y + by1)))
+            box = (x + bx0, y + by0, x + bx1, y + by1)
+            objects.append(make(shape=shape, size=size, box=box, **{family.identity: identity}))
         if len(objects) == n:
             return objects
 
@@ -213,8 +318,9 @@ def _apart(a: Box, b: Box, gap: int) -> bool:
 
 
 def describe(desc: Description, plural: bool = False) -> str:
-    """{"size": "large", "color": "red"} -> "large red object" ("large red objects" when plural)."""
-    words = [desc[k] for k in ("size", "color") if k in desc]
+    """{"size": "large", "color": "red"} -> "large red object" ("large red objects" when plural);
+    {"mark": "plus", "shape": "circle"} -> "plus circle"."""
+    words = [desc[k] for k in ADJECTIVES if k in desc]
     noun = desc.get("shape", "object")
     return " ".join([*words, noun + "s" if plural else noun])
 
@@ -288,14 +394,14 @@ def scene_caption(objects: Sequence[SceneObject], image_size: int) -> tuple[str,
             apart = relation_margin(objects[i], objects[order[k - 1]], "right") >= _margin(image_size)
             parts.append(" left of " if apart else " and ")
         obj = objects[i]
-        parts.append(("a " + describe({"size": obj.size, "color": obj.color, "shape": obj.shape}), str(i)))
+        parts.append(("a " + describe({k: getattr(obj, k) for k in obj.family.attributes}), str(i)))
     text, spans = render(parts)
     return text, [{"span": [a, b], "boxes": [list(objects[int(i)].box)], "id": i} for a, b, i in spans]
 
 
 def _subsets(obj: SceneObject, exclude: str | None = None) -> list[Description]:
     """Descriptions of ``obj`` from fewest attributes to all, shape-bearing ones first."""
-    keys = [k for k in ATTRIBUTES if k != exclude]
+    keys = [k for k in obj.family.attributes if k != exclude]
     out = []
     for r in range(1, len(keys) + 1):
         combos = sorted(itertools.combinations(keys, r), key=lambda c: "shape" not in c)
@@ -430,32 +536,32 @@ def referring_expression(
     return None
 
 
-def _random_description(rng: random.Random) -> Description:
-    keys = rng.sample(ATTRIBUTES, rng.randint(1, 2))
-    pools = {"size": tuple(SIZES), "color": tuple(COLORS), "shape": SHAPES}
-    return {k: rng.choice(pools[k]) for k in sorted(keys, key=ATTRIBUTES.index)}
+def _random_description(rng: random.Random, family: Family) -> Description:
+    keys = rng.sample(family.attributes, rng.randint(1, 2))
+    return {k: rng.choice(family.values[k]) for k in sorted(keys, key=family.attributes.index)}
 
 
 def _question(
     kind: str, objects: Sequence[SceneObject], rng: random.Random, image_size: int
 ) -> tuple[str, str, dict] | None:
     """(question, answer, program) of one type, or None when the scene does not allow it."""
+    family = objects[0].family
     if kind == "attribute":
         t = rng.randrange(len(objects))
-        asked = rng.choice(ATTRIBUTES)
+        asked = rng.choice(family.attributes)
         desc = _unique_description(objects, t, exclude=asked)
         if desc is None:
             return None
         program = {"target": desc, "ask": asked}
         return render(question_parts(kind, program))[0], getattr(objects[t], asked), program
     if kind == "count":
-        desc = _random_description(rng) if rng.random() < 0.3 else rng.choice(_subsets(rng.choice(objects)))
+        desc = _random_description(rng, family) if rng.random() < 0.3 else rng.choice(_subsets(rng.choice(objects)))
         count = len(_matching(objects, desc))
         return render(question_parts(kind, {"target": desc}))[0], str(count), {"target": desc}
     if kind == "exists":
         want = rng.random() < 0.5
         for _ in range(20):
-            desc = rng.choice(_subsets(rng.choice(objects))) if want else _random_description(rng)
+            desc = rng.choice(_subsets(rng.choice(objects))) if want else _random_description(rng, family)
             if bool(_matching(objects, desc)) == want:
                 return render(question_parts(kind, {"target": desc}))[0], "yes" if want else "no", {"target": desc}
         return None
@@ -489,9 +595,9 @@ class Scene:
     records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (key suffix, record)
 
 
-def scene_rng(seed: int, split: str, index: int) -> random.Random:
-    """The RNG of one scene: scenes are independent of each other and of generation order."""
-    return random.Random(f"clevr-lite:{seed}:{split}:{index}")
+def scene_rng(seed: int, split: str, index: int, family: str = "clevr-lite") -> random.Random:
+    """The RNG of one scene: scenes are independent of each other, of generation order and of family."""
+    return random.Random(f"{family}:{seed}:{split}:{index}")
 
 
 def generate_scene(seed: int, split: str, index: int, config: SyntheticConfig) -> Scene:
@@ -501,7 +607,7 @@ def generate_scene(seed: int, split: str, index: int, config: SyntheticConfig) -
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
     if split == "holdout" and not config.holdout:
         raise ValueError("the 'holdout' split needs hold-out pairs (config.holdout)")
-    rng = scene_rng(seed, split, index)
+    rng = scene_rng(seed, split, index, config.family)
     objects = generate_objects(rng, config, split)
     scene = Scene(split, index, rng.choice(BACKGROUNDS), objects)
     described = [{**asdict(o), "box": list(o.box)} for o in objects]  # JSON-native, as read back
@@ -521,7 +627,7 @@ def generate_scene(seed: int, split: str, index: int, config: SyntheticConfig) -
     targets = list(range(len(objects)))
     rng.shuffle(targets)
     if split == "holdout":  # refer to held-out objects first
-        targets.sort(key=lambda i: (objects[i].color, objects[i].shape) not in set(config.holdout))
+        targets.sort(key=lambda i: objects[i].pair not in set(config.holdout))
     refs = 0
     for t in targets:
         if refs == config.refs_per_scene:

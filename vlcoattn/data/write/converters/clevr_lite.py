@@ -1,4 +1,5 @@
-"""CLEVR-lite (the synthetic generator in :mod:`vlcoattn.data.write.synthetic`) written to shard splits."""
+"""CLEVR-lite and the glyphs family (the synthetic generator in :mod:`vlcoattn.data.write.synthetic`) written
+to shard splits."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from ...schema import DatasetInfo
 from ..sink import ShardSink
-from ..synthetic import ANSWERS, SPLITS, SyntheticConfig, parse_holdout, synthetic_samples
+from ..synthetic import FAMILIES, SPLITS, SyntheticConfig, family_named, parse_holdout, synthetic_samples
 from .common import add_shard_command, progress_bar, report, sink_options
 
 
@@ -25,8 +26,8 @@ def write_synthetic(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, DatasetInfo]:
-    """CLEVR-lite scenes into ``out_dir/{train,val,test}`` (+ ``holdout`` when the config holds
-    pairs out). ``num`` train scenes; val/test default to ``num // 10`` (at least 1) scenes each."""
+    """CLEVR-lite scenes (or ``config.family``'s) into ``out_dir/{train,val,test}`` (+ ``holdout`` when the
+    config holds pairs out). ``num`` train scenes; val/test default to ``num // 10`` (at least 1) scenes each."""
     config = config or SyntheticConfig()
     if num < 1:
         raise ValueError(f"--num must be >= 1, got {num}")
@@ -50,7 +51,7 @@ def write_synthetic(
             shard_size=shard_size,
             overwrite=overwrite,
             options=options,
-            answer_vocab=ANSWERS,
+            answer_vocab=family_named(config.family).answers,
         ) as sink:
             samples = synthetic_samples(split, counts[split], seed, config)
             for key, data, ext, record in progress_bar(
@@ -65,6 +66,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """``make-shards synthetic``."""
     p = add_shard_command(sub, "synthetic", "CLEVR-lite scenes: out/{train,val,test[,holdout]}", shuffle=False)
     p.add_argument(
+        "--family", choices=tuple(FAMILIES), default="clevr-lite",
+        help="clevr-lite: objects told apart by colour; glyphs: one-colour tiles told apart by a small mark",
+    )
+    p.add_argument(
         "--num", type=int, required=True, help="train scenes (val/test: num // 10 each by default)"
     )
     p.add_argument("--seed", type=int, default=0)
@@ -72,7 +77,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--split-holdout",
         default=None,
-        help="'cogent' or colour:shape pairs ('red:circle,blue:square') kept out of train/val/test",
+        help="'cogent' (the family's preset) or identity:shape pairs kept out of train/val/test: "
+        "colour:shape ('red:circle,blue:square'), for glyphs mark:shape ('plus:circle')",
     )
     p.add_argument("--val-num", type=int, default=None)
     p.add_argument("--test-num", type=int, default=None)
@@ -93,8 +99,9 @@ def _run(args: argparse.Namespace) -> int:
         questions_per_scene=args.questions_per_scene,
         refs_per_scene=args.refs_per_scene,
         captions=args.captions,
-        holdout=parse_holdout(args.split_holdout),
+        holdout=parse_holdout(args.split_holdout, args.family),
         image_format=args.format,
+        family=args.family,
     )
     infos = write_synthetic(
         args.out, args.num, seed=args.seed, config=config, val_num=args.val_num, test_num=args.test_num,
