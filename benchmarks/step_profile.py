@@ -50,16 +50,12 @@ def flop_counter() -> FlopCounterMode:
 
 
 def count_flops(loss_fn: Callable[[], torch.Tensor]) -> tuple[Counts, Counts]:
-    """The FLOPs of ``loss_fn()`` (the forward) and of the backward of the loss it returns, apart, as
-    ``{module name or "Global": {op: FLOPs}}``. One counter sees both, so its module tracker, set up in the
-    forward, also attributes the backward's FLOPs to the modules."""
-    with flop_counter() as counter:
+    """The FLOPs of ``loss_fn()`` (the forward) and of the backward of the loss it returns, apart."""
+    with flop_counter() as forward:
         loss = loss_fn()
-        forward = counter.get_flop_counts()
+    with flop_counter() as backward:
         loss.backward()
-    step = counter.get_flop_counts()
-    backward = {m: {op: n - forward.get(m, {}).get(op, 0) for op, n in ops.items()} for m, ops in step.items()}
-    return forward, backward
+    return forward.get_flop_counts(), backward.get_flop_counts()
 
 
 def flops(counts: Counts, name: str = "Global") -> int:
@@ -89,13 +85,14 @@ def model_parts(model: torch.nn.Module) -> list[str]:
     return [f"{root}.{p}" for p in parts]
 
 
-def flops_by_part(parts: list[str], forward: Counts, backward: Counts) -> dict[str, tuple[int, int]]:
-    """{part: (forward FLOPs, backward FLOPs)} for every part with any, and the rest (outside the parts: the
-    losses, or what a backward hook could not attribute to a part)."""
-    found = {p.split(".", 1)[1]: (flops(forward, p), flops(backward, p)) for p in parts}
-    found = {p: fb for p, fb in found.items() if any(fb)}
-    rest = (flops(forward) - sum(f for f, _ in found.values()), flops(backward) - sum(b for _, b in found.values()))
-    return {**found, "rest": rest} if any(rest) else found
+def forward_by_part(parts: list[str], forward: Counts) -> dict[str, int]:
+    """{part: forward FLOPs} for every part with any, and the rest (outside the parts: the losses). The
+    backward is not split: the counter's module tracker cannot attribute it here (a module whose output is a
+    ``ModelOutput`` gets no backward hook, one whose input needs no gradient is never left)."""
+    found = {p.split(".", 1)[1]: flops(forward, p) for p in parts}
+    found = {p: n for p, n in found.items() if n}
+    rest = flops(forward) - sum(found.values())
+    return {**found, "rest": rest} if rest else found
 
 
 def counted_op_share(events: list, step: tuple[Counts, Counts]) -> float:
@@ -178,23 +175,24 @@ def report_flops(m: dict, batch: int) -> None:
 
 
 def report_parts(m: dict, parts: list[str]) -> None:
-    """GFLOPs by model part, for the cached step and the first, uncached one."""
-    cached, first = flops_by_part(parts, *m["cached"]), flops_by_part(parts, *m["first"])
+    """GFLOPs by model part (forward) and of the backward, for the cached step and the first, uncached one."""
+    cached, first = forward_by_part(parts, m["cached"][0]), forward_by_part(parts, m["first"][0])
+    rows = [[f"{p} forward", cached.get(p, 0), first.get(p, 0)] for p in dict.fromkeys([*first, *cached])]
+    rows += [["backward", flops(m["cached"][1]), flops(m["first"][1])],
+             ["step", total_flops(m["cached"]), total_flops(m["first"])]]
     total = total_flops(m["cached"])
-    rows = [[p, *(f"{x / 1e9:.2f}" for x in (*cached.get(p, (0, 0)), *first.get(p, (0, 0)))),
-             f"{sum(cached.get(p, (0, 0))) / total:.0%}"] for p in dict.fromkeys([*first, *cached])]
     print()
-    print(markdown_table(["part", "cached forward GFLOP", "cached backward", "uncached forward", "uncached backward",
-                          "share of the cached step"], rows))
+    print(markdown_table(["part", "cached step GFLOP", "share", "first-epoch (uncached) step GFLOP"],
+                         [[p, f"{c / 1e9:.2f}", f"{c / total:.0%}", f"{u / 1e9:.2f}"] for p, c, u in rows]))
 
 
 def report_run(m: dict, steps: int, epoch: int) -> None:
-    """The training run's FLOPs (its first epoch uncached) and the least time the matmul peak needs for them."""
+    """The training run's FLOPs (its first epoch uncached) and the least time the matmul's rate needs for them."""
     uncached = min(steps, epoch)
     flops = uncached * total_flops(m["first"]) + (steps - uncached) * total_flops(m["cached"])
-    print(f"\nthe run's {steps} steps ({uncached} uncached: one epoch of {epoch}): {flops / 1e12:.1f} TFLOP counted; "
-          f"at the matmul's rate {flops / m['peak']:.0f} s, at this run's cached step "
-          f"{steps * sum(m['phases']):.0f} s for all steps cached")
+    print(f"\nthe run's {steps} training steps ({uncached} uncached, the first epoch): {flops / 1e12:.1f} TFLOP "
+          f"counted, {flops / m['peak'] / 60:.1f} min at the matmul's rate (the least wall time its steps can take); "
+          f"{steps} cached steps at this run's median take {steps * sum(m['phases']) / 60:.1f} min")
 
 
 def main() -> None:
