@@ -89,7 +89,10 @@ def forward_by_part(parts: list[str], forward: Counts) -> dict[str, int]:
     """{part: forward FLOPs} for every part with any, and the rest (outside the parts: the losses). The
     backward is not split: the counter's module tracker cannot attribute it here (a module whose output is a
     ``ModelOutput`` gets no backward hook, one whose input needs no gradient is never left)."""
-    found = {p.split(".", 1)[1]: flops(forward, p) for p in parts}
+    def part(p: str) -> int:  # a container never called itself (a ModuleList): its called children
+        return flops(forward, p) if p in forward else sum(flops(forward, k) for k in forward if k.rsplit(".", 1)[0] == p)
+
+    found = {p.split(".", 1)[1]: part(p) for p in parts}
     found = {p: n for p, n in found.items() if n}
     rest = flops(forward) - sum(found.values())
     return {**found, "rest": rest} if rest else found

@@ -12,16 +12,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import step_profile
 
 
+class Stack(torch.nn.Module):
+    def __init__(self, *layers: torch.nn.Module):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
 def test_a_linear_step_counts_2_b_in_out_forward_and_twice_that_backward():
     """y = x W^T + b: B·in·out multiply-adds forward; backward the same for dx and again for dW (the bias and
-    the loss's sum are elementwise: 0). The layer is a named child, so its forward count is also found under its part."""
+    the loss's sum are elementwise: 0). The layer sits in a ModuleList part, which is never called itself: its
+    forward count is found under that part all the same."""
     B, d_in, d_out = 8, 12, 5
-    model = torch.nn.Sequential(torch.nn.Linear(d_in, d_out))
+    model = Stack(torch.nn.Linear(d_in, d_out))
     x = torch.randn(B, d_in, requires_grad=True)  # so the backward also computes dx
     forward, backward = step_profile.count_flops(lambda: model(x).sum())
     assert step_profile.flops(forward) == 2 * B * d_in * d_out
     assert step_profile.flops(backward) == 2 * 2 * B * d_in * d_out
-    assert step_profile.forward_by_part(step_profile.model_parts(model), forward) == {"0": 2 * B * d_in * d_out}
+    assert step_profile.forward_by_part(step_profile.model_parts(model), forward) == {"layers": 2 * B * d_in * d_out}
 
 
 def test_cpu_attention_counts_its_products_forward_and_backward():
