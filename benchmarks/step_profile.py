@@ -123,9 +123,9 @@ def train_step(trainer: Trainer, batch: dict) -> tuple[float, float, float]:
 def counted_step(trainer: Trainer, batch: dict) -> tuple[Counts, Counts]:
     """The FLOPs of one step's forward and backward (its gradients are dropped, not applied)."""
     inputs = model_inputs(trainer.job.task, batch, trainer.dist.device)
-    counters = count_flops(lambda: trainer.model(**inputs).loss)
+    counts = count_flops(lambda: trainer.model(**inputs).loss)
     trainer.optimizer.zero_grad(set_to_none=True)
-    return counters
+    return counts
 
 
 def measure(trainer: Trainer, steps: int) -> dict:
