@@ -235,6 +235,9 @@ NOT_RUN = {
                   "a fixture",
     "BERT_DIR": "a placeholder; README's `--src minilm` call runs, as does "
                 "tests/test_convert_bert.py::test_cli_converts_bundled_minilm",
+    "shards/glyphs": "the glyphs shards are written by a `synthetic` call (below); "
+                     "tests/test_probe_features.py::test_the_cli_end_to_end_with_a_held_out_split runs the probe "
+                     "on CLEVR-lite shards with a held-out split",
     "synthetic": "5,000 scenes take minutes; the workspace writes CLEVR-lite with the same function, and "
                  "tests/test_data_converters.py::test_cli_all_subcommands runs the sub-command on a few scenes",
 }
