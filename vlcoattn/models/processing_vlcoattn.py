@@ -142,7 +142,7 @@ class VLCoAttnImageProcessor(BaseImageProcessor):
         heat = outputs.get("heatmaps")
         if heat is None:
             return boxes, None
-        B, T, H, W = heat.shape
+        H, W = heat.shape[-2:]
         prior = span_means(phrase_tokens.cpu(), heat.detach().float().cpu().flatten(2))  # (B, P, H*W)
         ys, xs = torch.meshgrid((torch.arange(H) + 0.5) / H, (torch.arange(W) + 0.5) / W, indexing="ij")
         x0, y0 = pred[..., 0:1] - pred[..., 2:3] / 2, pred[..., 1:2] - pred[..., 3:4] / 2  # (B, P, 1)
