@@ -115,6 +115,9 @@ def test_the_pipeline_takes_transformers_call_shapes_substrings_occurrences_and_
                 ground([{"image": image, "text": CAPTION, "phrases": PHRASES}])[0],
                 ground(image, CAPTION, phrases=spans)):
         assert got == expected
+    other = {"image": str(sample_photo("astronaut")), "text": "a person in a suit", "phrases": ["a suit"]}
+    both = ground([{"image": image, "text": CAPTION, "phrases": PHRASES}, other], batch_size=2)
+    assert both == [expected, ground(**other)] and both[1]["text_labels"] == ["a suit"]
     second = ground(image, CAPTION, phrases=[{"phrase": "a", "occurrence": 1}, {"phrase": "a", "occurrence": 3}])
     assert second["spans"] == [[9, 10], [21, 22]]  # substrings, counted as str.find does: "pl-a-te", "a-nd"
 

@@ -192,11 +192,15 @@ class VLCoAttnPhraseGroundingPipeline(_VLCoAttnPipeline):
     def preprocess(self, inputs: dict[str, Any]) -> dict[str, Any]:
         image, text = self.pair(inputs)
         spans = resolve_phrases(text, inputs["phrases"])
-        return {**self.processor(images=image, text=text), "spans": spans, "text_labels": [text[s:e] for s, e in spans],
-                "phrase_tokens": phrase_token_mask(self.tokenizer, [text], [spans])}
+        phrase_token_mask(self.tokenizer, [text], [spans])  # a phrase past the text length: its error, here
+        return {**self.processor(images=image, text=text), "text": text, "spans": spans,
+                "text_labels": [text[s:e] for s, e in spans]}
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
-        tokens = model_inputs["phrase_tokens"]
+        texts, spans = model_inputs["text"], model_inputs["spans"]
+        if isinstance(texts, str):  # one input (a batch of them: lists)
+            texts, spans = [texts], [spans]
+        tokens = phrase_token_mask(self.tokenizer, texts, spans)  # on the batch's tokens, as padded together
         out = self.model(**self._model_inputs(model_inputs), phrase_tokens=tokens.to(self.device))
         return {"pred_boxes": out.pred_boxes, "heatmaps": out.heatmaps, "phrase_tokens": tokens,
                 **{k: model_inputs[k] for k in ("letterbox", "spans", "text_labels")}}
