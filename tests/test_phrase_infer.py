@@ -200,6 +200,12 @@ def test_infer_cli_draws_one_colour_per_phrase(model_dir, tmp_path, capsys):
     assert picture.width > 2 * picture.height  # the image and one panel per phrase, side by side
     colours = picture.getcolors(1 << 20)
     assert any(c == (255, 0, 0) for _, c in colours) and any(c == (0, 255, 255) for _, c in colours)
+    with pytest.raises(ValueError, match=r"give the phrases of --text to box with --phrase TEXT or --span START:END"):
+        main(["--model", str(model_dir), "--image", image, "--text", CAPTION])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["--model", str(model_dir), "--image", image, "--text", CAPTION, "--span", "9-20"])
+    assert "argument --span: invalid span value: '9-20'" in capsys.readouterr().err
 
 
 def test_batch_rows_carry_their_phrases_and_a_row_without_is_one_line(predictor, tmp_path):

@@ -108,6 +108,21 @@ def check_args(parser: ArgumentParser, args) -> None:
         parser.error("--viz-tokens / --viz-heads need --viz OUT.png")
 
 
+def phrase_arguments(args, predictor: Predictor) -> dict:
+    """``{"phrases": [...]}`` from --phrase / --span for a phrase grounding model (which needs them), else {}
+    (where they are an error)."""
+    phrases = [*(args.phrase or []), *(args.span or [])]
+    if not isinstance(predictor, PhrasePredictor):
+        if phrases:
+            raise ValueError(f"--phrase / --span: {args.model} is a {type(predictor.model).__name__}, not a phrase "
+                             "grounding model")
+        return {}
+    if not phrases:
+        raise ValueError(f"{args.model} is a phrase grounding model: give the phrases of --text to box with "
+                         "--phrase TEXT or --span START:END (repeatable)")
+    return {"phrases": phrases}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -141,12 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--image and --text are required: {args.model} is an image-text model")
         if args.viz is not None and not Path(args.viz).parent.is_dir():
             raise FileNotFoundError(f"--viz: folder {Path(args.viz).parent} does not exist")
-        phrases = [*(args.phrase or []), *(args.span or [])]
-        if phrases and not isinstance(predictor, PhrasePredictor):
-            raise ValueError(f"--phrase / --span: {args.model} is a {type(predictor.model).__name__}, not a phrase "
-                             "grounding model")
-        result = predictor.predict(args.image, args.text, task=args.task, top_k=top_k,
-                                   **({"phrases": phrases} if isinstance(predictor, PhrasePredictor) else {}))
+        result = predictor.predict(args.image, args.text, task=args.task, top_k=top_k, **phrase_arguments(args, predictor))
         if args.viz is not None:
             draw_prediction(args.image, result, args.viz, words=args.viz_tokens, heads=args.viz_heads,
                             max_words=args.viz_max_words, max_pixels=predictor.max_pixels)
