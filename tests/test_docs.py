@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from vlcoattn import VLCoAttnConfig, VLCoAttnForMultitask, VLCoAttnProcessor
+from vlcoattn import VLCoAttnConfig, VLCoAttnForMultitask, VLCoAttnForPhraseGrounding, VLCoAttnProcessor
 from vlcoattn.assets import minilm_dir, sample_photo
 from vlcoattn.data import SyntheticConfig, parse_holdout, write_synthetic
 from vlcoattn.loading import write_task_file
@@ -43,7 +43,7 @@ def _tiny_text(tok, **kw) -> CooBertConfig:
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     """What the doc examples name, built small: runs/demo/final (and runs/ground, runs/vqa: model dirs as the
-    trainer writes them), runs/coobert-minilm-k192 (a real conversion), runs/bbc-cls, runs/lm, shards (and
+    trainer writes them), runs/phrase, runs/coobert-minilm-k192 (a real conversion), runs/bbc-cls, runs/lm, shards (and
     shards/vqa2 in place of a VQA v2 conversion), data/clevr-lite-4000, corpus/*.txt, photo.jpg, hf/vqa. Built
     once; each doc runs in its own copy (``workspace``)."""
     root = tmp_path_factory.mktemp("docs")
@@ -58,6 +58,10 @@ def pristine(tmp_path_factory):
         model.save_pretrained(out)
         VLCoAttnProcessor.for_model(model, tok, max_text_len=32).save_pretrained(out)
         write_task_file(out, "vqa+ground")
+    phrase = VLCoAttnForPhraseGrounding(config)  # runs/phrase: a phrase grounding model (docs/inference.md)
+    phrase.save_pretrained(root / "runs" / "phrase")
+    VLCoAttnProcessor.for_model(phrase, tok, max_text_len=32).save_pretrained(root / "runs" / "phrase")
+    write_task_file(root / "runs" / "phrase", "phrase")
     for name, lm in (("bbc-cls", CooBertForSequenceClassification(_tiny_text(tok, num_labels=2,
                                                                            id2label={0: "business", 1: "sport"}))),
                      ("lm", CooBertForCausalLM(_tiny_text(tok)))):

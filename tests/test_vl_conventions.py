@@ -18,6 +18,7 @@ from vlcoattn.models import (
     VLCoAttnConfig,
     VLCoAttnForGrounding,
     VLCoAttnForMultitask,
+    VLCoAttnForPhraseGrounding,
     VLCoAttnForQuestionAnswering,
     VLCoAttnModel,
     VLCoAttnModelOutput,
@@ -30,6 +31,9 @@ from helpers import VOCAB, text_config, tiny_config
 CLASSES = [VLCoAttnModel, VLCoAttnForQuestionAnswering, VLCoAttnForGrounding, VLCoAttnForMultitask]
 IDS = [c.__name__ for c in CLASSES]
 HEADS = CLASSES[1:]
+# with the phrase model, which takes phrase_tokens besides (see phrases()): the checks where it applies
+WITH_PHRASE = [*CLASSES, VLCoAttnForPhraseGrounding]
+PHRASE_IDS = [c.__name__ for c in WITH_PHRASE]
 ANSWERS = ["yes", "no", "red", "two"]
 D, N_H, LAYERS, TEXT_LAYERS = 32, 4, 2, 1
 IMAGE = (32, 48)  # strides 4 and 8 of test_resnet: grids 8 x 12 and 4 x 6
@@ -77,6 +81,17 @@ def inputs(batch: int = 3, length: int = 7, seed: int = 1) -> tuple[torch.Tensor
     return ids.masked_fill(mask == 0, 0), mask, torch.randn(batch, 3, *IMAGE, generator=g)
 
 
+def phrases(model, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The phrase model's extra input (nothing for the others): two phrases per row, placed by the row's real
+    tokens so that they move with left padding and slice with the row: every real token after the first, and
+    the second real token alone."""
+    if not isinstance(model, VLCoAttnForPhraseGrounding):
+        return {}
+    real = mask.bool()
+    rank = real.cumsum(-1)
+    return {"phrase_tokens": torch.stack([real & (rank > 1), real & (rank == 2)], dim=1)}
+
+
 def main_outputs(out) -> dict[str, torch.Tensor]:
     """What each class is for: fused text tokens (encoder), answer logits and / or boxes (heads)."""
     if isinstance(out, VLCoAttnModelOutput):
@@ -102,33 +117,35 @@ def test_constructors_leave_the_callers_config_alone():
     assert all(m.config is c for m in models) and models[1].vlcoattn.config is c
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=IDS)
+@pytest.mark.parametrize("cls", WITH_PHRASE, ids=PHRASE_IDS)
 def test_unknown_forward_arguments_are_refused_with_one_line(cls):
     ids, mask, px = inputs()
     with pytest.raises(ValueError, match=r"forward got unexpected argument\(s\) \['use_cache'\]"):
         build(cls)(ids, px, attention_mask=mask, use_cache=False)
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=IDS)
+@pytest.mark.parametrize("cls", WITH_PHRASE, ids=PHRASE_IDS)
 def test_return_dict_false_gives_the_tuple_from_the_call_or_the_config(cls):
     model = build(cls)
     ids, mask, px = inputs()
-    expected = model(ids, px, attention_mask=mask).to_tuple()
-    for got in (model(ids, px, attention_mask=mask, return_dict=False),
-                build(cls, return_dict=False)(ids, px, attention_mask=mask)):
+    extra = phrases(model, mask)
+    expected = model(ids, px, attention_mask=mask, **extra).to_tuple()
+    for got in (model(ids, px, attention_mask=mask, return_dict=False, **extra),
+                build(cls, return_dict=False)(ids, px, attention_mask=mask, **extra)):
         assert isinstance(got, tuple) and len(got) == len(expected)
         for x, y in zip(got, expected):
             if isinstance(x, torch.Tensor):
                 torch.testing.assert_close(x, y, rtol=0, atol=0)
-    first = {VLCoAttnModel: "last_hidden_state", VLCoAttnForGrounding: "pred_boxes"}.get(cls, "logits")
-    torch.testing.assert_close(expected[0], getattr(model(ids, px, attention_mask=mask), first))
+    first = {VLCoAttnModel: "last_hidden_state", VLCoAttnForGrounding: "pred_boxes",
+             VLCoAttnForPhraseGrounding: "pred_boxes"}.get(cls, "logits")
+    torch.testing.assert_close(expected[0], getattr(model(ids, px, attention_mask=mask, **extra), first))
 
 
 # -- save / load ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("safetensors", [True, False], ids=["safetensors", "pytorch_bin"])
-@pytest.mark.parametrize("cls", CLASSES, ids=IDS)
+@pytest.mark.parametrize("cls", WITH_PHRASE, ids=PHRASE_IDS)
 def test_save_load_round_trip(tmp_path, cls, safetensors):
     """transformers 5 always writes safetensors (``save_pretrained`` has no ``safe_serialization``); the
     checkpoint without safetensors is a ``pytorch_model.bin`` of the whole state dict, which
@@ -147,7 +164,9 @@ def test_save_load_round_trip(tmp_path, cls, safetensors):
     for name in state:
         torch.testing.assert_close(reloaded[name], state[name], rtol=0, atol=0, msg=name)
     ids, mask, px = inputs()
-    assert_main_outputs_equal(loaded(ids, px, attention_mask=mask), model(ids, px, attention_mask=mask), atol=0)
+    extra = phrases(model, mask)
+    assert_main_outputs_equal(loaded(ids, px, attention_mask=mask, **extra), model(ids, px, attention_mask=mask, **extra),
+                              atol=0)
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=IDS)
@@ -162,25 +181,25 @@ def test_no_tied_weights(cls):
 # -- forward conventions ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=IDS)
+@pytest.mark.parametrize("cls", WITH_PHRASE, ids=PHRASE_IDS)
 def test_eval_is_deterministic_and_train_is_not(cls):
     model = build(cls, dropout=0.3)
     ids, mask, px = inputs()
-    first = model(ids, px, attention_mask=mask)
-    assert_main_outputs_equal(model(ids, px, attention_mask=mask), first, atol=0)
+    first = model(ids, px, attention_mask=mask, **phrases(model, mask))
+    assert_main_outputs_equal(model(ids, px, attention_mask=mask, **phrases(model, mask)), first, atol=0)
     model.train()
-    trained = main_outputs(model(ids, px, attention_mask=mask))
+    trained = main_outputs(model(ids, px, attention_mask=mask, **phrases(model, mask)))
     assert any(not torch.allclose(trained[n], v) for n, v in main_outputs(first).items())
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=IDS)
+@pytest.mark.parametrize("cls", WITH_PHRASE, ids=PHRASE_IDS)
 def test_a_padded_batch_equals_its_rows_one_at_a_time(cls):
     model = build(cls)
     ids, mask, px = inputs()
-    batched = main_outputs(model(ids, px, attention_mask=mask))
+    batched = main_outputs(model(ids, px, attention_mask=mask, **phrases(model, mask)))
     for row in range(ids.shape[0]):
         n = int(mask[row].sum())
-        alone = main_outputs(model(ids[row:row + 1, :n], px[row:row + 1]))
+        alone = main_outputs(model(ids[row:row + 1, :n], px[row:row + 1], **phrases(model, mask[row:row + 1, :n])))
         for name, value in alone.items():
             got = batched[name][row:row + 1, :n] if name == "last_hidden_state" else batched[name][row:row + 1]
             torch.testing.assert_close(got, value, atol=1e-5, rtol=1e-5, msg=name)
@@ -196,7 +215,7 @@ def left_padded(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, to
     return ids, mask
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=IDS)
+@pytest.mark.parametrize("cls", WITH_PHRASE, ids=PHRASE_IDS)
 def test_left_padding_equals_right_padding_at_the_real_tokens(cls):
     """Text positions count real tokens and the [CLS] / grounding token is each row's first real one, so
     a tokenizer padding on the left gives the same answers, boxes, tokens, centers and heatmaps."""
@@ -204,7 +223,8 @@ def test_left_padding_equals_right_padding_at_the_real_tokens(cls):
     ids, mask, px = inputs()
     lids, lmask = left_padded(ids, mask)
     assert not torch.equal(lids, ids)
-    right, left = model(ids, px, attention_mask=mask), model(lids, px, attention_mask=lmask)
+    right = model(ids, px, attention_mask=mask, **phrases(model, mask))
+    left = model(lids, px, attention_mask=lmask, **phrases(model, lmask))
     for name in ("logits", "pred_boxes", "pooler_output"):
         if getattr(right, name, None) is not None:
             torch.testing.assert_close(getattr(left, name), getattr(right, name), atol=1e-5, rtol=1e-5, msg=name)
@@ -216,15 +236,16 @@ def test_left_padding_equals_right_padding_at_the_real_tokens(cls):
         torch.testing.assert_close(lt[lmask.bool()], r[mask.bool()], atol=1e-5, rtol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=IDS)
+@pytest.mark.parametrize("cls", WITH_PHRASE, ids=PHRASE_IDS)
 def test_inputs_embeds_equal_input_ids(cls):
     model = build(cls)
     ids, mask, px = inputs()
     embeds = model.get_input_embeddings()(ids)
-    assert_main_outputs_equal(model(pixel_values=px, inputs_embeds=embeds, attention_mask=mask),
-                              model(ids, px, attention_mask=mask), atol=0)
+    extra = phrases(model, mask)
+    assert_main_outputs_equal(model(pixel_values=px, inputs_embeds=embeds, attention_mask=mask, **extra),
+                              model(ids, px, attention_mask=mask, **extra), atol=0)
     with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
-        model(ids, px, inputs_embeds=embeds)
+        model(ids, px, inputs_embeds=embeds, **extra)
 
 
 # -- attentions and hidden states ----------------------------------------------------------------------------
@@ -318,12 +339,12 @@ def test_base_model_attentions_and_hidden_states_with_their_shapes(source):
 
 
 @pytest.mark.parametrize("source", ["call", "config"])
-@pytest.mark.parametrize("cls", HEADS, ids=IDS[1:])
+@pytest.mark.parametrize("cls", WITH_PHRASE[1:], ids=PHRASE_IDS[1:])
 def test_heads_return_the_base_models_attentions_and_hidden_states(cls, source):
     flags = dict(output_hidden_states=True, output_attentions=True)
     model = build(cls, **(flags if source == "config" else {}))
     ids, mask, px = inputs()
-    out = model(ids, px, attention_mask=mask, **(flags if source == "call" else {}))
+    out = model(ids, px, attention_mask=mask, **phrases(model, mask), **(flags if source == "call" else {}))
     base = model.vlcoattn(ids, px, attention_mask=mask, output_attentions=True, output_hidden_states=True)
     names = ("cross_attentions", "log_priors", "attentions", "image_attentions", "hidden_states",
              "text_encoder_hidden_states", "text_encoder_attentions")
@@ -331,11 +352,12 @@ def test_heads_return_the_base_models_attentions_and_hidden_states(cls, source):
         got, want = getattr(out, name), getattr(base, name)
         assert got is not None and len(got) == len(want), name
         torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
-    plain = model(ids, px, attention_mask=mask, output_attentions=False, output_hidden_states=False)
+    plain = model(ids, px, attention_mask=mask, output_attentions=False, output_hidden_states=False,
+                  **phrases(model, mask))
     assert all(getattr(plain, name) is None for name in names)
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=IDS)
+@pytest.mark.parametrize("cls", WITH_PHRASE, ids=PHRASE_IDS)
 def test_eager_equals_sdpa(cls):
     """The same weights on both paths (SDPA is the default); the maps are equal too."""
     sdpa = build(cls)
@@ -344,9 +366,10 @@ def test_eager_equals_sdpa(cls):
     eager.set_attn_implementation("eager")
     assert eager.config._attn_implementation == eager.config.text_config._attn_implementation == "eager"
     ids, mask, px = inputs()
-    assert_main_outputs_equal(sdpa(ids, px, attention_mask=mask), eager(ids, px, attention_mask=mask))
-    a = sdpa(ids, px, attention_mask=mask, output_attentions=True)
-    b = eager(ids, px, attention_mask=mask, output_attentions=True)
+    extra = phrases(sdpa, mask)
+    assert_main_outputs_equal(sdpa(ids, px, attention_mask=mask, **extra), eager(ids, px, attention_mask=mask, **extra))
+    a = sdpa(ids, px, attention_mask=mask, output_attentions=True, **extra)
+    b = eager(ids, px, attention_mask=mask, output_attentions=True, **extra)
     for name in ("cross_attentions", "log_priors", "attentions", "text_encoder_attentions"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=0, msg=name)
 
@@ -383,7 +406,7 @@ def test_gradient_checkpointing_on_and_off_give_equal_loss_and_gradients(cls):
 
 
 @pytest.mark.parametrize("new_size", [VOCAB + 10, VOCAB - 9], ids=["bigger", "smaller"])
-@pytest.mark.parametrize("cls", CLASSES, ids=IDS)
+@pytest.mark.parametrize("cls", WITH_PHRASE, ids=PHRASE_IDS)
 def test_resize_token_embeddings(tmp_path, cls, new_size):
     """The text embeddings grow or shrink (old rows kept), the text config follows, the model still runs on
     the new ids and reloads from its directory."""
@@ -397,9 +420,10 @@ def test_resize_token_embeddings(tmp_path, cls, new_size):
     ids, mask, px = inputs()
     ids = ids.clamp(max=new_size - 1)
     ids[0, 1] = new_size - 1
-    out = model(ids, px, attention_mask=mask)
+    out = model(ids, px, attention_mask=mask, **phrases(model, mask))
     model.save_pretrained(tmp_path)
-    assert_main_outputs_equal(cls.from_pretrained(tmp_path).eval()(ids, px, attention_mask=mask), out, atol=0)
+    reloaded = cls.from_pretrained(tmp_path).eval()
+    assert_main_outputs_equal(reloaded(ids, px, attention_mask=mask, **phrases(model, mask)), out, atol=0)
 
 
 # -- torch.compile ------------------------------------------------------------------------------------------

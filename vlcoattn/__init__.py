@@ -1,11 +1,12 @@
 """vlcoattn: CooBERT text encoder, timm backbones and spatially modulated co-attention (SMCA).
 
 ``import vlcoattn`` registers the CooBERT and VLCoAttn classes with transformers' Auto classes (models,
-``AutoProcessor``, ``AutoImageProcessor``) and the ``vlcoattn-vqa`` / ``vlcoattn-grounding`` pipelines.
+``AutoProcessor``, ``AutoImageProcessor``) and the ``vlcoattn-vqa`` / ``vlcoattn-grounding`` /
+``vlcoattn-phrase-grounding`` pipelines.
 """
 
 from .fusion import SMCACrossAttention, SMCAFusionEncoder, gaussian_log_prior
-from .infer import pipelines  # noqa: F401  (registers the vlcoattn-vqa / vlcoattn-grounding pipelines)
+from .infer import pipelines  # noqa: F401  (registers the vlcoattn-* pipelines)
 from .models import (
     VLCoAttnConfig,
     VLCoAttnForGrounding,

@@ -1,6 +1,8 @@
-"""Run a saved model on image-text pairs (VQA / grounding) or texts (classification / generation).
+"""Run a saved model on image-text pairs (VQA / grounding / phrase grounding) or texts (classification / generation).
 
     python tools/infer.py --model runs/ground --image photo.jpg --text "the cup on the left" --viz out.png
+    python tools/infer.py --model runs/phrase --image photo.jpg --text "a cup on a red plate" \
+        --phrase "a cup" --phrase "a red plate" --viz out.png
     python tools/infer.py --model runs/vqa --input pairs.jsonl --output preds.jsonl --batch-size 16
     python tools/infer.py --model runs/bbc-cls --task classify --text "Shares fell sharply ..."
     python tools/infer.py --model runs/lm --task generate --prompt "the market" --max-new-tokens 20
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import transformers
 
-from vlcoattn.infer import DTYPES, TASKS, Predictor, draw_prediction, predict_jsonl
+from vlcoattn.infer import DTYPES, TASKS, PhrasePredictor, Predictor, draw_prediction, predict_jsonl
 from vlcoattn.utils.cli import ArgumentParser, run_cli
 
 
@@ -28,6 +30,14 @@ def positive(value: str) -> int:
     if number < 1:
         raise ValueError(f"must be >= 1, got {number}")
     return number
+
+
+def span(value: str) -> list[int]:
+    """``START:END`` -> [START, END]."""
+    start, sep, end = value.partition(":")
+    if not sep or not start.strip().isdigit() or not end.strip().isdigit():
+        raise ValueError(f"a span is START:END (character offsets), got {value!r}")
+    return [int(start), int(end)]
 
 
 def to_json(result: dict) -> str:
@@ -52,6 +62,11 @@ def build_parser() -> ArgumentParser:
     one.add_argument("--image", help="image file (image-text models)")
     one.add_argument("--text", help="question / referring expression / text to classify")
     one.add_argument("--prompt", help="prompt to continue (--task generate; default: --text)")
+    one.add_argument("--phrase", action="append", metavar="PHRASE",
+                     help="a phrase of the caption --text to box (phrase grounding; repeat for each; its first "
+                          "occurrence)")
+    one.add_argument("--span", action="append", type=span, metavar="START:END",
+                     help="a phrase as the characters [START, END) of --text (phrase grounding; repeatable)")
     many = parser.add_argument_group("many inputs")
     many.add_argument("--input", help='JSONL rows {"image": ..., "text": ..., "id": ...} (or {"text"} / {"prompt"})')
     many.add_argument("--output", help="JSONL predictions, one line per input row (default: stdout)")
@@ -86,10 +101,26 @@ def check_args(parser: ArgumentParser, args) -> None:
             parser.error("--output needs --input")
         if args.text is None and args.prompt is None:
             parser.error("give --text (with --image for image-text models), --prompt, or --input FILE")
-    elif any(v is not None for v in (args.image, args.text, args.prompt, args.viz)):
-        parser.error("--input takes no --image / --text / --prompt / --viz (one row per line instead)")
+    elif any(v is not None for v in (args.image, args.text, args.prompt, args.viz, args.phrase, args.span)):
+        parser.error("--input takes no --image / --text / --prompt / --phrase / --span / --viz (one row per line "
+                     "instead)")
     if (args.viz_tokens or args.viz_heads) and args.viz is None:
         parser.error("--viz-tokens / --viz-heads need --viz OUT.png")
+
+
+def phrase_arguments(args, predictor: Predictor) -> dict:
+    """``{"phrases": [...]}`` from --phrase / --span for a phrase grounding model (which needs them), else {}
+    (where they are an error)."""
+    phrases = [*(args.phrase or []), *(args.span or [])]
+    if not isinstance(predictor, PhrasePredictor):
+        if phrases:
+            raise ValueError(f"--phrase / --span: {args.model} is a {type(predictor.model).__name__}, not a phrase "
+                             "grounding model")
+        return {}
+    if not phrases:
+        raise ValueError(f"{args.model} is a phrase grounding model: give the phrases of --text to box with "
+                         "--phrase TEXT or --span START:END (repeatable)")
+    return {"phrases": phrases}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--image and --text are required: {args.model} is an image-text model")
         if args.viz is not None and not Path(args.viz).parent.is_dir():
             raise FileNotFoundError(f"--viz: folder {Path(args.viz).parent} does not exist")
-        result = predictor.predict(args.image, args.text, task=args.task, top_k=top_k)
+        result = predictor.predict(args.image, args.text, task=args.task, top_k=top_k, **phrase_arguments(args, predictor))
         if args.viz is not None:
             draw_prediction(args.image, result, args.viz, words=args.viz_tokens, heads=args.viz_heads,
                             max_words=args.viz_max_words, max_pixels=predictor.max_pixels)

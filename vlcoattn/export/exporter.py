@@ -118,6 +118,9 @@ def load_for_export(model_dir: str | Path) -> tuple[PreTrainedModel, Any, str]:
         names = ["VLCoAttnForQuestionAnswering", "VLCoAttnForGrounding", "VLCoAttnForMultitask",
                  "CooBertForSequenceClassification", "CooBertModel"]
         raise ValueError(f"model dir {model_dir}: cannot export a {cls.__name__}; export takes {', '.join(names)}")
+    if extra := getattr(cls, "extra_inputs", ()):  # e.g. the phrase task's phrase_tokens
+        raise ValueError(f"model dir {model_dir}: cannot export a {cls.__name__} (task {spec.name!r}): its input(s) "
+                         f"{', '.join(extra)} are not exported yet; serve it with Predictor or its pipeline")
     return load_model_dir(model_dir)
 
 

@@ -10,12 +10,16 @@ transformers 5 removed its ``visual-question-answering`` task, so the two tasks 
     vqa(image=image, question="what color is the cube?")  # transformers' VQA pipeline's call shapes
     ground = pipeline("vlcoattn-grounding", model="runs/demo/final")
     ground(image, "the red cube")                        # {"box": [x0, y0, x1, y1], "heatmaps": [...]}
+    phrases = pipeline("vlcoattn-phrase-grounding", model="runs/phrase/final")
+    phrases(image, "a red cube left of a blue ball", phrases=["a red cube", "a blue ball"])
+    # {"scores": [...], "boxes": [[x0, y0, x1, y1], ...], "text_labels": [...], "labels": [...], "spans": [...]}
 
 An image is a PIL image, a uint8 array, a path or encoded bytes. The text comes second or by keyword
 (``text=``; the VQA pipeline also takes ``question=``, as transformers' own), or the pair is one dict
 (``{"image": ..., "text": ...}``, or ``"question"`` for VQA). Several inputs go as a list of such dicts,
 as a list of images with one text, or as one image with a list of texts, batched by the pipeline's
-``batch_size``. Preprocessing is the model's saved :class:`~vlcoattn.models.VLCoAttnProcessor`;
+``batch_size``. The phrase grounding pipeline also takes the caption's ``phrases=`` (or a ``"phrases"``
+key in each dict). Preprocessing is the model's saved :class:`~vlcoattn.models.VLCoAttnProcessor`;
 answers and boxes are post-processed by the same functions as :class:`~vlcoattn.infer.Predictor`'s.
 """
 
@@ -28,10 +32,16 @@ from transformers import Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from ..loading import model_class
-from ..models import VLCoAttnForGrounding, VLCoAttnForMultitask, VLCoAttnForQuestionAnswering
+from ..models import (
+    VLCoAttnForGrounding,
+    VLCoAttnForMultitask,
+    VLCoAttnForPhraseGrounding,
+    VLCoAttnForQuestionAnswering,
+)
+from ..tasks.phrase import PHRASES_USAGE, phrase_token_mask, resolve_phrases
 from .predictor import token_words, top_answers
 
-__all__ = ["SavedVLCoAttnModel", "VLCoAttnGroundingPipeline", "VLCoAttnVQAPipeline"]
+__all__ = ["SavedVLCoAttnModel", "VLCoAttnGroundingPipeline", "VLCoAttnPhraseGroundingPipeline", "VLCoAttnVQAPipeline"]
 
 
 class SavedVLCoAttnModel:
@@ -52,6 +62,7 @@ class _VLCoAttnPipeline(Pipeline):
     _load_tokenizer = False
     _load_feature_extractor = False
     text_keys: tuple[str, ...] = ("text",)  # the names the text goes by, in a call and in a dict
+    input_keys: tuple[str, ...] = ()  # further keys an input dict must carry (the phrases)
 
     @property
     def usage(self) -> str:
@@ -82,8 +93,8 @@ class _VLCoAttnPipeline(Pipeline):
         if not isinstance(inputs, dict):
             raise ValueError(f"{self.usage}; got {type(inputs).__name__}")
         names = [k for k in self.text_keys if k in inputs]
-        extra = sorted(set(inputs) - {"image", *self.text_keys})
-        if "image" not in inputs or len(names) != 1 or extra:
+        extra = sorted(set(inputs) - {"image", *self.text_keys, *self.input_keys})
+        if "image" not in inputs or len(names) != 1 or extra or not set(self.input_keys) <= set(inputs):
             raise ValueError(f"{self.usage}; got the keys {sorted(inputs)}")
         text = inputs[names[0]]
         if not isinstance(text, str) or not text.strip():
@@ -153,6 +164,57 @@ class VLCoAttnGroundingPipeline(_VLCoAttnPipeline):
         return result
 
 
+class VLCoAttnPhraseGroundingPipeline(_VLCoAttnPipeline):
+    """Image + caption + its phrases -> a box and a score per phrase, in the shape of transformers' Grounding
+    DINO post-processing: ``{"scores", "boxes", "text_labels", "labels"}`` (one entry per phrase, in the
+    order given; boxes (x0, y0, x1, y1) in pixels of the original image) plus each phrase's character
+    ``spans``. A score is the share of the phrase's prior inside its box (see
+    :meth:`~vlcoattn.models.VLCoAttnProcessor.post_process_phrase_grounding`)."""
+
+    input_keys = ("phrases",)
+
+    @property
+    def usage(self) -> str:
+        return ("give an image, a caption and its phrases: pipe(image, caption, phrases=[...]), "
+                "pipe(image=..., text=..., phrases=[...]) or a list of {'image', 'text', 'phrases'} dicts; "
+                + PHRASES_USAGE)
+
+    def __call__(self, image: Any = None, text: str | None = None, phrases: list | None = None, **kwargs: Any) -> Any:
+        text = kwargs.pop("text", text)
+        if phrases is None:  # a dict, or a list of dicts, carrying their phrases
+            if text is not None:
+                raise ValueError(self.usage)
+            return super().__call__(image, **kwargs)
+        if image is None or isinstance(image, list) or not isinstance(text, str):
+            raise ValueError(f"{self.usage}; phrases= goes with one image and one caption")
+        return super().__call__({"image": image, "text": text, "phrases": phrases}, **kwargs)
+
+    def preprocess(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        image, text = self.pair(inputs)
+        spans = resolve_phrases(text, inputs["phrases"])
+        phrase_token_mask(self.tokenizer, [text], [spans])  # a phrase past the text length: its error, here
+        return {**self.processor(images=image, text=text), "text": text, "spans": spans,
+                "text_labels": [text[s:e] for s, e in spans]}
+
+    def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
+        texts, spans = model_inputs["text"], model_inputs["spans"]
+        if isinstance(texts, str):  # one input (a batch of them: lists)
+            texts, spans = [texts], [spans]
+        tokens = phrase_token_mask(self.tokenizer, texts, spans)  # on the batch's tokens, as padded together
+        out = self.model(**self._model_inputs(model_inputs), phrase_tokens=tokens.to(self.device))
+        return {"pred_boxes": out.pred_boxes, "heatmaps": out.heatmaps, "phrase_tokens": tokens,
+                **{k: model_inputs[k] for k in ("letterbox", "spans", "text_labels")}}
+
+    def postprocess(self, model_outputs: dict[str, Any]) -> dict[str, Any]:
+        labels = model_outputs["text_labels"]
+        result = self.processor.post_process_phrase_grounding(
+            model_outputs, model_outputs["phrase_tokens"], letterbox=model_outputs["letterbox"], text_labels=[labels])[0]
+        return {"scores": [round(float(v), 4) for v in result["scores"]],
+                "boxes": [[round(v, 2) for v in box] for box in result["boxes"].tolist()],
+                "text_labels": result["text_labels"], "labels": result["labels"],
+                "spans": [list(span) for span in model_outputs["spans"]]}
+
+
 PIPELINE_REGISTRY.register_pipeline(
     "vlcoattn-vqa", pipeline_class=VLCoAttnVQAPipeline,
     pt_model=(SavedVLCoAttnModel, VLCoAttnForQuestionAnswering, VLCoAttnForMultitask), type="multimodal",
@@ -160,4 +222,8 @@ PIPELINE_REGISTRY.register_pipeline(
 PIPELINE_REGISTRY.register_pipeline(
     "vlcoattn-grounding", pipeline_class=VLCoAttnGroundingPipeline,
     pt_model=(SavedVLCoAttnModel, VLCoAttnForGrounding, VLCoAttnForMultitask), type="multimodal",
+)
+PIPELINE_REGISTRY.register_pipeline(
+    "vlcoattn-phrase-grounding", pipeline_class=VLCoAttnPhraseGroundingPipeline,
+    pt_model=(SavedVLCoAttnModel, VLCoAttnForPhraseGrounding), type="multimodal",
 )

@@ -32,7 +32,8 @@ from ..tasks import canonical_name, get_task, task_names, task_of_model
 from ..utils.cli import USER_ERRORS
 
 __all__ = [
-    "DTYPES", "TASKS", "ClassifierPredictor", "GeneratorPredictor", "ImageInput", "Predictor", "VisionPredictor",
+    "DTYPES", "TASKS", "ClassifierPredictor", "GeneratorPredictor", "ImageInput", "PhrasePredictor", "Predictor",
+    "VisionPredictor",
     "canvas_to_pixels", "top_answers",
 ]
 
@@ -342,14 +343,16 @@ class VisionPredictor(Predictor):
         letterbox = torch.stack([s["letterbox"] for s in samples])
         collate_s = (time.perf_counter() - start) / len(samples)
         start = time.perf_counter()
-        inputs = {k: v.to(self.device) for k, v in enc.items()}
+        extra = self._extra_inputs(samples)
+        inputs = {k: v.to(self.device) for k, v in {**enc, **extra}.items()}
         out, base = forward_with_base(self.model, {**inputs, "pixel_values": pixels.to(self.device, self.dtype)})
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         forward_s = (time.perf_counter() - start) / len(samples)
         heads: list[dict[str, Any]] = [{} for _ in samples]  # each asked task's fields: answers, box
         for unit in get_task(task).units:
-            for fields, part in zip(heads, unit.predict(self.model, out, image_processor, letterbox, top_k)):
+            parts = unit.predict(self.model, out, image_processor, letterbox, top_k, **self._predict_extras(samples, extra))
+            for fields, part in zip(heads, parts):
                 fields.update(part)
         priors = prior_summary(self.model, base, letterbox)
         results = []
@@ -371,6 +374,14 @@ class VisionPredictor(Predictor):
             results.append(res)
         return results
 
+    def _extra_inputs(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """forward() inputs beyond the text and the image (none here)."""
+        return {}
+
+    def _predict_extras(self, samples: list[dict[str, Any]], extra: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Keyword arguments of the task's ``predict`` hook beyond the model's output (none here)."""
+        return {}
+
     def _tokens(
         self, b: int, sample: dict[str, Any], enc: dict[str, torch.Tensor], priors: dict[str, torch.Tensor] | None
     ) -> list[dict[str, Any]]:
@@ -391,6 +402,53 @@ class VisionPredictor(Predictor):
                 item["sigma"] = [[round(v, 2) for v in s] for s in priors["sigma"][b, t].tolist()]
             tokens.append(item)
         return tokens
+
+
+class PhrasePredictor(VisionPredictor):
+    """Phrase grounding: an image, a caption and its phrases -> a box and a score per phrase (see
+    :data:`~vlcoattn.tasks.phrase.PHRASES_USAGE` for how phrases are given), with every token's prior."""
+
+    def parse_row(self, row: dict[str, Any], n: int, root: Path, head: dict[str, Any]) -> Any:
+        """``{"image", "text", "phrases"}`` rows; ``phrases`` as :meth:`predict` takes them (a data row's
+        ``[{"span": [start, end], ...}]`` included)."""
+        image, text = super().parse_row(row, n, root, head)
+        if "phrases" not in row:
+            raise ValueError(f"line {n}: task 'phrase' needs a 'phrases' list (substrings of the text or "
+                             "[start, end] spans)")
+        return image, text, row["phrases"]
+
+    def predict(self, image: ImageInput, text: str, *, phrases: Sequence[Any] | None = None, task: str = "auto",
+                top_k: int = 5) -> dict[str, Any]:
+        """One image + caption + its ``phrases`` -> ``phrases``: ``[{"text", "span", "box", "score",
+        "token_indices"}]`` (box in original pixels; score in [0, 1], see docs/inference.md), and the tokens."""
+        task = self.resolve_task(task)
+        return self._run([self._prepare((image, text, phrases), 0)], task, top_k)[0]
+
+    def predict_batch(self, triples: Sequence[tuple[ImageInput, str, Sequence[Any]]], *, task: str = "auto",
+                      top_k: int = 5) -> list[dict[str, Any]]:
+        """(image, caption, phrases) triples in one forward pass; a bad one gives ``{"error": ...}``."""
+        task = self.resolve_task(task)
+        return self._each(triples, self._prepare, lambda samples: self._run(samples, task, top_k))
+
+    def _prepare(self, triple: tuple[ImageInput, str, Sequence[Any] | None], index: int) -> dict[str, Any]:
+        from ..tasks.phrase import phrase_token_mask, resolve_phrases
+
+        if len(triple) != 3:
+            raise ValueError("a phrase grounding input is (image, caption, phrases)")
+        image, text, phrases = triple
+        spans = resolve_phrases(_check_text(text), phrases if phrases is not None else [])
+        phrase_token_mask(self.tokenizer, [text], [spans])  # a phrase past the text length: its error, here
+        return {**super()._prepare((image, text), index), "spans": spans}
+
+    def _extra_inputs(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        from ..tasks.phrase import phrase_token_mask
+
+        return {"phrase_tokens": phrase_token_mask(self.tokenizer, [s["text"] for s in samples],
+                                                   [s["spans"] for s in samples])}
+
+    def _predict_extras(self, samples: list[dict[str, Any]], extra: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return {"phrase_tokens": extra["phrase_tokens"], "spans": [s["spans"] for s in samples],
+                "texts": [s["text"] for s in samples]}
 
 
 class ClassifierPredictor(Predictor):

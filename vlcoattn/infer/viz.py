@@ -1,5 +1,7 @@
 """A prediction as a picture: the image with its box and answers, then one panel per chosen word (or
-per word and head) showing that word's Gaussian spatial prior over the image.
+per word and head) showing that word's Gaussian spatial prior over the image. A phrase grounding
+prediction draws every phrase in its own colour: its box on the image, then its tokens' prior (with
+the box again) in a panel of that colour.
 
 Everything is drawn from the prediction dict alone (centers and widths in original-image pixels,
 see :meth:`Predictor.predict`), so a saved JSON line can be drawn later. Matplotlib, Agg backend.
@@ -22,7 +24,7 @@ from matplotlib.patches import Rectangle
 
 from ..data.image import DEFAULT_MAX_PIXELS, decode_image
 
-__all__ = ["STOPWORDS", "draw_prediction", "prior_map", "select_words"]
+__all__ = ["PHRASE_COLORS", "STOPWORDS", "draw_prediction", "phrase_color", "prior_map", "select_words"]
 
 STOPWORDS = frozenset(
     {
@@ -36,6 +38,7 @@ PANEL_INCHES = 3.6
 DISPLAY_PIXELS = 1024  # the image is shown downscaled to this longer side
 MAP_PIXELS = 192  # heatmaps are evaluated on a grid of this longer side
 STROKE = [patheffects.withStroke(linewidth=4, foreground="black")]  # outlines the box and the markers
+PHRASE_COLORS = ("red", "cyan", "yellow", "lime", "magenta", "orange", "deepskyblue", "white")
 
 
 def select_words(
@@ -97,7 +100,25 @@ def _title(prediction: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-Panel = tuple[str, np.ndarray, tuple[float, float]]  # (title, prior map, the center's marker)
+# (title, prior map, the center's marker, colour of the title, a box to draw or None)
+Panel = tuple[str, np.ndarray, tuple[float, float], str, list[float] | None]
+
+
+def phrase_color(index: int) -> str:
+    """The colour of the ``index``-th phrase (cycling)."""
+    return PHRASE_COLORS[index % len(PHRASE_COLORS)]
+
+
+def _phrase_panels(prediction: dict[str, Any], size: tuple[int, int]) -> list[Panel]:
+    """One panel per phrase: the head-averaged prior of its tokens, marked at their mean reference center."""
+    by_index = {t["index"]: t for t in prediction.get("tokens", []) if "center" in t}
+    panels: list[Panel] = []
+    for j, phrase in enumerate(prediction["phrases"]):
+        toks = [by_index[t] for t in phrase["token_indices"] if t in by_index]
+        if toks:
+            center = tuple(np.mean([t["center"] for t in toks], axis=0).tolist())
+            panels.append((phrase["text"], prior_map(toks, size), center, phrase_color(j), phrase["box"]))
+    return panels
 
 
 def _load_picture(
@@ -122,15 +143,17 @@ def _prior_panels(
     prior_tokens = [t for t in prediction.get("tokens", []) if "center" in t]
     if not prior_tokens:
         return []
+    if prediction.get("phrases") and not words and not heads:
+        return _phrase_panels(prediction, size)
     if heads and not words:
         max_words = max(1, max_words // len(prior_tokens[0]["head_centers"]))
     panels: list[Panel] = []
     for label, toks in select_words(prediction, words, max_words):
         if heads:
             for h, center in enumerate(toks[0]["head_centers"]):
-                panels.append((f"{label} · head {h}", prior_map(toks, size, head=h), tuple(center)))
+                panels.append((f"{label} · head {h}", prior_map(toks, size, head=h), tuple(center), "black", None))
         else:
-            panels.append((label, prior_map(toks, size), tuple(toks[0]["center"])))
+            panels.append((label, prior_map(toks, size), tuple(toks[0]["center"]), "black", None))
     return panels
 
 
@@ -151,16 +174,26 @@ def _figure(num_panels: int, size: tuple[int, int]) -> tuple[Figure, np.ndarray]
     return fig, axes
 
 
+def _draw_box(ax: Any, box: Sequence[float], color: str, label: str | None = None) -> None:
+    """An (x0, y0, x1, y1) box outlined in ``color``, its label above its top-left corner."""
+    x0, y0, x1, y1 = box
+    rect = Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=2.5)
+    rect.set_path_effects(STROKE)
+    ax.add_patch(rect)
+    if label:
+        ax.text(x0, y0, label, color=color, fontsize=9, fontweight="bold", va="bottom", path_effects=STROKE)
+
+
 def _draw_image_panel(ax: Any, pixels: np.ndarray, size: tuple[int, int], prediction: dict[str, Any],
                       has_prior: bool) -> None:
-    """The image, the predicted box (red) and, as the title, the text and the top answers."""
+    """The image, the predicted box (red) or every phrase's box (its colour) and, as the title, the text and
+    the top answers."""
     W, H = size
     ax.imshow(pixels, extent=(0, W, H, 0), aspect="auto")
     if box := prediction.get("box"):
-        x0, y0, x1, y1 = box
-        rect = Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red", linewidth=2.5)
-        rect.set_path_effects(STROKE)
-        ax.add_patch(rect)
+        _draw_box(ax, box, "red")
+    for j, phrase in enumerate(prediction.get("phrases", [])):
+        _draw_box(ax, phrase["box"], phrase_color(j), phrase["text"])
     title = _title(prediction)
     if not has_prior:
         title += "\n(no spatial prior in this model: no heatmaps)"
@@ -169,7 +202,7 @@ def _draw_image_panel(ax: Any, pixels: np.ndarray, size: tuple[int, int], predic
 
 def _draw_prior_panel(ax: Any, gray: np.ndarray, size: tuple[int, int], panel: Panel) -> None:
     """A word's prior as a heatmap over the gray image, its center marked (+)."""
-    (W, H), (label, heat, (cx, cy)) = size, panel
+    (W, H), (label, heat, (cx, cy), color, box) = size, panel
     extent = (0, W, H, 0)
     ax.imshow(gray, extent=extent, aspect="auto", cmap="gray", alpha=0.6)
     ax.imshow(heat, extent=extent, aspect="auto", cmap="jet", alpha=0.55, interpolation="bilinear",
@@ -177,7 +210,9 @@ def _draw_prior_panel(ax: Any, gray: np.ndarray, size: tuple[int, int], panel: P
     ax.plot([cx], [cy], marker="+", markersize=14, markeredgewidth=2.5, color="white", path_effects=STROKE)
     ax.set_xlim(0, W)
     ax.set_ylim(H, 0)
-    ax.set_title(label, fontsize=12, fontweight="bold")
+    if box is not None:
+        _draw_box(ax, box, color)
+    ax.set_title(label, fontsize=12, fontweight="bold", color="black" if color == "white" else color)
 
 
 def draw_prediction(
@@ -195,8 +230,9 @@ def draw_prediction(
     Panel 1: the image, the predicted box (red) and the top answers. Then, for each word chosen by
     :func:`select_words` (``words`` / ``max_words``), its head-averaged Gaussian prior as a heatmap
     with the word's reference center (+); with ``heads``, one panel per word and head (the default
-    words then number ``max_words // heads``, at least 1). Models without a spatial prior get panel 1
-    only. Returns the path written.
+    words then number ``max_words // heads``, at least 1). A phrase grounding prediction draws every
+    phrase's box in its colour and, by default, one panel per phrase (its tokens' prior and its box).
+    Models without a spatial prior get panel 1 only. Returns the path written.
     """
     if "image_size" not in prediction:
         raise ValueError("draw_prediction needs an image-text prediction (no image_size in it)")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput
 
-from .modeling_vlcoattn import _num_items, _VLCoAttnTaskModel, grounding_loss
+from .modeling_vlcoattn import _num_items, _reject_extra_arguments, _VLCoAttnTaskModel, grounding_loss
 
 __all__ = ["VLCoAttnForPhraseGrounding", "VLCoAttnPhraseGroundingOutput", "span_means"]
 
@@ -28,7 +28,9 @@ __all__ = ["VLCoAttnForPhraseGrounding", "VLCoAttnPhraseGroundingOutput", "span_
 class VLCoAttnPhraseGroundingOutput(ModelOutput):
     """pred_boxes (B, P, 4) normalized (cx, cy, w, h), one per phrase; phrase_mask (B, P) the phrases that
     have tokens (the others are padding, or cut off by the text length, and their boxes mean nothing);
-    loss = w_l1 * loss_l1 + w_giou * loss_giou over the trained phrases."""
+    loss = w_l1 * loss_l1 + w_giou * loss_giou over the trained phrases. heatmaps (B, T, H, W): every
+    token's head-averaged prior on the last level (eval mode only; None without a prior), what the phrase
+    score of :meth:`VLCoAttnProcessor.post_process_phrase_grounding` reads."""
 
     loss: torch.Tensor | None = None
     loss_l1: torch.Tensor | None = None
@@ -40,7 +42,14 @@ class VLCoAttnPhraseGroundingOutput(ModelOutput):
     attended_centers: tuple[torch.Tensor, ...] | None = None
     centers: tuple[torch.Tensor, ...] | None = None
     scales: tuple[torch.Tensor, ...] | None = None
+    heatmaps: torch.Tensor | None = None
     cross_attentions: tuple | None = None
+    log_priors: tuple | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    image_attentions: tuple[torch.Tensor, ...] | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    text_encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    text_encoder_attentions: tuple[torch.Tensor, ...] | None = None
 
 
 def span_means(phrase_tokens: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -57,6 +66,7 @@ class VLCoAttnForPhraseGrounding(_VLCoAttnTaskModel):
 
     has_boxes = True
     output_class = VLCoAttnPhraseGroundingOutput
+    extra_inputs = ("phrase_tokens",)  # forward() inputs beyond the text and the image
 
     def forward(
         self,
@@ -70,19 +80,26 @@ class VLCoAttnForPhraseGrounding(_VLCoAttnTaskModel):
         num_items_in_batch: int | dict[str, int] | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        output_hidden_states: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> VLCoAttnPhraseGroundingOutput | tuple:
         """input_ids (B, T), attention_mask (B, T), pixel_values (B, 3, H, W); phrase_tokens (B, P, T) bool,
-        which tokens each phrase covers (required: it says which boxes to predict).
+        which tokens each phrase covers (required: it says which boxes to predict). Padding may be on
+        either side: a phrase is the mean of its tokens wherever they sit.
 
         phrase_boxes (B, P, 4) normalized cxcywh targets, phrase_mask (B, P) the phrases that train
         (default: every phrase with tokens). num_items_in_batch: the trained phrases of the whole
         optimizer step (``{"phrase": n}`` or n); default: the mean over this batch's.
+        output_attentions / output_hidden_states / inputs_embeds / return_dict: as the other VLCoAttn heads
+        (call value, else the config's); an unknown keyword is a ValueError.
         """
+        _reject_extra_arguments(type(self).__name__, kwargs)
         if phrase_tokens is None:
             raise ValueError("VLCoAttnForPhraseGrounding needs phrase_tokens (B, P, T): which tokens each phrase covers")
-        out = self.vlcoattn(input_ids, pixel_values, attention_mask, token_type_ids,
-                            output_attentions=output_attentions, return_dict=True)
+        return_dict = self.output_flags(None, None, return_dict)[2]
+        out = self.vlcoattn(input_ids, pixel_values, attention_mask, token_type_ids, output_attentions=output_attentions,
+                            return_dict=True, output_hidden_states=output_hidden_states, inputs_embeds=inputs_embeds)
         B, P = phrase_tokens.shape[:2]
         present = phrase_tokens.any(-1)  # (B, P)
         hidden = span_means(phrase_tokens, out.last_hidden_state)  # (B, P, d)
@@ -91,16 +108,17 @@ class VLCoAttnForPhraseGrounding(_VLCoAttnTaskModel):
             ref = span_means(phrase_tokens, out.base_centers)  # (B, P, 2)
             ref = torch.where(present[..., None], ref, torch.full_like(ref, 0.5)).flatten(0, 1)
         pred = self.box_head(hidden.flatten(0, 1), ref).unflatten(0, (B, P))  # (B, P, 4)
-        result = VLCoAttnPhraseGroundingOutput(
-            pred_boxes=pred, phrase_mask=present, last_hidden_state=out.last_hidden_state,
-            reference_centers=out.reference_centers, attended_centers=out.attended_centers, centers=out.centers,
-            scales=out.scales, cross_attentions=out.cross_attentions,
-        )
+        fields = self.output_class.__dataclass_fields__
+        result = {k: v for k, v in out.items() if k in fields}  # the base model's fields that are set
+        result.update(pred_boxes=pred, phrase_mask=present)
+        if not self.training:  # read by inference (the phrase score); a training step has no use for them
+            result["heatmaps"] = self.vlcoattn.token_heatmaps(out)
         if phrase_boxes is not None:
             mask = (present if phrase_mask is None else phrase_mask.bool() & present).flatten()
             heads = self.config.heads_config
-            result.loss, result.loss_l1, result.loss_giou = grounding_loss(
+            result["loss"], result["loss_l1"], result["loss_giou"] = grounding_loss(
                 pred.flatten(0, 1), phrase_boxes.flatten(0, 1).to(pred.dtype), float(heads.box_l1_weight),
                 float(heads.box_giou_weight), mask, _num_items(num_items_in_batch, "phrase"),
             )
-        return result if return_dict is not False else result.to_tuple()
+        output = VLCoAttnPhraseGroundingOutput(**result)
+        return output if return_dict else output.to_tuple()

@@ -36,6 +36,7 @@ from ..data.read.pipeline import (
     tokenize,
 )
 from ..data.read.transforms import ImageTransform, as_size, invert_boxes, letterbox_params
+from .modeling_phrase_grounding import span_means
 
 __all__ = ["ImageLike", "VLCoAttnImageProcessor", "VLCoAttnProcessor"]
 
@@ -125,6 +126,31 @@ class VLCoAttnImageProcessor(BaseImageProcessor):
         the original images, clipped to them; ``letterbox`` (B, 8) as :meth:`preprocess` returned it."""
         return invert_boxes(pred_boxes.detach().float().cpu(), letterbox)
 
+    @staticmethod
+    def post_process_phrase_grounding(outputs: Any, phrase_tokens: torch.Tensor,
+                                      letterbox: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Phrase grounding outputs -> (boxes (B, P, 4) (x0, y0, x1, y1) pixels of the original images,
+        scores (B, P) in [0, 1], or None for a model without a spatial prior).
+
+        The model regresses one box per phrase and has no confidence head. A phrase's score is the share
+        of its prior inside its own box: the mean of its tokens' head-averaged Gaussian priors on the last
+        feature level (``outputs["heatmaps"]``, each summing to 1), summed over the cells whose centers the
+        predicted box contains. 1: where the phrase's words look and where its box lies agree; near 0:
+        the box lies away from what its words attend to. A phrase without tokens scores 0."""
+        pred = outputs["pred_boxes"].detach().float().cpu()  # (B, P, 4) cxcywh on the canvas
+        boxes = invert_boxes(pred.flatten(0, 1), letterbox.repeat_interleave(pred.shape[1], 0)).unflatten(0, pred.shape[:2])
+        heat = outputs.get("heatmaps")
+        if heat is None:
+            return boxes, None
+        H, W = heat.shape[-2:]
+        prior = span_means(phrase_tokens.cpu(), heat.detach().float().cpu().flatten(2))  # (B, P, H*W)
+        ys, xs = torch.meshgrid((torch.arange(H) + 0.5) / H, (torch.arange(W) + 0.5) / W, indexing="ij")
+        x0, y0 = pred[..., 0:1] - pred[..., 2:3] / 2, pred[..., 1:2] - pred[..., 3:4] / 2  # (B, P, 1)
+        x1, y1 = x0 + pred[..., 2:3], y0 + pred[..., 3:4]
+        xs, ys = xs.flatten(), ys.flatten()  # (H*W,)
+        inside = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)  # (B, P, H*W)
+        return boxes, (prior * inside).sum(-1).clamp(0.0, 1.0)
+
 
 class VLCoAttnProcessor(ProcessorMixin):
     """Image processor + tokenizer of a VLCoAttn model; ``processor(images=..., text=...)`` gives the
@@ -179,12 +205,38 @@ class VLCoAttnProcessor(ProcessorMixin):
         original image's (height, width), from which the letterbox is recomputed (as transformers'
         ``post_process_object_detection`` takes them).
         """
+        boxes = self.image_processor.post_process_grounding(outputs["pred_boxes"], self._letterbox(letterbox, target_sizes))
+        return [{"box": box} for box in boxes]
+
+    def _letterbox(self, letterbox: torch.Tensor | None, target_sizes: Any) -> torch.Tensor:
+        """``letterbox`` as given, or recomputed from ``target_sizes`` (B, 2) = (height, width); exactly one."""
         if (letterbox is None) == (target_sizes is None):
             raise ValueError("give exactly one of letterbox (from the processor) or target_sizes")
-        if letterbox is None:
-            letterbox = torch.stack([
-                letterbox_params(int(w), int(h), self.image_processor.canvas_size).as_tensor()
-                for h, w in torch.as_tensor(target_sizes).tolist()
-            ])
-        boxes = self.image_processor.post_process_grounding(outputs["pred_boxes"], letterbox)  # ModelOutput or dict
-        return [{"box": box} for box in boxes]
+        if letterbox is not None:
+            return letterbox
+        return torch.stack([letterbox_params(int(w), int(h), self.image_processor.canvas_size).as_tensor()
+                            for h, w in torch.as_tensor(target_sizes).tolist()])
+
+    def post_process_phrase_grounding(
+        self, outputs: Any, phrase_tokens: torch.Tensor, letterbox: torch.Tensor | None = None,
+        target_sizes: Sequence[tuple[int, int]] | torch.Tensor | None = None,
+        text_labels: Sequence[Sequence[str]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Phrase grounding outputs -> one dict per image in the shape of transformers' Grounding DINO
+        ``post_process_grounded_object_detection``: ``scores`` (P,), ``boxes`` (P, 4) (x0, y0, x1, y1) in
+        pixels of the original image, ``text_labels`` (each phrase's text) and ``labels`` (the same list, as
+        transformers 5 still returns it). One entry per phrase, in the order given, none dropped: each
+        phrase was asked for. ``phrase_tokens`` (B, P, T) as given to the model; ``letterbox`` or
+        ``target_sizes`` as :meth:`post_process_grounding`. The score (``nan`` without a spatial prior) is
+        the share of the phrase's prior inside its box, see
+        :meth:`VLCoAttnImageProcessor.post_process_phrase_grounding`."""
+        boxes, scores = self.image_processor.post_process_phrase_grounding(
+            outputs, phrase_tokens, self._letterbox(letterbox, target_sizes))
+        if scores is None:
+            scores = torch.full(boxes.shape[:2], float("nan"))
+        results = []
+        for i in range(boxes.shape[0]):
+            labels = list(text_labels[i]) if text_labels is not None else [f"phrase {j}" for j in range(boxes.shape[1])]
+            n = len(labels)
+            results.append({"scores": scores[i, :n], "boxes": boxes[i, :n], "text_labels": labels, "labels": labels})
+        return results

@@ -26,7 +26,9 @@ import torch
 from .spec import Batch, TaskSpec, register_task
 
 PHRASE = "phrase"
-PREDICTOR = "vlcoattn.infer.predictor:VisionPredictor"
+PREDICTOR = "vlcoattn.infer.predictor:PhrasePredictor"
+PHRASES_USAGE = ("phrases: a list of substrings of the caption (its first occurrence), "
+                 "{'phrase': str, 'occurrence': k} (the k-th, from 0), or character spans [start, end]")
 
 
 def span_token_mask(offsets: torch.Tensor, spans: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -39,6 +41,54 @@ def span_token_mask(offsets: torch.Tensor, spans: Sequence[Sequence[int]]) -> to
     start, end = offsets[:, 0], offsets[:, 1]  # (T,)
     real = end > start
     return real & (start < span[..., 1]) & (end > span[..., 0])  # (P, T)
+
+
+def _phrase_span(caption: str, phrase) -> tuple[int, int]:
+    """[start, end) of one phrase in ``caption``: see :data:`PHRASES_USAGE` (a data row's
+    ``{"span": [start, end], ...}`` is a span too)."""
+    if isinstance(phrase, dict) and "span" in phrase:
+        phrase = phrase["span"]
+    if (isinstance(phrase, dict) and set(phrase) <= {"phrase", "occurrence"} and isinstance(phrase.get("phrase"), str)
+            and type(phrase.get("occurrence", 0)) is int and phrase.get("occurrence", 0) >= 0):
+        text, k = phrase["phrase"], phrase.get("occurrence", 0)
+    elif isinstance(phrase, str):
+        text, k = phrase, 0
+    elif (isinstance(phrase, (list, tuple)) and len(phrase) == 2 and all(type(v) is int for v in phrase)
+          and 0 <= phrase[0] < phrase[1] <= len(caption)):
+        return phrase[0], phrase[1]
+    else:
+        raise ValueError(f"bad phrase {phrase!r} for a caption of {len(caption)} characters; {PHRASES_USAGE}")
+    start = -1
+    for _ in range(k + 1):
+        start = caption.find(text, start + 1) if text.strip() else -1
+        if start < 0:
+            raise ValueError(f"phrase {text!r} (occurrence {k}) is not in the caption {caption!r}")
+    return start, start + len(text)
+
+
+def resolve_phrases(caption: str, phrases: Sequence) -> list[tuple[int, int]]:
+    """The character spans [start, end) of ``phrases`` in ``caption`` (one clear ValueError for a phrase
+    that is not in it, or for no phrases)."""
+    if isinstance(phrases, (str, dict)) or not isinstance(phrases, Sequence) or len(phrases) == 0:
+        raise ValueError(f"task 'phrase' needs a non-empty list of phrases, got {phrases!r}; {PHRASES_USAGE}")
+    return [_phrase_span(caption, p) for p in phrases]
+
+
+def phrase_token_mask(tokenizer, texts: Sequence[str], spans: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
+    """bool (B, P, T): the tokens of every caption's phrases as the collator maps them (:func:`span_token_mask`
+    on the tokenization the model gets), padded with empty phrases to the most phrases (P). A phrase the
+    text length cut off is a ValueError: the model would have nothing to box it from."""
+    from ..data.read.pipeline import tokenize
+
+    offsets = tokenize(tokenizer, list(texts), offsets=True)["offset_mapping"]  # (B, T, 2)
+    mask = torch.zeros(len(texts), max(len(s) for s in spans), offsets.shape[1], dtype=torch.bool)
+    for i, (text, row) in enumerate(zip(texts, spans)):
+        mask[i, :len(row)] = span_token_mask(offsets[i], row)
+        for (start, end), tokens in zip(row, mask[i]):
+            if not tokens.any():
+                raise ValueError(f"phrase {text[start:end]!r} lies past the model's {tokenizer.model_max_length} "
+                                 "text tokens: shorten the caption")
+    return mask
 
 
 def merged_target(boxes: torch.Tensor) -> torch.Tensor:
@@ -102,6 +152,21 @@ def _score_phrase(model, out, batch: Batch, inputs: dict, acc, rows: list[dict])
         row.update(phrases=found)
 
 
+def _predict_phrases(model, out, image_processor, letterbox, top_k: int, *, phrase_tokens: torch.Tensor,
+                     spans: Sequence[Sequence[tuple[int, int]]], texts: Sequence[str]) -> list[dict]:
+    """Every phrase's box in original pixels and its score (the share of its prior inside the box, see
+    :meth:`~vlcoattn.models.VLCoAttnImageProcessor.post_process_phrase_grounding`) and its token indices."""
+    boxes, scores = image_processor.post_process_phrase_grounding(out, phrase_tokens, letterbox)
+    rows = []
+    for i, (row, text) in enumerate(zip(spans, texts)):
+        rows.append({"phrases": [
+            {"text": text[s:e], "span": [s, e], "box": [round(v, 2) for v in boxes[i, j].tolist()],
+             "score": None if scores is None else round(float(scores[i, j]), 4),
+             "token_indices": phrase_tokens[i, j].nonzero().flatten().tolist()}
+            for j, (s, e) in enumerate(row)]})
+    return rows
+
+
 def _phrase_baselines(sources, loader) -> list:
     """The whole image, and the mean training phrase box (merged, up to 2,048 samples) centred."""
     from ..eval.baselines import PhraseBoxBaseline, phrase_box_size
@@ -116,9 +181,11 @@ register_task(TaskSpec(
     requires=("phrases", "bad_field", "task 'phrase' needs a non-empty 'phrases' list"),
     collate=_collate_phrase, batch_keys=("phrase_tokens", "phrase_boxes", "phrase_mask"),
     targets=_phrase_targets, count_items=_count_phrases, score=_score_phrase, baselines=_phrase_baselines,
+    predict=_predict_phrases,
     hub_pipeline_tag="zero-shot-object-detection", headline_metrics=("recall@1_any", "recall@1_merged"),
     summary="finds a box for every phrase of a caption (Flickr30k Entities-style phrase grounding)",
     usage="""ground = pipeline("vlcoattn-phrase-grounding", model=model_dir)
 caption = "a small red square left of a large blue circle"
-print(ground(image, caption, phrases=["a small red square", "a large blue circle"]))  # scores, boxes, text_labels""",
+print(ground(image, caption, phrases=["a small red square", "a large blue circle"]))  # scores, boxes, text_labels
+print(predictor.predict(image, caption, phrases=["a small red square"])["phrases"])""",
 ))

@@ -67,7 +67,8 @@ class TaskSpec:
     metric_options: Callable[[Any], dict] | None = None  # model -> MetricAccumulator keyword arguments
     score: Callable[..., None] | None = None  # (model, out, batch, inputs, acc, rows): metrics + prediction rows
     baselines: Callable[..., list[Callable[[], Any]]] | None = None  # (sources, loader) -> baseline factories
-    predict: Callable[..., list[dict]] | None = None  # (model, out, image processor, letterbox, top_k) -> fields per sample
+    # (model, out, image processor, letterbox, top_k, **what the task's predictor adds: the phrases) -> fields per sample
+    predict: Callable[..., list[dict]] | None = None
     # --- model card and the Hub (single tasks; see vlcoattn.train.model_card)
     hub_pipeline_tag: str | None = None  # the Hub's pipeline tag (its fixed list: text-classification, ...)
     headline_metrics: tuple[str, ...] = ()  # the evaluation figures a report and a card lead with
