@@ -278,7 +278,7 @@ class Trainer:
         return build_loader(
             job.data.train_sources, self.processor, job.data, transform=image_transform(self.processor, job.data),
             weights=job.data.train_weights, seed=job.run.seed, pin_memory=self.dist.device.type == "cuda",
-            **self.loader_kwargs,
+            phrase_spans=bool(getattr(self.model, "reads_phrase_spans", False)), **self.loader_kwargs,
         )
 
     # ------------------------------------------------------------------------------ checkpoints
