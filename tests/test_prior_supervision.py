@@ -5,13 +5,19 @@ from __future__ import annotations
 import math
 
 import pytest
+import test_trainer
 import torch
-from helpers import batch, processor_for, tiny_config
+from numpy.testing import assert_allclose
+from test_trainer import NO_DROPOUT, assert_same_weights, base_config, job_of, read_metrics, train, weights
 
 from vlcoattn.data.read.pipeline import Collator
 from vlcoattn.fusion import attention_mass_loss, prior_supervision_loss, supervised_pairs
 from vlcoattn.models import VLCoAttnForGrounding, VLCoAttnForMultitask, VLCoAttnForQuestionAnswering
 from vlcoattn.tasks import get_task
+
+from helpers import batch, processor_for, tiny_config
+
+assets = test_trainer.assets  # the trainer tests' tiny CooBERT + CLEVR-lite (a module fixture)
 
 BETA = 8.0
 
@@ -216,7 +222,8 @@ def test_phrase_rows_of_vqa_and_ground_samples_are_supervised_and_rows_without_p
     spec = get_task("vqa+ground")
     assert spec.items(on) == {"vqa": 2, "ground": 1, "supervised_tokens": 5}
     inputs = spec.model_inputs(on, "cpu")
-    assert torch.equal(inputs["phrase_boxes"][1, 0], box[0]) and torch.equal(inputs["phrase_mask"], on["phrase_mask"])
+    torch.testing.assert_close(inputs["phrase_boxes"][1, 0], box[0])
+    assert torch.equal(inputs["phrase_mask"], on["phrase_mask"])
     assert spec.num_items_argument(spec.items(on))["supervised_tokens"] == 5
     assert get_task("vqa").num_items_argument(get_task("vqa").items(off)) == 2  # one number, as before
 
@@ -224,3 +231,23 @@ def test_phrase_rows_of_vqa_and_ground_samples_are_supervised_and_rows_without_p
 def test_a_model_with_supervision_asks_its_loader_for_phrase_spans():
     assert not _model(VLCoAttnForQuestionAnswering).reads_phrase_spans
     assert _model(VLCoAttnForQuestionAnswering, spatial_prior="none", attention_supervision_weight=1.0).reads_phrase_spans
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_accumulated_micro_batches_train_as_the_doubled_batch_with_the_supervision_logged(assets, tmp_path):
+    """As the trainer test of the other losses: accum_steps=2 at batch 4 == batch 8, the supervision's parts
+    too (averaged over the step's supervised tokens); CLEVR-lite's VQA and grounding rows carry phrases."""
+    config = {**NO_DROPOUT, "coattention_config": {**NO_DROPOUT["coattention_config"], "prior_supervision_weight": 0.5,
+                                                   "attention_supervision_weight": 0.5}}
+    fixed = {"data.shuffle": False, "data.val": [], "train.steps": 3, "model.config": config}
+    train(job_of(base_config(assets, tmp_path / "big", **fixed, **{"data.batch_size": 8}), tmp_path))
+    train(job_of(base_config(assets, tmp_path / "accum", **fixed, **{"data.batch_size": 4, "optim.accum_steps": 2}),
+                 tmp_path))
+    parts = ("loss", "loss_vqa", "loss_l1", "loss_prior_center", "loss_prior_scale", "loss_attention_mass")
+    logs = {name: [[m[k] for k in parts] for m in read_metrics(tmp_path / name / "metrics.jsonl") if m["split"] == "train"]
+            for name in ("big", "accum")}
+    assert len(logs["accum"]) == 3 and all(v > 0 for row in logs["accum"] for v in row)
+    assert_allclose(logs["accum"], logs["big"], rtol=1e-5)
+    assert_same_weights(weights(tmp_path / "big"), weights(tmp_path / "accum"), atol=2e-5)
