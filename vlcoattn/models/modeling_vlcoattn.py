@@ -548,9 +548,7 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         output_attentions / output_hidden_states / return_dict: the call's or, when None, the config's.
         The attentions are computed by the explicit softmax path (same numbers as the SDPA path, which
         ``config._attn_implementation`` "sdpa" runs otherwise; "eager" always takes the explicit path).
-        ``output_cross_attentions``: only the text -> image maps (cross_attentions, log_priors) by that path,
-        the rest by SDPA (what the attention-mass loss reads).
-        """
+        ``output_cross_attentions``: that path and maps for the text -> image attention only (a loss reads them)."""
         _reject_extra_arguments(type(self).__name__, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("VLCoAttnModel: pass exactly one of input_ids or inputs_embeds")
@@ -566,8 +564,7 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         fused = self.fusion(
             text, tokens, pos, grid, output_hidden_states=output_hidden_states, text_mask=attention_mask,
             output_attentions=output_attentions, output_cross_attentions=output_cross_attentions,
-            attn_implementation=self.config._attn_implementation,
-        )
+            attn_implementation=self.config._attn_implementation)
         hidden = fused.text_hidden_state
         out = VLCoAttnModelOutput(
             last_hidden_state=hidden,
@@ -752,21 +749,18 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         num_items_in_batch: the number of rows of the task ({"vqa": n, "ground": m} for both, plus
         "supervised_tokens" with phrase spans) in the whole optimizer step (all micro-batches and ranks);
         losses are then sums divided by it, so gradient accumulation and DDP give the gradient of the full
-        batch. Default: per-batch means.
-        output_attentions / output_hidden_states / inputs_embeds: as :meth:`VLCoAttnModel.forward`; the
-        output carries the base model's fields of the same names.
-        """
+        batch. Default: per-batch means. output_attentions / output_hidden_states / inputs_embeds: as
+        :meth:`VLCoAttnModel.forward`; the output carries the base model's fields of the same names."""
         _reject_extra_arguments(type(self).__name__, kwargs)
         return_dict = self.output_flags(None, None, return_dict)[2]
         out, maps = self.fused_outputs(input_ids, pixel_values, attention_mask, token_type_ids, phrase_boxes,
-                                       output_attentions=output_attentions, inputs_embeds=inputs_embeds,
-                                       output_hidden_states=output_hidden_states)
+                                       output_attentions, output_hidden_states=output_hidden_states,
+                                       inputs_embeds=inputs_embeds)
         result = dict(out.items())  # the base model's fields that are set; those the output class has stay
         losses = self.supervision_losses(out, maps, phrase_tokens, phrase_boxes, phrase_mask,
-                                         _num_items(num_items_in_batch, SUPERVISED_TOKENS), result)
-        # A training micro-batch without rows of one task still gives that head a (zero) loss: under DDP
-        # every rank must produce a gradient for every parameter, whatever its batch holds.
-        training = labels is not None or boxes is not None
+                                         _num_items(num_items_in_batch, SUPERVISED_TOKENS), result)  # [] when off
+        # A training micro-batch without rows of one task still gives that head a (zero) loss: under DDP every rank
+        training = labels is not None or boxes is not None  # must produce a gradient for every parameter
         if self.has_answers:
             result["logits"] = logits = self.vqa_head(self.answer_features(out))  # (B, A)
             if labels is not None:
