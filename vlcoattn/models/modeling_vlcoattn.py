@@ -786,8 +786,10 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         for every row's phrase spans."""
         return self.config.coattention_config.supervised
 
-    def fused_outputs(self, input_ids, pixel_values, attention_mask, token_type_ids, phrase_boxes=None,
-                      output_attentions: bool | None = None, **kwargs) -> tuple[VLCoAttnModelOutput, tuple | None]:
+    def fused_outputs(self, input_ids: torch.Tensor | None, pixel_values: torch.Tensor | None,
+                      attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None,
+                      phrase_boxes: torch.Tensor | None = None, output_attentions: bool | None = None,
+                      **kwargs) -> tuple[VLCoAttnModelOutput, tuple | None]:
         """The base model's outputs, and the text -> image maps the attention-mass loss reads (None unless it
         is on and the call has phrase boxes; computed by the explicit softmax on that path only, and left
         out of the outputs unless ``output_attentions`` asks for them)."""
