@@ -186,7 +186,7 @@ def test_micro_batches_summed_over_the_steps_pairs_give_the_whole_batchs_loss_an
         out.loss.backward()
         total += float(out.loss.detach())
     one = whole(ids, pixels, phrase_tokens=tokens, phrase_boxes=boxes, phrase_mask=mask)
-    assert total == pytest.approx(float(one.loss), rel=1e-5)  # the batch mean = the sum of the parts over n
+    assert total == pytest.approx(float(one.loss.detach()), rel=1e-5)  # the batch mean = the sum of the parts over n
     for (name, p), q in zip(whole.named_parameters(), parts.parameters()):
         if p.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
