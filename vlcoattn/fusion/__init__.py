@@ -21,6 +21,7 @@ from .smca import (
     grid_coordinates,
     merge_masks,
 )
+from .supervision import attention_mass_loss, box_cells, prior_supervision_loss, supervised_pairs
 
 __all__ = [
     "PRIOR_SHARING",
@@ -36,10 +37,14 @@ __all__ = [
     "SMCAFusionEncoder",
     "SMCAFusionLayer",
     "SpatialPriorHead",
+    "attention_mass_loss",
     "attention_reference",
+    "box_cells",
     "fusion_block_config",
     "gaussian_log_prior",
     "grid_coordinates",
     "merge_masks",
+    "prior_supervision_loss",
     "sine_position_encoding_2d",
+    "supervised_pairs",
 ]

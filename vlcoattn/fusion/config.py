@@ -38,6 +38,12 @@ class CoAttentionConfig(PreTrainedConfig):
         token for all heads: SMCA's head-shared ablation).
     level_scale_multipliers (`list[float]`): per-level precision factors (one per backbone level, > 0);
         None = stride_l / max stride, the same Gaussian width in pixels on every level.
+    prior_supervision_weight (`float`): weight of the prior supervision loss (>= 0; 0 = off): every token of a
+        phrase whose box is known has its Gaussians' centers and widths pulled onto the box, at every layer
+        (``vlcoattn.fusion.supervision``; needs ``spatial_prior="gaussian"``).
+    attention_supervision_weight (`float`): weight of the attention-mass loss (>= 0; 0 = off): -log of the
+        share of such a token's cross-attention that falls on its phrase's box, at every layer; plain
+        co-attention's matching signal (allowed with the prior too).
     """
 
     model_type = "vlcoattn_coattention"
@@ -57,6 +63,8 @@ class CoAttentionConfig(PreTrainedConfig):
     beta: float | int = 8.0
     prior_sharing: str = "shared_scales"
     level_scale_multipliers: list[float | int] | None = None
+    prior_supervision_weight: float | int = 0.0
+    attention_supervision_weight: float | int = 0.0
 
     def __post_init__(self, **kwargs):
         reject_unknown_keys(type(self).__name__, kwargs, [f.name for f in dataclasses.fields(self)])
@@ -73,7 +81,22 @@ class CoAttentionConfig(PreTrainedConfig):
             self.level_scale_multipliers = [float(m) for m in self.level_scale_multipliers]
             if not self.level_scale_multipliers or min(self.level_scale_multipliers) <= 0:
                 raise ValueError(f"level_scale_multipliers must be numbers > 0, got {self.level_scale_multipliers}")
+        self._check_supervision()
         self._fill_and_check_width()
+
+    def _check_supervision(self) -> None:
+        """The supervision weights: numbers >= 0; the prior's needs a prior to supervise."""
+        for name in ("prior_supervision_weight", "attention_supervision_weight"):
+            check_positive(name, getattr(self, name), allow_zero=True)
+            setattr(self, name, float(getattr(self, name)))
+        if self.prior_supervision_weight > 0 and self.spatial_prior != "gaussian":
+            raise ValueError("prior_supervision_weight > 0 needs spatial_prior='gaussian' (plain co-attention has "
+                             "no prior to supervise; its matching signal is attention_supervision_weight)")
+
+    @property
+    def supervised(self) -> bool:
+        """Whether a supervision loss is on: the model then reads the phrases' tokens and boxes."""
+        return self.prior_supervision_weight > 0 or self.attention_supervision_weight > 0
 
     def inherit_text_width(self, hidden_size: int, num_attention_heads: int) -> None:
         """Width and heads left None take the text encoder's; then the FFN size and the width are checked."""

@@ -133,10 +133,12 @@ class SMCAFusionLayer(GradientCheckpointingLayer):
         text_mask: torch.Tensor | None = None,
         reference_centers: torch.Tensor | None = None,
         output_attentions: bool = False,
+        output_cross_attentions: bool = False,
         attn_implementation: str = "sdpa",
     ) -> FusionLayerOutput:
         """text (B, T, d) with text_mask (B, T) 1 = real; image / image_pos per level (B|1, S_l, d).
-        ``output_attentions`` or ``attn_implementation="eager"``: the explicit-softmax paths, with maps."""
+        ``output_attentions`` or ``attn_implementation="eager"``: the explicit-softmax paths, with maps;
+        ``output_cross_attentions``: that path for the text -> image maps only (what a loss on them reads)."""
         B, T, _ = text.shape
         eager = output_attentions or attn_implementation == "eager"
         self_probs = image_probs = None
@@ -154,7 +156,8 @@ class SMCAFusionLayer(GradientCheckpointingLayer):
             reference_centers = self.reference_head(text)  # (B, T, 2), reused by later layers
         keys = [v + p for v, p in zip(image, image_pos)]  # (B, S_l, d)
         cross = self.cross_attn(
-            text, keys, grid_sizes=grid_sizes, reference_centers=reference_centers, output_attentions=eager
+            text, keys, grid_sizes=grid_sizes, reference_centers=reference_centers,
+            output_attentions=eager or output_cross_attentions,
         )
         text = self.cross_norm(text + self.dropout(cross.output))
 
@@ -206,6 +209,7 @@ class SMCAFusionEncoder(nn.Module):
         """See :meth:`SMCAFusionLayer.forward` (the other keyword arguments go to every layer); returns the
         last layer's streams and per-layer records (``output_hidden_states``: the text stream too)."""
         maps = layer_kwargs.get("output_attentions", False)
+        cross_maps = maps or layer_kwargs.get("output_cross_attentions", False)
         reference = first_reference = None
         layers = []
         texts = [text]
@@ -230,8 +234,8 @@ class SMCAFusionEncoder(nn.Module):
             centers=tuple(c.centers for c in cross if c.centers is not None),
             scales=tuple(c.scales for c in cross if c.scales is not None),
             level_weights=tuple(c.level_weights for c in cross if c.level_weights is not None),
-            cross_attentions=tuple(c.attentions for c in cross) if maps else (),
-            log_priors=tuple(c.log_priors for c in cross) if maps else (),
+            cross_attentions=tuple(c.attentions for c in cross) if cross_maps else (),
+            log_priors=tuple(c.log_priors for c in cross) if cross_maps else (),
             self_attentions=tuple(o.self_attention for o in layers) if maps else (),
             image_attentions=tuple(o.image_attention for o in layers if o.image_attention is not None) if maps else (),
             text_hidden_states=tuple(texts) if output_hidden_states else (),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput
 
+from ..tasks.spec import SUPERVISED_TOKENS
 from .modeling_vlcoattn import _num_items, _reject_extra_arguments, _VLCoAttnTaskModel, grounding_loss
 
 __all__ = ["VLCoAttnForPhraseGrounding", "VLCoAttnPhraseGroundingOutput", "span_means"]
@@ -28,13 +29,17 @@ __all__ = ["VLCoAttnForPhraseGrounding", "VLCoAttnPhraseGroundingOutput", "span_
 class VLCoAttnPhraseGroundingOutput(ModelOutput):
     """pred_boxes (B, P, 4) normalized (cx, cy, w, h), one per phrase; phrase_mask (B, P) the phrases that
     have tokens (the others are padding, or cut off by the text length, and their boxes mean nothing);
-    loss = w_l1 * loss_l1 + w_giou * loss_giou over the trained phrases. heatmaps (B, T, H, W): every
-    token's head-averaged prior on the last level (eval mode only; None without a prior), what the phrase
-    score of :meth:`VLCoAttnProcessor.post_process_phrase_grounding` reads."""
+    loss = w_l1 * loss_l1 + w_giou * loss_giou over the trained phrases, plus the supervision losses when
+    they are on (unweighted: loss_prior_center, loss_prior_scale, loss_attention_mass). heatmaps (B, T, H, W):
+    every token's head-averaged prior on the last level (eval mode only; None without a prior), what the
+    phrase score of :meth:`VLCoAttnProcessor.post_process_phrase_grounding` reads."""
 
     loss: torch.Tensor | None = None
     loss_l1: torch.Tensor | None = None
     loss_giou: torch.Tensor | None = None
+    loss_prior_center: torch.Tensor | None = None
+    loss_prior_scale: torch.Tensor | None = None
+    loss_attention_mass: torch.Tensor | None = None
     pred_boxes: torch.Tensor | None = None
     phrase_mask: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
@@ -98,8 +103,9 @@ class VLCoAttnForPhraseGrounding(_VLCoAttnTaskModel):
         if phrase_tokens is None:
             raise ValueError("VLCoAttnForPhraseGrounding needs phrase_tokens (B, P, T): which tokens each phrase covers")
         return_dict = self.output_flags(None, None, return_dict)[2]
-        out = self.vlcoattn(input_ids, pixel_values, attention_mask, token_type_ids, output_attentions=output_attentions,
-                            return_dict=True, output_hidden_states=output_hidden_states, inputs_embeds=inputs_embeds)
+        out, maps = self.fused_outputs(input_ids, pixel_values, attention_mask, token_type_ids, phrase_boxes,
+                                       output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                                       inputs_embeds=inputs_embeds)
         B, P = phrase_tokens.shape[:2]
         present = phrase_tokens.any(-1)  # (B, P)
         hidden = span_means(phrase_tokens, out.last_hidden_state)  # (B, P, d)
@@ -120,5 +126,10 @@ class VLCoAttnForPhraseGrounding(_VLCoAttnTaskModel):
                 pred.flatten(0, 1), phrase_boxes.flatten(0, 1).to(pred.dtype), float(heads.box_l1_weight),
                 float(heads.box_giou_weight), mask, _num_items(num_items_in_batch, "phrase"),
             )
+            parts: dict = {}
+            result["loss"] = sum(self.supervision_losses(out, maps, phrase_tokens, phrase_boxes, phrase_mask,
+                                                         _num_items(num_items_in_batch, SUPERVISED_TOKENS), parts),
+                                 result["loss"])
+            result.update(parts)
         output = VLCoAttnPhraseGroundingOutput(**result)
         return output if return_dict else output.to_tuple()

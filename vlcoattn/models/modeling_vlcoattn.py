@@ -13,6 +13,7 @@ Boxes are normalized (cx, cy, w, h) in [0, 1] relative to the (unpadded) image, 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from transformers.utils import ModelOutput
 from ..fusion.layers import SMCAFusionEncoder
 from ..fusion.position import PositionEmbeddingSine2D
 from ..fusion.smca import gaussian_log_prior
+from ..fusion.supervision import attention_mass_loss, prior_supervision_loss, supervised_pairs
+from ..tasks.spec import SUPERVISED_TOKENS
 from ..text.attention import CollaborativeSelfAttention, concatenation_mixing
 from ..text.modeling_coobert import CooBertModel
 from ..vision.backbone import VisionBackbone
@@ -106,9 +109,14 @@ class VLCoAttnModelOutput(ModelOutput):
 @dataclass
 class VLCoAttnQuestionAnsweringOutput(ModelOutput):
     """loss (scalar), logits (B, num_answers), plus the fused outputs of the base model (the records that
-    ``output_attentions`` / ``output_hidden_states`` add as in :class:`VLCoAttnModelOutput`)."""
+    ``output_attentions`` / ``output_hidden_states`` add as in :class:`VLCoAttnModelOutput`).
+    loss_prior_center / loss_prior_scale / loss_attention_mass: the supervision losses, unweighted (set when
+    their weight in ``coattention_config`` is > 0 and the call has phrase boxes; see :meth:`supervision_losses`)."""
 
     loss: torch.Tensor | None = None
+    loss_prior_center: torch.Tensor | None = None
+    loss_prior_scale: torch.Tensor | None = None
+    loss_attention_mass: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     reference_centers: torch.Tensor | None = None
@@ -135,6 +143,9 @@ class VLCoAttnGroundingOutput(ModelOutput):
     loss: torch.Tensor | None = None
     loss_l1: torch.Tensor | None = None
     loss_giou: torch.Tensor | None = None
+    loss_prior_center: torch.Tensor | None = None
+    loss_prior_scale: torch.Tensor | None = None
+    loss_attention_mass: torch.Tensor | None = None
     pred_boxes: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     reference_centers: torch.Tensor | None = None
@@ -159,6 +170,9 @@ class VLCoAttnMultitaskOutput(ModelOutput):
     loss_vqa: torch.Tensor | None = None
     loss_l1: torch.Tensor | None = None
     loss_giou: torch.Tensor | None = None
+    loss_prior_center: torch.Tensor | None = None
+    loss_prior_scale: torch.Tensor | None = None
+    loss_attention_mass: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     pred_boxes: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
@@ -525,6 +539,7 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         return_dict: bool | None = None,
         output_hidden_states: bool | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        output_cross_attentions: bool = False,
         **kwargs,
     ) -> VLCoAttnModelOutput | tuple:
         """input_ids (B, T) [or inputs_embeds (B, T, d_text)], attention_mask (B, T) 1 = real token, padded on
@@ -533,7 +548,7 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         output_attentions / output_hidden_states / return_dict: the call's or, when None, the config's.
         The attentions are computed by the explicit softmax path (same numbers as the SDPA path, which
         ``config._attn_implementation`` "sdpa" runs otherwise; "eager" always takes the explicit path).
-        """
+        ``output_cross_attentions``: that path and maps for the text -> image attention only (a loss reads them)."""
         _reject_extra_arguments(type(self).__name__, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("VLCoAttnModel: pass exactly one of input_ids or inputs_embeds")
@@ -548,8 +563,8 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         tokens, pos, grid = self.image_tokens(pixel_values)
         fused = self.fusion(
             text, tokens, pos, grid, output_hidden_states=output_hidden_states, text_mask=attention_mask,
-            output_attentions=output_attentions, attn_implementation=self.config._attn_implementation,
-        )
+            output_attentions=output_attentions, output_cross_attentions=output_cross_attentions,
+            attn_implementation=self.config._attn_implementation)
         hidden = fused.text_hidden_state
         out = VLCoAttnModelOutput(
             last_hidden_state=hidden,
@@ -659,6 +674,11 @@ def _num_items(num_items_in_batch: int | dict[str, int] | None, task: str) -> in
     return num_items_in_batch.get(task) if isinstance(num_items_in_batch, dict) else num_items_in_batch
 
 
+# each supervision loss part and the coattention_config weight that turns it on
+SUPERVISION_WEIGHTS = {"loss_prior_center": "prior_supervision_weight", "loss_prior_scale": "prior_supervision_weight",
+                       "loss_attention_mass": "attention_supervision_weight"}
+
+
 class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
     """Base of the task models: the fused model plus the heads the subclass names."""
 
@@ -714,6 +734,9 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         answer_mask: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
         box_mask: torch.Tensor | None = None,
+        phrase_tokens: torch.Tensor | None = None,
+        phrase_boxes: torch.Tensor | None = None,
+        phrase_mask: torch.Tensor | None = None,
         num_items_in_batch: int | dict[str, int] | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
@@ -726,24 +749,23 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         labels: (B,) answer indices (-100 = none) or (B, num_answers) soft scores in [0, 1] (VQA v2);
         answer_mask (B,): rows that are VQA samples (default all). boxes (B, 4) target boxes, normalized
         (cx, cy, w, h); box_mask (B,): rows that have one (default all). Targets of a head the model
-        does not have are ignored.
-        num_items_in_batch: the number of rows of the task ({"vqa": n, "ground": m} for both) in the
-        whole optimizer step (all micro-batches and ranks); losses are then sums divided by it, so
-        gradient accumulation and DDP give the gradient of the full batch. Default: per-batch means.
-        output_attentions / output_hidden_states / inputs_embeds: as :meth:`VLCoAttnModel.forward`; the
-        output carries the base model's fields of the same names.
-        """
+        does not have are ignored. phrase_tokens (B, P, T) / phrase_boxes (B, P, 4) / phrase_mask (B, P): the
+        rows' phrase spans, read by the supervision losses when they are on (:meth:`supervision_losses`).
+        num_items_in_batch: the number of rows of the task ({"vqa": n, "ground": m} for both, plus
+        "supervised_tokens" with phrase spans) in the whole optimizer step (all micro-batches and ranks);
+        losses are then sums divided by it, so gradient accumulation and DDP give the gradient of the full
+        batch. Default: per-batch means. output_attentions / output_hidden_states / inputs_embeds: as
+        :meth:`VLCoAttnModel.forward`; the output carries the base model's fields of the same names."""
         _reject_extra_arguments(type(self).__name__, kwargs)
         return_dict = self.output_flags(None, None, return_dict)[2]
-        out = self.vlcoattn(
-            input_ids, pixel_values, attention_mask, token_type_ids, output_attentions=output_attentions,
-            return_dict=True, output_hidden_states=output_hidden_states, inputs_embeds=inputs_embeds,
-        )
+        out, maps = self.fused_outputs(input_ids, pixel_values, attention_mask, token_type_ids, phrase_boxes,
+                                       output_attentions, output_hidden_states=output_hidden_states,
+                                       inputs_embeds=inputs_embeds)
         result = dict(out.items())  # the base model's fields that are set; those the output class has stay
-        losses = []
-        # A training micro-batch without rows of one task still gives that head a (zero) loss: under DDP
-        # every rank must produce a gradient for every parameter, whatever its batch holds.
-        training = labels is not None or boxes is not None
+        losses = self.supervision_losses(out, maps, phrase_tokens, phrase_boxes, phrase_mask,
+                                         _num_items(num_items_in_batch, SUPERVISED_TOKENS), result)  # [] when off
+        # A training micro-batch without rows of one task still gives that head a (zero) loss: under DDP every rank
+        training = labels is not None or boxes is not None  # must produce a gradient for every parameter
         if self.has_answers:
             result["logits"] = logits = self.vqa_head(self.answer_features(out))  # (B, A)
             if labels is not None:
@@ -762,6 +784,62 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         fields = self.output_class.__dataclass_fields__  # e.g. no loss_vqa for VQA alone
         output = self.output_class(**{k: v for k, v in result.items() if k in fields})
         return output if return_dict else output.to_tuple()
+
+    @property
+    def loss_names(self) -> list[str]:
+        """The loss and the parts this model reports (loss_vqa, loss_l1, ...): what the trainer logs. A
+        supervision part is left out while its weight in ``coattention_config`` is 0."""
+        fusion = self.config.coattention_config
+        off = {name for name, weight in SUPERVISION_WEIGHTS.items() if getattr(fusion, weight) == 0}
+        return ["loss", *(f.name for f in dataclasses.fields(self.output_class)
+                          if f.name.startswith("loss_") and f.name not in off)]
+
+    @property
+    def reads_phrase_spans(self) -> bool:
+        """Whether a supervision loss is on (``coattention_config``'s weights): the trainer then asks its loader
+        for every row's phrase spans."""
+        return self.config.coattention_config.supervised
+
+    def fused_outputs(self, input_ids: torch.Tensor | None, pixel_values: torch.Tensor | None,
+                      attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None,
+                      phrase_boxes: torch.Tensor | None = None, output_attentions: bool | None = None,
+                      **kwargs) -> tuple[VLCoAttnModelOutput, tuple | None]:
+        """The base model's outputs, and the text -> image maps the attention-mass loss reads (None unless it
+        is on and the call has phrase boxes; computed by the explicit softmax on that path only, and left
+        out of the outputs unless ``output_attentions`` asks for them)."""
+        cross = phrase_boxes is not None and self.config.coattention_config.attention_supervision_weight > 0
+        out = self.vlcoattn(input_ids, pixel_values, attention_mask, token_type_ids, output_attentions=output_attentions,
+                            return_dict=True, output_cross_attentions=cross, **kwargs)
+        maps = out.cross_attentions if cross else None
+        if cross and not self.output_flags(output_attentions, None, None)[0]:
+            out = dataclasses.replace(out, cross_attentions=None, log_priors=None)
+        return out, maps
+
+    def supervision_losses(self, out: VLCoAttnModelOutput, maps: tuple | None, phrase_tokens: torch.Tensor | None,
+                           phrase_boxes: torch.Tensor | None, phrase_mask: torch.Tensor | None,
+                           num_items: int | None, result: dict) -> list[torch.Tensor]:
+        """The weighted supervision losses of the phrases' tokens (:mod:`vlcoattn.fusion.supervision`; docs/models.md,
+        "Prior supervision"), each unweighted part set in ``result``; none without phrase boxes or weights.
+        maps: :meth:`fused_outputs`' text -> image maps; phrase_mask: the phrases with a box (default: those
+        with tokens)."""
+        fusion = self.config.coattention_config
+        if phrase_boxes is None or not fusion.supervised:
+            return []
+        if phrase_tokens is None:
+            raise ValueError(f"{type(self).__name__}: phrase_boxes without phrase_tokens (which tokens each phrase covers)")
+        pairs = supervised_pairs(phrase_tokens, phrase_tokens.any(-1) if phrase_mask is None else phrase_mask)
+        losses = []
+        if fusion.prior_supervision_weight > 0:
+            (H, W), m = out.grid_sizes[-1], self.vlcoattn.level_scale_multipliers[-1]
+            center, scale = prior_supervision_loss(out.centers, out.scales, phrase_boxes, pairs, (m * W, m * H),
+                                                   float(fusion.beta), num_items)
+            result["loss_prior_center"], result["loss_prior_scale"] = center, scale
+            losses.append(fusion.prior_supervision_weight * (center + scale))
+        if fusion.attention_supervision_weight > 0:
+            result["loss_attention_mass"] = mass = attention_mass_loss(
+                maps, out.grid_sizes, phrase_boxes, pairs, out.level_weights, num_items)
+            losses.append(fusion.attention_supervision_weight * mass)
+        return losses
 
     def _box_outputs(self, out: VLCoAttnModelOutput, attention_mask: torch.Tensor | None, boxes: torch.Tensor | None,
                      box_mask: torch.Tensor | None, num_items: int | None, training: bool,

@@ -100,9 +100,11 @@ def merged_target(boxes: torch.Tensor) -> torch.Tensor:
     return box_convert(merge_boxes(box_convert(boxes.reshape(-1, 4), "cxcywh", "xyxy")), "xyxy", "cxcywh")
 
 
-def _collate_phrase(collator, samples, enc: Batch) -> Batch:
+def collate_phrase_spans(collator, samples, enc: Batch) -> Batch:
     """Every row's phrases, padded to the batch's most (P): their tokens (B, P, T), their merged target
-    boxes (B, P, 4) and which of them train (B, P): phrase rows' phrases with a box and a token."""
+    boxes (B, P, 4) and which of them train (B, P): the phrases with a box and a token of phrase rows or,
+    when the loader is asked for phrase spans (``collator.phrase_spans``: the priors' supervision reads
+    them), of every row. The phrase task's collate step, and the loader's for every task in that mode."""
     from ..data.read.pipeline import tokenize
 
     B, T = enc["input_ids"].shape
@@ -115,7 +117,7 @@ def _collate_phrase(collator, samples, enc: Batch) -> Batch:
         phrases = s.get("phrases", [])
         tokens[i, :len(phrases)] = span_token_mask(offsets[i], [p["span"] for p in phrases])
         for j, p in enumerate(phrases):
-            if s["task"] == PHRASE and len(p["boxes"]) and bool(tokens[i, j].any()):
+            if (s["task"] == PHRASE or collator.phrase_spans) and len(p["boxes"]) and bool(tokens[i, j].any()):
                 boxes[i, j], mask[i, j] = merged_target(p["boxes"]), True
     return {"phrase_tokens": tokens, "phrase_boxes": boxes, "phrase_mask": mask}
 
@@ -179,7 +181,7 @@ register_task(TaskSpec(
     name=PHRASE, model_class="vlcoattn.models:VLCoAttnForPhraseGrounding", predictor=PREDICTOR,
     needs_images=True, aliases=("phrase_grounding",),
     requires=("phrases", "bad_field", "task 'phrase' needs a non-empty 'phrases' list"),
-    collate=_collate_phrase, batch_keys=("phrase_tokens", "phrase_boxes", "phrase_mask"),
+    collate=collate_phrase_spans, batch_keys=("phrase_tokens", "phrase_boxes", "phrase_mask"),
     targets=_phrase_targets, count_items=_count_phrases, score=_score_phrase, baselines=_phrase_baselines,
     predict=_predict_phrases,
     hub_pipeline_tag="zero-shot-object-detection", headline_metrics=("recall@1_any", "recall@1_merged"),

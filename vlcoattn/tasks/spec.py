@@ -28,6 +28,11 @@ import torch
 
 Batch = dict[str, Any]
 IGNORE_INDEX = -100  # a target that cross_entropy skips: padding, and the rows of other tasks
+# the phrase spans of a batch (vlcoattn.tasks.phrase): the phrase task's targets, and what the supervision of the
+# priors reads on the rows of any image task when the loader is asked for them (the batch then says
+# ``phrase_spans``: True)
+PHRASE_SPAN_KEYS = ("phrase_tokens", "phrase_boxes", "phrase_mask")
+SUPERVISED_TOKENS = "supervised_tokens"  # the items the supervision losses average over: (phrase, token) pairs
 
 
 def resolve(ref: str) -> Any:
@@ -107,17 +112,24 @@ class TaskSpec:
         if targets:
             for unit in self.units:
                 inputs.update(unit.targets(batch) if unit.targets else {})
+            if self.needs_images and batch.get("phrase_spans"):  # any image row's phrases supervise its priors
+                inputs.update({k: batch[k] for k in PHRASE_SPAN_KEYS})
         return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in inputs.items()}
 
     def items(self, batch: Batch) -> dict[str, int]:
         """What each loss averages over in ``batch``: rows of each sample task, or lm target tokens. The
         trainer sums these over micro-batches and ranks and passes them as ``num_items_in_batch``, so
-        accumulated and distributed steps compute the loss of the whole batch."""
-        return {u.name: u.count_items(batch) for u in self.units}
+        accumulated and distributed steps compute the loss of the whole batch. A batch with every row's phrase
+        spans also counts its supervised (phrase with a box, token) pairs, under :data:`SUPERVISED_TOKENS`."""
+        counts = {u.name: u.count_items(batch) for u in self.units}
+        if self.needs_images and batch.get("phrase_spans"):
+            counts[SUPERVISED_TOKENS] = int((batch["phrase_tokens"] & batch["phrase_mask"][..., None]).sum())
+        return counts
 
     def num_items_argument(self, counts: dict[str, int]) -> int | dict[str, int]:
-        """``num_items_in_batch`` for the model: a dict per sample task for a multitask model, else one number."""
-        return dict(counts) if self.parts else counts[self.name]
+        """``num_items_in_batch`` for the model: a dict per item kind for a multitask model or when the
+        batches count supervised tokens too, else one number."""
+        return dict(counts) if self.parts or len(counts) > 1 else counts[self.name]
 
     def model_config(self, answer_vocab: Sequence[str], label_vocab: Sequence[str]) -> dict[str, Any]:
         """The config fields that size the task's heads from the data's vocabularies."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import inspect
 import json
 import logging
@@ -241,9 +240,7 @@ class Trainer:
             if job.model.feature_cache_gib > 0 else None
         self.counts_items = "num_items_in_batch" in inspect.signature(model.forward).parameters
         # what is logged: the loss and the parts a task model reports (loss_vqa, loss_l1, loss_giou)
-        output_class = getattr(model, "output_class", None)
-        self.loss_names = ["loss", *(f.name for f in dataclasses.fields(output_class) if f.name.startswith("loss_"))] \
-            if output_class is not None else ["loss"]
+        self.loss_names = list(getattr(model, "loss_names", ["loss"]))
         if job.run.compile:
             compile_units(self.model)
         self.sharded = job.run.parallel == "fsdp" and dist.distributed  # one process has nothing to shard
@@ -278,7 +275,7 @@ class Trainer:
         return build_loader(
             job.data.train_sources, self.processor, job.data, transform=image_transform(self.processor, job.data),
             weights=job.data.train_weights, seed=job.run.seed, pin_memory=self.dist.device.type == "cuda",
-            **self.loader_kwargs,
+            phrase_spans=bool(getattr(self.model, "reads_phrase_spans", False)), **self.loader_kwargs,
         )
 
     # ------------------------------------------------------------------------------ checkpoints

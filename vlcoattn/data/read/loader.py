@@ -709,6 +709,7 @@ def build_loader(
     answer_vocab: Sequence[str] | None = None,
     label_vocab: Sequence[str] | None = None,
     pin_memory: bool = False,
+    phrase_spans: bool = False,
 ) -> ShardLoader:
     """A resumable, distributed-aware loader over shard directories / patterns (see module doc).
 
@@ -724,7 +725,8 @@ def build_loader(
     proportion to ``weights`` (one per source, finite and > 0; default: their sample counts).
     ``seed`` fixes shard order, shuffling, mixing and augmentation. ``rank`` / ``world_size`` default
     to torch.distributed when initialized. ``answer_vocab`` / ``label_vocab`` default to the union of
-    the sources' ``dataset.json`` vocabularies.
+    the sources' ``dataset.json`` vocabularies. ``phrase_spans``: every batch carries the phrase spans of all
+    its rows (``phrase_tokens``, ``phrase_boxes``, ``phrase_mask``; what the priors' supervision reads).
     """
     cfg = cfg if cfg is not None else LoaderConfig()
     items = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
@@ -737,7 +739,7 @@ def build_loader(
     infos_per_source = [infos for _, infos in resolved]
     decoder, collator = _decoder_and_collator(
         [info for infos in infos_per_source for info in infos], processor, answer_vocab, label_vocab,
-        transform=transform, seed=seed,
+        transform=transform, seed=seed, phrase_spans=phrase_spans,
     )
     loader = ShardLoader([shards for shards, _ in resolved], decoder, collator, cfg, weights=weights, seed=seed,
                          rank=rank, world_size=world_size, pin_memory=pin_memory)

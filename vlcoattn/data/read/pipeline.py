@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ...tasks import IGNORE_INDEX, check_batchable, get_task, sample_task_names  # noqa: F401 (IGNORE_INDEX: re-exported)
+from ...tasks.phrase import collate_phrase_spans
 from ..image import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTS,
@@ -198,6 +199,7 @@ class Collator:
     image_processor: Any = None
     answer_vocab: Sequence[str] = ()
     label_vocab: Sequence[str] = ()
+    phrase_spans: bool = False  # every batch gets the phrases' tokens and boxes of all its rows, whatever their task
 
     def __post_init__(self) -> None:
         self.answer_index = {a: i for i, a in enumerate(self.answer_vocab)}
@@ -229,6 +231,10 @@ class Collator:
             spec = get_task(name)
             if spec.collate is not None and name in tasks:
                 batch.update(spec.collate(self, samples, enc))
+        if self.phrase_spans:  # every row's phrase spans, whatever its task: what the priors' supervision reads
+            batch["phrase_spans"] = True
+            if "phrase_tokens" not in batch:
+                batch.update(collate_phrase_spans(self, samples, enc))
         return batch
 
     def _images(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -260,10 +266,12 @@ def decoder_and_collator(
     seed: int = 0,
     answer_vocab: Sequence[str] = (),
     label_vocab: Sequence[str] = (),
+    phrase_spans: bool = False,
 ) -> tuple[SampleDecoder, Collator]:
     """The sample decoder and collator of ``processor``: a :class:`~vlcoattn.models.VLCoAttnProcessor`
     (image processor + tokenizer) or, for text-only models, a tokenizer. ``transform``: the image transform
-    (default the processor's letterbox, see :func:`image_transform`); ``seed`` draws its augmentation."""
+    (default the processor's letterbox, see :func:`image_transform`); ``seed`` draws its augmentation.
+    ``phrase_spans``: every batch carries its rows' phrase spans (:attr:`Collator.phrase_spans`)."""
     image_processor = getattr(processor, "image_processor", None)
     tokenizer = getattr(processor, "tokenizer", processor) if image_processor is not None else processor
     if getattr(tokenizer, "pad_token", None) is None:
@@ -272,4 +280,4 @@ def decoder_and_collator(
         decoder = SampleDecoder(None, seed=seed)
     else:
         decoder = image_processor.sample_decoder(transform or image_processor.transform(), seed)
-    return decoder, Collator(tokenizer, image_processor, list(answer_vocab), list(label_vocab))
+    return decoder, Collator(tokenizer, image_processor, list(answer_vocab), list(label_vocab), phrase_spans)
