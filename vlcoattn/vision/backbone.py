@@ -62,7 +62,7 @@ def _feature_chain(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
     return None
 
 
-def split_stages(model: nn.Module, name: str, trainable: int) -> tuple[list[Step], int]:
+def _split_stages(model: nn.Module, name: str, trainable: int) -> tuple[list[Step], int]:
     """``model``'s chain up to its deepest output and the index of its first trainable step: stage k ends at
     the module of ``feature_info`` level k, and the last ``trainable`` stages train. Raises ``ValueError``
     for a model that cannot be split or a ``trainable`` out of range."""
@@ -183,7 +183,7 @@ class VisionBackbone(nn.Module):
             if getattr(m, "_non_persistent_buffers_set", None):
                 m._vlcoattn_backbone = weakref.ref(self)
                 m._vlcoattn_name = mod_name
-        self.steps, self.first_trainable = (split_stages(self.model, name, config.trainable_stages)
+        self.steps, self.first_trainable = (_split_stages(self.model, name, config.trainable_stages)
                                             if config.trainable_stages else (None, 0))
         self.frozen = False
         if config.freeze:
