@@ -3,7 +3,9 @@
 With the text encoder and the backbone frozen (the demo, the CLEVR-lite recipe) their forward passes
 are ~60% of a training step on a 2-core CPU, and every sample comes back once per epoch and at every
 evaluation. :class:`FeatureCache` keeps each sample's output, keyed by its content (its real token ids;
-a digest of its pixels), and the model runs an encoder only on the rows the cache does not hold.
+a digest of its pixels), and the model runs an encoder only on the rows the cache does not hold. A backbone
+whose last stages train (``vision_config.trainable_stages``) has its frozen prefix's output kept, and only
+the trainable stages run at each step.
 
 A hit returns what the encoder returned for that sample in the batch that first met it. That equals a
 recomputation up to float rounding: convolutions pick their algorithm by batch size (|Δ| ~3e-5 for

@@ -419,9 +419,11 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
     def enable_feature_cache(self, max_gib: float = 4.0) -> FeatureCache:
         """Memoise the frozen encoders' per-sample outputs (text encoder and/or backbone) in up to
         ``max_gib`` GiB (see :mod:`vlcoattn.models.feature_cache`); only frozen parts, whose outputs never
-        change, are cached. Raises ``ValueError`` when neither is frozen."""
-        parts = [name for name, module in (("text", self.text_encoder), ("image", self.backbone))
-                 if not any(p.requires_grad for p in module.parameters())]
+        change, are cached: a frozen text encoder's output, a frozen backbone's, or with
+        ``vision_config.trainable_stages`` its frozen prefix's (the trainable stages then run at every step).
+        Raises ``ValueError`` when neither is frozen."""
+        text_frozen = not any(p.requires_grad for p in self.text_encoder.parameters())
+        parts = [name for name, frozen in (("text", text_frozen), ("image", self.backbone.frozen)) if frozen]
         if not parts:
             raise ValueError("the feature cache needs a frozen text encoder (freeze_text_layers: -1) or a frozen "
                              "backbone (vision_config.freeze: true); this model trains both "
@@ -493,18 +495,19 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         return tokens, pos, grid
 
     def encode_image(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        """The backbone's feature maps, per level (B, C_l, H_l, W_l); images the feature cache holds are
-        not recomputed."""
+        """The backbone's feature maps, per level (B, C_l, H_l, W_l); for images the feature cache holds, the
+        frozen part (:meth:`VisionBackbone.forward_frozen`) is not recomputed, only the trainable stages run."""
         cache = self._cached("image")
         if cache is None:
             return self.backbone(pixel_values)
 
         def compute(rows: list[int]) -> list[tuple[torch.Tensor, ...]]:
-            feats = self.backbone(pixel_values[torch.tensor(rows, device=pixel_values.device)])
+            feats = self.backbone.forward_frozen(pixel_values[torch.tensor(rows, device=pixel_values.device)])
             return [tuple(f[j] for f in feats) for j in range(len(rows))]
 
         found = cache(image_keys(pixel_values), compute)
-        return [torch.stack([row[lvl] for row in found]) for lvl in range(len(found[0]))]
+        frozen = [torch.stack([row[lvl] for row in found]) for lvl in range(len(found[0]))]
+        return self.backbone.forward_trainable(frozen)
 
     def _frozen_text_modules(self) -> list[nn.Module]:
         """The text encoder's parts ``config.freeze_text_layers`` freezes: embeddings + the first N layers."""

@@ -5,6 +5,12 @@
 return their stage outputs; ViTs go through timm's ``forward_intermediates`` getter and come back as (B, C, H/p, W/p)
 grids, with ``dynamic_img_size`` (and padding) switched on so any input size works. Channels and
 strides come from timm's ``feature_info``; preprocessing from timm's data config.
+
+Partial fine-tuning (``freeze=True, trainable_stages=N``): a CNN feature extractor is the chain of modules
+its forward runs (stem, then stages, each ending where a ``feature_info`` level is taken); the last N
+stages up to the deepest ``out_indices`` level train, the prefix before them stays frozen (norm statistics
+fixed). ``forward`` = ``forward_trainable(forward_frozen(x))``, so the feature cache can memoise the
+prefix's output per image and each step runs only the trainable stages.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ import timm
 import torch
 from huggingface_hub.dataclasses import strict
 from timm.data import create_transform, resolve_model_data_config
+from timm.models._features import FeatureDictNet
+from timm.models.efficientnet import EfficientNetFeatures
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedConfig
 
 from ..utils.checks import reject_unknown_keys
@@ -39,6 +48,41 @@ def check_backbone_name(name: str) -> None:
         raise ValueError(f"unknown backbone {name!r}: not a timm model name{hint}")
 
 
+Step = tuple[str, nn.Module, bool]  # (module name, module, whether its output is a feature level)
+
+
+def _feature_chain(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The (name, module) chain a timm feature extractor's forward runs, in order; None for the ones whose
+    forward is not such a chain (ViTs' ``forward_intermediates`` getter, hook-based extractors)."""
+    if isinstance(model, FeatureDictNet):  # ResNet, ConvNeXt, RegNet...: the model's children, flattened
+        return list(model.items())
+    if isinstance(model, EfficientNetFeatures) and model.feature_hooks is None:
+        return [("conv_stem", model.conv_stem), ("bn1", model.bn1),
+                *((f"blocks.{i}", block) for i, block in enumerate(model.blocks))]
+    return None
+
+
+def _split_stages(model: nn.Module, name: str, trainable: int) -> tuple[list[Step], int]:
+    """``model``'s chain up to its deepest output and the index of its first trainable step: stage k ends at
+    the module of ``feature_info`` level k, and the last ``trainable`` stages train. Raises ``ValueError``
+    for a model that cannot be split or a ``trainable`` out of range."""
+    chain = _feature_chain(model)
+    if chain is None:
+        raise ValueError(f"vision_config.trainable_stages: backbone {name!r} ({type(model).__name__}) is not a "
+                         "chain of stages that can be split; train it whole (freeze: false) or frozen "
+                         "(trainable_stages: 0)")
+    key = {n.replace(".", "_"): i for i, (n, _) in enumerate(chain)}  # FeatureDictNet flattens 'stages.0'
+    outputs = {key[n.replace(".", "_")] for n in model.feature_info.module_name()}
+    ends = sorted(key[k] for k in (d["module"].replace(".", "_") for d in model.feature_info.info)
+                  if k in key and key[k] <= max(outputs))
+    if not 0 < trainable < len(ends):
+        raise ValueError(f"vision_config.trainable_stages must be in [0, {len(ends) - 1}] for {name!r}: it has "
+                         f"{len(ends)} stages up to its deepest out_indices level (freeze: false trains all), "
+                         f"got {trainable}")
+    steps = [(n, m, i in outputs) for i, (n, m) in enumerate(chain[: ends[-1] + 1])]
+    return steps, ends[-trainable - 1] + 1
+
+
 @strict
 class VisionConfig(PreTrainedConfig):
     r"""The image side of a VLCoAttn model: which timm backbone, which of its feature levels, how it runs.
@@ -49,6 +93,10 @@ class VisionConfig(PreTrainedConfig):
         ``[-1]``, the last stage; two or more = multi-scale SMCA). For ViTs: block indices.
     model_kwargs (`dict`): extra ``timm.create_model`` kwargs (e.g. ``{"img_size": 224}`` for a ViT).
     freeze (`bool`): no gradients into the backbone, its norm statistics fixed.
+    trainable_stages (`int`): with ``freeze``, the last N stages (feature levels) up to the deepest
+        ``out_indices`` level train while the frozen prefix before them keeps its weights and norm
+        statistics; 0 = all frozen. CNN feature extractors only (timm's FeatureListNet families: ResNet,
+        ConvNeXt...; EfficientNet); N ranges over 0 .. (stages up to the deepest level) - 1.
     channels_last (`bool`): run the backbone on NHWC images (timm's ``--channels-last``): the same values up
         to float rounding, faster convolutions on CPU and GPU.
     image_size (`list[int]`): (H, W) the preprocessing resizes to; None = the backbone's default.
@@ -61,6 +109,7 @@ class VisionConfig(PreTrainedConfig):
     out_indices: list[int] | None = None
     model_kwargs: dict | None = None
     freeze: bool = False
+    trainable_stages: int = 0
     channels_last: bool = True
     image_size: list[int] | None = None
 
@@ -73,6 +122,11 @@ class VisionConfig(PreTrainedConfig):
             raise ValueError("out_indices must name at least one feature level")
         if len(set(self.out_indices)) != len(self.out_indices):
             raise ValueError(f"out_indices has duplicates: {self.out_indices}")
+        if self.trainable_stages < 0:
+            raise ValueError(f"trainable_stages must be >= 0 (0 = the whole backbone frozen), got {self.trainable_stages}")
+        if self.trainable_stages and not self.freeze:
+            raise ValueError("trainable_stages needs freeze: true (it keeps the stages before the last N frozen); "
+                             "freeze: false already trains the whole backbone")
         if self.image_size is not None:
             self.image_size = [int(s) for s in self.image_size]
             if len(self.image_size) != 2 or min(self.image_size) <= 0:
@@ -129,6 +183,8 @@ class VisionBackbone(nn.Module):
             if getattr(m, "_non_persistent_buffers_set", None):
                 m._vlcoattn_backbone = weakref.ref(self)
                 m._vlcoattn_name = mod_name
+        self.steps, self.first_trainable = (_split_stages(self.model, name, config.trainable_stages)
+                                            if config.trainable_stages else (None, 0))
         self.frozen = False
         if config.freeze:
             self.freeze()
@@ -166,12 +222,39 @@ class VisionBackbone(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """pixel_values (B, 3, H, W) -> [(B, C_l, H_l, W_l) for each out index]."""
+        return self.forward_trainable(self.forward_frozen(pixel_values))
+
+    def forward_frozen(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """What the frozen part computes, per image the same at every step (what the feature cache keeps):
+        all the feature levels, or with ``trainable_stages`` the levels of the frozen prefix followed by
+        its output, the first trainable stage's input."""
         if self.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        if self.steps is not None:
+            return self._run(self.steps[: self.first_trainable], pixel_values, [])
         feats = self.model(pixel_values)
         if isinstance(feats, dict):  # pragma: no cover - dict-style feature nets
             feats = list(feats.values())
         return list(feats)
+
+    def forward_trainable(self, frozen: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The feature levels from :meth:`forward_frozen`'s output: the last ``trainable_stages`` stages run
+        on the prefix's output (nothing runs when the whole backbone is frozen or trained in one piece)."""
+        if self.steps is None:
+            return list(frozen)
+        x = frozen[-1].contiguous(memory_format=torch.channels_last) if self.channels_last else frozen[-1]
+        return self._run(self.steps[self.first_trainable:], x, list(frozen[:-1]))[:-1]
+
+    def _run(self, steps: list[Step], x: torch.Tensor, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Run ``steps`` on ``x``, appending each feature level to ``feats``; returns ``feats + [x]``.
+        timm's gradient checkpointing applies per step (not to in-place ones, as in timm's own forward)."""
+        ckpt = getattr(self.model, "grad_checkpointing", False) and torch.is_grad_enabled()
+        for _, module, is_output in steps:
+            recompute = ckpt and not getattr(module, "inplace", False) and any(p.requires_grad for p in module.parameters())
+            x = checkpoint(module, x, use_reentrant=False) if recompute else module(x)
+            if is_output:
+                feats.append(x)
+        return [*feats, x]
 
     @torch.no_grad()
     def reset_non_persistent_buffers(self, module_name: str | None = None) -> None:
@@ -208,11 +291,18 @@ class VisionBackbone(nn.Module):
     # ----------------------------------------------------------------------------------- freezing
 
     def freeze(self) -> None:
-        """Stop gradients into the backbone and keep its norm statistics fixed."""
+        """Stop gradients into the backbone and keep its norm statistics fixed, except in its last
+        ``trainable_stages`` stages."""
         self.frozen = True
         for p in self.model.parameters():
             p.requires_grad_(False)
+        for p in (p for m in self.trainable_modules() for p in m.parameters()):
+            p.requires_grad_(True)
         self.train(self.training)
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """The modules of the last ``trainable_stages`` stages (empty when none is split off)."""
+        return [m for _, m, _ in self.steps[self.first_trainable:]] if self.steps is not None else []
 
     def unfreeze(self) -> None:
         self.frozen = False
@@ -231,6 +321,8 @@ class VisionBackbone(nn.Module):
         super().train(mode)
         if self.frozen:
             self.model.eval()  # BatchNorm running stats frozen too
+            for module in self.trainable_modules():
+                module.train(mode)
         return self
 
     # ------------------------------------------------------------------------------ preprocessing
