@@ -138,6 +138,24 @@ def test_save_pretrained_from_pretrained_round_trip(tmp_path, backbone, kwargs):
     torch.testing.assert_close(base(ids, px).last_hidden_state, model.vlcoattn(ids, px).last_hidden_state)
 
 
+@pytest.mark.parametrize("vision", [dict(freeze=True), dict(freeze=True, out_indices=[1, 2], trainable_stages=1)])
+def test_from_pretrained_freezes_what_the_config_freezes(tmp_path, vision):
+    """transformers' loading materialises every parameter with requires_grad=True; a reloaded model must
+    train (and cache) exactly what the freshly built one does, frozen parts in eval mode."""
+    model = VLCoAttnForGrounding(tiny_config(text_config=text_config(num_hidden_layers=2), vision_config=vision,
+                                             freeze_text_layers=1))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("vlcoattn.text_encoder.encoder.layer.1") for n in trainable)
+    assert not any(n.startswith("vlcoattn.text_encoder.embeddings") for n in trainable)
+    model.save_pretrained(tmp_path)
+    loaded, info = VLCoAttnForGrounding.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.values())
+    assert {name for name, p in loaded.named_parameters() if p.requires_grad} == trainable
+    loaded.train()
+    frozen_modes = [m.training for m in loaded.vlcoattn.frozen_text]
+    assert frozen_modes and not any(frozen_modes)
+
+
 # what save_pretrained wrote before the config was grouped (vlcoattn 0.1.0): every field at the top level
 FLAT_CONFIG = {
     "model_type": "vlcoattn", "architectures": ["VLCoAttnForMultitask"], "dtype": "float32",

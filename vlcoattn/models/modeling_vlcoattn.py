@@ -17,6 +17,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -311,6 +312,16 @@ class VLCoAttnPreTrainedModel(PreTrainedModel):
             if isinstance(module, VisionBackbone):
                 module.set_grad_checkpointing(enable)
 
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """transformers' loading, then the config's freezing once more: loading materialises every
+        parameter with ``requires_grad=True``, which would train (and stale the feature cache of) a
+        frozen text encoder or backbone."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+        model.base_model.apply_freezing()
+        return loaded
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         if getattr(module, "_vlcoattn_timm_module", False):
@@ -410,11 +421,18 @@ class VLCoAttnModel(VLCoAttnPreTrainedModel):
         multipliers = fusion.level_scale_multipliers or [s / max(strides) for s in strides]
         self.fusion = SMCAFusionEncoder(fusion, multipliers)
         self.post_init()
+        self.apply_freezing()
+        self.feature_cache: FeatureCache | None = None
+
+    def apply_freezing(self) -> None:
+        """No gradients into what the config freezes: the text encoder's ``freeze_text_layers`` and a
+        ``vision_config.freeze`` backbone (but its ``trainable_stages``); frozen parts stay in eval mode."""
         self.frozen_text = self._frozen_text_modules()
         for p in (p for m in self.frozen_text for p in m.parameters()):
             p.requires_grad_(False)
+        if self.backbone.frozen:
+            self.backbone.freeze()
         self.train(self.training)
-        self.feature_cache: FeatureCache | None = None
 
     def enable_feature_cache(self, max_gib: float = 4.0) -> FeatureCache:
         """Memoise the frozen encoders' per-sample outputs (text encoder and/or backbone) in up to
