@@ -28,6 +28,16 @@ def pytest_configure(config):
         "markers", "matrix: a slow test the dependency matrix (.ci/matrix) runs too: DDP, FSDP, resume")
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for a test: tiny models and small training loops gain nothing from more, and
+    more oversubscribe the 2 shared CI cores. Modules opt in with ``pytestmark``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def minilm_dir():
     from vlcoattn.assets import minilm_dir

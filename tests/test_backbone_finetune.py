@@ -25,13 +25,7 @@ CASES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models; one thread avoids oversubscribing shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread on the shared cores
 
 
 def _pair(name: str, out_indices: list[int], stages: int) -> tuple[VisionBackbone, VisionBackbone]:

@@ -64,12 +64,7 @@ def _vl_config(vocab_size: int, **kw) -> VLCoAttnConfig:
                           coattention_config=dict(num_layers=2, two_way=True), **kw)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread on the shared cores
 
 
 @pytest.fixture(scope="module")

@@ -63,13 +63,7 @@ def vl_config(vocab_size: int, **kw) -> VLCoAttnConfig:
     return VLCoAttnConfig(**args)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids oversubscribing the 2 shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread on the shared cores
 
 
 @pytest.fixture(scope="session")

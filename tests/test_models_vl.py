@@ -26,14 +26,7 @@ from vlcoattn.text import CooBertModel
 
 from helpers import batch, text_config, tiny_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Training loops below are small; one thread avoids oversubscribing 2 shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread on the shared cores
 
 
 # ---------------------------------------------------------------------------------- forward

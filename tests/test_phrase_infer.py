@@ -32,12 +32,7 @@ CAPTION = "a cup on a red plate and a spoon"
 PHRASES = ["a cup", "a red plate", "a spoon"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread on the shared cores
 
 
 @pytest.fixture(scope="module")

@@ -41,13 +41,7 @@ GRIDS = ((8, 12), (4, 6))
 BETA = 8.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids oversubscribing the shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread on the shared cores
 
 
 def config(dropout: float = 0.0, **kw) -> VLCoAttnConfig:
