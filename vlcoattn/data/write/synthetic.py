@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import itertools
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
@@ -113,7 +114,7 @@ CLEVR_LITE = Family("clevr-lite", "color", tuple(COLORS), SHAPES, SIZES, COGENT_
 GLYPHS = Family("glyphs", "mark", MARKS, TILE_SHAPES, GLYPH_SIZES, GLYPH_HOLDOUT)
 
 
-class SceneObject:
+class SceneObject(ABC):
     """What every scene object shares: the tight [x0, y0, x1, y1) ``box`` of its pixels, its family's
     attributes, and the drawing of itself in a cell."""
 
@@ -134,9 +135,9 @@ class SceneObject:
     def matches(self, desc: Description) -> bool:
         return all(getattr(self, k) == v for k, v in desc.items())
 
+    @abstractmethod
     def draw(self, draw: ImageDraw.ImageDraw, x: int, y: int, side: int) -> None:
         """Draw the object in the ``side`` x ``side`` cell at (x, y); its pixels fill its shape's box."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
