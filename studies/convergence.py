@@ -72,6 +72,8 @@ ANALYSIS_LIMIT = 1000  # val samples (~400 boxes) the prior-vs-attention analysi
 # settings that change how fast a run goes, not what it learns (the frozen-feature cache equals recomputing
 # to float rounding): left out of a run's key, so adding one does not rerun finished runs
 SPEED_ONLY = ("model.feature_cache_gib=",)
+# --stop-at ends a run early; its curve up to the stop is the full run's, so it keeps the run's key too
+STOP = "train.stop_when="
 
 
 @dataclass(frozen=True)
@@ -82,12 +84,21 @@ class Arm:
 
 
 PRIOR = "model.config.coattention_config."  # the overrides of an arm's co-attention
+C_OVERRIDES = (f"{PRIOR}spatial_prior=gaussian", f"{PRIOR}prior_sharing=shared_scales")
 ARMS = {
     "A": Arm("A", "SMCA, per-head scales", (f"{PRIOR}spatial_prior=gaussian", f"{PRIOR}prior_sharing=per_head")),
     "B": Arm("B", "plain co-attention", (f"{PRIOR}spatial_prior=none",)),
-    "C": Arm("C", "SMCA, head-shared scales", (f"{PRIOR}spatial_prior=gaussian", f"{PRIOR}prior_sharing=shared_scales")),
+    "C": Arm("C", "SMCA, head-shared scales", C_OVERRIDES),
     "D": Arm("D", "SMCA, multi-scale", (f"{PRIOR}spatial_prior=gaussian", f"{PRIOR}prior_sharing=per_head",
                                         "model.config.vision_config.out_indices=[-2,-1]")),
+    # with the phrases' boxes supervising where their tokens look (docs/models.md, "Prior supervision")
+    "E": Arm("E", "C + prior supervision, layers ≥ 1", (*C_OVERRIDES, f"{PRIOR}prior_supervision_weight=1.0",
+                                                        f"{PRIOR}supervision_layers=[1]")),
+    "F": Arm("F", "B + attention supervision", (f"{PRIOR}spatial_prior=none", f"{PRIOR}attention_supervision_weight=1.0")),
+    "G": Arm("G", "C + prior supervision, every layer", (*C_OVERRIDES, f"{PRIOR}prior_supervision_weight=1.0")),
+    "H": Arm("H", "E + the grounding token supervised", (*C_OVERRIDES, f"{PRIOR}prior_supervision_weight=1.0",
+                                                         f"{PRIOR}supervision_layers=[1]",
+                                                         f"{PRIOR}supervise_grounding_token=true")),
 }
 INITS = {
     "pretrained": (),
@@ -108,7 +119,7 @@ def run_overrides(arm: Arm, init: str, seed: int, steps: int, eval_every: int, e
 def run_key(overrides: list[str]) -> str:
     """What identifies a finished run in runs.jsonl: a hash of the config file and the overrides (but
     ``SPEED_ONLY`` ones)."""
-    kept = [o for o in overrides if not o.startswith(SPEED_ONLY)]
+    kept = [o for o in overrides if not o.startswith((*SPEED_ONLY, STOP))]
     return hashlib.sha256(json.dumps([CONFIG.read_text(), kept]).encode()).hexdigest()[:16]
 
 
@@ -203,10 +214,11 @@ def table(records: list[dict], batch: int) -> str:
                 init, f"{arm.name}: {arm.label}", len(rs),
                 *(spread([r["final"][split][metric] for r in rs]) for split, metric in columns),
                 *(steps_cell(rs, base, target, batch) for target in TARGETS),
+                spread([r["steps"] for r in rs], 0),
                 f"{statistics.fmean(r['samples_per_s'] for r in rs):.1f}",
             ])
     header = ["init", "arm", "seeds", *(f"{split} {metric}" for split, metric in columns),
-              *(f"steps to val Acc@0.5 {t}" for t in TARGETS), "samples/s"]
+              *(f"steps to val Acc@0.5 {t}" for t in TARGETS), "steps run", "samples/s"]
     return markdown_table(header, rows)
 
 
@@ -214,7 +226,7 @@ def plot(records: list[dict], out: Path) -> Path:
     """Validation Acc@0.5, mean IoU and VQA accuracy against the step: seed mean (line) and range (band)."""
     metrics = [m for m in METRICS if any(m in p for r in records for p in r["curve"])]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 3.8), squeeze=False)
-    colors = dict(zip(ARMS, ("tab:red", "tab:gray", "tab:blue", "tab:green")))
+    colors = dict(zip(ARMS, ("tab:red", "tab:gray", "tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan")))
     for ax, metric in zip(axes[0], metrics):
         for init, style in zip(INITS, ("-", "--")):
             for arm in ARMS.values():
@@ -276,6 +288,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2 (--quick: 0)")
     parser.add_argument("--steps", type=int, default=None, help="default: the config's (--quick: 12)")
     parser.add_argument("--eval-every", type=int, default=None, help="default: the config's (--quick: 4)")
+    parser.add_argument("--stop-at", type=float, default=None,
+                        help="end each run at its first val Acc@0.5 >= this (e.g. 0.8): the steps to it are "
+                             "unchanged, the final metrics are then that step's (the table's 'steps run')")
     parser.add_argument("--report-only", action="store_true", help="train nothing: table and figures from runs.jsonl")
     parser.add_argument("--out", type=Path, default=None,
                         help="runs.jsonl + table.md (default studies/results/convergence; --quick: a new temp dir)")
@@ -285,6 +300,8 @@ def main() -> None:
     args = parser.parse_args()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     extra = [*(QUICK if args.quick else ()), *args.extra]
+    if args.stop_at is not None:
+        extra.append(f'{STOP}{{"acc@0.5": {args.stop_at}}}')
     base = load_config(JobConfig, CONFIG, extra)
     steps = args.steps or (12 if args.quick else base.train.steps)
     eval_every = args.eval_every or (4 if args.quick else base.train.eval_every)

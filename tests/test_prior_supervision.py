@@ -143,6 +143,57 @@ def test_the_prior_loss_reaches_the_prior_predictors_and_not_the_backbone():
     assert all(p.grad is None or not p.grad.any() for p in model.box_head.parameters())
 
 
+def test_supervision_layers_read_only_the_named_layers_priors_and_maps():
+    ids, pixels = batch(B=2, T=6)
+    tokens, boxes, mask = _targets()
+    pairs = supervised_pairs(tokens, mask)
+    weights = dict(num_layers=3, prior_supervision_weight=1.0, attention_supervision_weight=1.0)
+    every, later = _model(**weights).eval(), _model(**weights, supervision_layers=[1, -1]).eval()
+    assert later.config.coattention_config.supervision_layers == [1, 2]
+    with torch.no_grad():
+        full = every(ids, pixels, phrase_tokens=tokens, phrase_boxes=boxes, phrase_mask=mask, output_attentions=True)
+        part = later(ids, pixels, phrase_tokens=tokens, phrase_boxes=boxes, phrase_mask=mask, output_attentions=True)
+        base = every.vlcoattn(ids, pixels, output_attentions=True)
+    H, W = base.grid_sizes[-1]
+    m = every.vlcoattn.level_scale_multipliers[-1]
+    center, scale = prior_supervision_loss(base.centers[1:], base.scales[1:], boxes, pairs, (m * W, m * H), BETA)
+    assert float(part.loss_prior_center) == pytest.approx(float(center), rel=1e-5)
+    assert float(part.loss_prior_scale) == pytest.approx(float(scale), rel=1e-5)
+    assert float(part.loss_prior_center) < float(full.loss_prior_center)  # layer 0's term is left out
+    want = _mass_by_hand(full.cross_attentions[1:], base.grid_sizes[0], boxes, pairs)
+    assert float(part.loss_attention_mass) == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="supervision_layers must be fusion layer indices in -3 .. 2"):
+        tiny_config(coattention_config=dict(num_layers=3, supervision_layers=[3]))
+    with pytest.raises(ValueError, match="supervision_layers"):
+        tiny_config(coattention_config=dict(supervision_layers=[]))
+
+
+def test_the_grounding_token_is_supervised_by_its_rows_target_box_when_asked():
+    ids, pixels = batch(B=2, T=6)
+    tokens, boxes, mask = _targets()
+    target = torch.tensor([[0.4, 0.5, 0.3, 0.2], [0.6, 0.4, 0.2, 0.5]])
+    box_mask = torch.tensor([True, False])  # row 1 is a VQA row: its [CLS] has no box
+    attention = torch.ones(2, 6, dtype=torch.long)
+    attention[0, :2] = 0  # row 0 left-padded: its [CLS] is token 2
+    model = _model(VLCoAttnForMultitask, prior_supervision_weight=1.0, supervise_grounding_token=True).eval()
+    counts = {"vqa": 1, "ground": 1, "supervised_tokens": 5}
+    with torch.no_grad():
+        out = model(ids, pixels, attention_mask=attention, boxes=target, box_mask=box_mask, labels=torch.tensor([-100, 1]),
+                    answer_mask=~box_mask, phrase_tokens=tokens, phrase_boxes=boxes, phrase_mask=mask,
+                    num_items_in_batch=counts)
+        base = model.vlcoattn(ids, pixels, attention)
+    cls_token = torch.zeros(2, 1, 6, dtype=torch.bool)
+    cls_token[0, 0, 2] = True
+    pairs = supervised_pairs(torch.cat([tokens, cls_token], 1), torch.cat([mask, box_mask[:, None]], 1))
+    H, W = base.grid_sizes[-1]
+    m = model.vlcoattn.level_scale_multipliers[-1]
+    center, scale = prior_supervision_loss(base.centers, base.scales, torch.cat([boxes, target[:, None]], 1), pairs,
+                                           (m * W, m * H), BETA, num_items=6)
+    assert int(pairs.sum()) == 6
+    assert float(out.loss_prior_center) == pytest.approx(float(center), rel=1e-5)
+    assert float(out.loss_prior_scale) == pytest.approx(float(scale), rel=1e-5)
+
+
 @pytest.mark.parametrize("cls", [VLCoAttnForGrounding, VLCoAttnForMultitask])
 def test_zero_weights_give_the_loss_and_gradients_of_the_model_without_supervision(cls):
     ids, pixels = batch(B=2, T=6)

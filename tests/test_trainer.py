@@ -466,6 +466,20 @@ def test_too_many_nan_losses_in_a_row_stop_with_a_clear_message(assets, tmp_path
         Trainer(job, model, tokenizer).fit()
 
 
+def test_stop_when_ends_the_run_at_the_first_validation_that_reaches_its_targets(assets, tmp_path):
+    over = {"train.steps": 6, "train.eval_every": 2, "train.stop_when": {"acc@0.5": 0.0, "vqa_acc": 0.0}}
+    result = train(job_of(base_config(assets, tmp_path / "stop", **over), tmp_path))
+    assert result.step == 2 and not result.interrupted and (tmp_path / "stop" / "final" / "model.safetensors").is_file()
+    val = [m["step"] for m in read_metrics(tmp_path / "stop" / "metrics.jsonl") if m["split"] == "val"]
+    assert val == [2, 2]  # the stopping validation, then the end-of-run one of the saved model
+    never = {**over, "train.stop_when": {"acc@0.5": 2.0}}  # Acc@0.5 never exceeds 1: all the steps
+    assert train(job_of(base_config(assets, tmp_path / "all", **never), tmp_path)).step == 6
+    with pytest.raises(ValueError, match=r"train.stop_when names \['acc@05'\], which validation does not report"):
+        train(job_of(base_config(assets, tmp_path / "typo", **{**over, "train.stop_when": {"acc@05": 0.5}}), tmp_path))
+    with pytest.raises(ValueError, match="train.stop_when needs validation during training"):
+        job_of(base_config(assets, tmp_path / "noval", **{**over, "train.eval_every": 0}), tmp_path)
+
+
 # -------------------------------------------------------------------------- evaluate.py, report, configs
 
 

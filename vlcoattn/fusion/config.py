@@ -44,6 +44,12 @@ class CoAttentionConfig(PreTrainedConfig):
     attention_supervision_weight (`float`): weight of the attention-mass loss (>= 0; 0 = off): -log of the
         share of such a token's cross-attention that falls on its phrase's box, at every layer; plain
         co-attention's matching signal (allowed with the prior too).
+    supervise_grounding_token (`bool`): with a supervision weight on, a grounding row's box-head token (the
+        [CLS] by default) is supervised too, by the row's target box: the query the box is read from learns
+        where to look at every layer, as DETR's auxiliary decoding losses teach its object queries.
+    supervision_layers (`list[int]`): the fusion layers both supervision losses read (indices, negative from the
+        end); None = every layer. Layer 0's centers come from the text alone, so in scenes whose objects are
+        placed at random ``[1, ...]`` leaves it out and teaches its attention through layer 1's centers.
     """
 
     model_type = "vlcoattn_coattention"
@@ -65,6 +71,8 @@ class CoAttentionConfig(PreTrainedConfig):
     level_scale_multipliers: list[float | int] | None = None
     prior_supervision_weight: float | int = 0.0
     attention_supervision_weight: float | int = 0.0
+    supervise_grounding_token: bool = False
+    supervision_layers: list[int] | None = None
 
     def __post_init__(self, **kwargs):
         reject_unknown_keys(type(self).__name__, kwargs, [f.name for f in dataclasses.fields(self)])
@@ -92,6 +100,16 @@ class CoAttentionConfig(PreTrainedConfig):
         if self.prior_supervision_weight > 0 and self.spatial_prior != "gaussian":
             raise ValueError("prior_supervision_weight > 0 needs spatial_prior='gaussian' (plain co-attention has "
                              "no prior to supervise; its matching signal is attention_supervision_weight)")
+        if self.supervision_layers is not None:
+            n = self.num_layers
+            if not self.supervision_layers or any(not -n <= i < n for i in self.supervision_layers):
+                raise ValueError(f"supervision_layers must be fusion layer indices in -{n} .. {n - 1}, "
+                                 f"got {self.supervision_layers}")
+            self.supervision_layers = sorted({int(i) % n for i in self.supervision_layers})
+
+    def supervised_layer_indices(self) -> list[int]:
+        """The fusion layers the supervision losses read, in order: ``supervision_layers`` or every layer."""
+        return self.supervision_layers if self.supervision_layers is not None else list(range(self.num_layers))
 
     @property
     def supervised(self) -> bool:

@@ -783,8 +783,13 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
                                        output_attentions, output_hidden_states=output_hidden_states,
                                        inputs_embeds=inputs_embeds)
         result = dict(out.items())  # the base model's fields that are set; those the output class has stay
+        supervised_items = _num_items(num_items_in_batch, SUPERVISED_TOKENS)
+        if self.has_boxes and boxes is not None and phrase_boxes is not None and \
+                self.config.coattention_config.supervise_grounding_token:
+            phrase_tokens, phrase_boxes, phrase_mask, supervised_items = self._with_grounding_token(
+                phrase_tokens, phrase_boxes, phrase_mask, boxes, box_mask, attention_mask, num_items_in_batch)
         losses = self.supervision_losses(out, maps, phrase_tokens, phrase_boxes, phrase_mask,
-                                         _num_items(num_items_in_batch, SUPERVISED_TOKENS), result)  # [] when off
+                                         supervised_items, result)  # [] when off
         # A training micro-batch without rows of one task still gives that head a (zero) loss: under DDP every rank
         training = labels is not None or boxes is not None  # must produce a gradient for every parameter
         if self.has_answers:
@@ -836,6 +841,25 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
             out = dataclasses.replace(out, cross_attentions=None, log_priors=None)
         return out, maps
 
+    def _with_grounding_token(self, phrase_tokens: torch.Tensor, phrase_boxes: torch.Tensor,
+                              phrase_mask: torch.Tensor | None, boxes: torch.Tensor, box_mask: torch.Tensor | None,
+                              attention_mask: torch.Tensor | None, num_items_in_batch: int | dict[str, int] | None,
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int | None]:
+        """The phrase spans plus one more phrase per grounding row: the box head's token (the row's
+        ``grounding_token_index``-th real token) with the row's target box (``supervise_grounding_token``).
+        The supervised-pair count grows by the step's grounding rows."""
+        B, P, T = phrase_tokens.shape
+        rows = torch.ones(B, dtype=torch.bool, device=boxes.device) if box_mask is None else box_mask.bool()
+        first = attention_mask.to(torch.int32).argmax(-1) if attention_mask is not None else torch.zeros_like(rows, dtype=torch.int32)
+        query = F.one_hot((first + self.config.heads_config.grounding_token_index).long(), T).bool()  # (B, T)
+        mask = phrase_tokens.any(-1) if phrase_mask is None else phrase_mask.bool()
+        tokens = torch.cat([phrase_tokens.bool(), (query & rows[:, None])[:, None]], dim=1)  # (B, P + 1, T)
+        targets = torch.cat([phrase_boxes, boxes.to(phrase_boxes.dtype)[:, None]], dim=1)  # (B, P + 1, 4)
+        items = _num_items(num_items_in_batch, SUPERVISED_TOKENS)
+        ground = _num_items(num_items_in_batch, "ground")
+        items = items + ground if items is not None and ground is not None else None
+        return tokens, targets, torch.cat([mask, rows[:, None]], dim=1), items
+
     def supervision_losses(self, out: VLCoAttnModelOutput, maps: tuple | None, phrase_tokens: torch.Tensor | None,
                            phrase_boxes: torch.Tensor | None, phrase_mask: torch.Tensor | None,
                            num_items: int | None, result: dict) -> list[torch.Tensor]:
@@ -849,16 +873,17 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         if phrase_tokens is None:
             raise ValueError(f"{type(self).__name__}: phrase_boxes without phrase_tokens (which tokens each phrase covers)")
         pairs = supervised_pairs(phrase_tokens, phrase_tokens.any(-1) if phrase_mask is None else phrase_mask)
-        losses = []
+        layers, losses = fusion.supervised_layer_indices(), []
         if fusion.prior_supervision_weight > 0:
             (H, W), m = out.grid_sizes[-1], self.vlcoattn.level_scale_multipliers[-1]
-            center, scale = prior_supervision_loss(out.centers, out.scales, phrase_boxes, pairs, (m * W, m * H),
-                                                   float(fusion.beta), num_items)
+            center, scale = prior_supervision_loss([out.centers[i] for i in layers], [out.scales[i] for i in layers],
+                                                   phrase_boxes, pairs, (m * W, m * H), float(fusion.beta), num_items)
             result["loss_prior_center"], result["loss_prior_scale"] = center, scale
             losses.append(fusion.prior_supervision_weight * (center + scale))
         if fusion.attention_supervision_weight > 0:
+            weights = [out.level_weights[i] for i in layers] if out.level_weights else None
             result["loss_attention_mass"] = mass = attention_mass_loss(
-                maps, out.grid_sizes, phrase_boxes, pairs, out.level_weights, num_items)
+                [maps[i] for i in layers], out.grid_sizes, phrase_boxes, pairs, weights, num_items)
             losses.append(fusion.attention_supervision_weight * mass)
         return losses
 

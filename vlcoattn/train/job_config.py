@@ -158,6 +158,9 @@ class TrainLoopConfig:
     save_every: int = 0  # 0 = only at the end (and on SIGTERM/SIGINT)
     keep_last: int = 2
     max_bad_steps: int = 5  # stop after this many non-finite losses in a row (each is skipped)
+    # stop (then evaluate and save as at the end) at the first validation that reaches every one of these
+    # metrics, e.g. {"acc@0.5": 0.8}; None = run all the steps
+    stop_when: dict[str, float] | None = None
     report: bool = True  # report.md with curves and a prediction grid at the end
     report_images: int = 8
 
@@ -192,6 +195,10 @@ class JobConfig:
             (0.0 <= self.optim.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]"),
             (self.train.max_bad_steps > 0, "train.max_bad_steps must be > 0"),
             (self.train.eval_every >= 0 and self.train.save_every >= 0, "eval_every / save_every must be >= 0"),
+            (not self.train.stop_when or (self.train.eval_every > 0 and (self.data.val or self.data.synthetic.dir)),
+             "train.stop_when needs validation during training (train.eval_every > 0 and data.val)"),
+            (all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (self.train.stop_when or {}).values()),
+             "train.stop_when maps metric names to numbers, e.g. {\"acc@0.5\": 0.8}"),
             (self.data.train or self.data.synthetic.dir is not None, "data.train names no shards"),
             (all(w > 0 for w in self.data.train_weights or ()), "data.train weights must be > 0"),
             (self.model.feature_cache_gib >= 0, "model.feature_cache_gib must be >= 0"),

@@ -464,6 +464,19 @@ class Trainer:
         every = self.job.train.save_every
         return bool(every and self.step % every == 0 and self.step < self.job.train.steps)
 
+    def reached(self, metrics: dict[str, float]) -> bool:
+        """Whether a validation's ``metrics`` reach every target of ``train.stop_when`` (then the run ends here).
+        A target the validation does not report is an error: a misspelt name would never stop the run."""
+        targets = self.job.train.stop_when or {}
+        missing = sorted(set(targets) - set(metrics))
+        if missing:
+            raise ValueError(f"train.stop_when names {missing}, which validation does not report "
+                             f"(it reports {sorted(k for k in metrics if '/' not in k)})")
+        done = bool(targets) and all(metrics[k] >= v for k, v in targets.items())
+        if done and self.dist.is_main:
+            tqdm.write(f"step {self.step}: val reached train.stop_when {targets}; evaluating and saving")
+        return done
+
     def _count_bad_step(self) -> None:
         """A non-finite loss or gradient: the update was skipped; too many in a row stop the run."""
         self.bad_in_row += 1
@@ -521,8 +534,8 @@ class Trainer:
                 if self.should_log():
                     self._log_train(window, grad_norm, bar)
                     window = LogWindow(self.loss_names)
-                if self.should_validate():
-                    self._log_eval("val", job.data.val)
+                if self.should_validate() and self.reached(self._log_eval("val", job.data.val).metrics):
+                    break
                 if self.should_save():
                     self._save()
         bar.close()
