@@ -162,7 +162,7 @@ def test_supervision_layers_read_only_the_named_layers_priors_and_maps():
     assert float(part.loss_prior_center) < float(full.loss_prior_center)  # layer 0's term is left out
     want = _mass_by_hand(full.cross_attentions[1:], base.grid_sizes[0], boxes, pairs)
     assert float(part.loss_attention_mass) == pytest.approx(want, rel=1e-5)
-    with pytest.raises(ValueError, match="supervision_layers must be fusion layer indices in -3 .. 2"):
+    with pytest.raises(ValueError, match=r"supervision_layers must be fusion layer indices in -3 \.\. 2"):
         tiny_config(coattention_config=dict(num_layers=3, supervision_layers=[3]))
     with pytest.raises(ValueError, match="supervision_layers"):
         tiny_config(coattention_config=dict(supervision_layers=[]))

@@ -476,7 +476,7 @@ def test_stop_when_ends_the_run_at_the_first_validation_that_reaches_its_targets
     assert train(job_of(base_config(assets, tmp_path / "all", **never), tmp_path)).step == 6
     with pytest.raises(ValueError, match=r"train.stop_when names \['acc@05'\], which validation does not report"):
         train(job_of(base_config(assets, tmp_path / "typo", **{**over, "train.stop_when": {"acc@05": 0.5}}), tmp_path))
-    with pytest.raises(ValueError, match="train.stop_when needs validation during training"):
+    with pytest.raises(ValueError, match=r"train\.stop_when needs validation during training"):
         job_of(base_config(assets, tmp_path / "noval", **{**over, "train.eval_every": 0}), tmp_path)
 
 

@@ -848,7 +848,7 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         """The phrase spans plus one more phrase per grounding row: the box head's token (the row's
         ``grounding_token_index``-th real token) with the row's target box (``supervise_grounding_token``).
         The supervised-pair count grows by the step's grounding rows."""
-        B, P, T = phrase_tokens.shape
+        B, _, T = phrase_tokens.shape
         rows = torch.ones(B, dtype=torch.bool, device=boxes.device) if box_mask is None else box_mask.bool()
         first = attention_mask.to(torch.int32).argmax(-1) if attention_mask is not None else torch.zeros_like(rows, dtype=torch.int32)
         query = F.one_hot((first + self.config.heads_config.grounding_token_index).long(), T).bool()  # (B, T)
