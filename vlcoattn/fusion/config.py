@@ -31,6 +31,14 @@ class CoAttentionConfig(PreTrainedConfig):
     hidden_dropout_prob / attention_probs_dropout_prob (`float`): dropout after each sub-block / on the
         attention probabilities. hidden_act (`str`), layer_norm_eps (`float`): the blocks' activation and norm.
     two_way (`bool`): image tokens also attend to the text (co-attention both ways).
+    keys_only_levels (`list[int]`): the keys-only levels: positions in ``vision_config.out_indices`` (negative
+        from the end) whose cells the fusion only reads. They are keys and values of the text -> image SMCA
+        attention (own Gaussian multiplier, part of the scale selection) but the image stream never updates
+        them: no image -> text attention, no image FFN; they leave the stack as they entered it. What it saves:
+        a fine level's cells are most of the image stream's work. Every level keys-only leaves the image
+        stream with nothing to update: no layer then has image -> text attention or an image FFN, whatever
+        ``two_way`` says. None = every level updated. (``VLCoAttnConfig`` checks the positions and stores them
+        sorted, from 0.)
     spatial_prior (`str`): ``"gaussian"`` (SMCA) or ``"none"`` (plain co-attention).
     beta (`float`): β of log G = -((x - c_x)^2 s_x^2 + (y - c_y)^2 s_y^2) / β, > 0.
     prior_sharing (`str`): ``"shared_scales"`` (per-head offsets, one scale pair per token shared by the
@@ -65,6 +73,7 @@ class CoAttentionConfig(PreTrainedConfig):
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-12
     two_way: bool = True
+    keys_only_levels: list[int] | None = None
     spatial_prior: str = "gaussian"
     beta: float | int = 8.0
     prior_sharing: str = "shared_scales"
@@ -106,6 +115,22 @@ class CoAttentionConfig(PreTrainedConfig):
                 raise ValueError(f"supervision_layers must be fusion layer indices in -{n} .. {n - 1}, "
                                  f"got {self.supervision_layers}")
             self.supervision_layers = sorted({int(i) % n for i in self.supervision_layers})
+
+    def keys_only_level_indices(self, num_levels: int) -> list[int]:
+        """``keys_only_levels`` as sorted positions 0 .. num_levels - 1, duplicates merged ([] when None);
+        ValueError naming the option for a position outside the ``num_levels`` image levels."""
+        if self.keys_only_levels is None:
+            return []
+        L = num_levels
+        if any(not -L <= i < L for i in self.keys_only_levels):
+            raise ValueError(f"coattention_config.keys_only_levels must be positions in vision_config.out_indices "
+                             f"(-{L} .. {L - 1} for its {L} level(s)), got {self.keys_only_levels}")
+        return sorted({int(i) % L for i in self.keys_only_levels})
+
+    def updated_levels(self, num_levels: int) -> list[int]:
+        """The positions of the image levels the image stream updates: all but the keys-only levels."""
+        keys_only = self.keys_only_level_indices(num_levels)
+        return [lvl for lvl in range(num_levels) if lvl not in keys_only]
 
     def supervised_layer_indices(self) -> list[int]:
         """The fusion layers the supervision losses read, in order: ``supervision_layers`` or every layer."""

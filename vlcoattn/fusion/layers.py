@@ -8,7 +8,9 @@ One layer, post-LN like BERT/DETR (text stream ``t``, image stream ``v_l`` per f
     t   = LN(t + FFN(t));   v_l = LN(v_l + FFN'(v_l))                  FFN on both streams
 
 The image stream's updates (image->text attention, FFN') are left out of the LAST layer, whose
-image output nothing reads.
+image output nothing reads, and out of every layer for the keys-only levels (``keys_only_levels``): their
+cells are keys and values of the SMCA attention and pass through the stack unchanged, which makes a fine
+level cheap (its cells cost k/v projections and T x S scores, not an image FFN and attention per cell).
 
 Keys and values are image tokens + 2D sine positions: the fused text tokens then hold *where* they
 attended, which the grounding head needs to regress a box from one token (with DETR's content-only
@@ -65,7 +67,8 @@ class FusionLayerOutput:
     reference_centers: torch.Tensor | None  # (B, T, 2) layer 0's text reference, passed on
     cross: CrossAttentionOutput  # the SMCA text -> image attention
     self_attention: torch.Tensor | None = None  # (B, N_h, T, T), when maps are requested
-    image_attention: torch.Tensor | None = None  # (B, N_h, S, T), two-way, when maps are requested
+    # (B, N_h, S, T) over the cells of the updated levels, two-way, when maps are requested
+    image_attention: torch.Tensor | None = None
 
 
 @dataclass
@@ -85,7 +88,7 @@ class FusionOutput:
     cross_attentions: tuple[list[torch.Tensor], ...] = ()  # per layer, per level (B, N_h, T, S_l)
     log_priors: tuple[list[torch.Tensor], ...] = ()  # per layer, per level (B, N_h, T, S_l)
     self_attentions: tuple[torch.Tensor, ...] = ()  # per layer (B, N_h, T, T)
-    image_attentions: tuple[torch.Tensor, ...] = ()  # per layer (B, N_h, S, T), two-way only
+    image_attentions: tuple[torch.Tensor, ...] = ()  # per layer (B, N_h, S, T), two-way only, S: updated levels
     # the text stream entering the stack, then after every layer: num_layers + 1 of (B, T, d)
     text_hidden_states: tuple[torch.Tensor, ...] = ()
 
@@ -95,8 +98,9 @@ class SMCAFusionLayer(GradientCheckpointingLayer):
     backward pass under ``gradient_checkpointing_enable()``).
 
     config: the :class:`CoAttentionConfig` (its CooBERT blocks via :func:`fusion_block_config`, its prior, two_way);
-    level_scale_multipliers: one precision factor per image level. ``update_image=False`` (the last layer)
-    leaves the image stream as it is.
+    level_scale_multipliers: one precision factor per image level. updated_levels: the positions of the levels
+    the image stream updates (image->text attention, image FFN); the others pass through. None = every level;
+    [] (the last layer, or every level keys-only) leaves the image stream as it is and builds none of its blocks.
     """
 
     def __init__(
@@ -104,7 +108,7 @@ class SMCAFusionLayer(GradientCheckpointingLayer):
         config: CoAttentionConfig,
         level_scale_multipliers: Sequence[float] = (1.0,),
         has_reference_head: bool = False,
-        update_image: bool = True,
+        updated_levels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         block = fusion_block_config(config)
@@ -114,13 +118,16 @@ class SMCAFusionLayer(GradientCheckpointingLayer):
         self.reference_head = ReferenceCenterHead(d) if use_ref else None
         self.cross_attn = SMCACrossAttention(config, level_scale_multipliers)
         self.cross_norm = nn.LayerNorm(d, eps=block.layer_norm_eps)
+        all_levels = range(len(level_scale_multipliers))
+        self.updated_levels = list(all_levels if updated_levels is None else updated_levels)
+        update_image = bool(self.updated_levels)
         if config.two_way and update_image:
             self.image_attn = SMCACrossAttention(config, prior=False)
             self.image_attn_norm = nn.LayerNorm(d, eps=block.layer_norm_eps)
         else:
             self.image_attn = self.image_attn_norm = None
         self.text_ffn = FeedForward(block)
-        self.image_ffn = FeedForward(block) if update_image else None  # the last layer: nothing reads it
+        self.image_ffn = FeedForward(block) if update_image else None  # none: nothing to update or read
         self.dropout = nn.Dropout(block.hidden_dropout_prob)
 
     def forward(
@@ -161,22 +168,24 @@ class SMCAFusionLayer(GradientCheckpointingLayer):
         )
         text = self.cross_norm(text + self.dropout(cross.output))
 
-        # 3. image -> text (two-way co-attention): image cells attend to the real text tokens
-        image = list(image)
+        # 3. image -> text (two-way co-attention): the updated levels' cells attend to the real text tokens
+        image, updated = list(image), self.updated_levels
         if self.image_attn is not None:
-            sizes = [v.shape[1] for v in image]
-            flat = torch.cat(image, dim=1)  # (B, S, d)
-            flat_pos = torch.cat([p.expand(B, -1, -1) for p in image_pos], dim=1)
+            sizes = [image[lvl].shape[1] for lvl in updated]
+            flat = torch.cat([image[lvl] for lvl in updated], dim=1)  # (B, S, d)
+            flat_pos = torch.cat([image_pos[lvl].expand(B, -1, -1) for lvl in updated], dim=1)
             valid = [text_mask.bool()] if text_mask is not None else None
             ia = self.image_attn(flat + flat_pos, [text], values=[text], key_valid=valid, output_attentions=eager)
             image_probs = ia.attentions[0] if eager else None  # (B, N_h, S, T)
             flat = self.image_attn_norm(flat + self.dropout(ia.output))
-            image = list(flat.split(sizes, dim=1))
+            for lvl, v in zip(updated, flat.split(sizes, dim=1)):
+                image[lvl] = v
 
-        # 4. FFN on both streams
+        # 4. FFN on both streams (the image's on the updated levels)
         text = self.text_ffn(text)
         if self.image_ffn is not None:
-            image = [self.image_ffn(v) for v in image]
+            for lvl in updated:
+                image[lvl] = self.image_ffn(image[lvl])
         return FusionLayerOutput(text, image, reference_centers, cross, self_probs, image_probs)
 
 
@@ -184,16 +193,18 @@ class SMCAFusionEncoder(nn.Module):
     """A stack of ``config.num_layers`` :class:`SMCAFusionLayer`; layer 0 owns the reference-center head,
     later layers center on where the token looked in the layer before (see the module docstring). The last
     layer leaves the image stream as it is (no image FFN / image->text attention): only the text tokens
-    leave the stack, so those parameters would get no gradient.
+    leave the stack, so those parameters would get no gradient. No layer updates the keys-only levels
+    (``config.keys_only_levels``).
 
     level_scale_multipliers: one precision factor per image level (``VLCoAttnModel`` resolves
     ``config.level_scale_multipliers``' default from the backbone's strides)."""
 
     def __init__(self, config: CoAttentionConfig, level_scale_multipliers: Sequence[float] = (1.0,)) -> None:
         super().__init__()
-        n = config.num_layers
+        n, updated = config.num_layers, config.updated_levels(len(level_scale_multipliers))
         self.layers = nn.ModuleList(
-            SMCAFusionLayer(config, level_scale_multipliers, has_reference_head=(i == 0), update_image=(i < n - 1))
+            SMCAFusionLayer(config, level_scale_multipliers, has_reference_head=(i == 0),
+                            updated_levels=updated if i < n - 1 else [])
             for i in range(n)
         )
 

@@ -109,6 +109,8 @@ class VLCoAttnConfig(PreTrainedConfig):
         if multipliers is not None and len(multipliers) != vision.num_levels:
             raise ValueError(f"coattention_config.level_scale_multipliers must be {vision.num_levels} numbers (one per "
                              f"vision_config.out_indices level), got {multipliers}")
+        if fusion.keys_only_levels is not None:
+            fusion.keys_only_levels = fusion.keys_only_level_indices(vision.num_levels)
         if not 0 <= heads.grounding_token_index < text.max_position_embeddings:
             raise ValueError(f"heads_config.grounding_token_index must be in [0, {text.max_position_embeddings}) "
                              f"(the text's positions), got {heads.grounding_token_index}")

@@ -69,8 +69,8 @@ class VLCoAttnModelOutput(ModelOutput):
     token (B, d).
 
     text_encoder_hidden_state: the text encoder's output projected to the fusion width (B, T, d).
-    image_hidden_states: per level (B, H_l*W_l, d); image_positions: their 2D sine positions (B|1, H_l*W_l, d);
-    grid_sizes: per level (H_l, W_l).
+    image_hidden_states: per level (B, H_l*W_l, d) (a keys-only level's as it entered the fusion);
+    image_positions: their 2D sine positions (B|1, H_l*W_l, d); grid_sizes: per level (H_l, W_l).
     reference_centers: (B, T, 2) normalized (x, y) from the first fusion layer (None without prior).
     attended_centers: per fusion layer (B, T, N_h, 2) normalized centroid of each head's attention.
     base_centers: (B, T, 2) where each token's box starts: the last layer's head-mean attended center.
@@ -79,7 +79,8 @@ class VLCoAttnModelOutput(ModelOutput):
     With ``output_attentions`` (call or config), per fusion layer: cross_attentions / log_priors, per level
     (B, N_h, T, S_l), the text -> image probabilities and the log G added to their logits (log_priors'
     entries are None without a prior); attentions (B, N_h, T, T), the fused text self-attention;
-    image_attentions (B, N_h, S, T), image -> text (two-way; every layer but the last); and
+    image_attentions (B, N_h, S, T), image -> text over the updated (not keys-only) levels' S cells (two-way;
+    every layer but the last); and
     text_encoder_attentions, CooBERT's per layer (B, N_h_text, T, T).
     With ``output_hidden_states``: hidden_states, the fused text stream entering the stack and after every
     layer (num_layers + 1 of (B, T, d); the last is last_hidden_state), and text_encoder_hidden_states,
