@@ -98,6 +98,9 @@ class CoAttentionConfig(PreTrainedConfig):
             self.level_scale_multipliers = [float(m) for m in self.level_scale_multipliers]
             if not self.level_scale_multipliers or min(self.level_scale_multipliers) <= 0:
                 raise ValueError(f"level_scale_multipliers must be numbers > 0, got {self.level_scale_multipliers}")
+        levels = self.keys_only_levels
+        if levels is not None and any(isinstance(i, bool) or not isinstance(i, int) for i in levels):
+            raise ValueError(f"keys_only_levels must be integer positions in vision_config.out_indices, got {levels}")
         self._check_supervision()
         self._fill_and_check_width()
 
@@ -125,7 +128,7 @@ class CoAttentionConfig(PreTrainedConfig):
         if any(not -L <= i < L for i in self.keys_only_levels):
             raise ValueError(f"coattention_config.keys_only_levels must be positions in vision_config.out_indices "
                              f"(-{L} .. {L - 1} for its {L} level(s)), got {self.keys_only_levels}")
-        return sorted({int(i) % L for i in self.keys_only_levels})
+        return sorted({i % L for i in self.keys_only_levels})
 
     def updated_levels(self, num_levels: int) -> list[int]:
         """The positions of the image levels the image stream updates: all but the keys-only levels."""
