@@ -13,8 +13,8 @@ against the first setting, today's recipe, measured in the same run.
 Peak memory: the process's peak (resident set size on the CPU, CUDA allocated memory on a GPU) less its
 memory after the trainer was built, before the first step: the feature cache, gradients, AdamW's state and
 the step's activations. FLOPs: ``torch.utils.flop_counter`` (``step_profile.py``'s helpers) on one cached step
-(fusion: its forward; step: forward + backward) and on the first, uncached one (the backbone's forward, which
-the cache pays once per sample). ``--flops-only`` counts them without timing.
+(fusion: its forward; step: forward + backward) and on the backbone's forward of one image (which the cache
+pays once per image). ``--flops-only`` counts them without timing.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from step_profile import counted_step, forward_by_part, model_parts, total_flops, train_step
+from step_profile import counted_step, flop_counter, forward_by_part, model_parts, total_flops, train_step
 
 from vlcoattn.data import write_synthetic
 from vlcoattn.data.write.synthetic import SyntheticConfig
@@ -103,19 +103,17 @@ def measure(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
         batches = list(itertools.islice(trainer._batches(), warmup))
         before = memory_gib(device)
         reset_peak_memory(device)
-        first = counted_step(trainer, batches[0])  # nothing cached yet: the backbone runs
         for b in batches:
             train_step(trainer, b)
         cached = counted_step(trainer, batches[0])
         times = timed_steps(trainer, batches, steps)
         peak = memory_gib(device, peak=True) - before
-        parts = model_parts(trainer.model)
-        with torch.no_grad():
-            cells = [h * w for h, w in trainer.model.base_model.image_tokens(batches[0]["pixel_values"].to(device))[2]]
-    per_sample = {"fusion": forward_by_part(parts, cached[0]).get("vlcoattn.fusion", 0) / batch,
-                  "step": total_flops(cached) / batch,
-                  "backbone": forward_by_part(parts, first[0]).get("vlcoattn.backbone", 0) / batch}
-    return {"times": times, "peak_gib": peak, "flops": per_sample, "cells": cells}
+        with torch.no_grad(), flop_counter() as backbone:  # one image, what the cache pays once per image
+            cells = [f.shape[-2] * f.shape[-1] for f in trainer.model.base_model.backbone(
+                batches[0]["pixel_values"][:1].to(device))]
+        fusion = forward_by_part(model_parts(trainer.model), cached[0]).get("vlcoattn.fusion", 0)
+    flops = {"fusion": fusion / batch, "step": total_flops(cached) / batch, "backbone": backbone.get_total_flops()}
+    return {"times": times, "peak_gib": peak, "flops": flops, "cells": cells}
 
 
 def run_setting(args: argparse.Namespace, name: str, data: Path) -> dict:
@@ -146,7 +144,7 @@ def report(results: dict[str, list[dict]], args: argparse.Namespace) -> str:
                      f"{f['fusion'] / base_fusion:.2f}", f"{f['step'] / 1e6:.0f}", f"{f['backbone'] / 1e6:.0f}"])
     timing = ["ms/step", "samples/s", "time vs first", "peak GiB"] if args.steps else []
     header = ["setting", "cells", *timing, "fusion fwd MFLOP/sample", "fusion vs first",
-              "cached step MFLOP/sample", "backbone MFLOP/sample (once)"]
+              "cached step MFLOP/sample", "backbone MFLOP/image (once)"]
     return markdown_table(header, rows)
 
 
