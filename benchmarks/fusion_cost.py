@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -122,7 +123,7 @@ def run_setting(args: argparse.Namespace, name: str, data: Path) -> dict:
                  f"data.batch_size={args.batch}", *setting_overrides(name), *args.overrides]
     cmd = [sys.executable, __file__, "--child", "--config", args.config, "--steps", str(args.steps),
            "--warmup", str(args.warmup), *overrides]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{name}: {proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
