@@ -780,17 +780,12 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         :meth:`VLCoAttnModel.forward`; the output carries the base model's fields of the same names."""
         _reject_extra_arguments(type(self).__name__, kwargs)
         return_dict = self.output_flags(None, None, return_dict)[2]
-        out, maps = self.fused_outputs(input_ids, pixel_values, attention_mask, token_type_ids, phrase_boxes,
-                                       output_attentions, output_hidden_states=output_hidden_states,
-                                       inputs_embeds=inputs_embeds)
+        out, maps = self.fused_outputs(input_ids, pixel_values, attention_mask, token_type_ids, phrase_boxes, output_attentions,
+                                       output_hidden_states=output_hidden_states, inputs_embeds=inputs_embeds)
         result = dict(out.items())  # the base model's fields that are set; those the output class has stay
-        supervised_items = _num_items(num_items_in_batch, SUPERVISED_TOKENS)
-        if self.has_boxes and boxes is not None and phrase_boxes is not None and \
-                self.config.coattention_config.supervise_grounding_token:
-            phrase_tokens, phrase_boxes, phrase_mask, supervised_items = self._with_grounding_token(
-                phrase_tokens, phrase_boxes, phrase_mask, boxes, box_mask, attention_mask, num_items_in_batch)
-        losses = self.supervision_losses(out, maps, phrase_tokens, phrase_boxes, phrase_mask,
-                                         supervised_items, result)  # [] when off
+        spans = self._with_grounding_token(phrase_tokens, phrase_boxes, phrase_mask, boxes, box_mask, attention_mask,
+                                           num_items_in_batch)
+        losses = self.supervision_losses(out, maps, *spans, result)  # [] when off
         # A training micro-batch without rows of one task still gives that head a (zero) loss: under DDP every rank
         training = labels is not None or boxes is not None  # must produce a gradient for every parameter
         if self.has_answers:
@@ -842,13 +837,17 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
             out = dataclasses.replace(out, cross_attentions=None, log_priors=None)
         return out, maps
 
-    def _with_grounding_token(self, phrase_tokens: torch.Tensor, phrase_boxes: torch.Tensor,
-                              phrase_mask: torch.Tensor | None, boxes: torch.Tensor, box_mask: torch.Tensor | None,
+    def _with_grounding_token(self, phrase_tokens: torch.Tensor | None, phrase_boxes: torch.Tensor | None,
+                              phrase_mask: torch.Tensor | None, boxes: torch.Tensor | None, box_mask: torch.Tensor | None,
                               attention_mask: torch.Tensor | None, num_items_in_batch: int | dict[str, int] | None,
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int | None]:
-        """The phrase spans plus one more phrase per grounding row: the box head's token (the row's
-        ``grounding_token_index``-th real token) with the row's target box (``supervise_grounding_token``).
-        The supervised-pair count grows by the step's grounding rows."""
+                              ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, int | None]:
+        """What the supervision losses read: the phrase spans and their pair count, plus, with
+        ``supervise_grounding_token`` and grounding targets, one more phrase per grounding row: the box head's
+        token (the row's ``grounding_token_index``-th real token) with the row's target box. The pair count
+        then grows by the step's grounding rows."""
+        if not (self.has_boxes and boxes is not None and phrase_boxes is not None
+                and self.config.coattention_config.supervise_grounding_token):
+            return phrase_tokens, phrase_boxes, phrase_mask, _num_items(num_items_in_batch, SUPERVISED_TOKENS)
         B, _, T = phrase_tokens.shape
         rows = torch.ones(B, dtype=torch.bool, device=boxes.device) if box_mask is None else box_mask.bool()
         first = attention_mask.to(torch.int32).argmax(-1) if attention_mask is not None else torch.zeros_like(rows, dtype=torch.int32)
