@@ -69,6 +69,22 @@ def test_the_feature_cache_keeps_a_finished_run_s_key_and_other_overrides_change
     assert convergence.run_key([*plain, "optim.lr=1e-4"]) != convergence.run_key(plain)
     assert convergence.run_key(convergence.run_overrides(convergence.ARMS["C"], "pretrained", 2, 1600, 100, [])) \
         != convergence.run_key(plain)
+    # --stop-at ends a run early; its curve up to there is the full run's: the key stays
+    stopped = convergence.run_overrides(convergence.ARMS["C"], "pretrained", 1, 1600, 100,
+                                        [f'{convergence.STOP}{{"acc@0.5": 0.8}}'])
+    assert convergence.run_key(stopped) == convergence.run_key(plain)
+
+
+def test_the_supervised_arms_are_their_base_arm_plus_the_supervision(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "studies"))
+    import convergence
+
+    base = {"E": "C", "F": "B", "G": "C", "H": "C"}
+    for arm, of in base.items():
+        extra = set(convergence.ARMS[arm].overrides) - set(convergence.ARMS[of].overrides)
+        assert set(convergence.ARMS[of].overrides) <= set(convergence.ARMS[arm].overrides)
+        assert extra and all("supervis" in o for o in extra), (arm, extra)
+    assert convergence.DEFAULT_ARMS == ("A", "B", "C", "D")  # the published study; E-H with --arms
 
 
 def test_a_partial_rerun_reports_every_finished_run_of_the_config(monkeypatch, tmp_path):
