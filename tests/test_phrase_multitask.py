@@ -251,5 +251,5 @@ def test_the_saved_combined_model_reloads_and_serves_phrases_answers_and_boxes(c
                        "--phrase", "a small red square", "--task", "phrase"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["phrases"][0]["box"] == phrases["phrases"][0]["box"]
-    with pytest.raises(ValueError, match="cannot export a VLCoAttnForPhraseMultitask.*phrase_tokens"):
+    with pytest.raises(ValueError, match=r"cannot export a VLCoAttnForPhraseMultitask .*phrase_tokens"):
         load_for_export(final)

@@ -820,11 +820,10 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         answer_mask (B,): rows that are VQA samples (default all). boxes (B, 4) target boxes, normalized
         (cx, cy, w, h); box_mask (B,): rows that have one (default all). Targets of a head the model
         does not have are ignored. phrase_tokens (B, P, T) / phrase_boxes (B, P, 4) / phrase_mask (B, P): the
-        rows' phrase spans, read by the supervision losses when they are on (:meth:`supervision_losses`); a
-        model with a phrase head also boxes every phrase of ``phrase_tokens`` and trains that head on the
-        ``phrase_mask`` phrases of the ``phrase_rows`` (B,) (the phrase task's rows; default all).
-        num_items_in_batch: the number of rows of the task ({"vqa": n, "ground": m} for both, plus
-        "phrase" (trained phrases) with a phrase head and "supervised_tokens" with phrase spans) in the whole optimizer step (all micro-batches and ranks);
+        rows' phrase spans, read by the supervision losses when they are on (:meth:`supervision_losses`); a phrase
+        head boxes them too, trained on the phrases of the ``phrase_rows`` (B,) only (:meth:`_phrase_outputs`).
+        num_items_in_batch: the number of rows of the task ({"vqa": n, "ground": m} for both, plus "phrase"
+        and "supervised_tokens" with phrase spans) in the whole optimizer step (all micro-batches and ranks);
         losses are then sums divided by it, so gradient accumulation and DDP give the gradient of the full
         batch. Default: per-batch means. output_attentions / output_hidden_states / inputs_embeds: as
         :meth:`VLCoAttnModel.forward`; the output carries the base model's fields of the same names."""
@@ -835,8 +834,7 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
                                        inputs_embeds=inputs_embeds)
         result = dict(out.items())  # the base model's fields that are set; those the output class has stay
         # A training micro-batch without rows of one task still gives that head a (zero) loss: under DDP every rank
-        # must produce a gradient for every parameter
-        training = labels is not None or boxes is not None or phrase_rows is not None
+        training = labels is not None or boxes is not None or phrase_rows is not None  # must produce every gradient
         phrase_total = self._phrase_outputs(out, phrase_tokens, phrase_boxes, phrase_mask, phrase_rows, training, result,
                                             _num_items(num_items_in_batch, "phrase")) if self.has_phrases else None
         supervised_items = _num_items(num_items_in_batch, SUPERVISED_TOKENS)
@@ -847,20 +845,12 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         losses = self.supervision_losses(out, maps, phrase_tokens, phrase_boxes, phrase_mask,
                                          supervised_items, result)  # [] when off
         if self.has_answers:
-            result["logits"] = logits = self.vqa_head(self.answer_features(out))  # (B, A)
-            if labels is not None:
-                result["loss_vqa"] = self.vqa_loss(logits, labels, answer_mask, _num_items(num_items_in_batch, "vqa"))
-            elif training:
-                result["loss_vqa"] = logits.sum() * 0.0
-            if training:
-                losses.append(result["loss_vqa"])
+            losses.append(self._answer_outputs(out, labels, answer_mask, _num_items(num_items_in_batch, "vqa"),
+                                               training, result))
         if self.has_boxes:
-            total = self._box_outputs(out, attention_mask, boxes, box_mask, _num_items(num_items_in_batch, "ground"),
-                                      training, result)
-            if training:
-                losses.append(total)
-        if phrase_total is not None:
-            losses.append(phrase_total)
+            losses.append(self._box_outputs(out, attention_mask, boxes, box_mask,
+                                            _num_items(num_items_in_batch, "ground"), training, result))
+        losses = [loss for loss in (*losses, phrase_total) if loss is not None]  # None: a head without a loss here
         if losses:
             result["loss"] = sum(losses)
         fields = self.output_class.__dataclass_fields__  # e.g. no loss_vqa for VQA alone
@@ -942,6 +932,17 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
                 [maps[i] for i in layers], out.grid_sizes, phrase_boxes, pairs, weights, num_items)
             losses.append(fusion.attention_supervision_weight * mass)
         return losses
+
+    def _answer_outputs(self, out: VLCoAttnModelOutput, labels: torch.Tensor | None, answer_mask: torch.Tensor | None,
+                        num_items: int | None, training: bool, result: dict) -> torch.Tensor | None:
+        """The answer head's entries of ``result`` (logits; loss_vqa); returns the VQA loss (a zero one when
+        training without answer targets), None otherwise."""
+        result["logits"] = logits = self.vqa_head(self.answer_features(out))  # (B, A)
+        if labels is not None:
+            result["loss_vqa"] = self.vqa_loss(logits, labels, answer_mask, num_items)
+        elif training:
+            result["loss_vqa"] = logits.sum() * 0.0
+        return result.get("loss_vqa")
 
     def _box_outputs(self, out: VLCoAttnModelOutput, attention_mask: torch.Tensor | None, boxes: torch.Tensor | None,
                      box_mask: torch.Tensor | None, num_items: int | None, training: bool,
