@@ -242,8 +242,16 @@ def test_the_saved_combined_model_reloads_and_serves_phrases_answers_and_boxes(c
     phrases = predictor.predict(image, caption, phrases=["a small red square", "a large blue circle"], task="phrase")
     assert [p["text"] for p in phrases["phrases"]] == ["a small red square", "a large blue circle"]
     assert all(len(p["box"]) == 4 and 0 <= p["score"] <= 1 for p in phrases["phrases"])
+    from transformers import pipeline
+
+    piped = pipeline("vlcoattn-phrase-grounding", model=str(final))(image, caption, phrases=["a small red square"])
+    assert piped["boxes"][0] == phrases["phrases"][0]["box"]
+    assert pipeline("vlcoattn-vqa", model=str(final))(image, "is there a red square?", top_k=1)[0]["answer"]
+    assert len(pipeline("vlcoattn-grounding", model=str(final))(image, "the red square")["box"]) == 4
     both = predictor.predict(image, "is there a red square?")  # auto without phrases: answers and a box
     assert both["answers"] and len(both["box"]) == 4 and "phrases" not in both
+    every = predictor.predict(image, caption, phrases=["a small red square"])  # auto with phrases: all three
+    assert every["answers"] and every["phrases"][0]["box"] == phrases["phrases"][0]["box"]
     with pytest.raises(ValueError, match="non-empty list of phrases"):
         predictor.predict(image, caption, task="phrase")
     capsys.readouterr()
