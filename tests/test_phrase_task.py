@@ -275,7 +275,8 @@ def test_scoring_finds_a_phrase_in_original_pixels_and_counts_one_without_a_box_
     pred = box_convert(canvas / 32, "xyxy", "cxcywh")[None]
     spec, rows = get_task("phrase"), [{}]
     acc = spec.metric_accumulator(None)
-    spec.score_batch(None, SimpleNamespace(pred_boxes=pred), batch_, {}, acc, rows)
+    model = SimpleNamespace(phrase_boxes_output="pred_boxes")  # the output field of a phrase model's boxes
+    spec.score_batch(model, SimpleNamespace(pred_boxes=pred), batch_, {}, acc, rows)
     metrics = acc.all_reduce().compute()
     assert metrics["recall@1_any"] == 1.0 and metrics["recall@1_merged"] == 0.5
     assert metrics["recall@1_merged/animals"] == 1.0 and metrics["recall@1_merged/other"] == 0.0

@@ -50,7 +50,7 @@ def _samples() -> list[dict]:
 def test_every_task_is_whole(minilm_tokenizer):
     """Each registered task names a model class that loads, a predictor, and sample tasks that are
     registered single tasks; the model class maps back to its task."""
-    assert set(task_names()) == {"vqa", "ground", "vqa+ground", "cls", "lm", "phrase"}
+    assert set(task_names()) == {"vqa", "ground", "vqa+ground", "cls", "lm", "phrase", "vqa+ground+phrase"}
     assert sample_task_names() == ("vqa", "ground", "cls", "lm", "phrase")
     for name in task_names():
         spec = get_task(name)
@@ -110,7 +110,8 @@ def test_text_batches_become_cls_and_lm_inputs_and_counts(minilm_tokenizer):
 
 def test_unknown_task_names_and_duplicates_are_one_clear_error():
     with pytest.raises(ValueError, match=r"unknown task 'detect'; the registered tasks are: vqa, ground, "
-                                         r"vqa\+ground, cls, lm, phrase, classify \(= cls\), generate \(= lm\), "
+                                         r"vqa\+ground, cls, lm, phrase, vqa\+ground\+phrase, classify \(= cls\), "
+                                         r"generate \(= lm\), "
                                          r"phrase_grounding \(= phrase\)"):
         get_task("detect")
     with pytest.raises(ValueError, match="'cls' is registered already"):
@@ -171,7 +172,8 @@ def test_the_data_read_side_and_the_shared_format_never_import_the_write_side():
 
 # ------------------------------------------------------------------------------ task-name branches
 
-TASK_WORDS = {"vqa", "ground", "vqa+ground", "cls", "lm", "classify", "generate", "phrase", "phrase_grounding"}
+TASK_WORDS = {"vqa", "ground", "vqa+ground", "cls", "lm", "classify", "generate", "phrase", "phrase_grounding",
+              "vqa+ground+phrase"}
 # the comparisons with a task-name string allowed outside vlcoattn/tasks/: (folder, words in the source, reason)
 ALLOWED = [
     ("models/", "pooling", '"cls" is the VQA head\'s pooling mode there (the [CLS] token), not a task'),

@@ -19,6 +19,7 @@ from vlcoattn.models import (
     VLCoAttnForGrounding,
     VLCoAttnForMultitask,
     VLCoAttnForPhraseGrounding,
+    VLCoAttnForPhraseMultitask,
     VLCoAttnForQuestionAnswering,
     VLCoAttnModel,
     VLCoAttnModelOutput,
@@ -31,8 +32,8 @@ from helpers import VOCAB, text_config, tiny_config
 CLASSES = [VLCoAttnModel, VLCoAttnForQuestionAnswering, VLCoAttnForGrounding, VLCoAttnForMultitask]
 IDS = [c.__name__ for c in CLASSES]
 HEADS = CLASSES[1:]
-# with the phrase model, which takes phrase_tokens besides (see phrases()): the checks where it applies
-WITH_PHRASE = [*CLASSES, VLCoAttnForPhraseGrounding]
+# with the phrase models, which take phrase_tokens besides (see phrases()): the checks where they apply
+WITH_PHRASE = [*CLASSES, VLCoAttnForPhraseGrounding, VLCoAttnForPhraseMultitask]
 PHRASE_IDS = [c.__name__ for c in WITH_PHRASE]
 ANSWERS = ["yes", "no", "red", "two"]
 D, N_H, LAYERS, TEXT_LAYERS = 32, 4, 2, 1
@@ -76,10 +77,10 @@ def inputs(batch: int = 3, length: int = 7, seed: int = 1) -> tuple[torch.Tensor
 
 
 def phrases(model, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The phrase model's extra input (nothing for the others): two phrases per row, placed by the row's real
+    """The phrase models' extra input (nothing for the others): two phrases per row, placed by the row's real
     tokens so that they move with left padding and slice with the row: every real token after the first, and
     the second real token alone."""
-    if not isinstance(model, VLCoAttnForPhraseGrounding):
+    if "phrase_tokens" not in getattr(model, "extra_inputs", ()):
         return {}
     real = mask.bool()
     rank = real.cumsum(-1)
@@ -90,7 +91,8 @@ def main_outputs(out) -> dict[str, torch.Tensor]:
     """What each class is for: fused text tokens (encoder), answer logits and / or boxes (heads)."""
     if isinstance(out, VLCoAttnModelOutput):
         return {"last_hidden_state": out.last_hidden_state}
-    return {n: getattr(out, n) for n in ("logits", "pred_boxes") if getattr(out, n, None) is not None}
+    names = ("logits", "pred_boxes", "pred_phrase_boxes")
+    return {n: getattr(out, n) for n in names if getattr(out, n, None) is not None}
 
 
 def assert_main_outputs_equal(a, b, atol: float = 1e-5) -> None:

@@ -109,8 +109,8 @@ def check_args(parser: ArgumentParser, args) -> None:
 
 
 def phrase_arguments(args, predictor: Predictor) -> dict:
-    """``{"phrases": [...]}`` from --phrase / --span for a phrase grounding model (which needs them), else {}
-    (where they are an error)."""
+    """``{"phrases": [...]}`` from --phrase / --span for a model with a phrase head (which needs them for
+    --task phrase, and for auto on a phrase grounding model), else {} (where they are an error)."""
     phrases = [*(args.phrase or []), *(args.span or [])]
     if not isinstance(predictor, PhrasePredictor):
         if phrases:
@@ -118,8 +118,10 @@ def phrase_arguments(args, predictor: Predictor) -> dict:
                              "grounding model")
         return {}
     if not phrases:
-        raise ValueError(f"{args.model} is a phrase grounding model: give the phrases of --text to box with "
-                         "--phrase TEXT or --span START:END (repeatable)")
+        if predictor.needs_phrases(predictor.resolve_task(args.task)):
+            raise ValueError(f"{args.model} is a phrase grounding model: give the phrases of --text to box with "
+                             "--phrase TEXT or --span START:END (repeatable)")
+        return {}
     return {"phrases": phrases}
 
 

@@ -36,6 +36,7 @@ from ..models import (
     VLCoAttnForGrounding,
     VLCoAttnForMultitask,
     VLCoAttnForPhraseGrounding,
+    VLCoAttnForPhraseMultitask,
     VLCoAttnForQuestionAnswering,
 )
 from ..tasks.phrase import PHRASES_USAGE, phrase_token_mask, resolve_phrases
@@ -202,7 +203,8 @@ class VLCoAttnPhraseGroundingPipeline(_VLCoAttnPipeline):
             texts, spans = [texts], [spans]
         tokens = phrase_token_mask(self.tokenizer, texts, spans)  # on the batch's tokens, as padded together
         out = self.model(**self._model_inputs(model_inputs), phrase_tokens=tokens.to(self.device))
-        return {"pred_boxes": out.pred_boxes, "heatmaps": out.heatmaps, "phrase_tokens": tokens,
+        boxes = getattr(out, self.model.phrase_boxes_output)  # (B, P, 4): a phrase model's pred_boxes, a multitask one's
+        return {"pred_boxes": boxes, "heatmaps": out.heatmaps, "phrase_tokens": tokens,
                 **{k: model_inputs[k] for k in ("letterbox", "spans", "text_labels")}}
 
     def postprocess(self, model_outputs: dict[str, Any]) -> dict[str, Any]:
@@ -225,5 +227,5 @@ PIPELINE_REGISTRY.register_pipeline(
 )
 PIPELINE_REGISTRY.register_pipeline(
     "vlcoattn-phrase-grounding", pipeline_class=VLCoAttnPhraseGroundingPipeline,
-    pt_model=(SavedVLCoAttnModel, VLCoAttnForPhraseGrounding), type="multimodal",
+    pt_model=(SavedVLCoAttnModel, VLCoAttnForPhraseGrounding, VLCoAttnForPhraseMultitask), type="multimodal",
 )

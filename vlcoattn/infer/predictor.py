@@ -350,8 +350,12 @@ class VisionPredictor(Predictor):
             torch.cuda.synchronize()
         forward_s = (time.perf_counter() - start) / len(samples)
         heads: list[dict[str, Any]] = [{} for _ in samples]  # each asked task's fields: answers, box
+        extras = self._predict_extras(samples, extra)  # what the hooks of tasks with predict_inputs read
         for unit in get_task(task).units:
-            parts = unit.predict(self.model, out, image_processor, letterbox, top_k, **self._predict_extras(samples, extra))
+            if unit.predict_inputs and not extras:  # a multitask model asked without the phrases: no phrase boxes
+                continue
+            parts = unit.predict(self.model, out, image_processor, letterbox, top_k,
+                                 **(extras if unit.predict_inputs else {}))
             for fields, part in zip(heads, parts):
                 fields.update(part)
         priors = prior_summary(self.model, base, letterbox)
@@ -406,36 +410,47 @@ class VisionPredictor(Predictor):
 
 class PhrasePredictor(VisionPredictor):
     """Phrase grounding: an image, a caption and its phrases -> a box and a score per phrase (see
-    :data:`~vlcoattn.tasks.phrase.PHRASES_USAGE` for how phrases are given), with every token's prior."""
+    :data:`~vlcoattn.tasks.phrase.PHRASES_USAGE` for how phrases are given), with every token's prior. It
+    also serves the multitask model with a phrase head: there the phrases are needed for ``task="phrase"``
+    only; without them the model answers and grounds, and ``auto`` leaves the phrase boxes out."""
 
     def parse_row(self, row: dict[str, Any], n: int, root: Path, head: dict[str, Any]) -> Any:
         """``{"image", "text", "phrases"}`` rows; ``phrases`` as :meth:`predict` takes them (a data row's
-        ``[{"span": [start, end], ...}]`` included)."""
+        ``[{"span": [start, end], ...}]`` included), optional for a multitask model."""
         image, text = super().parse_row(row, n, root, head)
-        if "phrases" not in row:
+        if "phrases" not in row and self.needs_phrases(self.spec.name):
             raise ValueError(f"line {n}: task 'phrase' needs a 'phrases' list (substrings of the text or "
                              "[start, end] spans)")
-        return image, text, row["phrases"]
+        return image, text, row.get("phrases")
+
+    @staticmethod
+    def needs_phrases(task: str) -> bool:
+        """Whether a prediction of ``task`` (a registered name) cannot go without the caption's phrases."""
+        return "phrases" in get_task(task).predict_inputs
 
     def predict(self, image: ImageInput, text: str, *, phrases: Sequence[Any] | None = None, task: str = "auto",
                 top_k: int = 5) -> dict[str, Any]:
         """One image + caption + its ``phrases`` -> ``phrases``: ``[{"text", "span", "box", "score",
         "token_indices"}]`` (box in original pixels; score in [0, 1], see docs/inference.md), and the tokens."""
         task = self.resolve_task(task)
-        return self._run([self._prepare((image, text, phrases), 0)], task, top_k)[0]
+        return self._run([self._prepare((image, text, phrases), 0, task)], task, top_k)[0]
 
     def predict_batch(self, triples: Sequence[tuple[ImageInput, str, Sequence[Any]]], *, task: str = "auto",
                       top_k: int = 5) -> list[dict[str, Any]]:
         """(image, caption, phrases) triples in one forward pass; a bad one gives ``{"error": ...}``."""
         task = self.resolve_task(task)
-        return self._each(triples, self._prepare, lambda samples: self._run(samples, task, top_k))
+        return self._each(triples, lambda triple, i: self._prepare(triple, i, task),
+                          lambda samples: self._run(samples, task, top_k))
 
-    def _prepare(self, triple: tuple[ImageInput, str, Sequence[Any] | None], index: int) -> dict[str, Any]:
+    def _prepare(self, triple: tuple[ImageInput, str, Sequence[Any] | None], index: int,
+                 task: str | None = None) -> dict[str, Any]:
         from ..tasks.phrase import phrase_token_mask, resolve_phrases
 
         if len(triple) != 3:
             raise ValueError("a phrase grounding input is (image, caption, phrases)")
         image, text, phrases = triple
+        if phrases is None and not self.needs_phrases(task or self.spec.name):
+            return super()._prepare((image, text), index)
         spans = resolve_phrases(_check_text(text), phrases if phrases is not None else [])
         phrase_token_mask(self.tokenizer, [text], [spans])  # a phrase past the text length: its error, here
         return {**super()._prepare((image, text), index), "spans": spans}
@@ -443,11 +458,15 @@ class PhrasePredictor(VisionPredictor):
     def _extra_inputs(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         from ..tasks.phrase import phrase_token_mask
 
+        if not any("spans" in s for s in samples):
+            return {}
         return {"phrase_tokens": phrase_token_mask(self.tokenizer, [s["text"] for s in samples],
-                                                   [s["spans"] for s in samples])}
+                                                   [s.get("spans", []) for s in samples])}
 
     def _predict_extras(self, samples: list[dict[str, Any]], extra: dict[str, torch.Tensor]) -> dict[str, Any]:
-        return {"phrase_tokens": extra["phrase_tokens"], "spans": [s["spans"] for s in samples],
+        if "phrase_tokens" not in extra:
+            return {}
+        return {"phrase_tokens": extra["phrase_tokens"], "spans": [s.get("spans", []) for s in samples],
                 "texts": [s["text"] for s in samples]}
 
 

@@ -1,5 +1,5 @@
-"""VLCoAttn vision-language models (config, base model, VQA, grounding and phrase grounding heads),
-Auto-registered."""
+"""VLCoAttn vision-language models (config, base model, VQA, grounding and phrase grounding heads, and the
+multitask models of several), Auto-registered."""
 
 from transformers import (
     AutoConfig,
@@ -17,7 +17,12 @@ from .configuration_vlcoattn import (
     VLCoAttnConfig,
     convert_flat_config,
 )
-from .modeling_phrase_grounding import VLCoAttnForPhraseGrounding, VLCoAttnPhraseGroundingOutput
+from .modeling_phrase_grounding import (
+    VLCoAttnForPhraseGrounding,
+    VLCoAttnForPhraseMultitask,
+    VLCoAttnPhraseGroundingOutput,
+    VLCoAttnPhraseMultitaskOutput,
+)
 from .modeling_vlcoattn import (
     AnswerHead,
     BoxHead,
@@ -32,7 +37,9 @@ from .modeling_vlcoattn import (
     VLCoAttnQuestionAnsweringOutput,
     answer_loss,
     grounding_loss,
+    phrase_loss,
     prior_heatmaps,
+    span_means,
 )
 from .processing_vlcoattn import VLCoAttnImageProcessor, VLCoAttnProcessor
 
@@ -58,6 +65,7 @@ __all__ = [
     "VLCoAttnForGrounding",
     "VLCoAttnForMultitask",
     "VLCoAttnForPhraseGrounding",
+    "VLCoAttnForPhraseMultitask",
     "VLCoAttnForQuestionAnswering",
     "VLCoAttnGroundingOutput",
     "VLCoAttnImageProcessor",
@@ -65,11 +73,14 @@ __all__ = [
     "VLCoAttnModelOutput",
     "VLCoAttnMultitaskOutput",
     "VLCoAttnPhraseGroundingOutput",
+    "VLCoAttnPhraseMultitaskOutput",
     "VLCoAttnPreTrainedModel",
     "VLCoAttnProcessor",
     "VLCoAttnQuestionAnsweringOutput",
     "answer_loss",
     "convert_flat_config",
     "grounding_loss",
+    "phrase_loss",
     "prior_heatmaps",
+    "span_means",
 ]

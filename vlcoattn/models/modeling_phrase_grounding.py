@@ -20,9 +20,17 @@ import torch
 from transformers.utils import ModelOutput
 
 from ..tasks.spec import SUPERVISED_TOKENS
-from .modeling_vlcoattn import _num_items, _reject_extra_arguments, _VLCoAttnTaskModel, grounding_loss
+from .modeling_vlcoattn import (
+    VLCoAttnForMultitask,
+    _num_items,
+    _reject_extra_arguments,
+    _VLCoAttnTaskModel,
+    phrase_loss,
+    span_means,
+)
 
-__all__ = ["VLCoAttnForPhraseGrounding", "VLCoAttnPhraseGroundingOutput", "span_means"]
+__all__ = ["VLCoAttnForPhraseGrounding", "VLCoAttnForPhraseMultitask", "VLCoAttnPhraseGroundingOutput",
+           "VLCoAttnPhraseMultitaskOutput", "span_means"]
 
 
 @dataclass
@@ -57,13 +65,6 @@ class VLCoAttnPhraseGroundingOutput(ModelOutput):
     text_encoder_attentions: tuple[torch.Tensor, ...] | None = None
 
 
-def span_means(phrase_tokens: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """The mean of ``values`` (B, T, k) over each phrase's tokens: phrase_tokens (B, P, T) bool -> (B, P, k);
-    a phrase without tokens gets zeros."""
-    w = phrase_tokens.to(values.dtype)
-    return (w / w.sum(-1, keepdim=True).clamp_min(1.0)) @ values
-
-
 class VLCoAttnForPhraseGrounding(_VLCoAttnTaskModel):
     """A box per phrase from the mean of its span's fused tokens (:class:`BoxHead`, reference point: the
     mean of their base centers). Targets: ``phrase_tokens`` (B, P, T), ``phrase_boxes`` (B, P, 4) and
@@ -72,6 +73,7 @@ class VLCoAttnForPhraseGrounding(_VLCoAttnTaskModel):
     has_boxes = True
     output_class = VLCoAttnPhraseGroundingOutput
     extra_inputs = ("phrase_tokens",)  # forward() inputs beyond the text and the image
+    phrase_boxes_output = "pred_boxes"
 
     def forward(
         self,
@@ -82,6 +84,7 @@ class VLCoAttnForPhraseGrounding(_VLCoAttnTaskModel):
         phrase_tokens: torch.Tensor | None = None,
         phrase_boxes: torch.Tensor | None = None,
         phrase_mask: torch.Tensor | None = None,
+        phrase_rows: torch.Tensor | None = None,
         num_items_in_batch: int | dict[str, int] | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
@@ -94,7 +97,8 @@ class VLCoAttnForPhraseGrounding(_VLCoAttnTaskModel):
         either side: a phrase is the mean of its tokens wherever they sit.
 
         phrase_boxes (B, P, 4) normalized cxcywh targets, phrase_mask (B, P) the phrases that train
-        (default: every phrase with tokens). num_items_in_batch: the trained phrases of the whole
+        (default: every phrase with tokens), phrase_rows (B,) the rows whose phrases train (default: all;
+        see :func:`~vlcoattn.models.phrase_loss`). num_items_in_batch: the trained phrases of the whole
         optimizer step (``{"phrase": n}`` or n); default: the mean over this batch's.
         output_attentions / output_hidden_states / inputs_embeds / return_dict: as the other VLCoAttn heads
         (call value, else the config's); an unknown keyword is a ValueError.
@@ -106,25 +110,17 @@ class VLCoAttnForPhraseGrounding(_VLCoAttnTaskModel):
         out, maps = self.fused_outputs(input_ids, pixel_values, attention_mask, token_type_ids, phrase_boxes,
                                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                                        inputs_embeds=inputs_embeds)
-        B, P = phrase_tokens.shape[:2]
-        present = phrase_tokens.any(-1)  # (B, P)
-        hidden = span_means(phrase_tokens, out.last_hidden_state)  # (B, P, d)
-        ref = None
-        if out.base_centers is not None:
-            ref = span_means(phrase_tokens, out.base_centers)  # (B, P, 2)
-            ref = torch.where(present[..., None], ref, torch.full_like(ref, 0.5)).flatten(0, 1)
-        pred = self.box_head(hidden.flatten(0, 1), ref).unflatten(0, (B, P))  # (B, P, 4)
+        pred, present = self.box_head.phrases(out.last_hidden_state, out.base_centers, phrase_tokens)  # (B, P, 4)
         fields = self.output_class.__dataclass_fields__
         result = {k: v for k, v in out.items() if k in fields}  # the base model's fields that are set
         result.update(pred_boxes=pred, phrase_mask=present)
         if not self.training:  # read by inference (the phrase score); a training step has no use for them
             result["heatmaps"] = self.vlcoattn.token_heatmaps(out)
         if phrase_boxes is not None:
-            mask = (present if phrase_mask is None else phrase_mask.bool() & present).flatten()
             heads = self.config.heads_config
-            result["loss"], result["loss_l1"], result["loss_giou"] = grounding_loss(
-                pred.flatten(0, 1), phrase_boxes.flatten(0, 1).to(pred.dtype), float(heads.box_l1_weight),
-                float(heads.box_giou_weight), mask, _num_items(num_items_in_batch, "phrase"),
+            result["loss"], result["loss_l1"], result["loss_giou"] = phrase_loss(
+                pred, present, phrase_boxes, phrase_mask, phrase_rows, float(heads.box_l1_weight),
+                float(heads.box_giou_weight), _num_items(num_items_in_batch, "phrase"),
             )
             parts: dict = {}
             result["loss"] = sum(self.supervision_losses(out, maps, phrase_tokens, phrase_boxes, phrase_mask,
@@ -133,3 +129,51 @@ class VLCoAttnForPhraseGrounding(_VLCoAttnTaskModel):
             result.update(parts)
         output = VLCoAttnPhraseGroundingOutput(**result)
         return output if return_dict else output.to_tuple()
+
+
+@dataclass
+class VLCoAttnPhraseMultitaskOutput(ModelOutput):
+    """loss = loss_vqa + grounding box loss + phrase box loss (+ the supervision losses when on); logits
+    (B, num_answers) and pred_boxes (B, 4) for every row, as :class:`VLCoAttnMultitaskOutput`; pred_phrase_boxes
+    (B, P, 4) one box per phrase of ``phrase_tokens`` (None without them) and phrase_mask (B, P) the phrases
+    that have tokens; loss_phrase_l1 / loss_phrase_giou the phrase head's L1 and GIoU."""
+
+    loss: torch.Tensor | None = None
+    loss_vqa: torch.Tensor | None = None
+    loss_l1: torch.Tensor | None = None
+    loss_giou: torch.Tensor | None = None
+    loss_phrase_l1: torch.Tensor | None = None
+    loss_phrase_giou: torch.Tensor | None = None
+    loss_prior_center: torch.Tensor | None = None
+    loss_prior_scale: torch.Tensor | None = None
+    loss_attention_mass: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    pred_boxes: torch.Tensor | None = None
+    pred_phrase_boxes: torch.Tensor | None = None
+    phrase_mask: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    reference_centers: torch.Tensor | None = None
+    attended_centers: tuple[torch.Tensor, ...] | None = None
+    centers: tuple[torch.Tensor, ...] | None = None
+    scales: tuple[torch.Tensor, ...] | None = None
+    heatmaps: torch.Tensor | None = None
+    cross_attentions: tuple | None = None
+    log_priors: tuple | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    image_attentions: tuple[torch.Tensor, ...] | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    text_encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    text_encoder_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class VLCoAttnForPhraseMultitask(VLCoAttnForMultitask):
+    """VQA, grounding and phrase grounding in one model: :class:`VLCoAttnForMultitask`'s answer and box heads
+    plus a phrase head, its own :class:`BoxHead` on each phrase's span mean (:meth:`BoxHead.phrases`, as
+    :class:`VLCoAttnForPhraseGrounding` boxes phrases). A batch may mix the three tasks' rows: the phrase
+    head's loss trains on the phrases of the ``phrase_rows`` only, while the priors' supervision (when on)
+    reads every row's ``phrase_mask``. Without ``phrase_tokens`` it answers and grounds as the two-head model."""
+
+    has_phrases = True
+    output_class = VLCoAttnPhraseMultitaskOutput
+    extra_inputs = ("phrase_tokens",)  # what phrase grounding adds to the text and the image
+    phrase_boxes_output = "pred_phrase_boxes"

@@ -54,7 +54,9 @@ __all__ = [
     "VLCoAttnQuestionAnsweringOutput",
     "answer_loss",
     "grounding_loss",
+    "phrase_loss",
     "prior_heatmaps",
+    "span_means",
     "text_positions",
     "token_at",
 ]
@@ -263,6 +265,34 @@ def grounding_loss(
     loss_l1 = _reduce_rows((pred_boxes - target_boxes).abs().sum(-1), mask, num_items)
     loss_giou = _reduce_rows(1 - torch.diag(generalized_box_iou(p, t)), mask, num_items)
     return l1_weight * loss_l1 + giou_weight * loss_giou, loss_l1, loss_giou
+
+
+def span_means(phrase_tokens: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` (B, T, k) over each phrase's tokens: phrase_tokens (B, P, T) bool -> (B, P, k);
+    a phrase without tokens gets zeros."""
+    w = phrase_tokens.to(values.dtype)
+    return (w / w.sum(-1, keepdim=True).clamp_min(1.0)) @ values
+
+
+def phrase_loss(
+    pred_boxes: torch.Tensor,
+    present: torch.Tensor,
+    phrase_boxes: torch.Tensor,
+    phrase_mask: torch.Tensor | None,
+    phrase_rows: torch.Tensor | None,
+    l1_weight: float,
+    giou_weight: float,
+    num_items: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`grounding_loss` of the phrase boxes (B, P, 4) against ``phrase_boxes`` (B, P, 4), over the phrases
+    that train: those with tokens (``present`` (B, P)) in ``phrase_mask`` (default: all of them) of the rows in
+    ``phrase_rows`` (B,) (default: every row). ``phrase_mask`` alone is what the priors' supervision reads
+    (every row's phrases when it is on); ``phrase_rows`` keeps the box loss on the phrase task's rows."""
+    mask = present if phrase_mask is None else phrase_mask.bool() & present
+    if phrase_rows is not None:
+        mask = mask & phrase_rows.bool()[:, None]
+    return grounding_loss(pred_boxes.flatten(0, 1), phrase_boxes.flatten(0, 1).to(pred_boxes.dtype), l1_weight,
+                          giou_weight, mask.flatten(), num_items)
 
 
 def answer_loss(
@@ -691,6 +721,20 @@ class BoxHead(MLP):  # torchvision's MLP: Linear -> ReLU -> ... -> Linear
             center = torch.sigmoid(raw[:, :2])
         return torch.cat([center, torch.sigmoid(raw[:, 2:])], dim=-1)  # (B, 4) cxcywh
 
+    def phrases(self, hidden: torch.Tensor, base_centers: torch.Tensor | None,
+                phrase_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One box per phrase: this head on the mean of each span's fused tokens ``hidden`` (B, T, d), from the
+        mean of their ``base_centers`` (B, T, 2) -> pred (B, P, 4), and ``present`` (B, P): the phrases of
+        ``phrase_tokens`` (B, P, T) that have tokens (the others' boxes mean nothing)."""
+        B, P = phrase_tokens.shape[:2]
+        present = phrase_tokens.any(-1)  # (B, P)
+        ref = None
+        if base_centers is not None:
+            ref = span_means(phrase_tokens, base_centers)  # (B, P, 2)
+            ref = torch.where(present[..., None], ref, torch.full_like(ref, 0.5)).flatten(0, 1)
+        pred = self(span_means(phrase_tokens, hidden).flatten(0, 1), ref)  # (B * P, 4)
+        return pred.unflatten(0, (B, P)), present
+
 
 def _num_items(num_items_in_batch: int | dict[str, int] | None, task: str) -> int | None:
     return num_items_in_batch.get(task) if isinstance(num_items_in_batch, dict) else num_items_in_batch
@@ -706,6 +750,8 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
 
     has_answers = False
     has_boxes = False
+    has_phrases = False  # a phrase head (a BoxHead on each phrase's span mean) besides the grounding box head
+    phrase_boxes_output: str | None = None  # the output field of the phrase boxes (B, P, 4), where the model has them
     output_class: type[ModelOutput] = ModelOutput
 
     def __init__(self, config: VLCoAttnConfig) -> None:
@@ -724,6 +770,8 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
             self.vqa_head = AnswerHead(d, self.num_answers, fusion.layer_norm_eps, fusion.hidden_dropout_prob, d_in)
         if self.has_boxes:
             self.box_head = BoxHead(d)
+        if self.has_phrases:
+            self.phrase_head = BoxHead(d)
         self.post_init()
 
     def answer_features(self, out: VLCoAttnModelOutput) -> torch.Tensor:
@@ -759,6 +807,7 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         phrase_tokens: torch.Tensor | None = None,
         phrase_boxes: torch.Tensor | None = None,
         phrase_mask: torch.Tensor | None = None,
+        phrase_rows: torch.Tensor | None = None,
         num_items_in_batch: int | dict[str, int] | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
@@ -772,9 +821,10 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         answer_mask (B,): rows that are VQA samples (default all). boxes (B, 4) target boxes, normalized
         (cx, cy, w, h); box_mask (B,): rows that have one (default all). Targets of a head the model
         does not have are ignored. phrase_tokens (B, P, T) / phrase_boxes (B, P, 4) / phrase_mask (B, P): the
-        rows' phrase spans, read by the supervision losses when they are on (:meth:`supervision_losses`).
-        num_items_in_batch: the number of rows of the task ({"vqa": n, "ground": m} for both, plus
-        "supervised_tokens" with phrase spans) in the whole optimizer step (all micro-batches and ranks);
+        rows' phrase spans, read by the supervision losses when they are on (:meth:`supervision_losses`); a phrase
+        head boxes them too, trained on the phrases of the ``phrase_rows`` (B,) only (:meth:`_phrase_outputs`).
+        num_items_in_batch: the number of rows of the task ({"vqa": n, "ground": m} for both, plus "phrase"
+        and "supervised_tokens" with phrase spans) in the whole optimizer step (all micro-batches and ranks);
         losses are then sums divided by it, so gradient accumulation and DDP give the gradient of the full
         batch. Default: per-batch means. output_attentions / output_hidden_states / inputs_embeds: as
         :meth:`VLCoAttnModel.forward`; the output carries the base model's fields of the same names."""
@@ -783,24 +833,20 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
         out, maps = self.fused_outputs(input_ids, pixel_values, attention_mask, token_type_ids, phrase_boxes, output_attentions,
                                        output_hidden_states=output_hidden_states, inputs_embeds=inputs_embeds)
         result = dict(out.items())  # the base model's fields that are set; those the output class has stay
-        spans = self._with_grounding_token(phrase_tokens, phrase_boxes, phrase_mask, boxes, box_mask, attention_mask,
-                                           num_items_in_batch)
-        losses = self.supervision_losses(out, maps, *spans, result)  # [] when off
         # A training micro-batch without rows of one task still gives that head a (zero) loss: under DDP every rank
-        training = labels is not None or boxes is not None  # must produce a gradient for every parameter
+        training = labels is not None or boxes is not None or phrase_rows is not None  # must produce every gradient
+        phrase_total = self._phrase_outputs(out, phrase_tokens, phrase_boxes, phrase_mask, phrase_rows, training, result,
+                                            _num_items(num_items_in_batch, "phrase")) if self.has_phrases else None
+        spans = self._with_grounding_token(phrase_tokens, phrase_boxes, phrase_mask, boxes, box_mask, attention_mask,
+                                           num_items_in_batch)  # the phrase head above reads the phrases alone
+        losses = self.supervision_losses(out, maps, *spans, result)  # [] when off
         if self.has_answers:
-            result["logits"] = logits = self.vqa_head(self.answer_features(out))  # (B, A)
-            if labels is not None:
-                result["loss_vqa"] = self.vqa_loss(logits, labels, answer_mask, _num_items(num_items_in_batch, "vqa"))
-            elif training:
-                result["loss_vqa"] = logits.sum() * 0.0
-            if training:
-                losses.append(result["loss_vqa"])
+            losses.append(self._answer_outputs(out, labels, answer_mask, _num_items(num_items_in_batch, "vqa"),
+                                               training, result))
         if self.has_boxes:
-            total = self._box_outputs(out, attention_mask, boxes, box_mask, _num_items(num_items_in_batch, "ground"),
-                                      training, result)
-            if training:
-                losses.append(total)
+            losses.append(self._box_outputs(out, attention_mask, boxes, box_mask,
+                                            _num_items(num_items_in_batch, "ground"), training, result))
+        losses = [loss for loss in (*losses, phrase_total) if loss is not None]  # None: a head without a loss here
         if losses:
             result["loss"] = sum(losses)
         fields = self.output_class.__dataclass_fields__  # e.g. no loss_vqa for VQA alone
@@ -887,6 +933,17 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
             losses.append(fusion.attention_supervision_weight * mass)
         return losses
 
+    def _answer_outputs(self, out: VLCoAttnModelOutput, labels: torch.Tensor | None, answer_mask: torch.Tensor | None,
+                        num_items: int | None, training: bool, result: dict) -> torch.Tensor | None:
+        """The answer head's entries of ``result`` (logits; loss_vqa); returns the VQA loss (a zero one when
+        training without answer targets), None otherwise."""
+        result["logits"] = logits = self.vqa_head(self.answer_features(out))  # (B, A)
+        if labels is not None:
+            result["loss_vqa"] = self.vqa_loss(logits, labels, answer_mask, num_items)
+        elif training:
+            result["loss_vqa"] = logits.sum() * 0.0
+        return result.get("loss_vqa")
+
     def _box_outputs(self, out: VLCoAttnModelOutput, attention_mask: torch.Tensor | None, boxes: torch.Tensor | None,
                      box_mask: torch.Tensor | None, num_items: int | None, training: bool,
                      result: dict) -> torch.Tensor | None:
@@ -908,6 +965,28 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
             result["loss_l1"] = result["loss_giou"] = pred.sum() * 0.0
             return result["loss_l1"]
         return None
+
+    def _phrase_outputs(self, out: VLCoAttnModelOutput, phrase_tokens: torch.Tensor | None,
+                        phrase_boxes: torch.Tensor | None, phrase_mask: torch.Tensor | None,
+                        phrase_rows: torch.Tensor | None, training: bool, result: dict,
+                        num_items: int | None) -> torch.Tensor | None:
+        """The phrase head's entries of ``result`` (pred_phrase_boxes and phrase_mask, the phrases with tokens;
+        loss_phrase_l1 and loss_phrase_giou, see :func:`phrase_loss`); returns the weighted phrase box loss (a
+        zero one when training without phrase targets), None otherwise."""
+        heads = self.config.heads_config
+        if phrase_tokens is not None:
+            pred, present = self.phrase_head.phrases(out.last_hidden_state, out.base_centers, phrase_tokens)
+            result.update(pred_phrase_boxes=pred, phrase_mask=present)
+            if phrase_boxes is not None:
+                total, result["loss_phrase_l1"], result["loss_phrase_giou"] = phrase_loss(
+                    pred, present, phrase_boxes, phrase_mask, phrase_rows, float(heads.box_l1_weight),
+                    float(heads.box_giou_weight), num_items)
+                return total
+        if not training:
+            return None
+        zero = (pred if phrase_tokens is not None else self.phrase_head.raw(out.pooler_output)).sum() * 0.0
+        result["loss_phrase_l1"] = result["loss_phrase_giou"] = zero
+        return zero
 
     @staticmethod
     def boxes_to_pixels(pred_boxes: torch.Tensor, image_sizes: torch.Tensor | tuple[int, int]) -> torch.Tensor:

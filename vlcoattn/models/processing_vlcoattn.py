@@ -36,7 +36,7 @@ from ..data.read.pipeline import (
     tokenize,
 )
 from ..data.read.transforms import ImageTransform, as_size, invert_boxes, letterbox_params
-from .modeling_phrase_grounding import span_means
+from .modeling_vlcoattn import span_means
 
 __all__ = ["ImageLike", "VLCoAttnImageProcessor", "VLCoAttnProcessor"]
 

@@ -6,13 +6,13 @@
     counts = spec.items(batch)                     # what each loss averages over
 
 The specs: :mod:`.vision` (``vqa``, ``ground``, ``vqa+ground``), :mod:`.text` (``cls``, ``lm``) and
-:mod:`.phrase` (``phrase``).
+:mod:`.phrase` (``phrase``, ``vqa+ground+phrase``).
 Adding a task is one spec (:func:`register_task`) plus its model's head (docs/training.md).
 """
 
 from . import vision  # noqa: F401, I001  (registers vqa, ground, vqa+ground first: the order names are listed in)
 from . import text  # noqa: F401  (registers cls, lm)
-from . import phrase  # noqa: F401  (registers phrase)
+from . import phrase  # noqa: F401  (registers phrase, vqa+ground+phrase)
 from .spec import (
     IGNORE_INDEX,
     TaskSpec,

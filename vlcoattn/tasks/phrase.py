@@ -1,10 +1,11 @@
 """Phrase grounding (``phrase``, alias ``phrase_grounding``): a box for every phrase of a caption.
 
-=============  ==========================  ====================================================
-task           model                       targets passed to forward()
-=============  ==========================  ====================================================
-phrase         VLCoAttnForPhraseGrounding  phrase_tokens, phrase_boxes, phrase_mask
-=============  ==========================  ====================================================
+=================  ==========================  ================================================
+task               model                       targets passed to forward()
+=================  ==========================  ================================================
+phrase             VLCoAttnForPhraseGrounding  phrase_tokens, phrase_boxes, phrase_mask, phrase_rows
+vqa+ground+phrase  VLCoAttnForPhraseMultitask  those of vqa, ground and phrase (a batch may mix all three)
+=================  ==========================  ================================================
 
 A sample is an image, a caption and its ``phrases`` (character spans with their boxes, see
 docs/data.md). The collator maps each span onto the tokens whose characters it covers (the fast
@@ -12,7 +13,9 @@ tokenizer's offsets, on the text as the transform left it: a flip has moved the 
 ``phrase_tokens`` (B, P, T) says which tokens name which phrase; this is also what a loss on the
 tokens' priors reads. The target of a phrase with several boxes ("two men") is the box enclosing them
 all (Flickr30k's Merged-Box); phrases without a box, or whose tokens the text length cut off, are not
-trained (``phrase_mask``). Evaluation gives Recall@1 under both Flickr30k Entities protocols, per phrase
+trained (``phrase_mask``). When the priors' supervision is on, ``phrase_mask`` covers the phrases of
+every row, whatever its task: ``phrase_rows`` (the phrase task's rows) keeps the phrase box loss, and its
+count (``"phrase"`` items), on the captions' phrases. Evaluation gives Recall@1 under both Flickr30k Entities protocols, per phrase
 type (:mod:`vlcoattn.eval.phrase_grounding`); the baselines are the whole image and the centred mean
 phrase box.
 """
@@ -23,7 +26,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .spec import Batch, TaskSpec, register_task
+from .spec import Batch, TaskSpec, register_task, rows_of
+from .vision import GROUND_TASK, VQA_TASK
 
 PHRASE = "phrase"
 PREDICTOR = "vlcoattn.infer.predictor:PhrasePredictor"
@@ -123,13 +127,25 @@ def collate_phrase_spans(collator, samples, enc: Batch) -> Batch:
 
 
 def _phrase_targets(batch: Batch) -> dict:
+    """The phrase spans, and the rows whose phrases train the phrase box head (``phrase_rows``)."""
     if "phrase_mask" not in batch:
         return {}
-    return {k: batch[k] for k in ("phrase_tokens", "phrase_boxes", "phrase_mask")}
+    return {**{k: batch[k] for k in ("phrase_tokens", "phrase_boxes", "phrase_mask")},
+            "phrase_rows": rows_of(batch, PHRASE)}
 
 
 def _count_phrases(batch: Batch) -> int:
-    return int(batch["phrase_mask"].sum()) if "phrase_mask" in batch else 0
+    """The phrases the phrase box loss trains on: those of ``phrase_mask`` in the phrase task's rows."""
+    if "phrase_mask" not in batch:
+        return 0
+    return int((batch["phrase_mask"] & rows_of(batch, PHRASE)[:, None]).sum())
+
+
+def _phrase_boxes(model, out) -> torch.Tensor | None:
+    """The phrase boxes (B, P, 4) of a model's output: the field its ``phrase_boxes_output`` names (None when
+    the model has no phrase head, or was called without phrases)."""
+    field = getattr(model, "phrase_boxes_output", None)
+    return getattr(out, field, None) if field else None
 
 
 def _score_phrase(model, out, batch: Batch, inputs: dict, acc, rows: list[dict]) -> None:
@@ -138,9 +154,10 @@ def _score_phrase(model, out, batch: Batch, inputs: dict, acc, rows: list[dict])
     from ..data.read.transforms import invert_boxes
     from ..data.schema import phrase_types
 
-    if getattr(out, "pred_boxes", None) is None or out.pred_boxes.dim() != 3:
+    pred = _phrase_boxes(model, out)
+    if pred is None:
         return
-    pred = out.pred_boxes.float().cpu()  # (B, P, 4)
+    pred = pred.float().cpu()  # (B, P, 4)
     for i, row in enumerate(rows):
         if batch["tasks"][i] != PHRASE:
             continue
@@ -158,7 +175,8 @@ def _predict_phrases(model, out, image_processor, letterbox, top_k: int, *, phra
                      spans: Sequence[Sequence[tuple[int, int]]], texts: Sequence[str]) -> list[dict]:
     """Every phrase's box in original pixels and its score (the share of its prior inside the box, see
     :meth:`~vlcoattn.models.VLCoAttnImageProcessor.post_process_phrase_grounding`) and its token indices."""
-    boxes, scores = image_processor.post_process_phrase_grounding(out, phrase_tokens, letterbox)
+    outputs = {"pred_boxes": _phrase_boxes(model, out), "heatmaps": out.heatmaps}
+    boxes, scores = image_processor.post_process_phrase_grounding(outputs, phrase_tokens, letterbox)
     rows = []
     for i, (row, text) in enumerate(zip(spans, texts)):
         rows.append({"phrases": [
@@ -177,9 +195,9 @@ def _phrase_baselines(sources, loader) -> list:
     return [lambda: PhraseBoxBaseline(PHRASE), lambda: PhraseBoxBaseline(PHRASE, size)]
 
 
-register_task(TaskSpec(
+PHRASE_TASK = register_task(TaskSpec(
     name=PHRASE, model_class="vlcoattn.models:VLCoAttnForPhraseGrounding", predictor=PREDICTOR,
-    needs_images=True, aliases=("phrase_grounding",),
+    needs_images=True, aliases=("phrase_grounding",), predict_inputs=("phrases",),
     requires=("phrases", "bad_field", "task 'phrase' needs a non-empty 'phrases' list"),
     collate=collate_phrase_spans, batch_keys=("phrase_tokens", "phrase_boxes", "phrase_mask"),
     targets=_phrase_targets, count_items=_count_phrases, score=_score_phrase, baselines=_phrase_baselines,
@@ -190,4 +208,9 @@ register_task(TaskSpec(
 caption = "a small red square left of a large blue circle"
 print(ground(image, caption, phrases=["a small red square", "a large blue circle"]))  # scores, boxes, text_labels
 print(predictor.predict(image, caption, phrases=["a small red square"])["phrases"])""",
+))
+
+register_task(TaskSpec(
+    name=f"{VQA_TASK.name}+{GROUND_TASK.name}+{PHRASE}", model_class="vlcoattn.models:VLCoAttnForPhraseMultitask",
+    predictor=PREDICTOR, needs_images=True, parts=(VQA_TASK, GROUND_TASK, PHRASE_TASK),
 ))

@@ -74,6 +74,7 @@ class TaskSpec:
     baselines: Callable[..., list[Callable[[], Any]]] | None = None  # (sources, loader) -> baseline factories
     # (model, out, image processor, letterbox, top_k, **what the task's predictor adds: the phrases) -> fields per sample
     predict: Callable[..., list[dict]] | None = None
+    predict_inputs: tuple[str, ...] = ()  # what a prediction needs beyond the image and the text (the phrases)
     # --- model card and the Hub (single tasks; see vlcoattn.train.model_card)
     hub_pipeline_tag: str | None = None  # the Hub's pipeline tag (its fixed list: text-classification, ...)
     headline_metrics: tuple[str, ...] = ()  # the evaluation figures a report and a card lead with

@@ -167,7 +167,7 @@ class TrainLoopConfig:
 
 @dataclass
 class JobConfig:
-    task: str = "vqa+ground"  # a registered task (vlcoattn.tasks): vqa, ground, vqa+ground, cls, lm
+    task: str = "vqa+ground"  # a registered task (vlcoattn.tasks; docs/training.md lists them)
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
