@@ -47,6 +47,8 @@ SETTINGS = {
     "128 px, stride 16 (the recipe)": (128, [-2], None),
     "128 px, strides 8 + 16": (128, [-3, -2], None),
     "128 px, strides 8 (keys-only) + 16": (128, [-3, -2], [0]),
+    "128 px, stride 16 keys-only (the demo's fusion)": (128, [-2], [0]),
+    "128 px, strides 8 + 16, both keys-only": (128, [-3, -2], [0, 1]),
     "128 px, stride 8": (128, [-3], None),
     "192 px, stride 16": (192, [-2], None),
     "192 px, strides 8 (keys-only) + 16": (192, [-3, -2], [0]),

@@ -18,7 +18,7 @@ budget, schedule and seed for every arm); only the fusion differs:
 - D: gaussian, per-head scales, multi-scale: stride 16 and 32 levels with per-token scale selection
 - E-H: the phrases' boxes supervise where their tokens look (docs/models.md, "Prior supervision"): E = C with
   the prior supervised at layers >= 1, F = B with the attention-mass loss, G = C with the prior supervised
-  at every layer, H = E with the grounding token supervised too
+  at every layer, H = E with the grounding token supervised too, I = C with the attention-mass loss
 
 from the pretrained parts (converted MiniLM, ImageNet EfficientNet-Lite0, both frozen: the recipe), and
 with ``--inits scratch`` from scratch (both random and trained). Validation Acc@0.5 / mean IoU / VQA accuracy are logged every
@@ -104,6 +104,7 @@ ARMS = {
     "H": Arm("H", "E + the grounding token supervised", (*C_OVERRIDES, f"{PRIOR}prior_supervision_weight=1.0",
                                                          f"{PRIOR}supervision_layers=[1]",
                                                          f"{PRIOR}supervise_grounding_token=true")),
+    "I": Arm("I", "C + attention supervision", (*C_OVERRIDES, f"{PRIOR}attention_supervision_weight=1.0")),
 }
 DEFAULT_ARMS = ("A", "B", "C", "D")  # the published study; the supervised arms E-H are trained with --arms
 INITS = {
@@ -232,7 +233,7 @@ def plot(records: list[dict], out: Path) -> Path:
     """Validation Acc@0.5, mean IoU and VQA accuracy against the step: seed mean (line) and range (band)."""
     metrics = [m for m in METRICS if any(m in p for r in records for p in r["curve"])]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 3.8), squeeze=False)
-    colors = dict(zip(ARMS, ("tab:red", "tab:gray", "tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan")))
+    colors = dict(zip(ARMS, ("tab:red", "tab:gray", "tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan", "tab:pink")))
     for ax, metric in zip(axes[0], metrics):
         for init, style in zip(INITS, ("-", "--")):
             for arm in ARMS.values():

@@ -79,7 +79,7 @@ def test_the_supervised_arms_are_their_base_arm_plus_the_supervision(monkeypatch
     monkeypatch.syspath_prepend(str(ROOT / "studies"))
     import convergence
 
-    base = {"E": "C", "F": "B", "G": "C", "H": "C"}
+    base = {"E": "C", "F": "B", "G": "C", "H": "C", "I": "C"}
     for arm, of in base.items():
         extra = set(convergence.ARMS[arm].overrides) - set(convergence.ARMS[of].overrides)
         assert set(convergence.ARMS[of].overrides) <= set(convergence.ARMS[arm].overrides)
