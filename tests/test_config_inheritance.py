@@ -18,7 +18,18 @@ def _yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-@pytest.mark.parametrize("name", ["demo", "convergence"])
+def test_the_demo_is_the_recipe_but_its_schedule_and_two_fusion_options():
+    """The demo changes the recipe's schedule (run, train) and its fusion's image stream and supervision;
+    everything else (data, encoders, heads, optimizer) is the recipe's."""
+    demo, recipe = read_config_file(ROOT / "configs/demo.yaml"), read_config_file(ROOT / "configs/clevr.yaml")
+    fusion, recipe_fusion = (c["model"]["config"].pop("coattention_config") for c in (demo, recipe))
+    assert fusion == {**recipe_fusion, "keys_only_levels": [0], "attention_supervision_weight": 1.0}
+    for key in ("run", "train"):
+        demo.pop(key), recipe.pop(key)
+    assert demo == recipe
+
+
+@pytest.mark.parametrize("name", ["convergence"])
 def test_overlays_resolve_to_the_full_files_they_replace(name):
     before, recipe_before = _yaml(BEFORE / f"{name}.yaml"), _yaml(BEFORE / "clevr.yaml")
     # the full file repeated the recipe's model config, which the overlay now inherits from clevr.yaml
