@@ -22,6 +22,7 @@ from transformers.utils import ModelOutput
 from ..tasks.spec import SUPERVISED_TOKENS
 from .modeling_vlcoattn import (
     VLCoAttnForMultitask,
+    VLCoAttnMultitaskOutput,
     _num_items,
     _reject_extra_arguments,
     _VLCoAttnTaskModel,
@@ -132,38 +133,16 @@ class VLCoAttnForPhraseGrounding(_VLCoAttnTaskModel):
 
 
 @dataclass
-class VLCoAttnPhraseMultitaskOutput(ModelOutput):
-    """loss = loss_vqa + grounding box loss + phrase box loss (+ the supervision losses when on); logits
-    (B, num_answers) and pred_boxes (B, 4) for every row, as :class:`VLCoAttnMultitaskOutput`; pred_phrase_boxes
-    (B, P, 4) one box per phrase of ``phrase_tokens`` (None without them) and phrase_mask (B, P) the phrases
-    that have tokens; loss_phrase_l1 / loss_phrase_giou the phrase head's L1 and GIoU."""
+class VLCoAttnPhraseMultitaskOutput(VLCoAttnMultitaskOutput):
+    """:class:`VLCoAttnMultitaskOutput` (loss = loss_vqa + grounding box loss + phrase box loss, plus the
+    supervision losses when on; logits (B, num_answers) and pred_boxes (B, 4) for every row), then the phrase
+    head's: pred_phrase_boxes (B, P, 4) one box per phrase of ``phrase_tokens`` (None without them),
+    phrase_mask (B, P) the phrases that have tokens, loss_phrase_l1 / loss_phrase_giou its L1 and GIoU."""
 
-    loss: torch.Tensor | None = None
-    loss_vqa: torch.Tensor | None = None
-    loss_l1: torch.Tensor | None = None
-    loss_giou: torch.Tensor | None = None
     loss_phrase_l1: torch.Tensor | None = None
     loss_phrase_giou: torch.Tensor | None = None
-    loss_prior_center: torch.Tensor | None = None
-    loss_prior_scale: torch.Tensor | None = None
-    loss_attention_mass: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    pred_boxes: torch.Tensor | None = None
     pred_phrase_boxes: torch.Tensor | None = None
     phrase_mask: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
-    reference_centers: torch.Tensor | None = None
-    attended_centers: tuple[torch.Tensor, ...] | None = None
-    centers: tuple[torch.Tensor, ...] | None = None
-    scales: tuple[torch.Tensor, ...] | None = None
-    heatmaps: torch.Tensor | None = None
-    cross_attentions: tuple | None = None
-    log_priors: tuple | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-    image_attentions: tuple[torch.Tensor, ...] | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    text_encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
-    text_encoder_attentions: tuple[torch.Tensor, ...] | None = None
 
 
 class VLCoAttnForPhraseMultitask(VLCoAttnForMultitask):
