@@ -8,7 +8,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from ..text.configuration_coobert import CooBertConfig
-from ..utils.checks import check_choice, check_multiple, check_positive, reject_unknown_keys
+from ..utils.checks import check_choice, check_indices, check_multiple, check_positive, reject_unknown_keys
 from .smca import PRIOR_SHARING, SPATIAL_PRIORS
 
 __all__ = ["BLOCK_FIELDS", "CoAttentionConfig", "fusion_block_config"]
@@ -113,22 +113,16 @@ class CoAttentionConfig(PreTrainedConfig):
             raise ValueError("prior_supervision_weight > 0 needs spatial_prior='gaussian' (plain co-attention has "
                              "no prior to supervise; its matching signal is attention_supervision_weight)")
         if self.supervision_layers is not None:
-            n = self.num_layers
-            if not self.supervision_layers or any(not -n <= i < n for i in self.supervision_layers):
-                raise ValueError(f"supervision_layers must be fusion layer indices in -{n} .. {n - 1}, "
-                                 f"got {self.supervision_layers}")
-            self.supervision_layers = sorted({int(i) % n for i in self.supervision_layers})
+            self.supervision_layers = check_indices("supervision_layers", self.supervision_layers, self.num_layers,
+                                                    "fusion layer indices", allow_empty=False)
 
     def keys_only_level_indices(self, num_levels: int) -> list[int]:
         """``keys_only_levels`` as sorted positions 0 .. num_levels - 1, duplicates merged ([] when None);
         ValueError naming the option for a position outside the ``num_levels`` image levels."""
         if self.keys_only_levels is None:
             return []
-        L = num_levels
-        if any(not -L <= i < L for i in self.keys_only_levels):
-            raise ValueError(f"coattention_config.keys_only_levels must be positions in vision_config.out_indices "
-                             f"(-{L} .. {L - 1} for its {L} level(s)), got {self.keys_only_levels}")
-        return sorted({i % L for i in self.keys_only_levels})
+        return check_indices("coattention_config.keys_only_levels", self.keys_only_levels, num_levels,
+                             f"positions in vision_config.out_indices (its {num_levels} level(s))")
 
     def updated_levels(self, num_levels: int) -> list[int]:
         """The positions of the image levels the image stream updates: all but the keys-only levels."""

@@ -896,8 +896,9 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
             return phrase_tokens, phrase_boxes, phrase_mask, _num_items(num_items_in_batch, SUPERVISED_TOKENS)
         B, _, T = phrase_tokens.shape
         rows = torch.ones(B, dtype=torch.bool, device=boxes.device) if box_mask is None else box_mask.bool()
-        first = attention_mask.to(torch.int32).argmax(-1) if attention_mask is not None else torch.zeros_like(rows, dtype=torch.int32)
-        query = F.one_hot((first + self.config.heads_config.grounding_token_index).long(), T).bool()  # (B, T)
+        positions = torch.arange(T, device=boxes.device).expand(B, T)
+        k = token_at(positions, attention_mask, self.config.heads_config.grounding_token_index)  # (B,) the box's token
+        query = F.one_hot(k, T).bool()  # (B, T)
         mask = phrase_tokens.any(-1) if phrase_mask is None else phrase_mask.bool()
         tokens = torch.cat([phrase_tokens.bool(), (query & rows[:, None])[:, None]], dim=1)  # (B, P + 1, T)
         targets = torch.cat([phrase_boxes, boxes.to(phrase_boxes.dtype)[:, None]], dim=1)  # (B, P + 1, 4)

@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Collection, Mapping
 from typing import Any
 
-__all__ = ["check_choice", "check_multiple", "check_positive", "reject_unknown_keys"]
+__all__ = ["check_choice", "check_indices", "check_multiple", "check_positive", "reject_unknown_keys"]
 
 # what transformers' config machinery itself passes to a config's ``__post_init__`` besides its fields
 _CONFIG_MACHINERY_KEYS = frozenset({
@@ -31,6 +31,15 @@ def check_multiple(name: str, value: int, of: int, why: str) -> None:
     """ValueError unless ``value`` is a multiple of ``of`` (``why``: what needs it)."""
     if value % of:
         raise ValueError(f"{name} must be a multiple of {of} ({why}), got {value}")
+
+
+def check_indices(name: str, values: Collection[int], n: int, what: str, *, allow_empty: bool = True) -> list[int]:
+    """``values``, indices into ``n`` things (negative from the end, as Python's), as sorted positions
+    0 .. n - 1 with duplicates merged; ValueError naming ``name`` (``what``: what they index) for one out of
+    range, or for none at all unless ``allow_empty``."""
+    if (not values and not allow_empty) or any(not -n <= i < n for i in values):
+        raise ValueError(f"{name} must be {what} in -{n} .. {n - 1}, got {list(values)}")
+    return sorted({int(i) % n for i in values})
 
 
 def reject_unknown_keys(owner: str, extra: Mapping[str, Any], valid: Collection[str]) -> None:
