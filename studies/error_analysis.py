@@ -28,7 +28,6 @@ from vlcoattn.utils.reporting import markdown_table
 
 SPLITS = ("val", "test", "holdout")
 BUCKETS = ((0.0, 1.0), (1.0, 2.0), (2.0, float("inf")))  # in cells
-PAIR_TASKS = ("vqa", "ground")  # the hold-out table's rows; a phrase task's rows are scored by report.md
 
 
 def scene_records(split_dir: Path, split: str) -> tuple[dict[str, tuple[dict[str, Any], list[SceneObject]]],
@@ -97,12 +96,12 @@ def main() -> None:
                     bucket = next(i for i, (lo, hi) in enumerate(BUCKETS) if lo <= gap < hi)
                     groups["gap", split, bucket].append(row["score"])
                     groups["gap", split, "all"].append(row["score"])
-                if split != "test" and row["task"] in PAIR_TASKS:
+                if split != "test" and row["task"] in ("vqa", "ground"):  # phrase rows are scored by report.md
                     pair = "val" if split == "val" else involves_holdout_pair(record, objects, holdout)
                     groups["pair", row["task"], pair].append(correct(row))
         for split in SPLITS:
             gap_rows.append([run.name, split, *(table_cell(groups["gap", split, b]) for b in (*range(len(BUCKETS)), "all"))])
-        for task in PAIR_TASKS:
+        for task in ("vqa", "ground"):
             pair_rows.append([run.name, task, *(table_cell(groups["pair", task, p]) for p in ("val", False, True))])
     buckets = [f"{lo:g}–{hi:g} cells" if hi != float("inf") else f"≥ {lo:g} cells" for lo, hi in BUCKETS]
     tables = (

@@ -221,19 +221,13 @@ def text_positions(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def token_index(attention_mask: torch.Tensor | None, batch_size: int, k: int = 0,
-                device: torch.device | None = None) -> torch.Tensor:
-    """(B,) the position of each row's k-th real token: the [CLS] (k = 0) is a row's first real token, at 0
-    with right padding and after the padding with left padding."""
-    if attention_mask is None:
-        return torch.full((batch_size,), k, dtype=torch.long, device=device)
-    return attention_mask.to(torch.int32).argmax(-1).long() + k  # the first 1 of each row, + k
-
-
 def token_at(x: torch.Tensor, attention_mask: torch.Tensor | None, k: int = 0) -> torch.Tensor:
-    """x (B, T, ...) at each row's k-th real token (:func:`token_index`) -> (B, ...)."""
-    B = x.shape[0]
-    return x[torch.arange(B, device=x.device), token_index(attention_mask, B, k, x.device)]
+    """x (B, T, ...) at each row's k-th real token -> (B, ...): the [CLS] (k = 0) is a row's first real
+    token, at 0 with right padding and after the padding with left padding."""
+    if attention_mask is None:
+        return x[:, k]
+    first = attention_mask.to(torch.int32).argmax(-1)  # (B,) the first 1 of each row
+    return x[torch.arange(x.shape[0], device=x.device), first + k]
 
 
 def _reject_extra_arguments(owner: str, kwargs: dict) -> None:
@@ -902,8 +896,9 @@ class _VLCoAttnTaskModel(VLCoAttnPreTrainedModel):
             return phrase_tokens, phrase_boxes, phrase_mask, _num_items(num_items_in_batch, SUPERVISED_TOKENS)
         B, _, T = phrase_tokens.shape
         rows = torch.ones(B, dtype=torch.bool, device=boxes.device) if box_mask is None else box_mask.bool()
-        k = token_index(attention_mask, B, self.config.heads_config.grounding_token_index, boxes.device)  # (B,)
-        query = F.one_hot(k, T).bool()  # (B, T) the box's token
+        positions = torch.arange(T, device=boxes.device).expand(B, T)
+        k = token_at(positions, attention_mask, self.config.heads_config.grounding_token_index)  # (B,) the box's token
+        query = F.one_hot(k, T).bool()  # (B, T)
         mask = phrase_tokens.any(-1) if phrase_mask is None else phrase_mask.bool()
         tokens = torch.cat([phrase_tokens.bool(), (query & rows[:, None])[:, None]], dim=1)  # (B, P + 1, T)
         targets = torch.cat([phrase_boxes, boxes.to(phrase_boxes.dtype)[:, None]], dim=1)  # (B, P + 1, 4)
