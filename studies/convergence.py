@@ -153,6 +153,9 @@ def run_one(arm: Arm, init: str, seed: int, task: str, overrides: list[str], key
     start = time.perf_counter()
     result = train(load_config(JobConfig, CONFIG, [*overrides, f"run.dir={run_dir}"]))
     seconds = time.perf_counter() - start
+    if result.interrupted:  # a part of a run is not a record: the finished runs stay in runs.jsonl
+        raise SystemExit(f"convergence.py: arm {arm.name} seed {seed} stopped by a signal at step {result.step}; "
+                         "not recorded (a rerun trains it again and skips the finished runs)")
     logged = read_metrics(run_dir / "metrics.jsonl")
     val = [m for m in logged if m["split"] == "val"]
     train_rows = [m for m in logged if m["split"] == "train"]

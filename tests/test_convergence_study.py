@@ -121,3 +121,16 @@ def test_the_prior_analysis_of_another_seed_or_model_set_is_written_beside_the_p
                                                        figures / "prior_attention_s2.png")
     assert prior_attention.output_paths(0, True) == (results / "prior_attention_models.md",
                                                       figures / "prior_attention_models.png")
+
+
+def test_a_run_stopped_by_a_signal_is_one_line_and_not_recorded(monkeypatch, tmp_path):
+    """SIGTERM / SIGINT end a run early with a checkpoint; the study says so and records nothing (a part of a
+    run would count as a finished one and be skipped by the next invocation)."""
+    monkeypatch.syspath_prepend(str(ROOT / "studies"))
+    import convergence
+
+    from vlcoattn.train.trainer import TrainResult
+
+    monkeypatch.setattr(convergence, "train", lambda job: TrainResult(Path(job.run.dir), step=983, interrupted=True))
+    with pytest.raises(SystemExit, match="arm F seed 1 stopped by a signal at step 983; not recorded"):
+        convergence.run_one(convergence.ARMS["F"], "pretrained", 1, "vqa+ground", [], "key", tmp_path, False)
