@@ -65,6 +65,9 @@ def involves_holdout_pair(record: dict[str, Any], objects: list[SceneObject], ho
     return any(o.pair in holdout for o in involved)
 
 
+PAIR_TASKS = ("vqa", "ground")  # the hold-out table's rows; phrase rows are scored by report.md
+
+
 def correct(row: dict[str, Any]) -> float:
     """VQA score, or 1 for a box at IoU >= 0.5."""
     return row["score"] if row["task"] == "vqa" else float(row["iou"] >= 0.5)
@@ -96,12 +99,12 @@ def main() -> None:
                     bucket = next(i for i, (lo, hi) in enumerate(BUCKETS) if lo <= gap < hi)
                     groups["gap", split, bucket].append(row["score"])
                     groups["gap", split, "all"].append(row["score"])
-                if split != "test" and row["task"] in ("vqa", "ground"):  # phrase rows are scored by report.md
+                if split != "test" and row["task"] in PAIR_TASKS:
                     pair = "val" if split == "val" else involves_holdout_pair(record, objects, holdout)
                     groups["pair", row["task"], pair].append(correct(row))
         for split in SPLITS:
             gap_rows.append([run.name, split, *(table_cell(groups["gap", split, b]) for b in (*range(len(BUCKETS)), "all"))])
-        for task in ("vqa", "ground"):
+        for task in PAIR_TASKS:
             pair_rows.append([run.name, task, *(table_cell(groups["pair", task, p]) for p in ("val", False, True))])
     buckets = [f"{lo:g}–{hi:g} cells" if hi != float("inf") else f"≥ {lo:g} cells" for lo, hi in BUCKETS]
     tables = (
